@@ -1,0 +1,11 @@
+//! The contract between the shim (`preload`), the `weft` CLI and the daemon: control messages
+//! on a per-process `SOCK_SEQPACKET` Unix socket, file-descriptor passing, and (for the data
+//! path) shared-memory rings.
+
+pub mod control;
+pub mod fdpass;
+
+pub use control::{
+    ClientKind, ControlError, Event, LinkAction, ListenDelivery, Reply, Request, SessionInfo, Welcome,
+    MAX_MESSAGE, PROTOCOL_VERSION,
+};

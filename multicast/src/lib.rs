@@ -1,0 +1,1 @@
+//! Group membership and multicast trees (filled by the multicast issue).

@@ -1,0 +1,1 @@
+//! LD_PRELOAD shim (filled by the shim issue).
