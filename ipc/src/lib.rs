@@ -4,8 +4,9 @@
 
 pub mod control;
 pub mod fdpass;
+pub mod ring;
 
 pub use control::{
-    ClientKind, ControlError, Event, LinkAction, ListenDelivery, Reply, Request, SessionInfo, Welcome,
+    ClientKind, ControlError, Event, Incoming, LinkAction, ListenDelivery, Reply, Request, SessionInfo, Welcome,
     MAX_MESSAGE, PROTOCOL_VERSION,
 };

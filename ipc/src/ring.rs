@@ -1,0 +1,1 @@
+//! Shared-memory SPSC rings between the shim and the daemon.

@@ -1,0 +1,1 @@
+//! End-to-end reliable sessions (a byte stream between overlay endpoints).
