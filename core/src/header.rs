@@ -57,7 +57,13 @@ pub struct Header {
 
 impl Header {
     pub fn new(kind: PacketKind, sender: NodeId, incarnation: u32) -> Self {
-        Header { kind, flags: 0, auth_len: 0, sender, incarnation }
+        Header {
+            kind,
+            flags: 0,
+            auth_len: 0,
+            sender,
+            incarnation,
+        }
     }
 
     pub fn encode(&self, w: &mut Writer<'_>) {
@@ -89,11 +95,22 @@ impl Header {
         let sender = NodeId(r.u32()?);
         let incarnation = r.u32()?;
         let rest = r.rest();
-        let body_len = rest
-            .len()
-            .checked_sub(auth_len as usize)
-            .ok_or_else(|| DecodeError::Truncated { needed: auth_len as usize - rest.len() })?;
-        Ok((Header { kind, flags, auth_len, sender, incarnation }, &rest[..body_len]))
+        let body_len =
+            rest.len()
+                .checked_sub(auth_len as usize)
+                .ok_or_else(|| DecodeError::Truncated {
+                    needed: auth_len as usize - rest.len(),
+                })?;
+        Ok((
+            Header {
+                kind,
+                flags,
+                auth_len,
+                sender,
+                incarnation,
+            },
+            &rest[..body_len],
+        ))
     }
 }
 
@@ -116,7 +133,10 @@ mod tests {
 
     #[test]
     fn rejects_foreign_packets() {
-        assert_eq!(Header::decode(b"GET / HTTP/1.1\r\n\r\n").unwrap_err(), DecodeError::BadMagic);
+        assert_eq!(
+            Header::decode(b"GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+            DecodeError::BadMagic
+        );
         let mut v = Vec::new();
         Header::new(PacketKind::Hello, NodeId(1), 1).encode(&mut Writer::new(&mut v));
         v[2] = 9;

@@ -1,1 +1,4 @@
-//! The weft overlay node: a sans-I/O core and its thin I/O layer.
+//! The weft overlay node: a sans-I/O core (`overlay`) and its thin I/O layer.
+
+pub mod overlay;
+pub mod sim;

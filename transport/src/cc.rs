@@ -21,7 +21,13 @@ pub struct RttEstimator {
 
 impl RttEstimator {
     pub fn new(initial: Duration) -> Self {
-        RttEstimator { srtt: None, rttvar: initial / 2, min_rtt: None, latest: initial, initial }
+        RttEstimator {
+            srtt: None,
+            rttvar: initial / 2,
+            min_rtt: None,
+            latest: initial,
+            initial,
+        }
     }
 
     pub fn update(&mut self, sample: Duration) {
@@ -80,7 +86,12 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub fn build(self, mss: u64, initial_window_packets: u64, max_window: u64) -> Box<dyn CongestionControl> {
+    pub fn build(
+        self,
+        mss: u64,
+        initial_window_packets: u64,
+        max_window: u64,
+    ) -> Box<dyn CongestionControl> {
         match self {
             Algorithm::NewReno => Box::new(NewReno::new(mss, initial_window_packets, max_window)),
             Algorithm::Cubic => Box::new(Cubic::new(mss, initial_window_packets, max_window)),
@@ -93,7 +104,14 @@ pub trait CongestionControl: Debug + Send {
     /// Bytes that may be in flight.
     fn window(&self) -> u64;
     /// `bytes` newly acknowledged; `app_limited` when the sender had less than a window to send.
-    fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, rtt: &RttEstimator, app_limited: bool);
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        rtt: &RttEstimator,
+        app_limited: bool,
+    );
     /// A loss or congestion mark on a packet sent at `sent`.
     fn on_congestion_event(&mut self, now: Instant, sent: Instant);
     /// A retransmission timeout fired: collapse to the minimum window.
@@ -135,7 +153,14 @@ impl CongestionControl for NewReno {
         self.window
     }
 
-    fn on_ack(&mut self, _now: Instant, sent: Instant, bytes: u64, _rtt: &RttEstimator, app_limited: bool) {
+    fn on_ack(
+        &mut self,
+        _now: Instant,
+        sent: Instant,
+        bytes: u64,
+        _rtt: &RttEstimator,
+        app_limited: bool,
+    ) {
         if app_limited || self.recovery_start.is_some_and(|r| sent <= r) {
             return;
         }
@@ -229,7 +254,14 @@ impl CongestionControl for Cubic {
         self.window
     }
 
-    fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, rtt: &RttEstimator, app_limited: bool) {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        rtt: &RttEstimator,
+        app_limited: bool,
+    ) {
         if app_limited || self.recovery_start.is_some_and(|r| sent <= r) {
             return;
         }
@@ -250,7 +282,9 @@ impl CongestionControl for Cubic {
         }
         let t = now.saturating_since(epoch).as_secs_f64();
         let srtt = rtt.srtt().as_secs_f64();
-        let target = self.cubic_window(t + srtt).clamp(self.window as f64, 1.5 * self.window as f64);
+        let target = self
+            .cubic_window(t + srtt)
+            .clamp(self.window as f64, 1.5 * self.window as f64);
         // Reno-friendly estimate grows by alpha·mss per window acked.
         let alpha = 3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA);
         self.w_est += alpha * mss * (bytes as f64) / (self.window as f64).max(1.0);
@@ -270,7 +304,11 @@ impl CongestionControl for Cubic {
         self.recovery_start = Some(now);
         let w = self.window as f64;
         // Fast convergence: release bandwidth if the window is shrinking.
-        self.w_max = if w < self.w_max { w * (1.0 + CUBIC_BETA) / 2.0 } else { w };
+        self.w_max = if w < self.w_max {
+            w * (1.0 + CUBIC_BETA) / 2.0
+        } else {
+            w
+        };
         self.window = ((w * CUBIC_BETA) as u64).max(self.mss * MIN_WINDOW_PACKETS);
         self.ssthresh = self.window;
         self.k = ((self.w_max - self.window as f64).max(0.0) / self.mss as f64 / CUBIC_C).cbrt();
@@ -330,7 +368,11 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(burst_bytes: u64) -> Self {
-        Pacer { tokens: burst_bytes as f64, burst: burst_bytes as f64, last: None }
+        Pacer {
+            tokens: burst_bytes as f64,
+            burst: burst_bytes as f64,
+            last: None,
+        }
     }
 
     fn rate(window: u64, srtt: Duration, slow_start: bool) -> f64 {
@@ -340,10 +382,18 @@ impl Pacer {
     }
 
     /// None if `bytes` may go now; otherwise when they may.
-    pub fn delay(&mut self, now: Instant, bytes: u64, window: u64, srtt: Duration, slow_start: bool) -> Option<Instant> {
+    pub fn delay(
+        &mut self,
+        now: Instant,
+        bytes: u64,
+        window: u64,
+        srtt: Duration,
+        slow_start: bool,
+    ) -> Option<Instant> {
         let rate = Self::rate(window, srtt, slow_start);
         if let Some(last) = self.last {
-            self.tokens = (self.tokens + now.saturating_since(last).as_secs_f64() * rate).min(self.burst);
+            self.tokens =
+                (self.tokens + now.saturating_since(last).as_secs_f64() * rate).min(self.burst);
         }
         self.last = Some(now);
         let need = bytes as f64;
@@ -379,7 +429,11 @@ mod tests {
         r.update(Duration::from_millis(80));
         assert_eq!(r.srtt(), Duration::from_millis(45));
         assert_eq!(r.min_rtt(), Duration::from_millis(40));
-        let rto = r.rto(Duration::from_millis(1), Duration::from_millis(200), Duration::from_secs(60));
+        let rto = r.rto(
+            Duration::from_millis(1),
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+        );
         assert_eq!(rto, Duration::from_millis(200));
     }
 
@@ -431,7 +485,9 @@ mod tests {
         p.on_sent(MSS);
         assert_eq!(p.delay(t(0), MSS, window, srtt, false), None);
         p.on_sent(MSS);
-        let next = p.delay(t(0), MSS, window, srtt, false).expect("bucket empty");
+        let next = p
+            .delay(t(0), MSS, window, srtt, false)
+            .expect("bucket empty");
         // 1.25 · 10 kB / 10 ms = 1.25 MB/s → 1 kB takes 0.8 ms.
         assert!(next > t(0) && next < t(1), "{next:?}");
     }

@@ -1,0 +1,398 @@
+//! Link-state database and shortest paths. Every node floods its adjacencies; every node runs
+//! Dijkstra over the same database with the same deterministic tie-breaking, so all nodes agree
+//! on every source's shortest-path tree (multicast relies on that).
+//!
+//! An edge u→v is used only when both u and v list each other (two-way check): a dead node's
+//! stale advert cannot attract traffic, and a one-way link is no link.
+
+use crate::overlay::wire::LinkStateAdvert;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use weft_core::NodeId;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Installed: flood it on.
+    Newer,
+    /// We already had this version.
+    Same,
+    /// Ours is newer: send ours back to whoever sent this one.
+    Older,
+    /// A copy of our own advert from before a restart that outranks ours: re-originate above it.
+    OwnStale,
+}
+
+#[derive(Debug)]
+pub struct LinkStateDb {
+    local: NodeId,
+    adverts: BTreeMap<NodeId, LinkStateAdvert>,
+    next_seq: u64,
+    /// Bumped on every change to the graph.
+    generation: u64,
+    /// The graph with the two-way check applied, rebuilt lazily per generation.
+    graph: Option<(u64, Graph)>,
+}
+
+/// Dense adjacency: nodes sorted by id, edges as (index, cost).
+#[derive(Debug, Default)]
+struct Graph {
+    nodes: Vec<NodeId>,
+    edges: Vec<Vec<(u32, u32)>>,
+}
+
+impl Graph {
+    fn index(&self, n: NodeId) -> Option<usize> {
+        self.nodes.binary_search(&n).ok()
+    }
+}
+
+impl LinkStateDb {
+    /// `first_seq` should grow across restarts (the I/O layer passes wall-clock based values)
+    /// so a restarted node's adverts win at once; `Applied::OwnStale` covers clock trouble.
+    pub fn new(local: NodeId, first_seq: u64) -> Self {
+        LinkStateDb {
+            local,
+            adverts: BTreeMap::new(),
+            next_seq: first_seq.max(1),
+            generation: 0,
+            graph: None,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn adverts(&self) -> impl Iterator<Item = &LinkStateAdvert> {
+        self.adverts.values()
+    }
+
+    pub fn get(&self, origin: NodeId) -> Option<&LinkStateAdvert> {
+        self.adverts.get(&origin)
+    }
+
+    pub fn own(&self) -> Option<&LinkStateAdvert> {
+        self.adverts.get(&self.local)
+    }
+
+    /// Replaces our own advert if the adjacency set changed (or `force`); returns it to flood.
+    pub fn originate(
+        &mut self,
+        mut links: Vec<(NodeId, u32)>,
+        force: bool,
+    ) -> Option<LinkStateAdvert> {
+        links.sort_unstable();
+        links.dedup_by_key(|(n, _)| *n);
+        if !force && self.own().is_some_and(|a| a.links == links) {
+            return None;
+        }
+        let advert = LinkStateAdvert {
+            origin: self.local,
+            seq: self.next_seq,
+            links,
+        };
+        self.next_seq += 1;
+        self.adverts.insert(self.local, advert.clone());
+        self.generation += 1;
+        Some(advert)
+    }
+
+    pub fn apply(&mut self, advert: LinkStateAdvert) -> Applied {
+        if advert.origin == self.local {
+            let ours = self.own().map_or(0, |a| a.seq);
+            return if advert.seq > ours {
+                self.next_seq = self.next_seq.max(advert.seq + 1);
+                Applied::OwnStale
+            } else if advert.seq == ours {
+                Applied::Same
+            } else {
+                Applied::Older
+            };
+        }
+        match self.adverts.get(&advert.origin) {
+            Some(have) if have.seq > advert.seq => Applied::Older,
+            Some(have) if have.seq == advert.seq => Applied::Same,
+            _ => {
+                self.adverts.insert(advert.origin, advert);
+                self.generation += 1;
+                Applied::Newer
+            }
+        }
+    }
+
+    /// Drops the adverts of nodes for which `keep` is false (long-unreachable nodes).
+    pub fn retain(&mut self, mut keep: impl FnMut(NodeId) -> bool) {
+        let before = self.adverts.len();
+        let local = self.local;
+        self.adverts.retain(|n, _| *n == local || keep(*n));
+        if self.adverts.len() != before {
+            self.generation += 1;
+        }
+    }
+
+    fn graph(&mut self) -> &Graph {
+        if self
+            .graph
+            .as_ref()
+            .is_none_or(|(g, _)| *g != self.generation)
+        {
+            let nodes: Vec<NodeId> = self.adverts.keys().copied().collect();
+            let edges = self
+                .adverts
+                .values()
+                .map(|a| {
+                    a.links
+                        .iter()
+                        .filter_map(|&(v, c)| {
+                            let back = self.adverts.get(&v)?;
+                            back.links
+                                .binary_search_by_key(&a.origin, |(n, _)| *n)
+                                .ok()?;
+                            let vi = nodes.binary_search(&v).ok()?;
+                            Some((vi as u32, c.max(1)))
+                        })
+                        .collect()
+                })
+                .collect();
+            self.graph = Some((self.generation, Graph { nodes, edges }));
+        }
+        match &self.graph {
+            Some((_, g)) => g,
+            None => unreachable!("graph was just built"),
+        }
+    }
+
+    /// Shortest-path tree rooted at `source`.
+    pub fn shortest_paths(&mut self, source: NodeId) -> ShortestPathTree {
+        shortest_path_tree(self.graph(), source)
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Distances and parents from one source. Among equal-cost predecessors the one with the
+/// smallest id is the parent, so every node derives the same tree from the same database.
+#[derive(Debug, Clone, Default)]
+pub struct ShortestPathTree {
+    pub source: Option<NodeId>,
+    nodes: Vec<NodeId>,
+    dist: Vec<u64>,
+    parent: Vec<u32>,
+}
+
+impl ShortestPathTree {
+    fn index(&self, n: NodeId) -> Option<usize> {
+        self.nodes.binary_search(&n).ok()
+    }
+
+    pub fn dist(&self, n: NodeId) -> Option<u64> {
+        self.index(n)
+            .map(|i| self.dist[i])
+            .filter(|&d| d != u64::MAX)
+    }
+
+    pub fn parent(&self, n: NodeId) -> Option<NodeId> {
+        let p = self.parent[self.index(n)?];
+        (p != NONE).then(|| self.nodes[p as usize])
+    }
+
+    /// Reachable nodes (including the source) with their distance.
+    pub fn reachable(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        self.nodes
+            .iter()
+            .zip(&self.dist)
+            .filter(|(_, &d)| d != u64::MAX)
+            .map(|(n, d)| (*n, *d))
+    }
+
+    /// The path source → … → `dst`, or None if unreachable.
+    pub fn path(&self, dst: NodeId) -> Option<Vec<NodeId>> {
+        let source = self.source?;
+        self.dist(dst)?;
+        let mut path = vec![dst];
+        let mut at = dst;
+        while at != source {
+            at = self.parent(at)?;
+            path.push(at);
+            if path.len() > self.nodes.len() + 1 {
+                return None;
+            }
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    /// For every reachable destination, the neighbour of the source to forward to.
+    pub fn first_hops(&self) -> BTreeMap<NodeId, NodeId> {
+        let Some(src) = self.source.and_then(|s| self.index(s)) else {
+            return BTreeMap::new();
+        };
+        let mut order: Vec<(u64, usize)> = self
+            .dist
+            .iter()
+            .enumerate()
+            .filter(|(_, &d)| d != u64::MAX)
+            .map(|(i, &d)| (d, i))
+            .collect();
+        order.sort_unstable();
+        let mut hop = vec![NONE; self.nodes.len()];
+        let mut out = BTreeMap::new();
+        for (_, i) in order {
+            if i == src {
+                continue;
+            }
+            let p = self.parent[i];
+            if p == NONE {
+                continue;
+            }
+            hop[i] = if p as usize == src {
+                i as u32
+            } else {
+                hop[p as usize]
+            };
+            if hop[i] != NONE {
+                out.insert(self.nodes[i], self.nodes[hop[i] as usize]);
+            }
+        }
+        out
+    }
+}
+
+fn shortest_path_tree(graph: &Graph, source: NodeId) -> ShortestPathTree {
+    let n = graph.nodes.len();
+    let mut tree = ShortestPathTree {
+        source: Some(source),
+        nodes: graph.nodes.clone(),
+        dist: vec![u64::MAX; n],
+        parent: vec![NONE; n],
+    };
+    let Some(s) = graph.index(source) else {
+        tree.nodes = vec![source];
+        tree.dist = vec![0];
+        tree.parent = vec![NONE];
+        return tree;
+    };
+    let mut done = vec![false; n];
+    let mut heap = BinaryHeap::new();
+    tree.dist[s] = 0;
+    heap.push(Reverse((0u64, s as u32)));
+    while let Some(Reverse((d, u))) = heap.pop() {
+        let u = u as usize;
+        if done[u] {
+            continue;
+        }
+        done[u] = true;
+        for &(v, c) in &graph.edges[u] {
+            let vi = v as usize;
+            if done[vi] {
+                continue;
+            }
+            let nd = d + c as u64;
+            let old = tree.dist[vi];
+            if nd < old {
+                tree.dist[vi] = nd;
+                tree.parent[vi] = u as u32;
+                heap.push(Reverse((nd, v)));
+            } else if nd == old && graph.nodes[u] < graph.nodes[tree.parent[vi] as usize] {
+                tree.parent[vi] = u as u32;
+            }
+        }
+    }
+    tree
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(i: u32) -> NodeId {
+        NodeId(i)
+    }
+
+    fn db_with(edges: &[(u32, u32, u32)]) -> LinkStateDb {
+        let mut db = LinkStateDb::new(n(1), 1);
+        let mut per: BTreeMap<u32, Vec<(NodeId, u32)>> = BTreeMap::new();
+        for &(a, b, c) in edges {
+            per.entry(a).or_default().push((n(b), c));
+            per.entry(b).or_default().push((n(a), c));
+        }
+        for (origin, links) in per {
+            if origin == 1 {
+                db.originate(links, false);
+            } else {
+                let mut links = links;
+                links.sort_unstable();
+                assert_eq!(
+                    db.apply(LinkStateAdvert {
+                        origin: n(origin),
+                        seq: 1,
+                        links
+                    }),
+                    Applied::Newer
+                );
+            }
+        }
+        db
+    }
+
+    #[test]
+    fn diamond_prefers_cheaper_branch_and_breaks_ties_by_id() {
+        // 1-2-4 costs 2, 1-3-4 costs 2: tie → parent of 4 is 2 (smaller id).
+        let mut db = db_with(&[(1, 2, 1), (2, 4, 1), (1, 3, 1), (3, 4, 1), (4, 5, 1)]);
+        let t = db.shortest_paths(n(1));
+        assert_eq!(t.path(n(5)), Some(vec![n(1), n(2), n(4), n(5)]));
+        assert_eq!(t.first_hops().get(&n(5)), Some(&n(2)));
+        let mut db = db_with(&[(1, 2, 5), (2, 4, 5), (1, 3, 1), (3, 4, 1), (4, 5, 1)]);
+        let t = db.shortest_paths(n(1));
+        assert_eq!(t.path(n(5)), Some(vec![n(1), n(3), n(4), n(5)]));
+        assert_eq!(t.dist(n(5)), Some(3));
+    }
+
+    #[test]
+    fn one_way_links_are_not_used() {
+        let mut db = db_with(&[(1, 2, 1)]);
+        // 2 claims a link to 3, but 3 does not list 2.
+        db.apply(LinkStateAdvert {
+            origin: n(2),
+            seq: 2,
+            links: vec![(n(1), 1), (n(3), 1)],
+        });
+        db.apply(LinkStateAdvert {
+            origin: n(3),
+            seq: 1,
+            links: vec![],
+        });
+        let t = db.shortest_paths(n(1));
+        assert!(t.path(n(3)).is_none());
+        assert!(t.path(n(2)).is_some());
+    }
+
+    #[test]
+    fn versions_order_and_own_stale_adverts() {
+        let mut db = LinkStateDb::new(n(1), 10);
+        let a = LinkStateAdvert {
+            origin: n(2),
+            seq: 5,
+            links: vec![],
+        };
+        assert_eq!(db.apply(a.clone()), Applied::Newer);
+        assert_eq!(db.apply(a.clone()), Applied::Same);
+        assert_eq!(db.apply(LinkStateAdvert { seq: 4, ..a }), Applied::Older);
+        db.originate(vec![], false);
+        let own_seq = db.own().unwrap().seq;
+        assert_eq!(
+            db.apply(LinkStateAdvert {
+                origin: n(1),
+                seq: own_seq + 100,
+                links: vec![]
+            }),
+            Applied::OwnStale
+        );
+        let re = db.originate(vec![], true).unwrap();
+        assert!(re.seq > own_seq + 100);
+        assert!(
+            db.originate(vec![], false).is_none(),
+            "no change, no advert"
+        );
+    }
+}

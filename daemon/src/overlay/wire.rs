@@ -1,0 +1,389 @@
+//! Bodies of the daemon-level packets that follow the outer header: hellos, flooded state and
+//! its acknowledgements, and the routed-packet header. (ARQ frames and session segments are
+//! encoded by `weft_transport`, membership records by `weft_multicast`.)
+//!
+//! ```text
+//! Hello:     seq u32 | sent_us u64 | echo_us u64 | echo_hold_us u32 | peer_incarnation u32
+//! State:     count u16 | count × (kind u8 | len u16 | record bytes)
+//! StateAck:  count u16 | count × (kind u8 | origin u32 | key u32 | version u64)
+//! Routed:    flags u8 | proto u8 | class u8 | ttl u8 | src u32 | src_port u16 | dst u32 | dst_port u16
+//!            then for datagrams: id u32 | offset u16 | total u16, then payload
+//! ```
+
+use weft_core::{DecodeError, Endpoint, NodeId, Reader, Writer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub seq: u32,
+    /// Sender's clock when sent (µs); echoed back for RTT.
+    pub sent_us: u64,
+    /// The `sent_us` of the latest hello the sender received from us (0: none yet).
+    pub echo_us: u64,
+    /// How long the sender held that hello before this one left (µs).
+    pub echo_hold_us: u32,
+    /// Our incarnation as the sender last saw it (0: it has not heard us): the two-way check.
+    pub peer_incarnation: u32,
+}
+
+impl Hello {
+    pub const LEN: usize = 28;
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u32(self.seq)
+            .u64(self.sent_us)
+            .u64(self.echo_us)
+            .u32(self.echo_hold_us)
+            .u32(self.peer_incarnation);
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Hello, DecodeError> {
+        let mut r = Reader::new(body);
+        Ok(Hello {
+            seq: r.u32()?,
+            sent_us: r.u64()?,
+            echo_us: r.u64()?,
+            echo_hold_us: r.u32()?,
+            peer_incarnation: r.u32()?,
+        })
+    }
+}
+
+/// What a flooded record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum StateKind {
+    LinkState = 1,
+    Membership = 2,
+}
+
+impl StateKind {
+    fn from_u8(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            1 => Ok(StateKind::LinkState),
+            2 => Ok(StateKind::Membership),
+            _ => Err(DecodeError::Invalid("state kind")),
+        }
+    }
+}
+
+/// Identity and version of a flooded record, which is all an acknowledgement needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StateId {
+    pub kind: StateKind,
+    pub origin: NodeId,
+    /// Second key (the group for memberships; 0 for link state).
+    pub key: u32,
+    pub version: u64,
+}
+
+/// A batch of encoded records, each tagged with its kind.
+pub fn encode_state(records: &[(StateKind, &[u8])], w: &mut Writer<'_>) {
+    w.u16(records.len() as u16);
+    for (kind, bytes) in records {
+        w.u8(*kind as u8).short_bytes(bytes);
+    }
+}
+
+pub fn decode_state(body: &[u8]) -> Result<Vec<(StateKind, &[u8])>, DecodeError> {
+    let mut r = Reader::new(body);
+    let n = r.u16()? as usize;
+    let mut out = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        let kind = StateKind::from_u8(r.u8()?)?;
+        out.push((kind, r.short_bytes()?));
+    }
+    Ok(out)
+}
+
+pub const STATE_ID_LEN: usize = 17;
+
+pub fn encode_acks(ids: &[StateId], w: &mut Writer<'_>) {
+    w.u16(ids.len() as u16);
+    for id in ids {
+        w.u8(id.kind as u8)
+            .u32(id.origin.0)
+            .u32(id.key)
+            .u64(id.version);
+    }
+}
+
+pub fn decode_acks(body: &[u8]) -> Result<Vec<StateId>, DecodeError> {
+    let mut r = Reader::new(body);
+    let n = r.u16()? as usize;
+    let mut out = Vec::with_capacity(n.min(256));
+    for _ in 0..n {
+        out.push(StateId {
+            kind: StateKind::from_u8(r.u8()?)?,
+            origin: NodeId(r.u32()?),
+            key: r.u32()?,
+            version: r.u64()?,
+        });
+    }
+    Ok(out)
+}
+
+/// One node's adjacencies, flooded to every node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStateAdvert {
+    pub origin: NodeId,
+    pub seq: u64,
+    /// (neighbour, cost) sorted by neighbour; cost ≥ 1.
+    pub links: Vec<(NodeId, u32)>,
+}
+
+impl LinkStateAdvert {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer::new(out);
+        w.u32(self.origin.0)
+            .u64(self.seq)
+            .u16(self.links.len() as u16);
+        for (n, c) in &self.links {
+            w.u32(n.0).u32(*c);
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LinkStateAdvert, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let origin = NodeId(r.u32()?);
+        let seq = r.u64()?;
+        let n = r.u16()? as usize;
+        if n * 8 > r.remaining() {
+            return Err(DecodeError::Truncated {
+                needed: n * 8 - r.remaining(),
+            });
+        }
+        let mut links = Vec::with_capacity(n);
+        for _ in 0..n {
+            let node = NodeId(r.u32()?);
+            let cost = r.u32()?;
+            if cost == 0 {
+                return Err(DecodeError::Invalid("zero link cost"));
+            }
+            links.push((node, cost));
+        }
+        links.sort_unstable();
+        links.dedup_by_key(|(n, _)| *n);
+        Ok(LinkStateAdvert { origin, seq, links })
+    }
+
+    pub fn id(&self) -> StateId {
+        StateId {
+            kind: StateKind::LinkState,
+            origin: self.origin,
+            key: 0,
+            version: self.seq,
+        }
+    }
+}
+
+/// What a routed packet carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Proto {
+    Datagram = 1,
+    Session = 2,
+}
+
+/// How links treat a routed packet; the forwarding decision is a function of (destination,
+/// class), so later classes (soft real-time, redundant paths) need no new wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[repr(u8)]
+pub enum Class {
+    BestEffort = 0,
+    Reliable = 1,
+}
+
+pub const FLAG_CE: u8 = 0x01;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutedHeader {
+    pub flags: u8,
+    pub proto: Proto,
+    pub class: Class,
+    pub ttl: u8,
+    pub src: Endpoint,
+    /// A node, or a multicast group.
+    pub dst: Endpoint,
+}
+
+impl RoutedHeader {
+    pub const LEN: usize = 16;
+    /// Offset of `flags` and `ttl` in an encoded packet, for in-place updates by relays.
+    pub const FLAGS_OFFSET: usize = 0;
+    pub const TTL_OFFSET: usize = 3;
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u8(self.flags)
+            .u8(self.proto as u8)
+            .u8(self.class as u8)
+            .u8(self.ttl)
+            .u32(self.src.node.0)
+            .u16(self.src.port)
+            .u32(self.dst.node.0)
+            .u16(self.dst.port);
+    }
+
+    pub fn decode(packet: &[u8]) -> Result<(RoutedHeader, &[u8]), DecodeError> {
+        let mut r = Reader::new(packet);
+        let flags = r.u8()?;
+        let proto = match r.u8()? {
+            1 => Proto::Datagram,
+            2 => Proto::Session,
+            _ => return Err(DecodeError::Invalid("routed proto")),
+        };
+        let class = match r.u8()? {
+            0 => Class::BestEffort,
+            1 => Class::Reliable,
+            _ => return Err(DecodeError::Invalid("service class")),
+        };
+        let ttl = r.u8()?;
+        let src = Endpoint::new(NodeId(r.u32()?), r.u16()?);
+        let dst = Endpoint::new(NodeId(r.u32()?), r.u16()?);
+        Ok((
+            RoutedHeader {
+                flags,
+                proto,
+                class,
+                ttl,
+                src,
+                dst,
+            },
+            r.rest(),
+        ))
+    }
+
+    pub fn ce(&self) -> bool {
+        self.flags & FLAG_CE != 0
+    }
+}
+
+/// Fragment header of a datagram: every datagram carries it, fragmented or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentHeader {
+    pub id: u32,
+    pub offset: u16,
+    pub total: u16,
+}
+
+impl FragmentHeader {
+    pub const LEN: usize = 8;
+
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u32(self.id).u16(self.offset).u16(self.total);
+    }
+
+    pub fn decode(body: &[u8]) -> Result<(FragmentHeader, &[u8]), DecodeError> {
+        let mut r = Reader::new(body);
+        let h = FragmentHeader {
+            id: r.u32()?,
+            offset: r.u16()?,
+            total: r.u16()?,
+        };
+        let rest = r.rest();
+        if h.offset as usize + rest.len() > h.total as usize {
+            return Err(DecodeError::Invalid("fragment beyond datagram end"));
+        }
+        Ok((h, rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hello_round_trip() {
+        let h = Hello {
+            seq: 7,
+            sent_us: 1,
+            echo_us: 2,
+            echo_hold_us: 3,
+            peer_incarnation: 4,
+        };
+        let mut v = Vec::new();
+        h.encode(&mut Writer::new(&mut v));
+        assert_eq!(v.len(), Hello::LEN);
+        assert_eq!(Hello::decode(&v), Ok(h));
+    }
+
+    #[test]
+    fn lsa_round_trip_and_rejects_zero_cost() {
+        let lsa = LinkStateAdvert {
+            origin: NodeId(1),
+            seq: 9,
+            links: vec![(NodeId(2), 5), (NodeId(3), 1)],
+        };
+        let mut v = Vec::new();
+        lsa.encode(&mut v);
+        assert_eq!(LinkStateAdvert::decode(&v), Ok(lsa));
+        let bad = LinkStateAdvert {
+            origin: NodeId(1),
+            seq: 9,
+            links: vec![(NodeId(2), 0)],
+        };
+        let mut v = Vec::new();
+        bad.encode(&mut v);
+        assert!(LinkStateAdvert::decode(&v).is_err());
+    }
+
+    #[test]
+    fn state_batch_round_trip() {
+        let mut v = Vec::new();
+        encode_state(
+            &[(StateKind::LinkState, b"abc"), (StateKind::Membership, b"")],
+            &mut Writer::new(&mut v),
+        );
+        let got = decode_state(&v).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (StateKind::LinkState, &b"abc"[..]),
+                (StateKind::Membership, &b""[..])
+            ]
+        );
+        let ids = [StateId {
+            kind: StateKind::Membership,
+            origin: NodeId(3),
+            key: 4,
+            version: 5,
+        }];
+        let mut v = Vec::new();
+        encode_acks(&ids, &mut Writer::new(&mut v));
+        assert_eq!(v.len(), 2 + STATE_ID_LEN);
+        assert_eq!(decode_acks(&v).unwrap(), ids);
+    }
+
+    #[test]
+    fn routed_round_trip() {
+        let h = RoutedHeader {
+            flags: FLAG_CE,
+            proto: Proto::Session,
+            class: Class::Reliable,
+            ttl: 64,
+            src: Endpoint::new(NodeId(1), 2),
+            dst: Endpoint::new(NodeId(3), 4),
+        };
+        let mut v = Vec::new();
+        h.encode(&mut Writer::new(&mut v));
+        assert_eq!(v.len(), RoutedHeader::LEN);
+        v.extend_from_slice(b"x");
+        let (d, rest) = RoutedHeader::decode(&v).unwrap();
+        assert_eq!(d, h);
+        assert!(d.ce());
+        assert_eq!(rest, b"x");
+        assert_eq!(v[RoutedHeader::TTL_OFFSET], 64);
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = Hello::decode(&data);
+            let _ = decode_state(&data);
+            let _ = decode_acks(&data);
+            let _ = LinkStateAdvert::decode(&data);
+            let _ = RoutedHeader::decode(&data);
+            let _ = FragmentHeader::decode(&data);
+        }
+    }
+}

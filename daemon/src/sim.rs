@@ -1,0 +1,341 @@
+//! A deterministic network simulator for the sans-I/O core: many nodes, a virtual clock, links
+//! with delay, jitter (and so reordering), loss, duplication and cuts, node crashes and
+//! restarts. One seed reproduces a whole run; tests print it when a check fails.
+
+use crate::overlay::{NeighborConfig, Node, NodeConfig, NodeEvent};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use weft_core::{Instant, NodeId};
+
+pub const PORT: u16 = 7470;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimLink {
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub loss: f64,
+    pub duplicate: f64,
+    pub up: bool,
+}
+
+impl SimLink {
+    pub fn with_delay(delay: Duration) -> Self {
+        SimLink {
+            delay,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+            up: true,
+        }
+    }
+}
+
+struct SimNode {
+    cfg: NodeConfig,
+    addr: SocketAddr,
+    node: Option<Node>,
+    runs: u32,
+    /// Bumped whenever the node's deadline may have changed; stale heap entries are skipped.
+    timer_version: u64,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    to: usize,
+    from: SocketAddr,
+    payload: Vec<u8>,
+}
+
+/// An application event a node produced, with when and where.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub at: Instant,
+    pub node: usize,
+    pub event: NodeEvent,
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub seed: u64,
+    rng: ChaCha8Rng,
+    nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    links: BTreeMap<(usize, usize), SimLink>,
+    in_flight: BinaryHeap<Reverse<InFlight>>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    seq: u64,
+    pub observed: Vec<Observed>,
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Self {
+        Sim {
+            now: Instant::from_nanos(1_000_000_000),
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            nodes: Vec::new(),
+            by_addr: HashMap::new(),
+            links: BTreeMap::new(),
+            in_flight: BinaryHeap::new(),
+            timers: BinaryHeap::new(),
+            seq: 0,
+            observed: Vec::new(),
+            packets_sent: 0,
+            bytes_sent: 0,
+        }
+    }
+
+    /// Node `i` lives at 10.(i/250).(i%250+1).1 — stable, readable addresses.
+    pub fn addr_of(i: usize) -> SocketAddr {
+        let ip = Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8 + 1, 1);
+        SocketAddr::new(ip.into(), PORT)
+    }
+
+    pub fn id_of(i: usize) -> NodeId {
+        match Self::addr_of(i).ip() {
+            std::net::IpAddr::V4(v4) => NodeId::from(v4),
+            std::net::IpAddr::V6(_) => NodeId(0),
+        }
+    }
+
+    /// Adds a node; `tweak` adjusts its configuration (neighbours are added by `connect`).
+    pub fn add_node(&mut self, tweak: impl FnOnce(&mut NodeConfig)) -> usize {
+        let i = self.nodes.len();
+        let addr = Self::addr_of(i);
+        let mut cfg = NodeConfig::new(Self::id_of(i));
+        tweak(&mut cfg);
+        self.by_addr.insert(addr, i);
+        self.nodes.push(SimNode {
+            cfg,
+            addr,
+            node: None,
+            runs: 0,
+            timer_version: 0,
+        });
+        i
+    }
+
+    /// A bidirectional link (same parameters both ways). Call before `start`.
+    pub fn connect(&mut self, a: usize, b: usize, link: SimLink) {
+        let (aa, ba) = (self.nodes[a].addr, self.nodes[b].addr);
+        self.nodes[a].cfg.neighbors.push(NeighborConfig {
+            addr: ba,
+            id: None,
+            link: Default::default(),
+        });
+        self.nodes[b].cfg.neighbors.push(NeighborConfig {
+            addr: aa,
+            id: None,
+            link: Default::default(),
+        });
+        self.links.insert((a, b), link);
+        self.links.insert((b, a), link);
+    }
+
+    pub fn start(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.boot(i);
+        }
+    }
+
+    fn boot(&mut self, i: usize) {
+        let incarnation = self.rng.gen::<u32>() | 1;
+        let seed = self.rng.gen::<u64>();
+        let sn = &mut self.nodes[i];
+        sn.runs += 1;
+        // Adverts of a later run must outrank the previous run's, as wall-clock seeding does.
+        let first_seq = (sn.runs as u64) << 32;
+        sn.node = Some(Node::new(
+            sn.cfg.clone(),
+            self.now,
+            incarnation,
+            first_seq,
+            seed,
+        ));
+        self.after_touch(i);
+    }
+
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].node = None;
+        self.nodes[i].timer_version += 1;
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.boot(i);
+    }
+
+    pub fn is_alive(&self, i: usize) -> bool {
+        self.nodes[i].node.is_some()
+    }
+
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.nodes[i].node.as_ref()
+    }
+
+    /// Runs `f` on a live node, then collects what it produced.
+    pub fn with_node<R>(&mut self, i: usize, f: impl FnOnce(&mut Node, Instant) -> R) -> Option<R> {
+        let now = self.now;
+        let r = f(self.nodes[i].node.as_mut()?, now);
+        self.after_touch(i);
+        Some(r)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn link(&self, a: usize, b: usize) -> Option<SimLink> {
+        self.links.get(&(a, b)).copied()
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = (usize, usize, SimLink)> + '_ {
+        self.links.iter().map(|(&(a, b), l)| (a, b, *l))
+    }
+
+    /// Changes both directions of a link.
+    pub fn set_link(&mut self, a: usize, b: usize, f: impl Fn(&mut SimLink)) {
+        for key in [(a, b), (b, a)] {
+            if let Some(l) = self.links.get_mut(&key) {
+                f(l);
+            }
+        }
+    }
+
+    fn after_touch(&mut self, i: usize) {
+        let from = self.nodes[i].addr;
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(t) = node.poll_transmit() {
+            out.push(t);
+        }
+        while let Some(e) = node.poll_event() {
+            self.observed.push(Observed {
+                at: self.now,
+                node: i,
+                event: e,
+            });
+        }
+        let deadline = node.poll_timeout();
+        for t in out {
+            self.transmit(i, from, t.dst, t.payload);
+        }
+        let sn = &mut self.nodes[i];
+        sn.timer_version += 1;
+        if let Some(d) = deadline {
+            self.timers
+                .push(Reverse((d.max(self.now), i, sn.timer_version)));
+        }
+    }
+
+    fn transmit(&mut self, from_idx: usize, from: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
+        self.packets_sent += 1;
+        self.bytes_sent += payload.len() as u64;
+        let Some(&to) = self.by_addr.get(&dst) else {
+            return;
+        };
+        let Some(link) = self.links.get(&(from_idx, to)).copied() else {
+            return;
+        };
+        if !link.up || (link.loss > 0.0 && self.rng.gen_bool(link.loss.min(1.0))) {
+            return;
+        }
+        let copies = if link.duplicate > 0.0 && self.rng.gen_bool(link.duplicate.min(1.0)) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let jitter = if link.jitter.is_zero() {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(self.rng.gen_range(0..=link.jitter.as_nanos() as u64))
+            };
+            self.seq += 1;
+            self.in_flight.push(Reverse(InFlight {
+                at: self.now + link.delay + jitter,
+                seq: self.seq,
+                to,
+                from,
+                payload: payload.clone(),
+            }));
+        }
+    }
+
+    /// Processes the next event; false when there is none before `until`.
+    fn step(&mut self, until: Instant) -> bool {
+        // Drop stale timer entries.
+        while let Some(Reverse((_, i, v))) = self.timers.peek() {
+            if self.nodes[*i].timer_version != *v || self.nodes[*i].node.is_none() {
+                self.timers.pop();
+            } else {
+                break;
+            }
+        }
+        let next_packet = self.in_flight.peek().map(|Reverse(p)| p.at);
+        let next_timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let next = match (next_packet, next_timer) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        if next > until {
+            return false;
+        }
+        self.now = self.now.max(next);
+        if next_packet == Some(next) {
+            let Some(Reverse(p)) = self.in_flight.pop() else {
+                return false;
+            };
+            if let Some(node) = self.nodes[p.to].node.as_mut() {
+                node.handle_datagram(self.now, p.from, &p.payload);
+                self.after_touch(p.to);
+            }
+        } else {
+            let Some(Reverse((_, i, _))) = self.timers.pop() else {
+                return false;
+            };
+            if let Some(node) = self.nodes[i].node.as_mut() {
+                node.handle_timeout(self.now);
+                self.after_touch(i);
+            }
+        }
+        true
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        while self.step(until) {}
+        self.now = until;
+    }
+
+    /// Runs until `done` holds (checked after every event) or `limit` passes; returns whether
+    /// it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let until = self.now + limit;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if !self.step(until) {
+                self.now = until;
+                return done(self);
+            }
+        }
+    }
+}
