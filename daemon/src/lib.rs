@@ -1,4 +1,8 @@
 //! The weft overlay node: a sans-I/O core (`overlay`) and its thin I/O layer.
 
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod io;
 pub mod overlay;
 pub mod sim;

@@ -1,1 +1,328 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: real `weftd` processes on private 127.T.0.N
+//! addresses (T claimed with a lock file, so tests in parallel processes never collide), the
+//! `weft` CLI, and real programs.
+
+use serde_json::Value;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the built binaries (`weftd`, `weft`, `libweft.so`): the test executable
+/// lives in `<target>/<profile>/deps/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .to_path_buf();
+    for b in ["weftd", "weft"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} is missing: build the workspace first (scripts/test.sh does: cargo build --workspace)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+pub fn weftd_bin() -> PathBuf {
+    bin_dir().join("weftd")
+}
+
+pub fn weft_bin() -> PathBuf {
+    bin_dir().join("weft")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what `weft send/recv` stamp with).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Fails loudly if a tool the tests need is missing (never skip silently).
+pub fn require_tool(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "required tool `{name}` is not installed (scripts/test.sh installs it)"
+    );
+}
+
+/// A claimed 127.T.0.0/16 slice: released when dropped.
+pub struct Subnet {
+    pub t: u8,
+    _lock: File,
+}
+
+impl Subnet {
+    pub fn claim() -> Subnet {
+        let dir = Path::new("/tmp/weft-tests");
+        std::fs::create_dir_all(dir).expect("create /tmp/weft-tests");
+        for t in 100u8..=250 {
+            let f = File::create(dir.join(format!("subnet-{t}.lock"))).expect("lock file");
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Subnet { t, _lock: f };
+            }
+        }
+        panic!("no free 127.T.0.0/16 test subnet");
+    }
+}
+
+pub struct Daemon {
+    pub n: usize,
+    pub child: Option<Child>,
+    pub args: Vec<String>,
+}
+
+/// A running overlay of `weftd` processes; everything is killed and removed on drop.
+pub struct Overlay {
+    pub subnet: Subnet,
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub daemons: Vec<Daemon>,
+}
+
+pub struct OverlayBuilder {
+    nodes: usize,
+    links: Vec<(usize, usize, String)>,
+    extra: Vec<String>,
+    emulation: bool,
+}
+
+impl OverlayBuilder {
+    pub fn link(mut self, a: usize, b: usize, spec: &str) -> Self {
+        self.nodes = self.nodes.max(a).max(b);
+        self.links.push((a, b, spec.to_string()));
+        self
+    }
+
+    /// Daemons without `--emulation` (link emulation commands are then refused).
+    pub fn without_emulation(mut self) -> Self {
+        self.emulation = false;
+        self
+    }
+
+    /// Extra `weftd` flags for every daemon.
+    pub fn flag(mut self, f: &str) -> Self {
+        self.extra.push(f.to_string());
+        self
+    }
+
+    pub fn chain(mut self, n: usize, spec: &str) -> Self {
+        for i in 1..n {
+            self = self.link(i, i + 1, spec);
+        }
+        self
+    }
+
+    pub fn start(self) -> Overlay {
+        let subnet = Subnet::claim();
+        let dir = PathBuf::from(format!("/tmp/weft-tests/{}", subnet.t));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let mut o = Overlay {
+            subnet,
+            dir,
+            nodes: self.nodes,
+            daemons: Vec::new(),
+        };
+        for n in 1..=self.nodes {
+            let mut args = vec![
+                "--listen".to_string(),
+                format!("{}:7470", o.ip(n)),
+                "--socket".into(),
+                o.socket(n).display().to_string(),
+                "--proxy-ip".into(),
+                format!("127.{}.1.{n}", o.subnet.t),
+            ];
+            if self.emulation {
+                args.push("--emulation".into());
+            }
+            for (a, b, spec) in &self.links {
+                let peer = if *a == n {
+                    *b
+                } else if *b == n {
+                    *a
+                } else {
+                    continue;
+                };
+                let spec = spec.replace(' ', ",");
+                args.push("--neighbor".into());
+                args.push(if spec.is_empty() {
+                    format!("{}:7470", o.ip(peer))
+                } else {
+                    format!("{}:7470/{spec}", o.ip(peer))
+                });
+            }
+            args.extend(self.extra.iter().cloned());
+            o.daemons.push(Daemon {
+                n,
+                child: None,
+                args,
+            });
+        }
+        for n in 1..=o.nodes {
+            o.start_daemon(n);
+        }
+        o
+    }
+}
+
+impl Overlay {
+    pub fn builder() -> OverlayBuilder {
+        OverlayBuilder {
+            nodes: 0,
+            links: Vec::new(),
+            extra: Vec::new(),
+            emulation: true,
+        }
+    }
+
+    pub fn ip(&self, n: usize) -> String {
+        format!("127.{}.0.{n}", self.subnet.t)
+    }
+
+    pub fn socket(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("node{n}.sock"))
+    }
+
+    pub fn log(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("node{n}.log"))
+    }
+
+    pub fn start_daemon(&mut self, n: usize) {
+        let log = File::create(self.log(n)).expect("log file");
+        let err = log.try_clone().expect("log file");
+        let d = &mut self.daemons[n - 1];
+        let child = Command::new(weftd_bin())
+            .args(&d.args)
+            .env(
+                "WEFT_LOG",
+                std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .expect("spawn weftd");
+        d.child = Some(child);
+        let sock = self.socket(n);
+        wait_for(
+            Duration::from_secs(10),
+            || sock.exists(),
+            || format!("weftd {n} did not create its socket"),
+        );
+    }
+
+    /// SIGKILL one daemon (a crash).
+    pub fn kill(&mut self, n: usize) {
+        if let Some(mut c) = self.daemons[n - 1].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.socket(n));
+    }
+
+    /// Runs `weft ARGS` against node `n`.
+    pub fn weft(&self, n: usize, args: &[&str]) -> Output {
+        Command::new(weft_bin())
+            .arg("--socket")
+            .arg(self.socket(n))
+            .args(args)
+            .output()
+            .expect("run weft")
+    }
+
+    /// `weft ARGS` that must succeed.
+    pub fn weft_ok(&self, n: usize, args: &[&str]) -> String {
+        let out = self.weft(n, args);
+        assert!(
+            out.status.success(),
+            "weft {args:?} on node {n} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status(&self, n: usize) -> Value {
+        serde_json::from_str(&self.weft_ok(n, &["status", "--json"])).expect("status JSON")
+    }
+
+    /// The path (list of node IPs) node `n` uses toward node `dst`.
+    pub fn path(&self, n: usize, dst: usize) -> Vec<String> {
+        let want = self.ip(dst);
+        self.status(n)["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["dst"] == want.as_str())
+            .map(|r| {
+                r["path"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until every node routes to every other node.
+    pub fn wait_converged(&self, timeout: Duration) {
+        wait_for(
+            timeout,
+            || {
+                (1..=self.nodes).all(|n| {
+                    self.status(n)["routes"].as_array().map_or(0, |r| r.len()) + 1 >= self.nodes
+                })
+            },
+            || format!("overlay did not converge; logs in {}", self.dir.display()),
+        );
+    }
+
+    /// Spawns `weft ARGS` on node `n` in the background.
+    pub fn spawn_weft(&self, n: usize, args: &[&str]) -> Child {
+        Command::new(weft_bin())
+            .arg("--socket")
+            .arg(self.socket(n))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weft")
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        for n in 1..=self.daemons.len() {
+            self.kill(n);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what()` after `timeout`. (A bound on
+/// how long to wait for something, not an assertion about how fast it happens.)
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

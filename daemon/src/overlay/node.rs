@@ -321,6 +321,9 @@ impl Node {
         peer: &str,
         action: &weft_ipc::LinkAction,
     ) -> Result<(), String> {
+        if !self.cfg.emulation {
+            return Err("link emulation is disabled: start weftd with --emulation".into());
+        }
         let idx = self
             .find_neighbor(peer)
             .ok_or_else(|| format!("no neighbour `{peer}`"))?;
@@ -334,9 +337,6 @@ impl Node {
                 self.neighbors[idx].cut = false;
             }
             weft_ipc::LinkAction::Set(spec) => {
-                if !self.cfg.emulation {
-                    return Err("link emulation is disabled: start weftd with --emulation".into());
-                }
                 let nbr = &mut self.neighbors[idx];
                 let current = nbr
                     .emulator

@@ -1,0 +1,116 @@
+//! `weft status`: the daemon's JSON, or a readable summary of it.
+
+use crate::client::check;
+use serde_json::Value;
+use std::path::Path;
+use weft_ipc::{Reply, Request};
+
+pub fn fetch(socket: &Path) -> Result<Value, String> {
+    let mut c = super::connect(socket)?;
+    match check(c.request(Request::Status).map_err(|e| e.to_string())?) {
+        Ok(Reply::Status { json }) => {
+            serde_json::from_str(&json).map_err(|e| format!("bad status JSON: {e}"))
+        }
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub fn run(socket: &Path, json: bool) -> Result<i32, String> {
+    let v = fetch(socket)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+        );
+        return Ok(0);
+    }
+    print!("{}", render(&v));
+    Ok(0)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => format!("{f:.2}"),
+            _ => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+pub fn render(v: &Value) -> String {
+    let mut out = String::new();
+    out += &format!(
+        "node {}  listen {}  metric {}  recovery {}  up {:.1}s  emulation {}\n",
+        s(&v["node"]),
+        s(&v["listen"]),
+        s(&v["metric"]),
+        s(&v["recovery"]),
+        v["uptime_ms"].as_f64().unwrap_or(0.0) / 1e3,
+        s(&v["emulation"]),
+    );
+    out += "\nneighbours:\n";
+    out += &format!(
+        "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>7} {:>7}  {}\n",
+        "address", "node", "state", "rtt ms", "min ms", "loss", "cost", "link"
+    );
+    for n in v["neighbors"].as_array().into_iter().flatten() {
+        let loss = n["hello_loss"].as_f64().unwrap_or(0.0) * 100.0;
+        let link = match &n["emulation"] {
+            Value::Array(a) if !a.is_empty() => {
+                let p = &a[0];
+                let mut parts = vec![];
+                if p["loss"].as_f64().unwrap_or(0.0) > 0.0 {
+                    parts.push(format!(
+                        "loss={:.2}%",
+                        p["loss"].as_f64().unwrap_or(0.0) * 100.0
+                    ));
+                }
+                if p["delay"].as_u64().unwrap_or(0) > 0 {
+                    parts.push(format!("delay={}us", p["delay"]));
+                }
+                if p["rate_bps"].as_u64().unwrap_or(0) > 0 {
+                    parts.push(format!("rate={}bit", p["rate_bps"]));
+                }
+                parts.join(" ")
+            }
+            _ => String::new(),
+        };
+        let cut = if n["cut"].as_bool().unwrap_or(false) {
+            " CUT"
+        } else {
+            ""
+        };
+        out += &format!(
+            "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>6.1}% {:>7}  {}{}\n",
+            s(&n["addr"]),
+            s(&n["node"]),
+            s(&n["state"]),
+            s(&n["rtt_ms"]),
+            s(&n["min_rtt_ms"]),
+            loss,
+            s(&n["cost"]),
+            link,
+            cut
+        );
+    }
+    out += "\nroutes:\n";
+    out += &format!(
+        "  {:<15} {:<15} {:>9}  {}\n",
+        "destination", "next hop", "cost", "path"
+    );
+    for r in v["routes"].as_array().into_iter().flatten() {
+        let path: Vec<String> = r["path"].as_array().into_iter().flatten().map(s).collect();
+        out += &format!(
+            "  {:<15} {:<15} {:>9}  {}\n",
+            s(&r["dst"]),
+            s(&r["next_hop"]),
+            s(&r["cost"]),
+            path.join(" > ")
+        );
+    }
+    out
+}

@@ -1,0 +1,382 @@
+//! `weftd` configuration: a TOML file (`--config`) and/or flags, resolved into the node's
+//! configuration plus what the I/O layer needs. Any problem is reported as one line naming the
+//! field, and `weftd` exits with status 2 before starting anything.
+
+use crate::overlay::emulation::{parse_duration, LinkParams};
+use crate::overlay::neighbor::Metric;
+use crate::overlay::{NeighborConfig, NodeConfig};
+use serde::Deserialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use weft_core::NodeId;
+
+pub const DEFAULT_PORT: u16 = 7470;
+/// Where `weftd` listens and `weft` connects when neither `--socket` nor `WEFT_SOCKET` says.
+pub const DEFAULT_SOCKET: &str = "/tmp/weft/weftd.sock";
+
+/// Recovery strategy for sessions: repair loss on every link, or only at the ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recovery {
+    #[default]
+    HopByHop,
+    EndToEnd,
+}
+
+impl std::str::FromStr for Recovery {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hop-by-hop" => Ok(Recovery::HopByHop),
+            "end-to-end" | "end-to-end-only" => Ok(Recovery::EndToEnd),
+            _ => Err(format!("`{s}`: expected hop-by-hop or end-to-end")),
+        }
+    }
+}
+
+/// The file format. Every field is optional; flags override the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub node: Option<String>,
+    pub listen: Option<String>,
+    pub socket: Option<String>,
+    pub proxy_ip: Option<String>,
+    pub emulation: Option<bool>,
+    pub metric: Option<String>,
+    pub recovery: Option<String>,
+    pub hello_interval: Option<String>,
+    pub dead_interval: Option<String>,
+    pub mtu: Option<u32>,
+    pub ttl: Option<u8>,
+    pub log: Option<String>,
+    #[serde(default, rename = "neighbor")]
+    pub neighbors: Vec<FileNeighbor>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNeighbor {
+    pub addr: String,
+    pub node: Option<String>,
+    /// Emulation for packets from this neighbour, e.g. `delay=10ms loss=1%`.
+    pub link: Option<String>,
+}
+
+/// Flags, as parsed by `weftd`'s command line.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub node: Option<String>,
+    pub listen: Option<String>,
+    pub socket: Option<String>,
+    pub proxy_ip: Option<String>,
+    pub emulation: bool,
+    pub metric: Option<String>,
+    pub recovery: Option<String>,
+    pub hello_interval: Option<String>,
+    pub dead_interval: Option<String>,
+    pub mtu: Option<u32>,
+    /// `ADDR` or `ADDR/SPEC` (emulation for packets from that neighbour).
+    pub neighbors: Vec<String>,
+    pub log: Option<String>,
+}
+
+/// Everything `weftd` needs to run.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub node: NodeConfig,
+    pub listen: SocketAddr,
+    pub socket: PathBuf,
+    pub proxy_ip: Ipv4Addr,
+    pub recovery: Recovery,
+    pub log: String,
+}
+
+fn field<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
+    r.map_err(|e| format!("`{name}`: {e}"))
+}
+
+fn parse_ipv4(s: &str) -> Result<Ipv4Addr, String> {
+    s.parse()
+        .map_err(|_| format!("`{s}` is not an IPv4 address"))
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return match a {
+            SocketAddr::V4(_) => Ok(a),
+            SocketAddr::V6(_) => Err(format!("`{s}`: only IPv4 overlay addresses are supported")),
+        };
+    }
+    // A bare address means the default port.
+    let ip = parse_ipv4(s)
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.2:{DEFAULT_PORT}"))?;
+    Ok(SocketAddr::new(ip.into(), DEFAULT_PORT))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).ok_or_else(|| format!("`{s}` is not a duration like 100ms"))?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("`{s}` is below 1ms"));
+    }
+    Ok(d)
+}
+
+fn parse_metric(s: &str) -> Result<Metric, String> {
+    match s {
+        "hops" => Ok(Metric::Hops),
+        "latency" => Ok(Metric::Latency),
+        _ => Err(format!("`{s}`: expected hops or latency")),
+    }
+}
+
+/// The default proxy address for a node: 127.77.x.y from the node address's last two bytes, so
+/// daemons sharing one host (127.0.0.N) get distinct ones.
+pub fn default_proxy_ip(node: Ipv4Addr) -> Ipv4Addr {
+    let o = node.octets();
+    Ipv4Addr::new(127, 77, o[2], o[3])
+}
+
+/// Reads the TOML file, turning parser errors into `file:line: field: problem`.
+pub fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| {
+            text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        });
+        let msg = e.message().replace('\n', " ");
+        match line {
+            Some(l) => format!("{}:{l}: {msg}", path.display()),
+            None => format!("{}: {msg}", path.display()),
+        }
+    })
+}
+
+impl DaemonConfig {
+    /// Merges file and flags (flags win) and validates everything.
+    pub fn resolve(flags: &Flags) -> Result<DaemonConfig, String> {
+        let file = match &flags.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let pick =
+            |flag: &Option<String>, file: &Option<String>| flag.clone().or_else(|| file.clone());
+
+        let listen = match pick(&flags.listen, &file.listen) {
+            Some(s) => field("listen", parse_socket_addr(&s))?,
+            None => return Err("`listen`: required (e.g. --listen 127.0.0.1:7470)".into()),
+        };
+        let listen_ip = match listen {
+            SocketAddr::V4(a) => *a.ip(),
+            SocketAddr::V6(_) => return Err("`listen`: only IPv4 is supported".into()),
+        };
+        if listen_ip.is_unspecified() && pick(&flags.node, &file.node).is_none() {
+            return Err("`node`: required when `listen` is a wildcard address".into());
+        }
+        let node_ip = match pick(&flags.node, &file.node) {
+            Some(s) => field("node", parse_ipv4(&s))?,
+            None => listen_ip,
+        };
+        if node_ip.is_multicast() || node_ip.is_unspecified() || node_ip.is_broadcast() {
+            return Err(format!("`node`: {node_ip} cannot name a node"));
+        }
+        let mut node = NodeConfig::new(NodeId::from(node_ip));
+        node.emulation = flags.emulation || file.emulation.unwrap_or(false);
+        if let Some(m) = pick(&flags.metric, &file.metric) {
+            node.metric = field("metric", parse_metric(&m))?;
+        }
+        if let Some(s) = pick(&flags.hello_interval, &file.hello_interval) {
+            node.hello_interval = field("hello_interval", parse_interval(&s))?;
+        }
+        if let Some(s) = pick(&flags.dead_interval, &file.dead_interval) {
+            node.dead_interval = field("dead_interval", parse_interval(&s))?;
+        }
+        if node.dead_interval < node.hello_interval * 2 {
+            return Err(format!(
+                "`dead_interval`: {:?} must be at least twice hello_interval ({:?})",
+                node.dead_interval, node.hello_interval
+            ));
+        }
+        if let Some(m) = flags.mtu.or(file.mtu) {
+            if !(576..=65_507).contains(&m) {
+                return Err(format!("`mtu`: {m} is outside 576..=65507"));
+            }
+            node.mtu = m as usize;
+        }
+        if let Some(t) = file.ttl {
+            if t == 0 {
+                return Err("`ttl`: must be at least 1".into());
+            }
+            node.default_ttl = t;
+        }
+        let recovery = match pick(&flags.recovery, &file.recovery) {
+            Some(s) => field("recovery", s.parse())?,
+            None => Recovery::default(),
+        };
+
+        let mut neighbors: Vec<NeighborConfig> = Vec::new();
+        for (i, n) in file.neighbors.iter().enumerate() {
+            let name = format!("neighbor[{i}]");
+            let addr = field(&format!("{name}.addr"), parse_socket_addr(&n.addr))?;
+            let id = match &n.node {
+                Some(s) => Some(NodeId::from(field(&format!("{name}.node"), parse_ipv4(s))?)),
+                None => None,
+            };
+            let link = match &n.link {
+                Some(spec) => field(
+                    &format!("{name}.link"),
+                    LinkParams::default().apply_spec(spec),
+                )?,
+                None => LinkParams::default(),
+            };
+            neighbors.push(NeighborConfig { addr, id, link });
+        }
+        for s in &flags.neighbors {
+            let (addr, spec) = match s.split_once('/') {
+                Some((a, sp)) => (a, Some(sp)),
+                None => (s.as_str(), None),
+            };
+            let addr = field("neighbor", parse_socket_addr(addr))?;
+            let link = match spec {
+                Some(sp) => field("neighbor", LinkParams::default().apply_spec(sp))?,
+                None => LinkParams::default(),
+            };
+            neighbors.push(NeighborConfig {
+                addr,
+                id: None,
+                link,
+            });
+        }
+        for (i, n) in neighbors.iter().enumerate() {
+            if n.addr == listen {
+                return Err(format!(
+                    "`neighbor`: {} is this daemon's own address",
+                    n.addr
+                ));
+            }
+            if neighbors[..i].iter().any(|m| m.addr == n.addr) {
+                return Err(format!("`neighbor`: {} is listed twice", n.addr));
+            }
+            if !n.link.is_identity() && !node.emulation {
+                return Err(format!(
+                    "`neighbor`: link emulation for {} needs `emulation = true`",
+                    n.addr
+                ));
+            }
+        }
+        node.neighbors = neighbors;
+
+        let socket = match pick(&flags.socket, &file.socket) {
+            Some(s) => PathBuf::from(s),
+            None => PathBuf::from(DEFAULT_SOCKET),
+        };
+        let proxy_ip = match pick(&flags.proxy_ip, &file.proxy_ip) {
+            Some(s) => field("proxy_ip", parse_ipv4(&s))?,
+            None => default_proxy_ip(node_ip),
+        };
+        if !proxy_ip.is_loopback() {
+            return Err(format!(
+                "`proxy_ip`: {proxy_ip} must be a loopback address (127.0.0.0/8)"
+            ));
+        }
+        let log = pick(&flags.log, &file.log).unwrap_or_else(|| "info".into());
+        Ok(DaemonConfig {
+            node,
+            listen,
+            socket,
+            proxy_ip,
+            recovery,
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn flags() -> Flags {
+        Flags {
+            listen: Some("127.0.0.1:7470".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_from_listen_address() {
+        let c = DaemonConfig::resolve(&flags()).unwrap();
+        assert_eq!(c.node.id, NodeId::from(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(c.proxy_ip, Ipv4Addr::new(127, 77, 0, 1));
+        assert_eq!(c.node.hello_interval, Duration::from_millis(100));
+        assert!(c.node.dead_interval <= Duration::from_millis(500));
+        assert_eq!(c.recovery, Recovery::HopByHop);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut f = flags();
+        f.hello_interval = Some("soon".into());
+        assert!(DaemonConfig::resolve(&f)
+            .unwrap_err()
+            .starts_with("`hello_interval`"));
+        let mut f = flags();
+        f.neighbors = vec!["127.0.0.2:7470/delay=3ms".into()];
+        let e = DaemonConfig::resolve(&f).unwrap_err();
+        assert!(e.contains("emulation"), "{e}");
+        let f = Flags::default();
+        assert!(DaemonConfig::resolve(&f)
+            .unwrap_err()
+            .starts_with("`listen`"));
+        let mut f = flags();
+        f.dead_interval = Some("150ms".into());
+        assert!(DaemonConfig::resolve(&f)
+            .unwrap_err()
+            .starts_with("`dead_interval`"));
+    }
+
+    #[test]
+    fn reads_a_file_and_reports_bad_lines() {
+        let dir = std::env::temp_dir().join(format!("weft-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        let mut f = std::fs::File::create(&good).unwrap();
+        writeln!(
+            f,
+            "listen = \"127.0.0.3:7000\"\nemulation = true\nmetric = \"hops\"\n[[neighbor]]\naddr = \"127.0.0.4:7000\"\nlink = \"delay=5ms loss=1%\""
+        )
+        .unwrap();
+        let c = DaemonConfig::resolve(&Flags {
+            config: Some(good),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.node.neighbors.len(), 1);
+        assert_eq!(c.node.neighbors[0].link.delay, Duration::from_millis(5));
+        assert_eq!(c.node.metric, Metric::Hops);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(
+            &bad,
+            "listen = \"127.0.0.3:7000\"\nhelo_interval = \"5ms\"\n",
+        )
+        .unwrap();
+        let e = DaemonConfig::resolve(&Flags {
+            config: Some(bad),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("bad.toml:2") && e.contains("helo_interval"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

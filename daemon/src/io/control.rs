@@ -1,0 +1,224 @@
+//! The control socket: a `SOCK_SEQPACKET` Unix listener and its connections (the shim in every
+//! application process, and the `weft` CLI). Records are `weft_ipc::control` envelopes.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use weft_ipc::fdpass;
+
+fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= sa.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    Ok((sa, len))
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket creation.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+pub struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Listener {
+    /// Binds the control socket. A leftover socket file from a dead daemon is replaced; a live
+    /// daemon on the path is an error.
+    pub fn bind(path: &Path) -> io::Result<Listener> {
+        let (sa, len) = sockaddr_un(path)?;
+        if path.exists() {
+            let probe = seqpacket()?;
+            // SAFETY: connect with a valid sockaddr_un.
+            let rc = unsafe {
+                libc::connect(
+                    probe.as_raw_fd(),
+                    &sa as *const _ as *const libc::sockaddr,
+                    len,
+                )
+            };
+            let err = io::Error::last_os_error();
+            if rc == 0
+                || err.raw_os_error() == Some(libc::EAGAIN)
+                || err.raw_os_error() == Some(libc::EINPROGRESS)
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another weftd is already serving {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let fd = seqpacket()?;
+        // SAFETY: bind/listen on our own socket with a valid address.
+        unsafe {
+            if libc::bind(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                len,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // Applications that drop privileges (setuid workers) must still reach the daemon;
+            // peers are identified by SO_PEERCRED.
+            let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in socket path"))?;
+            libc::chmod(c.as_ptr(), 0o666);
+            if libc::listen(fd.as_raw_fd(), 128) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Listener {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn accept(&self) -> io::Result<Option<OwnedFd>> {
+        // SAFETY: accept4 on our listener; the result is owned at once.
+        let raw = unsafe {
+            libc::accept4(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: fresh descriptor.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn peer_cred(fd: RawFd) -> Option<PeerCred> {
+    // SAFETY: SO_PEERCRED fills a ucred.
+    unsafe {
+        let mut cred: libc::ucred = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut _ as *mut libc::c_void,
+            &mut len,
+        );
+        (rc == 0).then_some(PeerCred {
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
+        })
+    }
+}
+
+/// One client connection: its socket, identity and the replies waiting for buffer space.
+pub struct Connection {
+    pub fd: OwnedFd,
+    pub cred: PeerCred,
+    pub kind: Option<weft_ipc::ClientKind>,
+    /// Replies (with an optional fd) that did not fit; sent in order when writable.
+    outbox: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
+}
+
+impl Connection {
+    pub fn new(fd: OwnedFd) -> Self {
+        let cred = peer_cred(fd.as_raw_fd()).unwrap_or_default();
+        Connection {
+            fd,
+            cred,
+            kind: None,
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// Queues or sends a reply (replies are never dropped while the connection lives).
+    pub fn reply(&mut self, record: Vec<u8>, fd: Option<OwnedFd>) -> io::Result<()> {
+        self.outbox.push_back((record, fd));
+        self.flush()
+    }
+
+    /// Sends an unsolicited event; dropped if the client is not keeping up (like a datagram).
+    pub fn event(&mut self, record: &[u8], fd: Option<RawFd>) -> io::Result<bool> {
+        if !self.outbox.is_empty() {
+            return Ok(false);
+        }
+        match fdpass::send_record(self.fd.as_raw_fd(), record, fd) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        while let Some((rec, fd)) = self.outbox.front() {
+            match fdpass::send_record(self.fd.as_raw_fd(), rec, fd.as_ref().map(|f| f.as_raw_fd()))
+            {
+                Ok(()) => {
+                    self.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+}

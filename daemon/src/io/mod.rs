@@ -1,0 +1,518 @@
+//! The thin I/O layer around the sans-I/O node: one mio event loop on one thread, the overlay
+//! UDP socket, the control socket and signals. Everything protocol-shaped lives in `overlay`.
+
+pub mod clock;
+pub mod control;
+pub mod udp;
+
+use crate::config::DaemonConfig;
+use crate::overlay::{Node, NodeEvent, SendError, Transmit};
+use clock::Clock;
+use control::{Connection, Listener};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::os::fd::AsRawFd;
+use tracing::{debug, info, warn};
+use udp::OverlaySocket;
+use weft_core::Endpoint;
+use weft_ipc::{fdpass, Event, Reply, Request, Welcome, MAX_MESSAGE};
+
+const UDP: Token = Token(0);
+const LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const CONN_BASE: usize = 1 << 32;
+
+/// Where datagrams for a local port go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortOwner {
+    /// A control connection (the CLI's `weft recv`): delivered as `Event::Datagram`.
+    Control(usize),
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct DaemonCounters {
+    datagrams_no_listener: u64,
+    datagrams_dropped_slow_client: u64,
+    udp_send_errors: u64,
+    control_malformed: u64,
+}
+
+#[derive(Serialize)]
+struct DaemonStatus<'a> {
+    #[serde(flatten)]
+    node: crate::overlay::status::NodeStatus,
+    listen: String,
+    socket: String,
+    recovery: crate::config::Recovery,
+    clients: Vec<ClientStatus>,
+    datagram_ports: Vec<u16>,
+    daemon_counters: &'a DaemonCounters,
+}
+
+#[derive(Serialize)]
+struct ClientStatus {
+    pid: i32,
+    uid: u32,
+    kind: Option<String>,
+}
+
+pub struct Daemon {
+    cfg: DaemonConfig,
+    poll: Poll,
+    clock: Clock,
+    node: Node,
+    udp: OverlaySocket,
+    udp_backlog: VecDeque<Transmit>,
+    listener: Listener,
+    signals: SignalFd,
+    conns: HashMap<usize, Connection>,
+    next_conn: usize,
+    ports: BTreeMap<u16, PortOwner>,
+    counters: DaemonCounters,
+    stop: bool,
+}
+
+fn ipc_err(errno: i32, message: impl Into<String>) -> Reply {
+    Reply::Error {
+        errno,
+        message: message.into(),
+    }
+}
+
+impl Daemon {
+    pub fn new(cfg: DaemonConfig) -> Result<Daemon, String> {
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block()
+            .map_err(|e| format!("blocking signals: {e}"))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        // A peer closing a socketpair must not kill the daemon.
+        // SAFETY: ignoring SIGPIPE process-wide is what every network daemon does.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+        let udp = OverlaySocket::bind(cfg.listen)
+            .map_err(|e| format!("cannot bind {}: {e}", cfg.listen))?;
+        let listener = Listener::bind(&cfg.socket)
+            .map_err(|e| format!("control socket {}: {e}", cfg.socket.display()))?;
+        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+        let reg = poll.registry();
+        reg.register(&mut SourceFd(&udp.as_raw_fd()), UDP, Interest::READABLE)
+            .and_then(|_| {
+                reg.register(
+                    &mut SourceFd(&listener.as_raw_fd()),
+                    LISTENER,
+                    Interest::READABLE,
+                )
+            })
+            .and_then(|_| {
+                reg.register(
+                    &mut SourceFd(&signals.as_raw_fd()),
+                    SIGNALS,
+                    Interest::READABLE,
+                )
+            })
+            .map_err(|e| format!("epoll register: {e}"))?;
+        let clock = Clock::new();
+        let incarnation: u32 = rand::random::<u32>() | 1;
+        let node = Node::new(
+            cfg.node.clone(),
+            clock.now(),
+            incarnation,
+            clock::first_sequence(),
+            rand::random(),
+        );
+        Ok(Daemon {
+            cfg,
+            poll,
+            clock,
+            node,
+            udp,
+            udp_backlog: VecDeque::new(),
+            listener,
+            signals,
+            conns: HashMap::new(),
+            next_conn: 0,
+            ports: BTreeMap::new(),
+            counters: DaemonCounters::default(),
+            stop: false,
+        })
+    }
+
+    pub fn run(mut self) -> Result<(), String> {
+        info!(
+            node = %self.node.id(),
+            listen = %self.cfg.listen,
+            socket = %self.cfg.socket.display(),
+            neighbors = self.cfg.node.neighbors.len(),
+            "weftd running"
+        );
+        let mut events = Events::with_capacity(256);
+        while !self.stop {
+            let timeout = self.node.poll_timeout().map(|t| self.clock.until(t));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(format!("epoll: {e}"));
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    UDP => {
+                        if ev.is_readable() {
+                            self.read_udp();
+                        }
+                        if ev.is_writable() {
+                            self.flush_udp();
+                        }
+                    }
+                    LISTENER => self.accept_clients(),
+                    SIGNALS => self.read_signals(),
+                    Token(t) if t >= CONN_BASE => {
+                        let id = t - CONN_BASE;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read_client(id);
+                        }
+                        if ev.is_writable() {
+                            self.flush_client(id);
+                        }
+                    }
+                    Token(_) => {}
+                }
+            }
+            let now = self.clock.now();
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.node.handle_timeout(now);
+            }
+            self.drain_node();
+        }
+        info!("weftd stopping");
+        Ok(())
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            info!(signal = info.ssi_signo, "signal received");
+            self.stop = true;
+        }
+    }
+
+    // ----- overlay UDP --------------------------------------------------------------------
+
+    fn read_udp(&mut self) {
+        // Bounded so that a flood cannot starve clients and timers.
+        for _ in 0..64 {
+            let n = match self.udp.recv_batch() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("overlay socket receive: {e}");
+                    return;
+                }
+            };
+            if n == 0 {
+                return;
+            }
+            let now = self.clock.now();
+            for i in 0..n {
+                let (from, data) = self.udp.received(i);
+                self.node.handle_datagram(now, from, data);
+            }
+            self.drain_node();
+        }
+    }
+
+    fn flush_udp(&mut self) {
+        while !self.udp_backlog.is_empty() {
+            let sent = match self.udp.send_batch(
+                self.udp_backlog
+                    .iter()
+                    .map(|t| (t.dst, t.payload.as_slice())),
+            ) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.counters.udp_send_errors += 1;
+                    debug!(
+                        "overlay send to {:?}: {e}",
+                        self.udp_backlog.front().map(|t| t.dst)
+                    );
+                    1
+                }
+            };
+            if sent == 0 {
+                break;
+            }
+            self.udp_backlog.drain(..sent.min(self.udp_backlog.len()));
+        }
+        let interest = if self.udp_backlog.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let _ =
+            self.poll
+                .registry()
+                .reregister(&mut SourceFd(&self.udp.as_raw_fd()), UDP, interest);
+    }
+
+    /// Moves everything the node produced to where it goes.
+    fn drain_node(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            self.udp_backlog.push_back(t);
+        }
+        if !self.udp_backlog.is_empty() {
+            self.flush_udp();
+        }
+        while let Some(ev) = self.node.poll_event() {
+            match ev {
+                NodeEvent::Datagram { src, dst, payload } => {
+                    self.deliver_datagram(src, dst, payload)
+                }
+                NodeEvent::RoutesChanged => {}
+            }
+        }
+    }
+
+    fn deliver_datagram(&mut self, src: Endpoint, dst: Endpoint, payload: Vec<u8>) {
+        match self.ports.get(&dst.port) {
+            Some(PortOwner::Control(id)) => {
+                let id = *id;
+                let Ok(rec) = (Event::Datagram {
+                    src,
+                    dst_port: dst.port,
+                    payload,
+                })
+                .encode() else {
+                    return;
+                };
+                let delivered = self.conns.get_mut(&id).map(|c| c.event(&rec, None));
+                match delivered {
+                    Some(Ok(true)) => {}
+                    Some(Ok(false)) => self.counters.datagrams_dropped_slow_client += 1,
+                    Some(Err(_)) | None => self.drop_client(id),
+                }
+            }
+            None => self.counters.datagrams_no_listener += 1,
+        }
+    }
+
+    // ----- control clients ----------------------------------------------------------------
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok(Some(fd)) => {
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    let conn = Connection::new(fd);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut SourceFd(&conn.fd.as_raw_fd()),
+                        Token(CONN_BASE + id),
+                        Interest::READABLE,
+                    ) {
+                        warn!("register client: {e}");
+                        continue;
+                    }
+                    debug!(
+                        id,
+                        pid = conn.cred.pid,
+                        uid = conn.cred.uid,
+                        "client connected"
+                    );
+                    self.conns.insert(id, conn);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("accept on control socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_client(&mut self, id: usize) {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        for _ in 0..64 {
+            let Some(conn) = self.conns.get(&id) else {
+                return;
+            };
+            let rec = match fdpass::recv_record(conn.fd.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.drop_client(id),
+            };
+            if rec.len == 0 && rec.fd.is_none() {
+                return self.drop_client(id);
+            }
+            let reply = if rec.truncated {
+                self.counters.control_malformed += 1;
+                ipc_err(libc::EMSGSIZE, "control message too large")
+            } else {
+                match Request::decode(&buf[..rec.len]) {
+                    Ok(req) => self.handle_request(id, req, rec.fd),
+                    Err(e) => {
+                        self.counters.control_malformed += 1;
+                        ipc_err(libc::EPROTO, e.to_string())
+                    }
+                }
+            };
+            self.send_reply(id, reply, None);
+        }
+    }
+
+    fn send_reply(&mut self, id: usize, reply: Reply, fd: Option<std::os::fd::OwnedFd>) {
+        let Ok(rec) = reply.encode() else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.reply(rec, fd).is_err() {
+            return self.drop_client(id);
+        }
+        self.update_client_interest(id);
+    }
+
+    fn flush_client(&mut self, id: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.flush().is_err() {
+            return self.drop_client(id);
+        }
+        self.update_client_interest(id);
+    }
+
+    fn update_client_interest(&mut self, id: usize) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let interest = if conn.wants_write() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = self.poll.registry().reregister(
+            &mut SourceFd(&conn.fd.as_raw_fd()),
+            Token(CONN_BASE + id),
+            interest,
+        );
+    }
+
+    /// Forgets a client and releases everything it held.
+    fn drop_client(&mut self, id: usize) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+        self.ports
+            .retain(|_, owner| *owner != PortOwner::Control(id));
+        debug!(id, pid = conn.cred.pid, "client gone");
+    }
+
+    fn handle_request(
+        &mut self,
+        id: usize,
+        req: Request,
+        _fd: Option<std::os::fd::OwnedFd>,
+    ) -> Reply {
+        let now = self.clock.now();
+        match req {
+            Request::Hello { kind, pid } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.kind = Some(kind);
+                    debug!(id, ?kind, pid, "hello");
+                }
+                Reply::Welcome(Welcome {
+                    node: self.node.id(),
+                    proxy_ip: self.cfg.proxy_ip,
+                    nodes: self.node.known_nodes(),
+                    prefixes: Vec::new(),
+                })
+            }
+            Request::Status => match serde_json::to_string(&self.status(now)) {
+                Ok(json) => Reply::Status { json },
+                Err(e) => ipc_err(libc::EIO, e.to_string()),
+            },
+            Request::Link { peer, action } => match self.node.link_command(now, &peer, &action) {
+                Ok(()) => Reply::Ok,
+                Err(e) => ipc_err(libc::EINVAL, e),
+            },
+            Request::BindDatagram {
+                port,
+                deliver_to: None,
+            } => {
+                let port = if port == 0 {
+                    match (49152..=65535u16).find(|p| !self.ports.contains_key(p)) {
+                        Some(p) => p,
+                        None => return ipc_err(libc::EADDRINUSE, "no free port"),
+                    }
+                } else {
+                    port
+                };
+                if self.ports.contains_key(&port) {
+                    return ipc_err(libc::EADDRINUSE, format!("port {port} is in use"));
+                }
+                self.ports.insert(port, PortOwner::Control(id));
+                Reply::Bound { port }
+            }
+            Request::UnbindDatagram { port } => {
+                if self.ports.get(&port) == Some(&PortOwner::Control(id)) {
+                    self.ports.remove(&port);
+                }
+                Reply::Ok
+            }
+            Request::SendDatagram {
+                src_port,
+                dst,
+                ttl,
+                payload,
+            } => {
+                match self.node.send_datagram(
+                    now,
+                    src_port,
+                    dst,
+                    &payload,
+                    (ttl > 0).then_some(ttl),
+                ) {
+                    Ok(()) => Reply::Ok,
+                    Err(SendError::NoRoute) => {
+                        ipc_err(libc::EHOSTUNREACH, format!("no route to {}", dst.node))
+                    }
+                    Err(SendError::TooLarge) => ipc_err(libc::EMSGSIZE, "datagram too large"),
+                }
+            }
+            other => ipc_err(
+                libc::ENOSYS,
+                format!("not supported by this daemon yet: {other:?}"),
+            ),
+        }
+    }
+
+    fn status(&self, now: weft_core::Instant) -> DaemonStatus<'_> {
+        DaemonStatus {
+            node: self.node.status(now),
+            listen: self.cfg.listen.to_string(),
+            socket: self.cfg.socket.display().to_string(),
+            recovery: self.cfg.recovery,
+            clients: self
+                .conns
+                .values()
+                .map(|c| ClientStatus {
+                    pid: c.cred.pid,
+                    uid: c.cred.uid,
+                    kind: c.kind.map(|k| format!("{k:?}").to_lowercase()),
+                })
+                .collect(),
+            datagram_ports: self.ports.keys().copied().collect(),
+            daemon_counters: &self.counters,
+        }
+    }
+}
