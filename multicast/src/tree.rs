@@ -208,34 +208,33 @@ impl TreeCache {
         let topology_generation = paths.generation();
         let membership_generation = db.group_generation(group);
         let key = (source, group);
-        let fresh = self.entries.get(&key).is_some_and(|c| {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            self.evict(db, topology_generation);
+        }
+        let fresh = |c: &CachedForwarding| {
             c.topology_generation == topology_generation
                 && c.membership_generation == membership_generation
-        });
-        if fresh {
-            self.hits += 1;
-        } else {
-            self.misses += 1;
-            if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
-                self.evict(db, topology_generation);
-            }
-        }
+        };
+        let recompute = || CachedForwarding {
+            topology_generation,
+            membership_generation,
+            forwarding: compute_forwarding(db, paths, source, group),
+        };
+        // One hash probe on the hot path (a valid entry).
         let cached = match self.entries.entry(key) {
-            Entry::Occupied(mut slot) => {
-                if !fresh {
-                    slot.insert(CachedForwarding {
-                        topology_generation,
-                        membership_generation,
-                        forwarding: compute_forwarding(db, paths, source, group),
-                    });
-                }
+            Entry::Occupied(slot) if fresh(slot.get()) => {
+                self.hits += 1;
                 slot.into_mut()
             }
-            Entry::Vacant(slot) => slot.insert(CachedForwarding {
-                topology_generation,
-                membership_generation,
-                forwarding: compute_forwarding(db, paths, source, group),
-            }),
+            Entry::Occupied(mut slot) => {
+                self.misses += 1;
+                slot.insert(recompute());
+                slot.into_mut()
+            }
+            Entry::Vacant(slot) => {
+                self.misses += 1;
+                slot.insert(recompute())
+            }
         };
         &cached.forwarding
     }

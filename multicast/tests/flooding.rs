@@ -296,9 +296,9 @@ fn status_shows_groups_members_and_trees() {
         .collect();
     let g = group(3);
     let mut messages = Vec::new();
-    for v in 1..5 {
+    for (v, member) in nodes.iter_mut().enumerate().skip(1) {
         let source = (v % 2 == 0).then_some(graph.nodes[0]);
-        let r = nodes[v]
+        let r = member
             .local_join(SocketId(v as u64), g, source, v == 3)
             .expect("join")
             .expect("record");

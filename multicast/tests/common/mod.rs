@@ -266,11 +266,14 @@ pub fn snapshot(node: &Multicast) -> Vec<Vec<u8>> {
     node.records().map(MembershipRecord::to_bytes).collect()
 }
 
+/// One node's sockets in one group: socket → (None: any source, or the listed sources; reliable).
+pub type SocketJoins = BTreeMap<u64, (Option<BTreeSet<NodeId>>, bool)>;
+
 /// The test's own model of which sockets joined what, to compare the crate against.
 #[derive(Debug, Clone, Default)]
 pub struct TruthMembership {
-    /// (node index, group) → socket → (None: any source, or the listed sources; reliable).
-    pub joins: BTreeMap<(usize, NodeId), BTreeMap<u64, (Option<BTreeSet<NodeId>>, bool)>>,
+    /// (node index, group) → that node's sockets in the group.
+    pub joins: BTreeMap<(usize, NodeId), SocketJoins>,
 }
 
 impl TruthMembership {
@@ -347,19 +350,19 @@ pub struct ForwardTotals {
 /// `forwarding` answer, and checks: each reachable member accepting the source gets exactly one
 /// copy, nobody else gets one, no directed link carries two, only tree links carry copies, the
 /// number of transmissions is the size of the pruned tree, and reliable flags cover exactly the
-/// paths to reliable members. `reliable_members`: nodes whose membership asked for it.
+/// paths to reliable members.
 pub fn forward_and_check(
     nodes: &mut [Multicast],
     graph: &Graph,
     oracle: &Oracle,
     truth: &TruthMembership,
-    reliable_members: &BTreeSet<usize>,
     source: usize,
     group: NodeId,
     totals: &mut ForwardTotals,
 ) -> Result<(), String> {
     let n = nodes.len();
     let s_id = graph.nodes[source];
+    let reliable_members = truth.reliable_members(group);
     let mut deliveries = vec![0u32; n];
     let mut carried: HashMap<(usize, usize), (u32, bool)> = HashMap::new();
     let mut queue = vec![(source, None::<usize>)];
@@ -401,15 +404,15 @@ pub fn forward_and_check(
     let mut tree_nodes: BTreeSet<usize> = BTreeSet::new();
     let mut reliable_links: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut unicast = 0u64;
-    for v in 0..n {
+    for (v, &got) in deliveries.iter().enumerate() {
         let wanted = truth.accepts(v, group, s_id);
         let expected = u32::from(wanted && oracle.reachable(source, v));
-        if deliveries[v] != expected {
+        if got != expected {
             return Err(format!(
                 "{} (member accepting {s_id}: {wanted}, reachable: {}) got {} copies of {group}",
                 graph.nodes[v],
                 oracle.reachable(source, v),
-                deliveries[v]
+                got
             ));
         }
         if expected == 1 {
