@@ -437,7 +437,9 @@ impl Daemon {
                     prefixes: Vec::new(),
                 })
             }
+            Request::Nodes => Reply::Nodes { nodes: self.node.known_nodes() },
             Request::Status => match serde_json::to_string(&self.status(now)) {
+
                 Ok(json) => Reply::Status { json },
                 Err(e) => ipc_err(libc::EIO, e.to_string()),
             },
