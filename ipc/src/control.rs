@@ -41,6 +41,8 @@ pub enum Request {
 
     /// The daemon's state as JSON (what `weft status --json` prints).
     Status,
+    /// The current set of overlay nodes: `Reply::Nodes` (the shim refreshes its view with it).
+    Nodes,
     /// Run-time link emulation and cuts (accepted only when the daemon allows emulation).
     Link {
         peer: String,
@@ -191,7 +193,11 @@ pub enum Reply {
         peer: Option<Endpoint>,
         local: Option<Endpoint>,
     },
+    Nodes {
+        nodes: Vec<NodeId>,
+    },
     Bound {
+
         port: u16,
     },
     Proxy {
