@@ -83,22 +83,25 @@ impl Receiver {
         } else if header.base > self.cumulative {
             self.advance_to(header.base);
         }
-        if self
-            .latest_tx
-            .is_none_or(|(t, _)| later(header.tx_time_us, t))
-        {
+        let seq = header.seq;
+        if seq >= self.cumulative && seq - self.cumulative >= self.window {
+            self.counters.beyond_window += 1;
+            return Arrival::BeyondWindow;
+        }
+        // The echo names the latest-sent transmission that got here (duplicates included:
+        // they too show what the path delivered).
+        let newer = match self.latest_tx {
+            Some((t, _)) => later(header.tx_time_us, t),
+            None => true,
+        };
+        if newer {
             self.latest_tx = Some((header.tx_time_us, now));
         }
-        let seq = header.seq;
         if seq < self.cumulative || self.above.contains(seq) {
             self.counters.duplicates += 1;
             self.duplicate_hint = Some(seq);
             self.ack_now_since.get_or_insert(now);
             return Arrival::Duplicate;
-        }
-        if seq - self.cumulative >= self.window {
-            self.counters.beyond_window += 1;
-            return Arrival::BeyondWindow;
         }
         let in_sequence = match self.highest {
             Some(h) => seq == h + 1,

@@ -7,11 +7,15 @@
 //!   reordering window before a delivered one, and still unacknowledged one RTT after that, is
 //!   lost. Retransmissions are covered as well as originals, because the echo names the
 //!   transmission, not the sequence number.
-//! - *By a per-packet timer.* A packet unacknowledged `srtt + max(4·rttvar, 1 ms) +
-//!   max_ack_delay` after it left is lost. This is what repairs sparse traffic (a message every
-//!   20 ms): no later packet needs to arrive first. Consecutive expiries without any ack back
-//!   off exponentially; the first expiry counts as one congestion event, a second one in a row
-//!   collapses the window (RFC 5681's timeout response).
+//! - *By a timer.* The oldest packet in flight is lost once `srtt + max(4·rttvar, 1 ms) +
+//!   max_ack_delay` passed since it left and since the last ack that made progress (the
+//!   restart of RFC 6298 §5.3). This repairs sparse traffic (a message every 20 ms): no later
+//!   packet needs to arrive first, and the previous message's ack came before this one left,
+//!   so the timer runs from the send. In bulk, acks keep restarting it, which matters: packets
+//!   released together by one ack leave the bottleneck one after another, so the last of a
+//!   burst is acked a few serialisation times later than the RTT sample (taken on the first)
+//!   predicts. Consecutive expiries without progress back off exponentially; the first counts
+//!   as one congestion event, a second one in a row collapses the window (RFC 5681).
 //!
 //! Not every loss is congestion. A TCP-like response to 1 % random loss on a 20 ms link caps
 //! the window near 12 packets (about 6.6 Mbit/s), so a lossy overlay link could never be
@@ -114,6 +118,8 @@ pub(crate) struct Sender {
     cc: Box<dyn CongestionControl>,
     pacer: Pacer,
     backoff: u32,
+    /// The last time an ack acknowledged something new (restarts the timer).
+    last_progress: Option<Instant>,
     /// Moving average of the fraction of packets lost.
     loss_rate: f64,
     /// Send time and RTT of the latest-sent transmission known delivered.
@@ -155,6 +161,7 @@ impl Sender {
             cc,
             pacer,
             backoff: 0,
+            last_progress: None,
             loss_rate: 0.0,
             rack: None,
             rack_deadline: None,
@@ -187,6 +194,7 @@ impl Sender {
         self.cc = cc;
         self.pacer = pacer;
         self.backoff = 0;
+        self.last_progress = None;
         self.rack = None;
         self.rack_deadline = None;
         self.last_echo = None;
@@ -427,6 +435,7 @@ impl Sender {
         self.sacked.remove_below(self.base);
         if progress {
             self.backoff = 0;
+            self.last_progress = Some(now);
         }
         self.detect_by_sack(now);
         self.pop_stale_front();
@@ -555,10 +564,12 @@ impl Sender {
 
     /// The earliest transmission still waiting for its ack expires at this time.
     fn rto_deadline(&self) -> Option<Instant> {
-        self.order
-            .iter()
-            .find(|t| self.is_live(t))
-            .map(|t| t.at + self.rto())
+        let oldest = self.order.iter().find(|t| self.is_live(t))?;
+        Some(self.expiry(oldest.at))
+    }
+
+    fn expiry(&self, sent: Instant) -> Instant {
+        self.last_progress.map_or(sent, |p| p.max(sent)) + self.rto()
     }
 
     pub fn loss_timeout(&self) -> Option<Instant> {
@@ -569,14 +580,13 @@ impl Sender {
         if self.rack_deadline.is_some_and(|d| d <= now) {
             self.detect_by_sack(now);
         }
-        let rto = self.rto();
         let mut first_expired = None;
         loop {
             self.pop_stale_front();
             let Some(&front) = self.order.front() else {
                 break;
             };
-            if front.at + rto > now {
+            if self.expiry(front.at) > now {
                 break;
             }
             self.order.pop_front();

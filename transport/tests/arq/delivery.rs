@@ -251,11 +251,10 @@ fn take_all_after_a_cut_returns_exactly_the_undelivered_packets() {
     for seed in seeds(50) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let cut_at = at_ms(rng.gen_range(200..1_500));
-        // Data cut for good; acks keep flowing, so the sender's knowledge is exact.
-        let mut channels = [
-            lossy(rng.gen_range(0.0..0.1)),
-            lossy(rng.gen_range(0.0..0.1)),
-        ];
+        // Data cut for good. The sender can only know what was acked: acks are sent only in
+        // answer to data, so a lost ack for a packet delivered just before the cut would
+        // never be repeated. Hence a lossless ack path (the full-cut test covers the rest).
+        let mut channels = [lossy(rng.gen_range(0.0..0.1)), lossy(0.0)];
         channels[0].cuts.push((cut_at, at_ms(u64::MAX / 2_000_000)));
         let mut sim = Sim::new(seed, Default::default(), channels);
         let mut traffic = Traffic::new(one_way_plan(300, ms(7), 600));
