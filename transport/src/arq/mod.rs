@@ -25,6 +25,7 @@
 //! `ReliableAck` (kind 6): an ack alone (when there is no data to carry it).
 //! ```text
 //!  u64  cumulative   every sequence number below was received
+//!  u32  window       the receiver accepts sequence numbers below cumulative + window
 //!  u8   flags        bit 0: echo fields valid (the receiver has seen data)
 //!  u32  echo_time    tx_time of the latest-sent data packet received
 //!  u32  echo_delay   microseconds that packet waited before this ack left
@@ -66,7 +67,7 @@ const MAX_OUTSTANDING_LIMIT: u64 = 1 << 24;
 #[derive(Debug, Clone)]
 pub struct ArqConfig {
     /// Largest payload (routed packet) per ARQ packet, bytes. 1350 leaves room in a 1500-byte
-    /// MTU for IP/UDP (28), the outer header (16), [`DATA_OVERHEAD`] (67) and a 16-byte
+    /// MTU for IP/UDP (28), the outer header (16), [`DATA_OVERHEAD`] (71) and a 16-byte
     /// authentication tag. Also the DRR quantum.
     pub mss: usize,
     /// Congestion control: CUBIC by default (TCP-friendly), NewReno, or none (experiments).

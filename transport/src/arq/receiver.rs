@@ -169,6 +169,7 @@ impl Receiver {
         self.duplicate_hint = None;
         AckFrame {
             cumulative: self.cumulative,
+            window: u32::try_from(self.window).unwrap_or(u32::MAX),
             echo,
             ranges,
         }

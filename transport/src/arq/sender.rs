@@ -25,7 +25,7 @@
 //! whose queue fills, losses coincide with queueing delay and the link backs off like CUBIC or
 //! NewReno; a second timer expiry in a row always collapses the window.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 use weft_core::Instant;
 
@@ -109,7 +109,9 @@ pub(crate) struct Sender {
     base: u64,
     slots: VecDeque<Slot>,
     order: VecDeque<Transmission>,
-    lost: VecDeque<u64>,
+    /// Packets declared lost, resent lowest first: the lowest hole is what holds the
+    /// receiver's window back.
+    lost: BTreeSet<u64>,
     /// Sequence numbers ≥ `base` the peer reported by SACK.
     sacked: SeqRanges,
     in_flight_bytes: u64,
@@ -118,6 +120,8 @@ pub(crate) struct Sender {
     cc: Box<dyn CongestionControl>,
     pacer: Pacer,
     backoff: u32,
+    /// First sequence number beyond the receive window the peer last advertised.
+    peer_window_end: Option<u64>,
     /// The last time an ack acknowledged something new (restarts the timer).
     last_progress: Option<Instant>,
     /// Moving average of the fraction of packets lost.
@@ -153,7 +157,7 @@ impl Sender {
             base: 0,
             slots: VecDeque::new(),
             order: VecDeque::new(),
-            lost: VecDeque::new(),
+            lost: BTreeSet::new(),
             sacked: SeqRanges::default(),
             in_flight_bytes: 0,
             in_flight_packets: 0,
@@ -161,6 +165,7 @@ impl Sender {
             cc,
             pacer,
             backoff: 0,
+            peer_window_end: None,
             last_progress: None,
             loss_rate: 0.0,
             rack: None,
@@ -195,6 +200,7 @@ impl Sender {
         self.pacer = pacer;
         self.backoff = 0;
         self.last_progress = None;
+        self.peer_window_end = None;
         self.rack = None;
         self.rack_deadline = None;
         self.last_echo = None;
@@ -232,9 +238,17 @@ impl Sender {
         self.slots.len()
     }
 
-    /// Room in the sequence window for one more new packet.
+    /// Room for one more new packet in our window and in the one the peer advertised.
     pub fn can_send_new(&self) -> bool {
-        self.next_seq - self.base < self.cfg.max_outstanding
+        self.next_seq - self.base < self.cfg.max_outstanding && self.in_peer_window(self.next_seq)
+    }
+
+    /// The peer would accept `seq` (as far as its last ack told).
+    fn in_peer_window(&self, seq: u64) -> bool {
+        match self.peer_window_end {
+            Some(end) => seq < end,
+            None => true,
+        }
     }
 
     pub fn has_lost(&self) -> bool {
@@ -280,13 +294,16 @@ impl Sender {
         Ok(())
     }
 
-    /// Length of the next packet waiting for retransmission, dropping stale entries.
+    /// Length of the next packet waiting for retransmission, if the peer's window admits it
+    /// (stale entries are dropped on the way).
     pub fn peek_lost(&mut self) -> Option<u64> {
-        while let Some(&seq) = self.lost.front() {
+        while let Some(&seq) = self.lost.first() {
             match self.slot(seq) {
-                Some(slot) if slot.state == SlotState::Lost => return Some(slot.len),
+                Some(slot) if slot.state == SlotState::Lost => {
+                    return self.in_peer_window(seq).then_some(slot.len);
+                }
                 _ => {
-                    self.lost.pop_front();
+                    self.lost.pop_first();
                 }
             }
         }
@@ -296,7 +313,7 @@ impl Sender {
     /// Retransmits the packet `peek_lost` named and returns its sequence number.
     pub fn retransmit(&mut self, now: Instant, app_limited: bool) -> Option<u64> {
         self.peek_lost()?;
-        let seq = self.lost.pop_front()?;
+        let seq = self.lost.pop_first()?;
         self.counters.retransmissions += 1;
         self.transmit(now, seq, app_limited);
         Some(seq)
@@ -402,6 +419,12 @@ impl Sender {
             return false;
         }
         self.counters.acks_processed += 1;
+        // A peer configured with a smaller window than ours is respected, not flooded.
+        let window_end = ack.cumulative.saturating_add(u64::from(ack.window));
+        self.peer_window_end = Some(
+            self.peer_window_end
+                .map_or(window_end, |e| e.max(window_end)),
+        );
         if let Some(echo) = ack.echo {
             self.on_echo(now, echo);
         }
@@ -515,7 +538,7 @@ impl Sender {
         let (len, sent) = (slot.len, slot.last_sent);
         self.in_flight_bytes -= len;
         self.in_flight_packets -= 1;
-        self.lost.push_back(seq);
+        self.lost.insert(seq);
         self.loss_rate = self.loss_rate * (1.0 - LOSS_RATE_GAIN) + LOSS_RATE_GAIN;
         if self.loss_is_congestion() {
             self.counters.congestion_events += 1;

@@ -12,7 +12,7 @@ const ACK_EVERY_MASK: u8 = 0x0e;
 const ACK_FLAG_ECHO: u8 = 0x01;
 
 pub(crate) const DATA_HEADER_LEN: usize = 1 + 8 + 4 + 4;
-pub(crate) const ACK_FIXED_LEN: usize = 8 + 1 + 4 + 4 + 1;
+pub(crate) const ACK_FIXED_LEN: usize = 8 + 4 + 1 + 4 + 4 + 1;
 pub(crate) const RANGE_LEN: usize = 8;
 /// SACK ranges a data packet carries at most; standalone acks carry more.
 pub(crate) const MAX_PIGGYBACK_RANGES: usize = 4;
@@ -31,6 +31,8 @@ pub(crate) struct Echo {
 pub(crate) struct AckFrame {
     /// Every sequence number below this was received (or given up by the sender).
     pub cumulative: u64,
+    /// Sequence numbers from `cumulative` on that the receiver accepts.
+    pub window: u32,
     pub echo: Option<Echo>,
     /// Received ranges above `cumulative`, half-open, highest first, neither touching.
     pub ranges: Vec<(u64, u64)>,
@@ -67,6 +69,7 @@ impl AckFrame {
         });
         let ranges = &self.ranges[..self.ranges.len().min(MAX_RANGES)];
         w.u64(self.cumulative)
+            .u32(self.window)
             .u8(if self.echo.is_some() {
                 ACK_FLAG_ECHO
             } else {
@@ -91,6 +94,7 @@ impl AckFrame {
 
     pub fn decode(r: &mut Reader<'_>) -> Result<AckFrame, DecodeError> {
         let cumulative = r.u64()?;
+        let window = r.u32()?;
         let flags = r.u8()?;
         let tx_time_us = r.u32()?;
         let delay_us = r.u32()?;
@@ -128,6 +132,7 @@ impl AckFrame {
         });
         Ok(AckFrame {
             cumulative,
+            window,
             echo,
             ranges,
         })
@@ -202,6 +207,7 @@ mod tests {
     fn sample_ack() -> AckFrame {
         AckFrame {
             cumulative: 1_000_000_000_000,
+            window: 4096,
             echo: Some(Echo {
                 tx_time_us: 0xdead_beef,
                 delay_us: 1234,
@@ -236,6 +242,7 @@ mod tests {
     fn ack_round_trip_without_echo() {
         let ack = AckFrame {
             cumulative: 3,
+            window: 7,
             echo: None,
             ranges: vec![],
         };
@@ -269,6 +276,7 @@ mod tests {
             &mut ack,
             &AckFrame {
                 cumulative: 10,
+                window: 100,
                 echo: None,
                 ranges: vec![(12, 14)],
             },
@@ -290,7 +298,7 @@ mod tests {
                 ranges.push((start, end));
                 top = start - gap;
             }
-            let ack = AckFrame { cumulative, echo: None, ranges };
+            let ack = AckFrame { cumulative, window: u32::MAX, echo: None, ranges };
             let mut body = Vec::new();
             encode_ack(&mut body, &ack);
             prop_assert_eq!(decode_ack(&body).unwrap(), ack);

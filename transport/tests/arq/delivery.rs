@@ -383,3 +383,33 @@ fn reset_after_the_peer_restarts() {
         assert_settled(&sim, "after reset");
     }
 }
+
+#[test]
+fn a_smaller_peer_window_is_respected() {
+    for seed in seeds(20) {
+        let big = ArqConfig {
+            cc: Algorithm::None,
+            initial_window_packets: 64,
+            ..ArqConfig::default()
+        };
+        let small = ArqConfig {
+            max_outstanding_packets: 8,
+            ..ArqConfig::default()
+        };
+        let channel = Channel {
+            rate: Some(5_000_000),
+            queue_bytes: 20_000,
+            ..lossy(0.05)
+        };
+        let mut sim = Sim::new(seed, [big, small], [channel, lossy(0.05)]);
+        let mut traffic = Traffic::new(one_way_plan(500, Duration::from_micros(200), 1000));
+        run_to_completion(&mut sim, &mut traffic, at_ms(120_000));
+        assert_exactly_once(&sim, &traffic, "small peer window");
+        // Only the first flight, sent before any ack named the window, may overshoot it.
+        let beyond = sim.nodes[1].arq.stats().drops.beyond_window;
+        assert!(
+            beyond <= 64,
+            "seed {seed}: {beyond} packets sent beyond the advertised window"
+        );
+    }
+}

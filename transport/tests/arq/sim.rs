@@ -307,10 +307,13 @@ pub fn at_ms(v: u64) -> Instant {
     Instant::from_nanos(v * 1_000_000)
 }
 
-/// Seeds to run: `ARQ_SEED=n` replays one, otherwise `0..count`.
+/// Seeds to run: `ARQ_SEED=n` replays one, `ARQ_SEEDS=n` runs `0..n` (a longer soak),
+/// otherwise `0..count`.
 pub fn seeds(count: u64) -> Vec<u64> {
-    match std::env::var("ARQ_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => (0..count).collect(),
+    let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    match (var("ARQ_SEED"), var("ARQ_SEEDS")) {
+        (Some(seed), _) => vec![seed],
+        (None, Some(n)) => (0..n).collect(),
+        (None, None) => (0..count).collect(),
     }
 }
