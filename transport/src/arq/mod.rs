@@ -433,13 +433,13 @@ impl ArqLink {
     }
 
     fn send_new(&mut self, now: Instant, out: &mut Vec<u8>) {
-        let Some((flow, packet)) = self.queues.pop() else {
+        let Some(held) = self.queues.pop() else {
             return;
         };
-        let len = packet.len() as u64;
+        let len = held.packet.len() as u64;
         let app_limited = self.app_limited(len);
         let ack_now = self.nothing_left();
-        let seq = self.sender.send_new(now, flow, packet, app_limited);
+        let seq = self.sender.send_new(now, held, app_limited);
         self.write_data(now, seq, ack_now, out);
     }
 
@@ -477,8 +477,8 @@ impl ArqLink {
         self.queues.pop_writable()
     }
 
-    /// On link death: every queued or unacknowledged packet with its flow, oldest first (sent
-    /// ones, then queued ones in enqueue order). The link is left empty and usable: sequence
+    /// On link death: every queued or unacknowledged packet with its flow, oldest first (in
+    /// the order they were enqueued, across flows). The link is left empty and usable: sequence
     /// numbers continue and the peer is told to skip the abandoned ones. Packets the peer
     /// received but could not acknowledge before the link died are included (the end-to-end
     /// session drops such duplicates).
@@ -489,8 +489,11 @@ impl ArqLink {
             self.last_now,
         );
         all.extend(self.queues.drain_all());
+        all.sort_unstable_by_key(|held| held.order);
         self.pacing_until = None;
-        all
+        all.into_iter()
+            .map(|held| (held.flow, held.packet))
+            .collect()
     }
 
     /// The neighbour restarted (new incarnation): forget both directions' sequence state and
@@ -503,6 +506,7 @@ impl ArqLink {
             self.sender
                 .take_outstanding(self.cfg.build_cc(), self.cfg.build_pacer(), now);
         held.extend(self.queues.drain_all());
+        held.sort_unstable_by_key(|held| held.order);
         self.queues.requeue(held);
         self.sender
             .reset_rtt(RttEstimator::new(self.cfg.initial_rtt));

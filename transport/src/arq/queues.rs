@@ -6,6 +6,15 @@ use std::collections::{HashMap, VecDeque};
 
 use super::FlowId;
 
+/// A packet with its flow and its place in enqueue order across all flows (so `take_all`
+/// can return everything oldest first, whatever DRR did to the sending order).
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub order: u64,
+    pub flow: FlowId,
+    pub packet: Vec<u8>,
+}
+
 #[derive(Debug, Default)]
 struct FlowQueue {
     /// (enqueue order across all flows, packet)
@@ -77,10 +86,10 @@ impl FlowQueues {
         self.flows.get(flow)?.packets.front().map(|(_, p)| p.len())
     }
 
-    pub fn pop(&mut self) -> Option<(FlowId, Vec<u8>)> {
+    pub fn pop(&mut self) -> Option<Held> {
         let flow = *self.ring.front()?;
         let queue = self.flows.get_mut(&flow)?;
-        let (_, packet) = queue.packets.pop_front()?;
+        let (order, packet) = queue.packets.pop_front()?;
         queue.bytes -= packet.len();
         queue.deficit = queue.deficit.saturating_sub(packet.len());
         self.total_bytes -= packet.len();
@@ -95,7 +104,11 @@ impl FlowQueues {
             self.front_granted = false;
         }
         self.settle_front();
-        Some((flow, packet))
+        Some(Held {
+            order,
+            flow,
+            packet,
+        })
     }
 
     /// Rotates the ring until its front may send its head packet, granting each flow one
@@ -146,32 +159,41 @@ impl FlowQueues {
     }
 
     /// Empties every queue, oldest packet first; blocked flows are told to resume.
-    pub fn drain_all(&mut self) -> Vec<(FlowId, Vec<u8>)> {
-        let mut all: Vec<(u64, FlowId, Vec<u8>)> = Vec::with_capacity(self.total_packets);
+    pub fn drain_all(&mut self) -> Vec<Held> {
+        let mut all = Vec::with_capacity(self.total_packets);
         for (flow, queue) in self.flows.drain() {
             if queue.blocked {
                 self.writable.push_back(flow);
             }
-            all.extend(queue.packets.into_iter().map(|(order, p)| (order, flow, p)));
+            all.extend(queue.packets.into_iter().map(|(order, packet)| Held {
+                order,
+                flow,
+                packet,
+            }));
         }
-        all.sort_unstable_by_key(|(order, _, _)| *order);
+        all.sort_unstable_by_key(|held| held.order);
         self.ring.clear();
         self.front_granted = false;
         self.total_bytes = 0;
         self.total_packets = 0;
-        all.into_iter().map(|(_, flow, p)| (flow, p)).collect()
+        all
     }
 
-    /// Queues packets accepted once already (after a reset), ignoring the limit.
-    pub fn requeue(&mut self, packets: Vec<(FlowId, Vec<u8>)>) {
-        for (flow, packet) in packets {
+    /// Queues packets accepted once already (after a reset), in the order given, keeping
+    /// their place in the enqueue order and ignoring the limit.
+    pub fn requeue(&mut self, packets: Vec<Held>) {
+        for Held {
+            order,
+            flow,
+            packet,
+        } in packets
+        {
             let queue = self.flows.entry(flow).or_default();
             let was_idle = queue.packets.is_empty();
             queue.bytes += packet.len();
             self.total_bytes += packet.len();
             self.total_packets += 1;
-            queue.packets.push_back((self.next_order, packet));
-            self.next_order += 1;
+            queue.packets.push_back((order, packet));
             if was_idle {
                 self.ring.push_back(flow);
             }
@@ -195,8 +217,8 @@ mod tests {
         }
         let mut bytes = [0usize; 3];
         for _ in 0..120 {
-            let (flow, p) = q.pop().unwrap();
-            bytes[flow as usize] += p.len();
+            let held = q.pop().unwrap();
+            bytes[held.flow as usize] += held.packet.len();
         }
         // While both are backlogged, each gets about one quantum per round.
         assert!(bytes[1].abs_diff(bytes[2]) <= 1000, "{bytes:?}");
@@ -225,7 +247,7 @@ mod tests {
         q.push(1, vec![1]).unwrap();
         q.push(2, vec![2]).unwrap();
         q.push(1, vec![3]).unwrap();
-        let drained: Vec<u8> = q.drain_all().into_iter().map(|(_, p)| p[0]).collect();
+        let drained: Vec<u8> = q.drain_all().into_iter().map(|h| h.packet[0]).collect();
         assert_eq!(drained, vec![1, 2, 3]);
         assert!(q.is_empty());
         assert_eq!(q.peek_len(), None);

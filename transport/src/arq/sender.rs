@@ -29,6 +29,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 use weft_core::Instant;
 
+use super::queues::Held;
 use super::ranges::SeqRanges;
 use super::wire::{AckFrame, Echo};
 use super::FlowId;
@@ -56,6 +57,8 @@ enum SlotState {
 #[derive(Debug)]
 struct Slot {
     flow: FlowId,
+    /// Place in the link's enqueue order (see `Held`).
+    order: u64,
     /// Emptied once the packet is known delivered.
     payload: Vec<u8>,
     len: u64,
@@ -183,12 +186,16 @@ impl Sender {
         cc: Box<dyn CongestionControl>,
         pacer: Pacer,
         now: Instant,
-    ) -> Vec<(FlowId, Vec<u8>)> {
+    ) -> Vec<Held> {
         let taken = self
             .slots
             .drain(..)
             .filter(|slot| slot.state != SlotState::Sacked)
-            .map(|slot| (slot.flow, slot.payload))
+            .map(|slot| Held {
+                order: slot.order,
+                flow: slot.flow,
+                packet: slot.payload,
+            })
             .collect();
         self.base = self.next_seq;
         self.order.clear();
@@ -320,19 +327,14 @@ impl Sender {
     }
 
     /// Records a new packet as sent now and returns its sequence number.
-    pub fn send_new(
-        &mut self,
-        now: Instant,
-        flow: FlowId,
-        payload: Vec<u8>,
-        app_limited: bool,
-    ) -> u64 {
+    pub fn send_new(&mut self, now: Instant, held: Held, app_limited: bool) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let len = payload.len() as u64;
+        let len = held.packet.len() as u64;
         self.slots.push_back(Slot {
-            flow,
-            payload,
+            flow: held.flow,
+            order: held.order,
+            payload: held.packet,
             len,
             state: SlotState::Lost,
             last_sent: now,
