@@ -227,7 +227,7 @@ impl Session {
             return 0;
         }
         let n = self.send.write(data);
-        if n < data.len() {
+        if n < data.len() || self.send.capacity_left() == 0 {
             self.write_blocked = true;
         }
         n

@@ -91,7 +91,8 @@ pub enum SessionEvent {
     Connected,
     /// In-order bytes became available after none were (edge-triggered).
     Readable,
-    /// Send-buffer space opened (at least a quarter of it) after a write was cut short.
+    /// Send-buffer space opened (at least a quarter of it) after a write filled it or was cut
+    /// short.
     Writable,
     /// The application has read everything up to the peer's FIN: end of file.
     PeerFinished,

@@ -1,0 +1,5 @@
+//! End-to-end session tests over a simulated network (virtual clock, seeded).
+
+mod sim;
+mod transfer;
+mod outcomes;
