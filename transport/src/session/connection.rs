@@ -89,6 +89,8 @@ pub struct Session {
     pub(super) probe_pending: bool,
     pub(super) rto_at: Option<Instant>,
     pub(super) backoff: u32,
+    /// The next retransmission ignores the congestion window and pacer (after a timeout).
+    pub(super) force_retransmit: bool,
     pub(super) rack_at: Option<Instant>,
     pub(super) pace_at: Option<Instant>,
     /// Zero-window probe timer.
@@ -147,6 +149,7 @@ impl Session {
             probe_pending: false,
             rto_at: None,
             backoff: 0,
+            force_retransmit: false,
             rack_at: None,
             pace_at: None,
             persist_at: None,
@@ -437,7 +440,10 @@ impl Session {
                     self.handshake_pending = true;
                     return Ok(());
                 }
-                if !has_ack || syn {
+                // The handshake completes only with an echo of a timestamp this incarnation
+                // sent: a stale duplicate SYN that created us after the real session ended
+                // draws an answer echoing the old incarnation's clock, and dies here.
+                if !has_ack || syn || self.echo_time(now, seg.tsecr).is_none() {
                     return Ok(());
                 }
                 self.complete_open(now, &seg);

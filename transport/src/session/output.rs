@@ -118,9 +118,10 @@ impl Session {
     fn transmit_data(&mut self, now: Instant) -> Option<Vec<u8>> {
         if let Some(lost) = self.send.first_lost() {
             let (start, len, fin) = (lost.start, u64::from(lost.len), lost.fin);
-            if !self.cwnd_allows(len) || self.pacing_blocks(now, len) {
+            if !self.force_retransmit && (!self.cwnd_allows(len) || self.pacing_blocks(now, len)) {
                 return None;
             }
+            self.force_retransmit = false;
             let room = self.seg_mss().saturating_sub(FIXED_HEADER_LEN + len as usize);
             let sacks = self.recv.sack_blocks(sack_blocks_fitting(room).min(SACK_BLOCKS_WITH_DATA));
             let flags = if fin { Flags::ACK.with(Flags::FIN) } else { Flags::ACK };

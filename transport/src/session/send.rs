@@ -261,10 +261,23 @@ impl SendStream {
         true
     }
 
-    /// A retransmission timeout: everything not SACKed is presumed lost. Returns how many
-    /// segments were newly marked.
-    pub fn mark_all_lost(&mut self) -> usize {
-        (0..self.segments.len()).filter(|&i| self.mark_lost_at(i, true)).count()
+    /// A retransmission timeout: the oldest segment in flight, and every one sent at least
+    /// `age` ago, are presumed lost (RFC 8985 §6.3; younger ones may still arrive). Returns
+    /// how many were newly marked.
+    pub fn mark_lost_on_timeout(&mut self, now: Instant, age: std::time::Duration) -> usize {
+        let mut marked = 0;
+        let mut first = true;
+        for i in 0..self.segments.len() {
+            let seg = &self.segments[i];
+            if !seg.in_flight() {
+                continue;
+            }
+            if first || seg.sent_at + age <= now {
+                marked += usize::from(self.mark_lost_at(i, true));
+            }
+            first = false;
+        }
+        marked
     }
 
     /// The timeout that marked segments lost was spurious: put the ones not yet resent back
@@ -473,7 +486,9 @@ mod tests {
     fn timeout_marks_everything_and_can_be_undone() {
         let mut s = sender_with_segments(3);
         s.on_ack(0, &[(100, 200)]);
-        assert_eq!(s.mark_all_lost(), 2);
+        assert_eq!(s.mark_lost_on_timeout(t(2), Duration::from_millis(5)), 1, "only the oldest is old enough");
+        assert_eq!(s.in_flight(), 100);
+        assert_eq!(s.mark_lost_on_timeout(t(7), Duration::from_millis(5)), 1, "now the third is too");
         assert_eq!(s.in_flight(), 0);
         s.on_retransmitted(0, t(10));
         s.undo_timeout_losses();

@@ -113,7 +113,11 @@ impl Session {
             SessionState::SynSent | SessionState::SynReceived => self.handshake_pending = true,
             SessionState::Established if self.send.has_unacked() => {
                 self.counters.timeouts += 1;
-                self.send.mark_all_lost();
+                self.send.mark_lost_on_timeout(now, self.rtt.srtt());
+                // The first retransmission goes out whatever the window says, and the timer
+                // keeps running (backed off) until an acknowledgement makes progress.
+                self.force_retransmit = true;
+                self.rto_at = Some(now + self.rto());
                 self.rack_at = None;
                 match self.cfg.mode {
                     RecoveryMode::EndToEndOnly => self.cc.on_timeout(now),

@@ -4,7 +4,8 @@
 use crate::sim::*;
 use std::time::Duration;
 use weft_transport::session::SessionEvent::{Closed, Connected, Failed, PeerFinished};
-use weft_transport::session::{RecoveryMode, SessionConfig, SessionError, SessionEvent, SessionStats};
+use weft_core::Instant;
+use weft_transport::session::{RecoveryMode, Session, SessionConfig, SessionError, SessionEvent, SessionStats};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -366,4 +367,24 @@ fn lost_handshake_ack_is_repaired() {
     sim.b.accept_plan = AppPlan { hold_open: true, ..AppPlan::default() };
     sim.run_until(at(secs(10)), |s| a_has(s, Connected) && b_has(s, Connected)).unwrap();
     assert_eq!(sim.b.conns.len(), 1, "retransmitted SYNs reach the same session");
+}
+
+#[test]
+fn stale_duplicate_syn_never_becomes_a_connection() {
+    let mut sim = sim(SessionConfig::default(), link(10), link(10));
+    sim.connect(CONN_ID, AppPlan { send_bytes: 5_000, ..AppPlan::default() });
+    sim.b.accept_plan = AppPlan { send_bytes: 5_000, ..AppPlan::default() };
+    // B closes first (it acknowledges A's FIN last... either way one side lingers).
+    sim.run_until(at(secs(30)), |s| s.b.finished.len() == 1).unwrap();
+    // A copy of A's original SYN, delayed in the network, reaches B after B freed the session.
+    let mut twin = Session::connect(SessionConfig::default(), sim.a.endpoint, sim.b.endpoint, CONN_ID, Instant::ZERO);
+    let syn = twin.poll_transmit(Instant::ZERO).expect("SYN");
+    let (now, a_ep) = (sim.now, sim.a.endpoint);
+    sim.b.receive(now, a_ep, &syn, false);
+    assert_eq!(sim.b.conns.len(), 1, "B's listener accepted the stale SYN");
+    sim.run_until(at(secs(120)), |s| s.b.conns.is_empty() && s.a.conns.is_empty()).unwrap();
+    let ghost = &sim.b.finished[1].1;
+    assert!(!ghost.events.contains(&Connected), "{:?}", ghost.events);
+    assert!(matches!(ghost.events[0], Failed(_)), "{:?}", ghost.events);
+    assert_eq!(sim.a.events(CONN_ID).iter().filter(|&&e| e == Closed).count(), 1);
 }

@@ -263,7 +263,7 @@ impl Host {
         }
     }
 
-    fn receive(&mut self, now: Instant, remote: Endpoint, bytes: &[u8], ce: bool) {
+    pub fn receive(&mut self, now: Instant, remote: Endpoint, bytes: &[u8], ce: bool) {
         let Ok(summary) = Session::peek(bytes) else {
             self.rejected_segments += 1;
             return;
