@@ -119,11 +119,13 @@ impl Session {
                 self.force_retransmit = true;
                 self.rto_at = Some(now + self.rto());
                 self.rack_at = None;
+                // Over repaired links a first timeout more likely means a broken path (relay
+                // crash, reroute) than congestion: reduce once instead of collapsing. Repeated
+                // timeouts mean the path is still broken: stop pouring a window into it.
+                let first = self.backoff == 1;
                 match self.cfg.mode {
-                    RecoveryMode::EndToEndOnly => self.cc.on_timeout(now),
-                    // Over repaired links a timeout means a broken path (relay crash,
-                    // reroute), not a congested one: reduce once instead of collapsing.
-                    RecoveryMode::HopByHop => self.cc.on_congestion_event(now, now),
+                    RecoveryMode::HopByHop if first => self.cc.on_congestion_event(now, now),
+                    _ => self.cc.on_timeout(now),
                 }
             }
             _ => self.backoff = 0,

@@ -239,7 +239,9 @@ fn replay() {
         _ => RecoveryMode::HopByHop,
     };
     let large = std::env::var("WEFT_LARGE").is_ok();
-    match run_scenario(seed, &scenario(seed, mode, large)) {
+    let sc = scenario(seed, mode, large);
+    println!("{sc:?}");
+    match run_scenario(seed, &sc) {
         Ok(o) => println!("ok at {:?}\n{:?}\n{:?}", o.end, o.a, o.b),
         Err(e) => panic!("{e}"),
     }
