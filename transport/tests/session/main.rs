@@ -3,3 +3,4 @@
 mod sim;
 mod transfer;
 mod outcomes;
+mod fuzz;
