@@ -130,6 +130,9 @@ mod tests {
         assert_eq!(cfg.mss, MIN_MSS);
         assert_eq!(cfg.recv_buffer_bytes, 1);
         assert_eq!(cfg.max_rto, cfg.min_rto);
-        assert_eq!(SessionConfig::default().sanitized(), SessionConfig::default());
+        assert_eq!(
+            SessionConfig::default().sanitized(),
+            SessionConfig::default()
+        );
     }
 }

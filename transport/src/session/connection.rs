@@ -119,18 +119,30 @@ pub(super) fn timestamp(now: Instant) -> u32 {
 }
 
 impl Session {
-    fn new(cfg: SessionConfig, local: Endpoint, remote: Endpoint, conn_id: u32, now: Instant, state: SessionState) -> Self {
+    fn new(
+        cfg: SessionConfig,
+        local: Endpoint,
+        remote: Endpoint,
+        conn_id: u32,
+        now: Instant,
+        state: SessionState,
+    ) -> Self {
         let cfg = cfg.sanitized();
         let mss = cfg.mss as u64;
         let cc = cfg.cc.build(mss, cfg.initial_window_packets, 1 << 40);
-        let pacer = cfg.pacing.then(|| Pacer::new(mss * cfg.initial_window_packets));
+        let pacer = cfg
+            .pacing
+            .then(|| Pacer::new(mss * cfg.initial_window_packets));
         Session {
             send: SendStream::new(cfg.send_buffer_bytes),
             recv: ReceiveStream::new(cfg.recv_buffer_bytes as u64),
             rtt: RttEstimator::new(cfg.initial_rtt),
             cc,
             pacer,
-            rack: Rack { reorder_quarters: 1, ..Rack::default() },
+            rack: Rack {
+                reorder_quarters: 1,
+                ..Rack::default()
+            },
             ack: AckState {
                 immediate: false,
                 deadline: None,
@@ -176,7 +188,13 @@ impl Session {
     }
 
     /// Active open. `conn_id` is random per session (distinguishes incarnations).
-    pub fn connect(cfg: SessionConfig, local: Endpoint, remote: Endpoint, conn_id: u32, now: Instant) -> Self {
+    pub fn connect(
+        cfg: SessionConfig,
+        local: Endpoint,
+        remote: Endpoint,
+        conn_id: u32,
+        now: Instant,
+    ) -> Self {
         Session::new(cfg, local, remote, conn_id, now, SessionState::SynSent)
     }
 
@@ -189,13 +207,23 @@ impl Session {
         now: Instant,
     ) -> Result<Self, DecodeError> {
         let seg = Segment::decode(syn)?;
-        if !seg.flags.contains(Flags::SYN) || seg.flags.contains(Flags::ACK) || seg.flags.contains(Flags::RST) {
+        if !seg.flags.contains(Flags::SYN)
+            || seg.flags.contains(Flags::ACK)
+            || seg.flags.contains(Flags::RST)
+        {
             return Err(DecodeError::Invalid("not a connection request"));
         }
         if seg.src_port != remote.port || seg.dst_port != local.port {
             return Err(DecodeError::Invalid("SYN ports do not match the endpoints"));
         }
-        let mut s = Session::new(cfg, local, remote, seg.conn_id, now, SessionState::SynReceived);
+        let mut s = Session::new(
+            cfg,
+            local,
+            remote,
+            seg.conn_id,
+            now,
+            SessionState::SynReceived,
+        );
         s.learn_peer_mss(&seg);
         s.peer_right_edge = u64::from(seg.window);
         s.ack.echo_tsval = seg.tsval;
@@ -249,7 +277,9 @@ impl Session {
         if n > 0 && self.state == SessionState::Established {
             // Tell a sender stalled on our window that it opened, without acknowledging every
             // small read.
-            let threshold = (self.cfg.recv_buffer_bytes as u64 / 2).min(2 * self.seg_mss() as u64).max(1);
+            let threshold = (self.cfg.recv_buffer_bytes as u64 / 2)
+                .min(2 * self.seg_mss() as u64)
+                .max(1);
             if self.recv.right_edge() >= self.ack.advertised_right_edge + threshold {
                 self.ack.immediate = true;
             }
@@ -356,8 +386,11 @@ impl Session {
     }
 
     pub(super) fn backed_off(&self, exponent: u32) -> Duration {
-        let base = self.rtt.rto(Duration::from_millis(1), self.cfg.min_rto, self.cfg.max_rto);
-        base.saturating_mul(1 << exponent.min(16)).min(self.cfg.max_rto)
+        let base = self
+            .rtt
+            .rto(Duration::from_millis(1), self.cfg.min_rto, self.cfg.max_rto);
+        base.saturating_mul(1 << exponent.min(16))
+            .min(self.cfg.max_rto)
     }
 
     /// When the segment we sent with `tsval == tsecr` left, if the echo is plausible.
@@ -396,16 +429,26 @@ impl Session {
         }
     }
 
-    pub fn handle_segment(&mut self, now: Instant, segment: &[u8], ce: bool) -> Result<(), DecodeError> {
+    pub fn handle_segment(
+        &mut self,
+        now: Instant,
+        segment: &[u8],
+        ce: bool,
+    ) -> Result<(), DecodeError> {
         let seg = Segment::decode(segment)?;
-        if seg.conn_id != self.conn_id || seg.src_port != self.remote.port || seg.dst_port != self.local.port {
+        if seg.conn_id != self.conn_id
+            || seg.src_port != self.remote.port
+            || seg.dst_port != self.local.port
+        {
             return Err(DecodeError::Invalid("segment belongs to another session"));
         }
         if self.state == SessionState::Closed {
             return Ok(());
         }
         self.counters.segments_received += 1;
-        let ack_eliciting = !seg.payload.is_empty() || seg.flags.contains(Flags::FIN) || seg.flags.contains(Flags::PROBE);
+        let ack_eliciting = !seg.payload.is_empty()
+            || seg.flags.contains(Flags::FIN)
+            || seg.flags.contains(Flags::PROBE);
         if ce {
             self.counters.ce_marks_received += 1;
             self.ack.ce_count = self.ack.ce_count.wrapping_add(1);
@@ -483,7 +526,9 @@ impl Session {
         if let Some(sent) = self.echo_time(now, seg.tsecr) {
             self.take_rtt_sample(now, sent, seg.ack_delay_us);
         }
-        self.peer_right_edge = self.peer_right_edge.max(seg.ack.saturating_add(u64::from(seg.window)));
+        self.peer_right_edge = self
+            .peer_right_edge
+            .max(seg.ack.saturating_add(u64::from(seg.window)));
         self.state = SessionState::Established;
         self.handshake_pending = false;
         self.rto_at = None;
@@ -495,12 +540,18 @@ impl Session {
     fn on_data(&mut self, now: Instant, seg: &Segment<'_>) -> Result<(), DecodeError> {
         let was_readable = self.recv.readable() > 0;
         let fin = seg.flags.contains(Flags::FIN);
-        let arrival = self.recv.on_data(seg.seq, seg.payload, fin).map_err(DecodeError::Invalid)?;
+        let arrival = self
+            .recv
+            .on_data(seg.seq, seg.payload, fin)
+            .map_err(DecodeError::Invalid)?;
         if arrival.new_data {
             self.ack.echo_tsval = seg.tsval;
             self.ack.echo_arrival = now;
         }
-        let urgent = !arrival.new_data || arrival.out_of_order || arrival.beyond_window || self.recv.fin_received();
+        let urgent = !arrival.new_data
+            || arrival.out_of_order
+            || arrival.beyond_window
+            || self.recv.fin_received();
         self.ack.unacked_segments += 1;
         if urgent || self.ack.unacked_segments >= 2 {
             self.ack.immediate = true;
@@ -558,7 +609,8 @@ impl Session {
                 if by_timeout {
                     self.send.undo_timeout_losses();
                 } else {
-                    self.rack.reorder_quarters = (self.rack.reorder_quarters * 2).min(MAX_REORDER_QUARTERS);
+                    self.rack.reorder_quarters =
+                        (self.rack.reorder_quarters * 2).min(MAX_REORDER_QUARTERS);
                 }
             }
         }
@@ -571,7 +623,13 @@ impl Session {
                 self.rack.rtt = rtt;
             }
             if summary.newly_acked_bytes > 0 {
-                self.cc.on_ack(now, sent_at, summary.newly_acked_bytes, &self.rtt, app_limited);
+                self.cc.on_ack(
+                    now,
+                    sent_at,
+                    summary.newly_acked_bytes,
+                    &self.rtt,
+                    app_limited,
+                );
             }
         }
         let ce_delta = seg.ce_count.wrapping_sub(self.peer_ce_count);
@@ -598,14 +656,19 @@ impl Session {
 
     /// RACK: declare lost what was sent well before something that got through.
     pub(super) fn detect_losses(&mut self, now: Instant) {
-        let Some((sent, end)) = self.rack.delivered else { return };
+        let Some((sent, end)) = self.rack.delivered else {
+            return;
+        };
         let quarter = self.rtt.min_rtt() / 4;
         let reorder = (quarter * self.rack.reorder_quarters).min(self.rtt.srtt());
-        let scan = self.send.detect_losses(now, sent, end, self.rack.rtt + reorder);
+        let scan = self
+            .send
+            .detect_losses(now, sent, end, self.rack.rtt + reorder);
         self.rack_at = scan.next_deadline;
         if scan.marked > 0 {
             self.counters.fast_retransmits += scan.marked as u64;
-            self.cc.on_congestion_event(now, scan.latest_sent_at.unwrap_or(now));
+            self.cc
+                .on_congestion_event(now, scan.latest_sent_at.unwrap_or(now));
         }
     }
 
@@ -613,7 +676,10 @@ impl Session {
     /// that carry no time (a read); they cannot complete a close that needs one.
     pub(super) fn update_lifecycle(&mut self, now: Option<Instant>) {
         if let Some(now) = now {
-            if self.state == SessionState::Established && self.send.fin_acked() && self.recv.fin_received() {
+            if self.state == SessionState::Established
+                && self.send.fin_acked()
+                && self.recv.fin_received()
+            {
                 if self.fin_sent_after_peer_fin == Some(true) {
                     self.state = SessionState::Closed;
                 } else {
@@ -623,7 +689,10 @@ impl Session {
             }
         }
         let open = !matches!(self.state, SessionState::Closed | SessionState::TimeWait);
-        if self.write_blocked && open && self.send.capacity_left() >= (self.send.capacity() / 4).max(1) {
+        if self.write_blocked
+            && open
+            && self.send.capacity_left() >= (self.send.capacity() / 4).max(1)
+        {
             self.write_blocked = false;
             self.events.push_back(SessionEvent::Writable);
         }
@@ -631,7 +700,9 @@ impl Session {
             self.peer_finished_reported = true;
             self.events.push_back(SessionEvent::PeerFinished);
         }
-        let done = self.state == SessionState::Closed && !self.rst_pending && (self.failed || self.recv.readable() == 0);
+        let done = self.state == SessionState::Closed
+            && !self.rst_pending
+            && (self.failed || self.recv.readable() == 0);
         if done && !self.closed_reported {
             self.closed_reported = true;
             self.events.push_back(SessionEvent::Closed);

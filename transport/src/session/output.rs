@@ -3,7 +3,10 @@
 //! window and the pacer's rate.
 
 use super::connection::{timestamp, Session};
-use super::wire::{sack_blocks_fitting, sack_option_len, Flags, SackBlocks, Segment, FIXED_HEADER_LEN, MAX_SACK_BLOCKS};
+use super::wire::{
+    sack_blocks_fitting, sack_option_len, Flags, SackBlocks, Segment, FIXED_HEADER_LEN,
+    MAX_SACK_BLOCKS,
+};
 use super::SessionState;
 use weft_core::Instant;
 
@@ -76,7 +79,11 @@ impl Session {
     fn emit_handshake(&mut self, now: Instant) -> Vec<u8> {
         self.handshake_pending = false;
         let mut seg = if self.state == SessionState::SynSent {
-            Segment { tsecr: 0, ack_delay_us: 0, ..self.segment_template(now, Flags::SYN) }
+            Segment {
+                tsecr: 0,
+                ack_delay_us: 0,
+                ..self.segment_template(now, Flags::SYN)
+            }
         } else {
             self.segment_template(now, Flags::SYN.with(Flags::ACK))
         };
@@ -101,7 +108,10 @@ impl Session {
         let window = self.cc.window();
         let slow_start = self.cc.in_slow_start();
         let srtt = self.rtt.srtt();
-        self.pace_at = self.pacer.as_mut().and_then(|p| p.delay(now, len.max(1), window, srtt, slow_start));
+        self.pace_at = self
+            .pacer
+            .as_mut()
+            .and_then(|p| p.delay(now, len.max(1), window, srtt, slow_start));
         self.pace_at.is_some()
     }
 
@@ -122,10 +132,22 @@ impl Session {
                 return None;
             }
             self.force_retransmit = false;
-            let room = self.seg_mss().saturating_sub(FIXED_HEADER_LEN + len as usize);
-            let sacks = self.recv.sack_blocks(sack_blocks_fitting(room).min(SACK_BLOCKS_WITH_DATA));
-            let flags = if fin { Flags::ACK.with(Flags::FIN) } else { Flags::ACK };
-            let seg = Segment { seq: start, sacks, ..self.segment_template(now, flags) };
+            let room = self
+                .seg_mss()
+                .saturating_sub(FIXED_HEADER_LEN + len as usize);
+            let sacks = self
+                .recv
+                .sack_blocks(sack_blocks_fitting(room).min(SACK_BLOCKS_WITH_DATA));
+            let flags = if fin {
+                Flags::ACK.with(Flags::FIN)
+            } else {
+                Flags::ACK
+            };
+            let seg = Segment {
+                seq: start,
+                sacks,
+                ..self.segment_template(now, flags)
+            };
             self.send.on_retransmitted(start, now);
             self.counters.retransmits += 1;
             self.counters.bytes_retransmitted += len;
@@ -138,7 +160,9 @@ impl Session {
             return None;
         }
         let sacks = self.recv.sack_blocks(SACK_BLOCKS_WITH_DATA);
-        let room = self.seg_mss().saturating_sub(FIXED_HEADER_LEN + sack_option_len(sacks.len())) as u64;
+        let room =
+            self.seg_mss()
+                .saturating_sub(FIXED_HEADER_LEN + sack_option_len(sacks.len())) as u64;
         let window = self.peer_right_edge.saturating_sub(self.send.nxt());
         let len = unsent.min(window).min(room);
         if len == 0 && unsent > 0 {
@@ -162,8 +186,15 @@ impl Session {
         }
         let was_idle = !self.send.has_unacked();
         let app_limited = len == unsent && self.send.in_flight() + len < self.cc.window();
-        let flags = if fin { Flags::ACK.with(Flags::FIN) } else { Flags::ACK };
-        let seg = Segment { sacks, ..self.segment_template(now, flags) };
+        let flags = if fin {
+            Flags::ACK.with(Flags::FIN)
+        } else {
+            Flags::ACK
+        };
+        let seg = Segment {
+            sacks,
+            ..self.segment_template(now, flags)
+        };
         self.send.on_new_sent(now, len as u32, fin, app_limited);
         if fin && self.fin_sent_after_peer_fin.is_none() {
             self.fin_sent_after_peer_fin = Some(self.recv.fin_received());
@@ -190,8 +221,13 @@ impl Session {
             return None;
         }
         let room = self.seg_mss().saturating_sub(FIXED_HEADER_LEN);
-        let sacks: SackBlocks = self.recv.sack_blocks(sack_blocks_fitting(room).min(MAX_SACK_BLOCKS));
-        let seg = Segment { sacks, ..self.segment_template(now, Flags::ACK) };
+        let sacks: SackBlocks = self
+            .recv
+            .sack_blocks(sack_blocks_fitting(room).min(MAX_SACK_BLOCKS));
+        let seg = Segment {
+            sacks,
+            ..self.segment_template(now, Flags::ACK)
+        };
         Some(self.emit(&seg, 0))
     }
 }

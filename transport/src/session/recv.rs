@@ -97,9 +97,17 @@ impl ReceiveStream {
 
     /// Accepts `payload` at `seq` (with a FIN after it if `fin`). Errors name protocol
     /// violations (a FIN that moves, data past the FIN); the state is then unchanged.
-    pub fn on_data(&mut self, seq: u64, payload: &[u8], fin: bool) -> Result<Arrival, &'static str> {
+    pub fn on_data(
+        &mut self,
+        seq: u64,
+        payload: &[u8],
+        fin: bool,
+    ) -> Result<Arrival, &'static str> {
         let end = seq + payload.len() as u64;
-        let highest_seen = self.pending_ranges.last().map_or(self.in_order_end(), |(_, e)| e);
+        let highest_seen = self
+            .pending_ranges
+            .last()
+            .map_or(self.in_order_end(), |(_, e)| e);
         if let Some(f) = self.fin_offset {
             if (fin && end != f) || end > f {
                 return Err("data or FIN beyond the peer's FIN");
@@ -107,7 +115,10 @@ impl ReceiveStream {
         } else if fin && end < highest_seen {
             return Err("FIN below data already received");
         }
-        let mut arrival = Arrival { out_of_order: self.has_gaps(), ..Arrival::default() };
+        let mut arrival = Arrival {
+            out_of_order: self.has_gaps(),
+            ..Arrival::default()
+        };
         if fin && self.fin_offset.is_none() {
             self.fin_offset = Some(end);
             arrival.new_data = true;
@@ -164,7 +175,9 @@ impl ReceiveStream {
         let before = self.in_order_end();
         loop {
             let end = self.in_order_end();
-            let Some(entry) = self.pending.first_entry() else { break };
+            let Some(entry) = self.pending.first_entry() else {
+                break;
+            };
             if *entry.key() != end {
                 break;
             }
@@ -194,7 +207,9 @@ impl ReceiveStream {
         if max == 0 {
             return out;
         }
-        let latest = self.latest_block.and_then(|(s, _)| self.pending_ranges.containing(s));
+        let latest = self
+            .latest_block
+            .and_then(|(s, _)| self.pending_ranges.containing(s));
         if let Some((s, e)) = latest {
             out.push(s, e);
         }
@@ -272,7 +287,10 @@ mod tests {
         r.on_data(0, b"abc", true).unwrap();
         assert!(r.on_data(3, b"d", false).is_err());
         assert!(r.on_data(0, b"ab", true).is_err());
-        assert!(r.on_data(0, b"abc", true).is_ok(), "a retransmitted FIN is fine");
+        assert!(
+            r.on_data(0, b"abc", true).is_ok(),
+            "a retransmitted FIN is fine"
+        );
         let mut r = ReceiveStream::new(100);
         r.on_data(10, b"xyz", false).unwrap();
         assert!(r.on_data(0, b"ab", true).is_err());

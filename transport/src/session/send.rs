@@ -137,17 +137,8 @@ impl SendStream {
         self.fin_requested = true;
     }
 
-    pub fn fin_requested(&self) -> bool {
-        self.fin_requested
-    }
-
     pub fn fin_acked(&self) -> bool {
         self.fin_acked
-    }
-
-    /// Offset the FIN occupies, once requested.
-    pub fn fin_offset(&self) -> Option<u64> {
-        self.fin_requested.then(|| self.data_end())
     }
 
     /// Bytes written but never sent.
@@ -174,15 +165,7 @@ impl SendStream {
         !self.segments.is_empty()
     }
 
-    pub fn has_lost(&self) -> bool {
-        !self.lost.is_empty()
-    }
-
-    /// Everything written, and the FIN, is acknowledged (or nothing was ever asked of us).
-    pub fn all_acked(&self) -> bool {
-        self.buf.is_empty() && (!self.fin_requested || self.fin_acked)
-    }
-
+    #[cfg(test)]
     pub fn segments(&self) -> impl Iterator<Item = &SentSegment> {
         self.segments.iter()
     }
@@ -201,7 +184,13 @@ impl SendStream {
     }
 
     /// Records a first transmission of `[nxt, nxt + len)` (plus the FIN if `fin`).
-    pub fn on_new_sent(&mut self, now: Instant, len: u32, fin: bool, app_limited: bool) -> SentSegment {
+    pub fn on_new_sent(
+        &mut self,
+        now: Instant,
+        len: u32,
+        fin: bool,
+        app_limited: bool,
+    ) -> SentSegment {
         let seg = SentSegment {
             start: self.nxt,
             len,
@@ -231,14 +220,11 @@ impl SendStream {
         self.index_of(start).map(|i| &self.segments[i])
     }
 
-    /// The oldest unacknowledged segment that is not SACKed.
-    pub fn first_unsacked(&self) -> Option<&SentSegment> {
-        self.segments.iter().find(|s| !s.sacked)
-    }
-
     /// Records a retransmission of the segment starting at `start`.
     pub fn on_retransmitted(&mut self, start: u64, now: Instant) {
-        let Some(i) = self.index_of(start) else { return };
+        let Some(i) = self.index_of(start) else {
+            return;
+        };
         let seg = &mut self.segments[i];
         if seg.lost {
             seg.lost = false;
@@ -354,7 +340,9 @@ impl SendStream {
             if front.end() > ack {
                 break;
             }
-            let Some(seg) = self.segments.pop_front() else { break };
+            let Some(seg) = self.segments.pop_front() else {
+                break;
+            };
             self.lost.remove(&seg.start);
             if !seg.sacked {
                 self.note_acked(&seg, &mut out);
@@ -423,7 +411,10 @@ impl SendStream {
         if !matches!(out.latest, Some((t, ..)) if seg.sent_at < t) {
             out.latest = Some((seg.sent_at, seg.end(), retransmitted, seg.app_limited));
         }
-        self.latest_acked_sent_at = Some(self.latest_acked_sent_at.map_or(seg.sent_at, |t| t.max(seg.sent_at)));
+        self.latest_acked_sent_at = Some(
+            self.latest_acked_sent_at
+                .map_or(seg.sent_at, |t| t.max(seg.sent_at)),
+        );
     }
 }
 
@@ -453,13 +444,20 @@ mod tests {
         let a = s.on_ack(100, &[(300, 500)]);
         assert_eq!(a.newly_acked_bytes, 300);
         assert!(a.cumulative_advanced);
-        assert_eq!(s.in_flight(), 200, "[100, 300) is neither acknowledged nor SACKed");
+        assert_eq!(
+            s.in_flight(),
+            200,
+            "[100, 300) is neither acknowledged nor SACKed"
+        );
         assert_eq!(s.una(), 100);
         let mut out = Vec::new();
         s.copy_bytes(100, 4, &mut out);
         assert_eq!(out, vec![100, 101, 102, 103]);
         let a = s.on_ack(500, &[]);
-        assert_eq!(a.newly_acked_bytes, 200, "SACKed bytes are not counted twice");
+        assert_eq!(
+            a.newly_acked_bytes, 200,
+            "SACKed bytes are not counted twice"
+        );
         assert!(!s.has_unacked());
         assert_eq!(s.in_flight(), 0);
     }
@@ -469,14 +467,23 @@ mod tests {
         let mut s = sender_with_segments(4);
         // Segment 2 (sent at t2) delivered; 0 and 1 were sent earlier.
         s.on_ack(0, &[(200, 300)]);
-        let scan = s.detect_losses(t(2) + Duration::from_micros(500), t(2), 300, Duration::from_millis(2));
+        let scan = s.detect_losses(
+            t(2) + Duration::from_micros(500),
+            t(2),
+            300,
+            Duration::from_millis(2),
+        );
         assert_eq!(scan.marked, 1, "segment 0 waited long enough");
         assert_eq!(scan.latest_sent_at, Some(t(0)));
-        assert_eq!(scan.next_deadline, Some(t(3)), "segment 1 qualifies at t1 + 2 ms");
+        assert_eq!(
+            scan.next_deadline,
+            Some(t(3)),
+            "segment 1 qualifies at t1 + 2 ms"
+        );
         assert_eq!(s.first_lost().map(|x| x.start), Some(0));
         assert_eq!(s.in_flight(), 200);
         s.on_retransmitted(0, t(4));
-        assert!(!s.has_lost());
+        assert!(s.first_lost().is_none());
         assert_eq!(s.in_flight(), 300);
         let a = s.on_ack(100, &[]);
         assert_eq!(a.retransmitted.len(), 1);
@@ -486,13 +493,21 @@ mod tests {
     fn timeout_marks_everything_and_can_be_undone() {
         let mut s = sender_with_segments(3);
         s.on_ack(0, &[(100, 200)]);
-        assert_eq!(s.mark_lost_on_timeout(t(2), Duration::from_millis(5)), 1, "only the oldest is old enough");
+        assert_eq!(
+            s.mark_lost_on_timeout(t(2), Duration::from_millis(5)),
+            1,
+            "only the oldest is old enough"
+        );
         assert_eq!(s.in_flight(), 100);
-        assert_eq!(s.mark_lost_on_timeout(t(7), Duration::from_millis(5)), 1, "now the third is too");
+        assert_eq!(
+            s.mark_lost_on_timeout(t(7), Duration::from_millis(5)),
+            1,
+            "now the third is too"
+        );
         assert_eq!(s.in_flight(), 0);
         s.on_retransmitted(0, t(10));
         s.undo_timeout_losses();
-        assert!(!s.has_lost());
+        assert!(s.first_lost().is_none());
         assert_eq!(s.in_flight(), 200);
     }
 
@@ -502,7 +517,10 @@ mod tests {
         let a = s.on_ack(150, &[]);
         assert_eq!(a.newly_acked_bytes, 150);
         assert_eq!(s.in_flight(), 50);
-        assert_eq!(s.segments().next().map(|x| (x.start, x.len)), Some((150, 50)));
+        assert_eq!(
+            s.segments().next().map(|x| (x.start, x.len)),
+            Some((150, 50))
+        );
     }
 
     #[test]
@@ -511,11 +529,10 @@ mod tests {
         s.write(b"abc");
         s.request_fin();
         assert_eq!(s.capacity_left(), 0);
-        assert_eq!(s.fin_offset(), Some(3));
         s.on_new_sent(t(0), 3, true, true);
         s.on_ack(3, &[]);
         assert!(!s.fin_acked());
         s.on_ack(4, &[]);
-        assert!(s.fin_acked() && s.all_acked());
+        assert!(s.fin_acked() && !s.has_unacked());
     }
 }

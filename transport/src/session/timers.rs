@@ -9,15 +9,19 @@ use weft_core::Instant;
 
 impl Session {
     fn connect_deadline(&self) -> Option<Instant> {
-        matches!(self.state, SessionState::SynSent | SessionState::SynReceived)
-            .then(|| self.created_at + self.cfg.connect_timeout)
+        matches!(
+            self.state,
+            SessionState::SynSent | SessionState::SynReceived
+        )
+        .then(|| self.created_at + self.cfg.connect_timeout)
     }
 
     /// While data is unacknowledged or a zero window is being probed, the peer must show
     /// progress within the user timeout.
     fn user_deadline(&self) -> Option<Instant> {
         let waiting = self.send.has_unacked() || self.persist_at.is_some();
-        (self.state == SessionState::Established && waiting).then(|| self.progress_at + self.cfg.user_timeout)
+        (self.state == SessionState::Established && waiting)
+            .then(|| self.progress_at + self.cfg.user_timeout)
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
@@ -28,9 +32,11 @@ impl Session {
     /// The next keepalive probe, or (after the last unanswered one) the failure.
     fn keepalive_deadline(&self) -> Option<Instant> {
         let idle = self.cfg.keepalive?;
-        let quiet = !self.send.has_unacked() && self.send.unsent() == 0 && self.persist_at.is_none();
-        (self.state == SessionState::Established && quiet)
-            .then(|| self.last_heard + idle + self.cfg.keepalive_interval * self.keepalives_unanswered)
+        let quiet =
+            !self.send.has_unacked() && self.send.unsent() == 0 && self.persist_at.is_none();
+        (self.state == SessionState::Established && quiet).then(|| {
+            self.last_heard + idle + self.cfg.keepalive_interval * self.keepalives_unanswered
+        })
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -43,7 +49,8 @@ impl Session {
             self.ack.deadline,
             self.pace_at,
             self.persist_at,
-            self.time_wait_until.filter(|_| self.state == SessionState::TimeWait),
+            self.time_wait_until
+                .filter(|_| self.state == SessionState::TimeWait),
             self.connect_deadline(),
             self.user_deadline(),
             self.idle_deadline(),
@@ -136,5 +143,4 @@ impl Session {
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
     }
-
 }

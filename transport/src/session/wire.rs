@@ -90,10 +90,6 @@ impl SackBlocks {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
 }
 
 impl PartialEq for SackBlocks {
@@ -175,7 +171,8 @@ impl<'a> Segment<'a> {
             w.u8(OPTION_MSS).u8(2).u16(mss);
         }
         if !self.sacks.is_empty() {
-            w.u8(OPTION_SACK).u8((self.sacks.len() * SACK_BLOCK_LEN) as u8);
+            w.u8(OPTION_SACK)
+                .u8((self.sacks.len() * SACK_BLOCK_LEN) as u8);
             for &(start, end) in self.sacks.as_slice() {
                 w.u64(start).u64(end);
             }
@@ -201,7 +198,9 @@ impl<'a> Segment<'a> {
             return Err(DecodeError::Invalid("segment header length below minimum"));
         }
         if header_len > buf.len() {
-            return Err(DecodeError::Truncated { needed: header_len - buf.len() });
+            return Err(DecodeError::Truncated {
+                needed: header_len - buf.len(),
+            });
         }
         let mut seg = Segment {
             flags,
@@ -230,7 +229,7 @@ impl<'a> Segment<'a> {
                     seg.mss = Some(value.u16()?);
                 }
                 OPTION_SACK => {
-                    if len % SACK_BLOCK_LEN != 0 || !seg.sacks.is_empty() {
+                    if !len.is_multiple_of(SACK_BLOCK_LEN) || !seg.sacks.is_empty() {
                         return Err(DecodeError::Invalid("SACK option"));
                     }
                     while !value.is_empty() {
@@ -247,8 +246,14 @@ impl<'a> Segment<'a> {
         }
         seg.payload = r.rest();
         let fin = u64::from(flags.contains(Flags::FIN));
-        if seg.seq.checked_add(seg.payload.len() as u64 + fin).is_none() {
-            return Err(DecodeError::Invalid("segment runs past the end of the stream space"));
+        if seg
+            .seq
+            .checked_add(seg.payload.len() as u64 + fin)
+            .is_none()
+        {
+            return Err(DecodeError::Invalid(
+                "segment runs past the end of the stream space",
+            ));
         }
         if flags.contains(Flags::SYN) && (!seg.payload.is_empty() || flags.contains(Flags::FIN)) {
             return Err(DecodeError::Invalid("SYN with data or FIN"));
@@ -303,9 +308,16 @@ pub fn peek(segment: &[u8]) -> Result<SegmentSummary, DecodeError> {
         return Err(DecodeError::Invalid("segment header length below minimum"));
     }
     if header_len > segment.len() {
-        return Err(DecodeError::Truncated { needed: header_len - segment.len() });
+        return Err(DecodeError::Truncated {
+            needed: header_len - segment.len(),
+        });
     }
-    Ok(SegmentSummary { conn_id: r.u32()?, src_port: r.u16()?, dst_port: r.u16()?, flags })
+    Ok(SegmentSummary {
+        conn_id: r.u32()?,
+        src_port: r.u16()?,
+        dst_port: r.u16()?,
+        flags,
+    })
 }
 
 /// The RST answering `segment` (which matched no session), or None when it is itself a RST
@@ -320,7 +332,11 @@ pub fn reset_reply(segment: &[u8]) -> Option<Vec<u8>> {
         conn_id: seg.conn_id,
         src_port: seg.dst_port,
         dst_port: seg.src_port,
-        seq: if seg.flags.contains(Flags::ACK) { seg.ack } else { 0 },
+        seq: if seg.flags.contains(Flags::ACK) {
+            seg.ack
+        } else {
+            0
+        },
         ack: seg.end(),
         tsecr: seg.tsval,
         ..Segment::default()
@@ -365,7 +381,10 @@ mod tests {
         assert_eq!(summary.conn_id, 0xdead_beef);
         assert_eq!((summary.src_port, summary.dst_port), (5001, 80));
         assert!(!summary.is_syn() && !summary.is_rst());
-        let bare = Segment { flags: Flags::SYN, ..Segment::default() };
+        let bare = Segment {
+            flags: Flags::SYN,
+            ..Segment::default()
+        };
         assert_eq!(Segment::decode(&bare.to_vec()), Ok(bare.clone()));
         assert_eq!(bare.to_vec().len(), FIXED_HEADER_LEN);
         assert!(peek(&bare.to_vec()).unwrap().is_syn());
@@ -395,9 +414,15 @@ mod tests {
         v[2..4].copy_from_slice(&10u16.to_be_bytes());
         assert!(Segment::decode(&v).is_err());
         // Sequence space overflow.
-        let overflow = Segment { seq: u64::MAX - 2, ..sample(b"abcd") };
+        let overflow = Segment {
+            seq: u64::MAX - 2,
+            ..sample(b"abcd")
+        };
         assert!(Segment::decode(&overflow.to_vec()).is_err());
-        let syn_data = Segment { flags: Flags::SYN, ..sample(b"abcd") };
+        let syn_data = Segment {
+            flags: Flags::SYN,
+            ..sample(b"abcd")
+        };
         assert!(Segment::decode(&syn_data.to_vec()).is_err());
         let mut inverted = sample(b"");
         inverted.sacks = SackBlocks::default();

@@ -10,16 +10,28 @@ use weft_transport::session::{Session, SessionConfig, SessionState};
 const CONN: u32 = 0xfeed_f00d;
 
 fn endpoints() -> (Endpoint, Endpoint) {
-    (Endpoint::new(NodeId(0x7f00_0001), 40000), Endpoint::new(NodeId(0x7f00_0002), 5001))
+    (
+        Endpoint::new(NodeId(0x7f00_0001), 40000),
+        Endpoint::new(NodeId(0x7f00_0002), 5001),
+    )
 }
 
 fn cfg() -> SessionConfig {
-    SessionConfig { recv_buffer_bytes: 20_000, send_buffer_bytes: 20_000, ..SessionConfig::default() }
+    SessionConfig {
+        recv_buffer_bytes: 20_000,
+        send_buffer_bytes: 20_000,
+        ..SessionConfig::default()
+    }
 }
 
 /// Moves segments between `a` and `b` (1 ms apart) until both are quiet; returns what
 /// each sent.
-fn exchange(a: &mut Session, b: &mut Session, now: &mut Instant, rounds: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+fn exchange(
+    a: &mut Session,
+    b: &mut Session,
+    now: &mut Instant,
+    rounds: usize,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         *now += Duration::from_millis(1);
@@ -28,8 +40,12 @@ fn exchange(a: &mut Session, b: &mut Session, now: &mut Instant, rounds: usize) 
                 s.handle_timeout(*now);
             }
         }
-        let sa: Vec<_> = std::iter::from_fn(|| a.poll_transmit(*now)).take(1000).collect();
-        let sb: Vec<_> = std::iter::from_fn(|| b.poll_transmit(*now)).take(1000).collect();
+        let sa: Vec<_> = std::iter::from_fn(|| a.poll_transmit(*now))
+            .take(1000)
+            .collect();
+        let sb: Vec<_> = std::iter::from_fn(|| b.poll_transmit(*now))
+            .take(1000)
+            .collect();
         for seg in &sa {
             let _ = b.handle_segment(*now, seg, false);
         }
@@ -78,7 +94,11 @@ fn zoo() -> Zoo {
     corpus.extend(y);
     assert!([c.state(), d.state()].contains(&SessionState::TimeWait));
     assert_eq!(a.state(), SessionState::Established);
-    Zoo { sessions: vec![syn_sent, syn_received, a, b, c, d], corpus, now }
+    Zoo {
+        sessions: vec![syn_sent, syn_received, a, b, c, d],
+        corpus,
+        now,
+    }
 }
 
 /// Feeds `input` to every session (as its peer would send it) and checks they stay sane.
@@ -132,7 +152,11 @@ fn forge(
     payload: &[u8],
     towards_b: bool,
 ) -> Vec<u8> {
-    let (sp, dp) = if towards_b { (40000u16, 5001u16) } else { (5001, 40000) };
+    let (sp, dp) = if towards_b {
+        (40000u16, 5001u16)
+    } else {
+        (5001, 40000)
+    };
     let mut opts = Vec::new();
     if let Some(m) = mss {
         opts.extend([1, 2]);
@@ -163,7 +187,12 @@ fn forge(
 }
 
 fn small_offset() -> impl Strategy<Value = u64> {
-    prop_oneof![0u64..30_000, any::<u64>(), Just(u64::MAX), Just(u64::MAX - 1)]
+    prop_oneof![
+        0u64..30_000,
+        any::<u64>(),
+        Just(u64::MAX),
+        Just(u64::MAX - 1)
+    ]
 }
 
 fn forged_segment() -> impl Strategy<Value = Vec<u8>> {
@@ -179,10 +208,17 @@ fn forged_segment() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..1500),
         any::<bool>(),
     )
-        .prop_map(|(flags, seq, ack, window, tsecr, ce, mss, sacks, payload, to_b)| {
-            let sacks: Vec<_> = sacks.into_iter().map(|(a, b)| (a.min(b), a.max(b).saturating_add(1))).collect();
-            forge(flags, seq, ack, window, tsecr, ce, mss, &sacks, &payload, to_b)
-        })
+        .prop_map(
+            |(flags, seq, ack, window, tsecr, ce, mss, sacks, payload, to_b)| {
+                let sacks: Vec<_> = sacks
+                    .into_iter()
+                    .map(|(a, b)| (a.min(b), a.max(b).saturating_add(1)))
+                    .collect();
+                forge(
+                    flags, seq, ack, window, tsecr, ce, mss, &sacks, &payload, to_b,
+                )
+            },
+        )
 }
 
 proptest! {
@@ -227,7 +263,10 @@ fn forged_layout_matches_the_codec() {
     // The documented layout, written by hand above, is what the session parses.
     let seg = forge(0x02, 5, 6, 7, 0, 0, Some(1280), &[(10, 20)], b"xy", true);
     let summary = Session::peek(&seg).expect("peek");
-    assert_eq!((summary.conn_id, summary.src_port, summary.dst_port), (CONN, 40000, 5001));
+    assert_eq!(
+        (summary.conn_id, summary.src_port, summary.dst_port),
+        (CONN, 40000, 5001)
+    );
     let rst = Session::reset_reply(&seg).expect("a RST");
     let summary = Session::peek(&rst).expect("peek");
     assert!(summary.is_rst());

@@ -112,7 +112,11 @@ impl Link {
         if ce {
             self.counters.marked += 1;
         }
-        let copies = if p.duplicate > 0.0 && self.rng.gen_bool(p.duplicate) { 2 } else { 1 };
+        let copies = if p.duplicate > 0.0 && self.rng.gen_bool(p.duplicate) {
+            2
+        } else {
+            1
+        };
         self.counters.duplicated += copies - 1;
         for _ in 0..copies {
             let jitter = if self.params.jitter.is_zero() {
@@ -168,7 +172,13 @@ pub struct AppPlan {
 
 impl Default for AppPlan {
     fn default() -> Self {
-        AppPlan { send_bytes: 0, chunk: 16 * 1024, read_pause: None, hold_open: false, wait_for_writable: false }
+        AppPlan {
+            send_bytes: 0,
+            chunk: 16 * 1024,
+            read_pause: None,
+            hold_open: false,
+            wait_for_writable: false,
+        }
     }
 }
 
@@ -187,13 +197,24 @@ pub struct Conn {
 
 impl Conn {
     fn new(session: Session, plan: AppPlan, dir: u64) -> Self {
-        Conn { session, plan, dir, written: 0, read: 0, write_blocked: false, events: Vec::new(), corrupt: None }
+        Conn {
+            session,
+            plan,
+            dir,
+            written: 0,
+            read: 0,
+            write_blocked: false,
+            events: Vec::new(),
+            corrupt: None,
+        }
     }
 
     fn app_step(&mut self, now: Instant, seed: u64, scratch: &mut Vec<u8>) {
         while self.written < self.plan.send_bytes && !self.write_blocked {
             let room = self.session.send_capacity();
-            let n = (self.plan.send_bytes - self.written).min(room as u64).min(self.plan.chunk as u64) as usize;
+            let n = (self.plan.send_bytes - self.written)
+                .min(room as u64)
+                .min(self.plan.chunk as u64) as usize;
             if n == 0 {
                 break;
             }
@@ -209,7 +230,10 @@ impl Conn {
         if self.written == self.plan.send_bytes && !self.plan.hold_open {
             self.session.shutdown_write();
         }
-        let paused = self.plan.read_pause.is_some_and(|(s, e)| now >= s && now < e);
+        let paused = self
+            .plan
+            .read_pause
+            .is_some_and(|(s, e)| now >= s && now < e);
         if paused {
             return;
         }
@@ -275,7 +299,10 @@ impl Host {
         } else if summary.is_syn() && self.listening {
             match Session::accept(self.cfg.clone(), self.endpoint, remote, bytes, now) {
                 Ok(session) => {
-                    self.conns.insert(summary.conn_id, Conn::new(session, self.accept_plan.clone(), 1));
+                    self.conns.insert(
+                        summary.conn_id,
+                        Conn::new(session, self.accept_plan.clone(), 1),
+                    );
                 }
                 Err(_) => self.rejected_segments += 1,
             }
@@ -310,7 +337,12 @@ impl Host {
 
     /// The connection with `conn_id`, live or finished.
     pub fn conn(&self, conn_id: u32) -> Option<&Conn> {
-        self.conns.get(&conn_id).or_else(|| self.finished.iter().find(|(id, _)| *id == conn_id).map(|(_, c)| c))
+        self.conns.get(&conn_id).or_else(|| {
+            self.finished
+                .iter()
+                .find(|(id, _)| *id == conn_id)
+                .map(|(_, c)| c)
+        })
     }
 
     pub fn conn_mut(&mut self, conn_id: u32) -> Option<&mut Conn> {
@@ -319,7 +351,9 @@ impl Host {
 
     /// Every event of `conn_id`, live or finished.
     pub fn events(&self, conn_id: u32) -> Vec<SessionEvent> {
-        self.conn(conn_id).map(|c| c.events.clone()).unwrap_or_default()
+        self.conn(conn_id)
+            .map(|c| c.events.clone())
+            .unwrap_or_default()
     }
 
     fn next_deadline(&self, now: Instant) -> Option<Instant> {
@@ -357,7 +391,13 @@ pub const B_ADDR: [u8; 4] = [127, 0, 0, 2];
 pub const CONN_ID: u32 = 0x5eed_0001;
 
 impl Sim {
-    pub fn new(seed: u64, cfg_a: SessionConfig, cfg_b: SessionConfig, ab: LinkParams, ba: LinkParams) -> Self {
+    pub fn new(
+        seed: u64,
+        cfg_a: SessionConfig,
+        cfg_b: SessionConfig,
+        ab: LinkParams,
+        ba: LinkParams,
+    ) -> Self {
         let a_ep = Endpoint::new(NodeId(u32::from_be_bytes(A_ADDR)), 40000);
         let b_ep = Endpoint::new(NodeId(u32::from_be_bytes(B_ADDR)), 5001);
         let mut b = Host::new(b_ep, cfg_b);
@@ -376,7 +416,13 @@ impl Sim {
 
     /// A opens a session to B with `plan`.
     pub fn connect(&mut self, conn_id: u32, plan: AppPlan) {
-        let s = Session::connect(self.a.cfg.clone(), self.a.endpoint, self.b.endpoint, conn_id, self.now);
+        let s = Session::connect(
+            self.a.cfg.clone(),
+            self.a.endpoint,
+            self.b.endpoint,
+            conn_id,
+            self.now,
+        );
         self.a.conns.insert(conn_id, Conn::new(s, plan, 0));
     }
 
@@ -409,7 +455,11 @@ impl Sim {
 
     /// Advances until `done` holds (checked between steps) or `limit`; Err on a stall,
     /// livelock or time limit, naming the seed.
-    pub fn run_until(&mut self, limit: Instant, mut done: impl FnMut(&Sim) -> bool) -> Result<(), String> {
+    pub fn run_until(
+        &mut self,
+        limit: Instant,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Result<(), String> {
         let mut same_time_steps = 0;
         loop {
             let mut i = 0;
@@ -430,14 +480,22 @@ impl Sim {
             if done(self) {
                 return Ok(());
             }
-            let mut next = [self.ab.next_due(), self.ba.next_due(), self.a.next_deadline(self.now), self.b.next_deadline(self.now)]
-                .into_iter()
-                .fold(None, weft_core::time::earliest);
+            let mut next = [
+                self.ab.next_due(),
+                self.ba.next_due(),
+                self.a.next_deadline(self.now),
+                self.b.next_deadline(self.now),
+            ]
+            .into_iter()
+            .fold(None, weft_core::time::earliest);
             for (t, _) in &self.actions {
                 next = weft_core::time::earliest(next, Some(*t));
             }
             let Some(next) = next else {
-                return Err(format!("seed {:#x}: stalled at {:?} with nothing scheduled", self.seed, self.now));
+                return Err(format!(
+                    "seed {:#x}: stalled at {:?} with nothing scheduled",
+                    self.seed, self.now
+                ));
             };
             if next <= self.now {
                 same_time_steps += 1;
@@ -448,7 +506,10 @@ impl Sim {
                 same_time_steps = 0;
             }
             if next > limit {
-                return Err(format!("seed {:#x}: time limit {:?} reached", self.seed, limit));
+                return Err(format!(
+                    "seed {:#x}: time limit {:?} reached",
+                    self.seed, limit
+                ));
             }
             self.now = self.now.max(next);
             let now = self.now;

@@ -22,7 +22,11 @@ struct Scenario {
 
 fn random_link(rng: &mut ChaCha8Rng, outage: Option<(Instant, Instant)>) -> LinkParams {
     let mut p = LinkParams {
-        loss: if rng.gen_bool(0.8) { rng.gen_range(0.0..0.10) } else { 0.0 },
+        loss: if rng.gen_bool(0.8) {
+            rng.gen_range(0.0..0.10)
+        } else {
+            0.0
+        },
         delay: Duration::from_micros(rng.gen_range(1_000..50_000)),
         ..LinkParams::default()
     };
@@ -49,7 +53,10 @@ fn random_link(rng: &mut ChaCha8Rng, outage: Option<(Instant, Instant)>) -> Link
 
 fn scenario(seed: u64, mode: RecoveryMode, large: bool) -> Scenario {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut cfg = SessionConfig { mode, ..SessionConfig::default() };
+    let mut cfg = SessionConfig {
+        mode,
+        ..SessionConfig::default()
+    };
     if rng.gen_bool(0.3) {
         cfg.mss = rng.gen_range(200..1400);
     }
@@ -62,7 +69,10 @@ fn scenario(seed: u64, mode: RecoveryMode, large: bool) -> Scenario {
     }
     let outage = rng.gen_bool(0.3).then(|| {
         let start = at(Duration::from_millis(rng.gen_range(0..2_000)));
-        (start, start + Duration::from_millis(rng.gen_range(100..3_000)))
+        (
+            start,
+            start + Duration::from_millis(rng.gen_range(100..3_000)),
+        )
     });
     let size = |rng: &mut ChaCha8Rng| {
         if large {
@@ -101,7 +111,13 @@ pub struct Outcome {
 }
 
 fn run_scenario(seed: u64, sc: &Scenario) -> Result<Outcome, String> {
-    let mut sim = Sim::new(seed, sc.cfg.clone(), sc.cfg.clone(), sc.ab.clone(), sc.ba.clone());
+    let mut sim = Sim::new(
+        seed,
+        sc.cfg.clone(),
+        sc.cfg.clone(),
+        sc.ab.clone(),
+        sc.ba.clone(),
+    );
     sim.b.accept_plan = sc.b_plan.clone();
     sim.connect(CONN_ID, sc.a_plan.clone());
     if let Some((start, end)) = sc.signal_outage {
@@ -153,8 +169,15 @@ fn run_scenario(seed: u64, sc: &Scenario) -> Result<Outcome, String> {
         let problem = if let Some(c) = &me.corrupt {
             Some(format!("{name} read corrupt data: {c}"))
         } else if me.read != peer.plan.send_bytes {
-            Some(format!("{name} read {} of {} bytes", me.read, peer.plan.send_bytes))
-        } else if me.events.iter().any(|e| matches!(e, SessionEvent::Failed(_))) {
+            Some(format!(
+                "{name} read {} of {} bytes",
+                me.read, peer.plan.send_bytes
+            ))
+        } else if me
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Failed(_)))
+        {
             Some(format!("{name} failed"))
         } else if me.saw(SessionEvent::Connected) != 1
             || me.saw(SessionEvent::PeerFinished) != 1
@@ -182,7 +205,11 @@ fn run_scenario(seed: u64, sc: &Scenario) -> Result<Outcome, String> {
             return Err(fail(&sim, "a ghost session connected".into()));
         }
     }
-    Ok(Outcome { a: a.session.info(), b: b.session.info(), end: sim.now })
+    Ok(Outcome {
+        a: a.session.info(),
+        b: b.session.info(),
+        end: sim.now,
+    })
 }
 
 fn many_seeds(mode: RecoveryMode, base: u64, count: u64, large: bool) -> Vec<Outcome> {
@@ -198,7 +225,15 @@ fn many_seeds(mode: RecoveryMode, base: u64, count: u64, large: bool) -> Vec<Out
     }
     if !failures.is_empty() {
         let shown: Vec<_> = failures.iter().take(3).collect();
-        panic!("{} of {count} seeds failed ({mode:?}); first ones:\n{}", failures.len(), shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"));
+        panic!(
+            "{} of {count} seeds failed ({mode:?}); first ones:\n{}",
+            failures.len(),
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     outcomes
 }
@@ -213,7 +248,10 @@ fn small_transfers_hop_by_hop_many_seeds() {
 #[test]
 fn small_transfers_end_to_end_many_seeds() {
     let out = many_seeds(RecoveryMode::EndToEndOnly, 0x2000, 500, false);
-    let fast: u64 = out.iter().map(|o| o.a.fast_retransmits + o.b.fast_retransmits).sum();
+    let fast: u64 = out
+        .iter()
+        .map(|o| o.a.fast_retransmits + o.b.fast_retransmits)
+        .sum();
     println!("500 seeds end-to-end: {fast} fast retransmissions in total");
 }
 
@@ -232,7 +270,9 @@ fn large_transfers_both_modes() {
 /// Replays one seed: `WEFT_SEED=0x2007 WEFT_MODE=e2e|hbh [WEFT_LARGE=1] cargo test --test session replay -- --nocapture`.
 #[test]
 fn replay() {
-    let Ok(seed) = std::env::var("WEFT_SEED") else { return };
+    let Ok(seed) = std::env::var("WEFT_SEED") else {
+        return;
+    };
     let seed = u64::from_str_radix(seed.trim_start_matches("0x"), 16).expect("hex seed");
     let mode = match std::env::var("WEFT_MODE").as_deref() {
         Ok("e2e") => RecoveryMode::EndToEndOnly,
