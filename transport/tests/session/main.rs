@@ -1,0 +1,6 @@
+//! End-to-end session tests over a simulated network (virtual clock, seeded).
+
+mod fuzz;
+mod outcomes;
+mod sim;
+mod transfer;
