@@ -4,3 +4,4 @@ mod fuzz;
 mod outcomes;
 mod sim;
 mod transfer;
+mod bench;

@@ -145,13 +145,25 @@ impl Link {
     }
 }
 
-/// Byte `offset` of the stream in direction `dir` for `seed`.
-pub fn pattern(seed: u64, dir: u64, offset: u64) -> u8 {
-    let mut z = seed ^ (dir << 62) ^ (offset >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// Eight bytes of the stream in direction `dir` for `seed` (splitmix64 of the word index).
+fn pattern_word(seed: u64, dir: u64, word_index: u64) -> u64 {
+    let mut z = seed ^ (dir << 62) ^ word_index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> ((offset & 7) * 8)) as u8
+    z ^ (z >> 31)
+}
+
+/// Fills `buf` with the stream bytes starting at `offset`.
+pub fn fill_pattern(seed: u64, dir: u64, offset: u64, buf: &mut [u8]) {
+    let (mut pos, mut off) = (0, offset);
+    while pos < buf.len() {
+        let word = pattern_word(seed, dir, off >> 3).to_le_bytes();
+        let start = (off & 7) as usize;
+        let n = (8 - start).min(buf.len() - pos);
+        buf[pos..pos + n].copy_from_slice(&word[start..start + n]);
+        pos += n;
+        off += n as u64;
+    }
 }
 
 /// What one application does with its session.
@@ -193,6 +205,8 @@ pub struct Conn {
     pub write_blocked: bool,
     pub events: Vec<SessionEvent>,
     pub corrupt: Option<String>,
+    /// Reusable buffer for the bytes a read should return.
+    expected: Vec<u8>,
 }
 
 impl Conn {
@@ -206,6 +220,7 @@ impl Conn {
             write_blocked: false,
             events: Vec::new(),
             corrupt: None,
+            expected: Vec::new(),
         }
     }
 
@@ -218,9 +233,11 @@ impl Conn {
             if n == 0 {
                 break;
             }
-            scratch.clear();
-            scratch.extend((0..n as u64).map(|i| pattern(seed, self.dir, self.written + i)));
-            let accepted = self.session.write(scratch);
+            if scratch.len() < n {
+                scratch.resize(n, 0);
+            }
+            fill_pattern(seed, self.dir, self.written, &mut scratch[..n]);
+            let accepted = self.session.write(&scratch[..n]);
             self.written += accepted as u64;
             self.write_blocked = self.plan.wait_for_writable && self.session.send_capacity() == 0;
             if accepted < n {
@@ -237,16 +254,23 @@ impl Conn {
         if paused {
             return;
         }
-        scratch.resize(self.plan.chunk.max(1), 0);
+        let want = self.plan.chunk.max(1);
+        if scratch.len() < want {
+            scratch.resize(want, 0);
+        }
         loop {
-            let n = self.session.read(scratch);
+            let n = self.session.read(&mut scratch[..want]);
             if n == 0 {
                 break;
             }
-            for (i, &b) in scratch[..n].iter().enumerate() {
-                let off = self.read + i as u64;
-                if self.corrupt.is_none() && b != pattern(seed, 1 - self.dir, off) {
-                    self.corrupt = Some(format!("byte {off} differs"));
+            if self.corrupt.is_none() {
+                self.expected.resize(n, 0);
+                fill_pattern(seed, 1 - self.dir, self.read, &mut self.expected);
+                if scratch[..n] != self.expected[..] {
+                    let i = (0..n)
+                        .find(|&i| scratch[i] != self.expected[i])
+                        .unwrap_or(0);
+                    self.corrupt = Some(format!("byte {} differs", self.read + i as u64));
                 }
             }
             self.read += n as u64;
