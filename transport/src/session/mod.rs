@@ -55,6 +55,7 @@
 
 mod config;
 mod connection;
+mod input;
 mod output;
 mod ranges;
 mod recv;

@@ -7,7 +7,11 @@ use weft_core::{Endpoint, Instant, NodeId};
 use weft_transport::session::{RecoveryMode, Session, SessionConfig};
 
 fn run(mss: usize, mode: RecoveryMode, total: u64) -> (f64, u64) {
-    let cfg = SessionConfig { mss, mode, ..SessionConfig::default() };
+    let cfg = SessionConfig {
+        mss,
+        mode,
+        ..SessionConfig::default()
+    };
     let ea = Endpoint::new(NodeId(0x7f00_0001), 40000);
     let eb = Endpoint::new(NodeId(0x7f00_0002), 5001);
     let mut now = Instant::ZERO;
