@@ -345,3 +345,20 @@ fn keepalive_detects_a_dead_peer_and_spares_a_live_one() {
         "failed after {waited:?}"
     );
 }
+
+#[test]
+fn timestamps_wrap_without_harm() {
+    // The 32-bit microsecond timestamps wrap every 71.6 minutes: start just before a wrap.
+    let wrap = weft_core::Instant::from_micros(1 << 32);
+    let cfg = SessionConfig { mode: RecoveryMode::EndToEndOnly, ..SessionConfig::default() };
+    let lossy = LinkParams { delay: ms(20), loss: 0.02, ..LinkParams::default() };
+    let mut sim = sim(cfg, lossy.clone(), lossy);
+    sim.now = wrap - ms(300);
+    sim.connect(CONN_ID, AppPlan { send_bytes: 3_000_000, ..AppPlan::default() });
+    sim.run_until(wrap + secs(600), |s| s.both_closed(CONN_ID)).unwrap();
+    let a = a_stats(&sim);
+    assert!(sim.now > wrap + secs(1), "the transfer ran across the wrap");
+    assert!(a.rtt > ms(39) && a.rtt < ms(60), "RTT estimate stayed sane: {a:?}");
+    assert!(a.fast_retransmits > 0 && a.fast_retransmits >= a.timeouts, "{a:?}");
+    assert_eq!(sim.b.conn(CONN_ID).unwrap().read, 3_000_000);
+}
