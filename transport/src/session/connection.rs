@@ -325,7 +325,10 @@ impl Session {
         match self.state {
             SessionState::SynSent | SessionState::SynReceived => self.handshake_pending = true,
             SessionState::Established => {
-                if self.send.mark_first_in_flight_lost() {
+                if self.send.has_unacked() {
+                    // Resend the oldest outstanding segment now, whatever the window says.
+                    self.send.mark_first_in_flight_lost();
+                    self.force_retransmit = true;
                     self.rto_at = Some(now + self.rto());
                 }
                 if self.persist_at.is_some() {

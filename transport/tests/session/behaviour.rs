@@ -362,3 +362,20 @@ fn timestamps_wrap_without_harm() {
     assert!(a.fast_retransmits > 0 && a.fast_retransmits >= a.timeouts, "{a:?}");
     assert_eq!(sim.b.conn(CONN_ID).unwrap().read, 3_000_000);
 }
+
+#[test]
+fn route_return_after_a_long_outage_resends_at_once() {
+    // A long outage: timeouts have declared the whole window lost and backed off far.
+    let mut sim = sim(SessionConfig::default(), slow(10), slow(10));
+    sim.connect(CONN_ID, AppPlan { send_bytes: 50_000_000, ..AppPlan::default() });
+    let (cut, back) = (at(secs(1)), at(secs(25)));
+    sim.ab.params.outages.push((cut, back));
+    sim.ba.params.outages.push((cut, back));
+    sim.at(cut, |s| set_route(s, false));
+    sim.at(back, |s| set_route(s, true));
+    sim.run_to(back).unwrap();
+    let before = a_stats(&sim);
+    assert!(before.timeouts >= 5, "timeouts backed off during the outage: {before:?}");
+    sim.run_until(at(secs(60)), |s| a_stats(s).bytes_acked > before.bytes_acked).unwrap();
+    assert!(sim.now - back <= ms(25), "progress {:?} after the route returned", sim.now - back);
+}
