@@ -47,6 +47,7 @@ pub(super) struct Counters {
     pub segments_received: u64,
     pub retransmits: u64,
     pub fast_retransmits: u64,
+    pub tail_loss_probes: u64,
     pub timeouts: u64,
     pub spurious_retransmits: u64,
     pub window_probes: u64,
@@ -90,6 +91,10 @@ pub struct Session {
     /// The next retransmission ignores the congestion window and pacer (after a timeout).
     pub(super) force_retransmit: bool,
     pub(super) rack_at: Option<Instant>,
+    /// Tail loss probe timer (end-to-end mode).
+    pub(super) tail_probe_at: Option<Instant>,
+    /// A tail loss probe went out and nothing has been acknowledged since.
+    pub(super) tail_probe_outstanding: bool,
     pub(super) pace_at: Option<Instant>,
     /// Zero-window probe timer.
     pub(super) persist_at: Option<Instant>,
@@ -161,6 +166,8 @@ impl Session {
             backoff: 0,
             force_retransmit: false,
             rack_at: None,
+            tail_probe_at: None,
+            tail_probe_outstanding: false,
             pace_at: None,
             persist_at: None,
             persist_backoff: 0,
@@ -357,6 +364,7 @@ impl Session {
             segments_received: c.segments_received,
             retransmits: c.retransmits,
             fast_retransmits: c.fast_retransmits,
+            tail_loss_probes: c.tail_loss_probes,
             timeouts: c.timeouts,
             spurious_retransmits: c.spurious_retransmits,
             window_probes: c.window_probes,

@@ -249,9 +249,37 @@ impl Session {
             self.backoff = 0;
             self.rto_at = self.send.has_unacked().then(|| now + self.rto());
         }
+        if summary.progress {
+            self.tail_probe_outstanding = false;
+        }
         if !self.send.has_unacked() {
             self.rto_at = None;
             self.rack_at = None;
+        }
+        self.arm_tail_probe(now);
+    }
+
+    /// RACK-TLP (RFC 8985 §7): in end-to-end mode, when acknowledgements stop with data in
+    /// flight, resend the last segment after two RTTs so that SACK (not the much later
+    /// timeout) repairs a lost tail.
+    pub(super) fn arm_tail_probe(&mut self, now: Instant) {
+        self.tail_probe_at = None;
+        let eligible = self.cfg.mode == RecoveryMode::EndToEndOnly
+            && self.state == SessionState::Established
+            && self.send.has_unacked()
+            && self.send.first_lost().is_none()
+            && !self.tail_probe_outstanding;
+        if !eligible {
+            return;
+        }
+        let mut pto = self.rtt.srtt() * 2;
+        if self.send.in_flight() <= self.seg_mss() as u64 {
+            // A lone segment's acknowledgement may be delayed by the receiver.
+            pto += self.cfg.ack_delay;
+        }
+        let at = now + pto;
+        if self.rto_at.is_none_or(|rto| at < rto) {
+            self.tail_probe_at = Some(at);
         }
     }
 

@@ -136,6 +136,9 @@ pub struct SessionStats {
     pub retransmits: u64,
     /// Segments declared lost from SACK information (RACK), before any timeout.
     pub fast_retransmits: u64,
+    /// Tail loss probes sent (end-to-end mode): the last segment resent when acknowledgements
+    /// stop, so that a lost tail is repaired by SACK instead of a timeout.
+    pub tail_loss_probes: u64,
     /// Retransmission timeouts that fired with data outstanding.
     pub timeouts: u64,
     /// Retransmissions later shown unnecessary (the original arrived).

@@ -203,7 +203,9 @@ impl Session {
             self.progress_at = now;
         }
         self.note_sent_payload(now, len);
-        Some(self.emit(&seg, len as usize))
+        let out = self.emit(&seg, len as usize);
+        self.arm_tail_probe(now);
+        Some(out)
     }
 
     fn transmit_probe(&mut self, now: Instant) -> Option<Vec<u8>> {

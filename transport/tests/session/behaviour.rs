@@ -350,16 +350,36 @@ fn keepalive_detects_a_dead_peer_and_spares_a_live_one() {
 fn timestamps_wrap_without_harm() {
     // The 32-bit microsecond timestamps wrap every 71.6 minutes: start just before a wrap.
     let wrap = weft_core::Instant::from_micros(1 << 32);
-    let cfg = SessionConfig { mode: RecoveryMode::EndToEndOnly, ..SessionConfig::default() };
-    let lossy = LinkParams { delay: ms(20), loss: 0.02, ..LinkParams::default() };
+    let cfg = SessionConfig {
+        mode: RecoveryMode::EndToEndOnly,
+        ..SessionConfig::default()
+    };
+    let lossy = LinkParams {
+        delay: ms(20),
+        loss: 0.02,
+        ..LinkParams::default()
+    };
     let mut sim = sim(cfg, lossy.clone(), lossy);
     sim.now = wrap - ms(300);
-    sim.connect(CONN_ID, AppPlan { send_bytes: 3_000_000, ..AppPlan::default() });
-    sim.run_until(wrap + secs(600), |s| s.both_closed(CONN_ID)).unwrap();
+    sim.connect(
+        CONN_ID,
+        AppPlan {
+            send_bytes: 3_000_000,
+            ..AppPlan::default()
+        },
+    );
+    sim.run_until(wrap + secs(600), |s| s.both_closed(CONN_ID))
+        .unwrap();
     let a = a_stats(&sim);
     assert!(sim.now > wrap + secs(1), "the transfer ran across the wrap");
-    assert!(a.rtt > ms(39) && a.rtt < ms(60), "RTT estimate stayed sane: {a:?}");
-    assert!(a.fast_retransmits > 0 && a.fast_retransmits >= a.timeouts, "{a:?}");
+    assert!(
+        a.rtt > ms(39) && a.rtt < ms(60),
+        "RTT estimate stayed sane: {a:?}"
+    );
+    assert!(
+        a.fast_retransmits > 0 && a.fast_retransmits >= a.timeouts,
+        "{a:?}"
+    );
     assert_eq!(sim.b.conn(CONN_ID).unwrap().read, 3_000_000);
 }
 
@@ -367,7 +387,13 @@ fn timestamps_wrap_without_harm() {
 fn route_return_after_a_long_outage_resends_at_once() {
     // A long outage: timeouts have declared the whole window lost and backed off far.
     let mut sim = sim(SessionConfig::default(), slow(10), slow(10));
-    sim.connect(CONN_ID, AppPlan { send_bytes: 50_000_000, ..AppPlan::default() });
+    sim.connect(
+        CONN_ID,
+        AppPlan {
+            send_bytes: 50_000_000,
+            ..AppPlan::default()
+        },
+    );
     let (cut, back) = (at(secs(1)), at(secs(25)));
     sim.ab.params.outages.push((cut, back));
     sim.ba.params.outages.push((cut, back));
@@ -375,7 +401,82 @@ fn route_return_after_a_long_outage_resends_at_once() {
     sim.at(back, |s| set_route(s, true));
     sim.run_to(back).unwrap();
     let before = a_stats(&sim);
-    assert!(before.timeouts >= 5, "timeouts backed off during the outage: {before:?}");
-    sim.run_until(at(secs(60)), |s| a_stats(s).bytes_acked > before.bytes_acked).unwrap();
-    assert!(sim.now - back <= ms(25), "progress {:?} after the route returned", sim.now - back);
+    assert!(
+        before.timeouts >= 5,
+        "timeouts backed off during the outage: {before:?}"
+    );
+    sim.run_until(at(secs(60)), |s| {
+        a_stats(s).bytes_acked > before.bytes_acked
+    })
+    .unwrap();
+    assert!(
+        sim.now - back <= ms(25),
+        "progress {:?} after the route returned",
+        sim.now - back
+    );
+}
+
+/// Flags byte of a segment (see the segment format).
+fn carries_fin(segment: &[u8]) -> bool {
+    segment.get(1).is_some_and(|f| f & 0x04 != 0)
+}
+
+#[test]
+fn end_to_end_repairs_a_lost_tail_with_a_probe() {
+    let cfg = SessionConfig {
+        mode: RecoveryMode::EndToEndOnly,
+        ..SessionConfig::default()
+    };
+    let ab = LinkParams {
+        delay: ms(10),
+        drop_first_matching: Some(carries_fin),
+        ..LinkParams::default()
+    };
+    let mut sim = sim(cfg, ab, link(10));
+    sim.connect(
+        CONN_ID,
+        AppPlan {
+            send_bytes: 20_000,
+            ..AppPlan::default()
+        },
+    );
+    sim.b.accept_plan = AppPlan {
+        hold_open: true,
+        ..AppPlan::default()
+    };
+    sim.run_until(at(secs(60)), |s| b_has(s, PeerFinished))
+        .unwrap();
+    let a = a_stats(&sim);
+    assert_eq!(sim.ab.counters.dropped, 1);
+    assert_eq!(
+        (a.tail_loss_probes, a.timeouts, a.retransmits),
+        (1, 0, 1),
+        "{a:?}"
+    );
+    assert!(
+        sim.now < at(ms(200)),
+        "repaired within a few RTTs, not a timeout: {:?}",
+        sim.now
+    );
+}
+
+#[test]
+fn hop_by_hop_sends_no_tail_probes() {
+    let ab = LinkParams {
+        delay: ms(10),
+        drop_first_matching: Some(carries_fin),
+        ..LinkParams::default()
+    };
+    let mut sim = sim(SessionConfig::default(), ab, link(10));
+    sim.connect(
+        CONN_ID,
+        AppPlan {
+            send_bytes: 20_000,
+            ..AppPlan::default()
+        },
+    );
+    sim.run_until(at(secs(60)), |s| s.both_closed(CONN_ID))
+        .unwrap();
+    let a = a_stats(&sim);
+    assert_eq!((a.tail_loss_probes, a.timeouts), (0, 1), "{a:?}");
 }

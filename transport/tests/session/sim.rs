@@ -35,6 +35,8 @@ pub struct LinkParams {
     pub outages: Vec<(Instant, Instant)>,
     /// Ordinal numbers (1-based) of packets to drop, for surgical losses.
     pub drop_nth: Vec<u64>,
+    /// Drop the first packet this predicate accepts.
+    pub drop_first_matching: Option<fn(&[u8]) -> bool>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -87,7 +89,13 @@ impl Link {
                 self.bad = !self.bad;
             }
         }
-        let lost = self.blackhole
+        let matched = p.drop_first_matching.is_some_and(|f| f(&packet));
+        if matched {
+            self.params.drop_first_matching = None;
+        }
+        let p = &self.params;
+        let lost = matched
+            || self.blackhole
             || in_outage
             || self.bad
             || p.drop_nth.contains(&self.counters.sent)
