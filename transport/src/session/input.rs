@@ -103,6 +103,10 @@ impl Session {
         }
         if !seg.payload.is_empty() || seg.flags.contains(Flags::FIN) {
             self.on_data(now, &seg)?;
+            if self.state == SessionState::TimeWait {
+                // The peer has not heard our last acknowledgement yet: wait for it afresh.
+                self.time_wait_until = Some(now + self.cfg.time_wait);
+            }
         }
         if seg.flags.contains(Flags::PROBE) {
             self.ack.immediate = true;

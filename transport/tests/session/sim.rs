@@ -20,9 +20,10 @@ pub fn at(d: Duration) -> Instant {
 #[derive(Debug, Clone, Default)]
 pub struct LinkParams {
     pub loss: f64,
-    /// Gilbert-Elliott: probability per packet of entering and of leaving the bad state, in
-    /// which every packet is lost.
-    pub burst: Option<(f64, f64)>,
+    /// Gilbert-Elliott in continuous time: mean durations of the good and of the bad state
+    /// (in which every packet is lost). Bursts are spans of time, not of packets, so sparse
+    /// traffic (retransmissions backing off) does not see implausibly long bursts.
+    pub burst: Option<(Duration, Duration)>,
     pub delay: Duration,
     /// Extra uniform delay in `[0, jitter)` per packet: reorders.
     pub jitter: Duration,
@@ -51,6 +52,8 @@ pub struct Link {
     pub params: LinkParams,
     rng: ChaCha8Rng,
     bad: bool,
+    /// When the burst state was last brought up to date.
+    burst_clock: Instant,
     tx_free_at: Instant,
     serial: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -68,6 +71,7 @@ impl Link {
             params,
             rng: ChaCha8Rng::seed_from_u64(seed),
             bad: false,
+            burst_clock: Instant::ZERO,
             tx_free_at: Instant::ZERO,
             serial: 0,
             queue: BinaryHeap::new(),
@@ -83,11 +87,16 @@ impl Link {
         self.send_times.push(now);
         let p = &self.params;
         let in_outage = p.outages.iter().any(|&(s, e)| now >= s && now < e);
-        if let Some((enter, leave)) = p.burst {
-            let flip = if self.bad { leave } else { enter };
-            if self.rng.gen_bool(flip) {
-                self.bad = !self.bad;
-            }
+        if let Some((good, bad)) = p.burst {
+            // Two-state Markov chain: P(bad after dt) = π + (1{bad} − π)·e^{−(λ+μ)·dt}.
+            let (to_bad, to_good) = (1.0 / good.as_secs_f64(), 1.0 / bad.as_secs_f64());
+            let stationary_bad = to_bad / (to_bad + to_good);
+            let dt = now.saturating_since(self.burst_clock).as_secs_f64();
+            let now_bad = if self.bad { 1.0 } else { 0.0 };
+            let p_bad =
+                stationary_bad + (now_bad - stationary_bad) * (-(to_bad + to_good) * dt).exp();
+            self.bad = self.rng.gen_bool(p_bad.clamp(0.0, 1.0));
+            self.burst_clock = now;
         }
         let matched = p.drop_first_matching.is_some_and(|f| f(&packet));
         if matched {
