@@ -154,6 +154,8 @@ impl Session {
             self.note_sent_payload(now, len);
             return Some(self.emit(&seg, len as usize));
         }
+        // Nothing to repair: a forced retransmission has no object any more.
+        self.force_retransmit = false;
         let unsent = self.send.unsent();
         let fin_unsent = self.send.fin_unsent();
         if unsent == 0 && !fin_unsent {
