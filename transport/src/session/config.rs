@@ -120,6 +120,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn defaults_are_kernel_like() {
+        let d = SessionConfig::default();
+        assert!(d.connect_timeout <= Duration::from_secs(20));
+        assert!(d.user_timeout <= Duration::from_secs(30));
+        assert_eq!(d.keepalive, None, "keepalive is off unless asked for, as in TCP");
+        assert_eq!(d.idle_timeout, None, "idle sessions stay up");
+        assert_eq!(d.mode, RecoveryMode::HopByHop);
+        assert!(d.time_wait >= 2 * d.max_rto, "TIME-WAIT outlasts a backed-off peer");
+    }
+
+    #[test]
     fn sanitizing_repairs_nonsense() {
         let cfg = SessionConfig {
             mss: 3,
