@@ -62,7 +62,9 @@ pub struct SessionConfig {
     /// acknowledged at once). 5 ms.
     pub ack_delay: Duration,
     /// How long the side that acknowledged the last FIN stays around to re-acknowledge a
-    /// retransmitted FIN before reporting `Closed`. 4 s.
+    /// retransmitted FIN before reporting `Closed` (restarted by each retransmission). It
+    /// must outlast the peer's longest retransmission interval, or a peer whose timer backed
+    /// off meets a RST instead of an acknowledgement. 20 s (twice the default `max_rto`).
     pub time_wait: Duration,
 }
 
@@ -86,7 +88,7 @@ impl Default for SessionConfig {
             max_rto: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(100),
             ack_delay: Duration::from_millis(5),
-            time_wait: Duration::from_secs(4),
+            time_wait: Duration::from_secs(20),
         }
     }
 }
@@ -116,6 +118,17 @@ impl SessionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_kernel_like() {
+        let d = SessionConfig::default();
+        assert!(d.connect_timeout <= Duration::from_secs(20));
+        assert!(d.user_timeout <= Duration::from_secs(30));
+        assert_eq!(d.keepalive, None, "keepalive is off unless asked for, as in TCP");
+        assert_eq!(d.idle_timeout, None, "idle sessions stay up");
+        assert_eq!(d.mode, RecoveryMode::HopByHop);
+        assert!(d.time_wait >= 2 * d.max_rto, "TIME-WAIT outlasts a backed-off peer");
+    }
 
     #[test]
     fn sanitizing_repairs_nonsense() {

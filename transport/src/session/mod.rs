@@ -44,6 +44,30 @@
 //!   Options: 1 = MSS (u16, in SYNs: the largest segment the sender accepts); 2 = SACK
 //!   (`len / 16` blocks of `start: u64, end: u64`, half-open, the most recent first).
 //!
+//! # Recovery
+//!
+//! Both modes keep a SACK scoreboard with fixed segment boundaries and retransmit on a
+//! timeout (RFC 6298, exponential backoff up to `max_rto`); a timeout presumes lost the
+//! oldest segment in flight and those sent at least an RTT ago (RFC 8985 §6.3) and resends
+//! the first at once. `EndToEndOnly` adds RACK (a segment is lost once one sent after it
+//! was delivered and a reordering window has passed; the window widens when a fast
+//! retransmission proves spurious) and tail loss probes. `HopByHop` infers nothing from
+//! reordering and, on a first timeout, reduces its window once instead of collapsing it.
+//! Timestamp echoes detect spurious retransmissions; a spurious timeout puts the segments
+//! it condemned but did not yet resend back in flight. Each increase of the peer's CE count
+//! reduces the window at most once per round trip.
+//!
+//! # What the daemon does
+//!
+//! - Demultiplex by (remote node, `src_port`, `dst_port`, `conn_id`) from
+//!   [`Session::peek`]; hand a SYN for a listening port to [`Session::accept`]; answer any
+//!   other segment that matches no session with [`Session::reset_reply`].
+//! - After every input (segment, timeout, application read or write), drain
+//!   [`Session::poll_transmit`] and [`Session::poll_event`], then sleep until
+//!   [`Session::poll_timeout`].
+//! - Report route changes with [`Session::set_route_available`]; free the session on
+//!   [`SessionEvent::Closed`].
+//!
 //! # Lifecycle and events
 //!
 //! Active open sends SYN (retransmitted with exponential backoff until `connect_timeout`);
@@ -55,6 +79,7 @@
 
 mod config;
 mod connection;
+mod input;
 mod output;
 mod ranges;
 mod recv;
@@ -135,6 +160,9 @@ pub struct SessionStats {
     pub retransmits: u64,
     /// Segments declared lost from SACK information (RACK), before any timeout.
     pub fast_retransmits: u64,
+    /// Tail loss probes sent (end-to-end mode): the last segment resent when acknowledgements
+    /// stop, so that a lost tail is repaired by SACK instead of a timeout.
+    pub tail_loss_probes: u64,
     /// Retransmission timeouts that fired with data outstanding.
     pub timeouts: u64,
     /// Retransmissions later shown unnecessary (the original arrived).

@@ -154,6 +154,8 @@ impl Session {
             self.note_sent_payload(now, len);
             return Some(self.emit(&seg, len as usize));
         }
+        // Nothing to repair: a forced retransmission has no object any more.
+        self.force_retransmit = false;
         let unsent = self.send.unsent();
         let fin_unsent = self.send.fin_unsent();
         if unsent == 0 && !fin_unsent {
@@ -203,7 +205,9 @@ impl Session {
             self.progress_at = now;
         }
         self.note_sent_payload(now, len);
-        Some(self.emit(&seg, len as usize))
+        let out = self.emit(&seg, len as usize);
+        self.arm_tail_probe(now);
+        Some(out)
     }
 
     fn transmit_probe(&mut self, now: Instant) -> Option<Vec<u8>> {

@@ -159,6 +159,12 @@ impl ReceiveStream {
 
     fn accept_out_of_order(&mut self, start: u64, data: &[u8], arrival: &mut Arrival) {
         arrival.out_of_order = true;
+        // A peer scattering tiny pieces would otherwise cost far more memory than the window;
+        // past the limit new pieces are dropped (the sender repairs them later).
+        if self.pending.len() >= self.max_pending_pieces() {
+            arrival.beyond_window = true;
+            return;
+        }
         let end = start + data.len() as u64;
         for (s, e) in self.pending_ranges.insert(start, end) {
             let piece = &data[(s - start) as usize..(e - start) as usize];
@@ -168,6 +174,11 @@ impl ReceiveStream {
         }
         self.latest_block = self.pending_ranges.containing(start);
         self.drain_pending();
+    }
+
+    /// Most out-of-order pieces held: enough for a window of small segments.
+    fn max_pending_pieces(&self) -> usize {
+        (self.capacity / 64) as usize + 64
     }
 
     /// Moves pending pieces that now continue the in-order stream into `ready`.
@@ -279,6 +290,18 @@ mod tests {
         assert_eq!(r.read(&mut buf), 4);
         assert_eq!(r.window(), 4);
         assert_eq!(r.right_edge(), 14);
+    }
+
+    #[test]
+    fn scattered_pieces_are_bounded() {
+        let mut r = ReceiveStream::new(64 * 100);
+        for i in 0..1000u64 {
+            r.on_data(1 + 2 * i, b"x", false).unwrap();
+        }
+        assert_eq!(r.pending.len(), r.max_pending_pieces());
+        // The in-order stream still advances through what was kept.
+        r.on_data(0, b"x", false).unwrap();
+        assert_eq!(r.ack_offset(), 2);
     }
 
     #[test]

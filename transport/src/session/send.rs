@@ -292,6 +292,15 @@ impl SendStream {
         }
     }
 
+    /// Marks the newest segment in flight for retransmission (a tail loss probe), as if a
+    /// timer had declared it lost. Returns whether there was one.
+    pub fn mark_last_in_flight_lost(&mut self) -> bool {
+        match self.segments.iter().rposition(SentSegment::in_flight) {
+            Some(i) => self.mark_lost_at(i, true),
+            None => false,
+        }
+    }
+
     /// RACK (RFC 8985): a segment sent before the most recently delivered one is lost once
     /// `wait` has passed since it was sent. Marks those and returns how many were marked,
     /// the latest send time among them, and the earliest time another one would qualify.

@@ -46,6 +46,7 @@ impl Session {
         [
             self.rto_at,
             self.rack_at,
+            self.tail_probe_at,
             self.ack.deadline,
             self.pace_at,
             self.persist_at,
@@ -99,6 +100,14 @@ impl Session {
                 self.detect_losses(now);
             }
         }
+        if due(self.tail_probe_at) {
+            self.tail_probe_at = None;
+            if self.send.first_lost().is_none() && self.send.mark_last_in_flight_lost() {
+                self.counters.tail_loss_probes += 1;
+                self.tail_probe_outstanding = true;
+                self.force_retransmit = true;
+            }
+        }
         if due(self.ack.deadline) {
             self.ack.deadline = None;
             self.ack.immediate = true;
@@ -126,6 +135,7 @@ impl Session {
                 self.force_retransmit = true;
                 self.rto_at = Some(now + self.rto());
                 self.rack_at = None;
+                self.tail_probe_at = None;
                 // Over repaired links a first timeout more likely means a broken path (relay
                 // crash, reroute) than congestion: reduce once instead of collapsing. Repeated
                 // timeouts mean the path is still broken: stop pouring a window into it.

@@ -20,9 +20,10 @@ pub fn at(d: Duration) -> Instant {
 #[derive(Debug, Clone, Default)]
 pub struct LinkParams {
     pub loss: f64,
-    /// Gilbert-Elliott: probability per packet of entering and of leaving the bad state, in
-    /// which every packet is lost.
-    pub burst: Option<(f64, f64)>,
+    /// Gilbert-Elliott in continuous time: mean durations of the good and of the bad state
+    /// (in which every packet is lost). Bursts are spans of time, not of packets, so sparse
+    /// traffic (retransmissions backing off) does not see implausibly long bursts.
+    pub burst: Option<(Duration, Duration)>,
     pub delay: Duration,
     /// Extra uniform delay in `[0, jitter)` per packet: reorders.
     pub jitter: Duration,
@@ -35,6 +36,8 @@ pub struct LinkParams {
     pub outages: Vec<(Instant, Instant)>,
     /// Ordinal numbers (1-based) of packets to drop, for surgical losses.
     pub drop_nth: Vec<u64>,
+    /// Drop the first packet this predicate accepts.
+    pub drop_first_matching: Option<fn(&[u8]) -> bool>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -49,6 +52,8 @@ pub struct Link {
     pub params: LinkParams,
     rng: ChaCha8Rng,
     bad: bool,
+    /// When the burst state was last brought up to date.
+    burst_clock: Instant,
     tx_free_at: Instant,
     serial: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -66,6 +71,7 @@ impl Link {
             params,
             rng: ChaCha8Rng::seed_from_u64(seed),
             bad: false,
+            burst_clock: Instant::ZERO,
             tx_free_at: Instant::ZERO,
             serial: 0,
             queue: BinaryHeap::new(),
@@ -81,13 +87,24 @@ impl Link {
         self.send_times.push(now);
         let p = &self.params;
         let in_outage = p.outages.iter().any(|&(s, e)| now >= s && now < e);
-        if let Some((enter, leave)) = p.burst {
-            let flip = if self.bad { leave } else { enter };
-            if self.rng.gen_bool(flip) {
-                self.bad = !self.bad;
-            }
+        if let Some((good, bad)) = p.burst {
+            // Two-state Markov chain: P(bad after dt) = π + (1{bad} − π)·e^{−(λ+μ)·dt}.
+            let (to_bad, to_good) = (1.0 / good.as_secs_f64(), 1.0 / bad.as_secs_f64());
+            let stationary_bad = to_bad / (to_bad + to_good);
+            let dt = now.saturating_since(self.burst_clock).as_secs_f64();
+            let now_bad = if self.bad { 1.0 } else { 0.0 };
+            let p_bad =
+                stationary_bad + (now_bad - stationary_bad) * (-(to_bad + to_good) * dt).exp();
+            self.bad = self.rng.gen_bool(p_bad.clamp(0.0, 1.0));
+            self.burst_clock = now;
         }
-        let lost = self.blackhole
+        let matched = p.drop_first_matching.is_some_and(|f| f(&packet));
+        if matched {
+            self.params.drop_first_matching = None;
+        }
+        let p = &self.params;
+        let lost = matched
+            || self.blackhole
             || in_outage
             || self.bad
             || p.drop_nth.contains(&self.counters.sent)
@@ -145,13 +162,25 @@ impl Link {
     }
 }
 
-/// Byte `offset` of the stream in direction `dir` for `seed`.
-pub fn pattern(seed: u64, dir: u64, offset: u64) -> u8 {
-    let mut z = seed ^ (dir << 62) ^ (offset >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// Eight bytes of the stream in direction `dir` for `seed` (splitmix64 of the word index).
+fn pattern_word(seed: u64, dir: u64, word_index: u64) -> u64 {
+    let mut z = seed ^ (dir << 62) ^ word_index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> ((offset & 7) * 8)) as u8
+    z ^ (z >> 31)
+}
+
+/// Fills `buf` with the stream bytes starting at `offset`.
+pub fn fill_pattern(seed: u64, dir: u64, offset: u64, buf: &mut [u8]) {
+    let (mut pos, mut off) = (0, offset);
+    while pos < buf.len() {
+        let word = pattern_word(seed, dir, off >> 3).to_le_bytes();
+        let start = (off & 7) as usize;
+        let n = (8 - start).min(buf.len() - pos);
+        buf[pos..pos + n].copy_from_slice(&word[start..start + n]);
+        pos += n;
+        off += n as u64;
+    }
 }
 
 /// What one application does with its session.
@@ -193,6 +222,8 @@ pub struct Conn {
     pub write_blocked: bool,
     pub events: Vec<SessionEvent>,
     pub corrupt: Option<String>,
+    /// Reusable buffer for the bytes a read should return.
+    expected: Vec<u8>,
 }
 
 impl Conn {
@@ -206,6 +237,7 @@ impl Conn {
             write_blocked: false,
             events: Vec::new(),
             corrupt: None,
+            expected: Vec::new(),
         }
     }
 
@@ -218,9 +250,11 @@ impl Conn {
             if n == 0 {
                 break;
             }
-            scratch.clear();
-            scratch.extend((0..n as u64).map(|i| pattern(seed, self.dir, self.written + i)));
-            let accepted = self.session.write(scratch);
+            if scratch.len() < n {
+                scratch.resize(n, 0);
+            }
+            fill_pattern(seed, self.dir, self.written, &mut scratch[..n]);
+            let accepted = self.session.write(&scratch[..n]);
             self.written += accepted as u64;
             self.write_blocked = self.plan.wait_for_writable && self.session.send_capacity() == 0;
             if accepted < n {
@@ -237,16 +271,23 @@ impl Conn {
         if paused {
             return;
         }
-        scratch.resize(self.plan.chunk.max(1), 0);
+        let want = self.plan.chunk.max(1);
+        if scratch.len() < want {
+            scratch.resize(want, 0);
+        }
         loop {
-            let n = self.session.read(scratch);
+            let n = self.session.read(&mut scratch[..want]);
             if n == 0 {
                 break;
             }
-            for (i, &b) in scratch[..n].iter().enumerate() {
-                let off = self.read + i as u64;
-                if self.corrupt.is_none() && b != pattern(seed, 1 - self.dir, off) {
-                    self.corrupt = Some(format!("byte {off} differs"));
+            if self.corrupt.is_none() {
+                self.expected.resize(n, 0);
+                fill_pattern(seed, 1 - self.dir, self.read, &mut self.expected);
+                if scratch[..n] != self.expected[..] {
+                    let i = (0..n)
+                        .find(|&i| scratch[i] != self.expected[i])
+                        .unwrap_or(0);
+                    self.corrupt = Some(format!("byte {} differs", self.read + i as u64));
                 }
             }
             self.read += n as u64;

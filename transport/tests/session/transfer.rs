@@ -31,7 +31,8 @@ fn random_link(rng: &mut ChaCha8Rng, outage: Option<(Instant, Instant)>) -> Link
         ..LinkParams::default()
     };
     if rng.gen_bool(0.3) {
-        p.burst = Some((rng.gen_range(0.005..0.03), rng.gen_range(0.3..0.7)));
+        let good = Duration::from_millis(rng.gen_range(300..3_000));
+        p.burst = Some((good, Duration::from_millis(rng.gen_range(5..50))));
     }
     if rng.gen_bool(0.5) {
         p.jitter = Duration::from_micros(rng.gen_range(100..20_000));
@@ -238,27 +239,45 @@ fn many_seeds(mode: RecoveryMode, base: u64, count: u64, large: bool) -> Vec<Out
     outcomes
 }
 
+/// Seeds per mode: 500, or `WEFT_SEEDS` for a longer soak.
+fn seed_count() -> u64 {
+    std::env::var("WEFT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500)
+}
+
 #[test]
 fn small_transfers_hop_by_hop_many_seeds() {
-    let out = many_seeds(RecoveryMode::HopByHop, 0x1000, 500, false);
+    let out = many_seeds(RecoveryMode::HopByHop, 0x1000, seed_count(), false);
     let retransmits: u64 = out.iter().map(|o| o.a.retransmits + o.b.retransmits).sum();
-    println!("500 seeds hop-by-hop: {retransmits} retransmissions in total");
+    println!(
+        "{} seeds hop-by-hop: {retransmits} retransmissions in total",
+        out.len()
+    );
 }
 
 #[test]
 fn small_transfers_end_to_end_many_seeds() {
-    let out = many_seeds(RecoveryMode::EndToEndOnly, 0x2000, 500, false);
+    let out = many_seeds(RecoveryMode::EndToEndOnly, 0x2000, seed_count(), false);
     let fast: u64 = out
         .iter()
         .map(|o| o.a.fast_retransmits + o.b.fast_retransmits)
         .sum();
-    println!("500 seeds end-to-end: {fast} fast retransmissions in total");
+    println!(
+        "{} seeds end-to-end: {fast} fast retransmissions in total",
+        out.len()
+    );
 }
 
 #[test]
 fn large_transfers_both_modes() {
     for mode in [RecoveryMode::HopByHop, RecoveryMode::EndToEndOnly] {
-        for o in many_seeds(mode, 0x3000, 3, true) {
+        let count = std::env::var("WEFT_LARGE_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        for o in many_seeds(mode, 0x3000, count, true) {
             println!(
                 "{mode:?}: finished at {:?}, A sent {} B, retransmitted {} B, cwnd {}",
                 o.end, o.a.bytes_sent, o.a.bytes_retransmitted, o.a.cwnd
