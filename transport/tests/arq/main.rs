@@ -8,4 +8,5 @@ mod traffic;
 mod bench;
 mod delivery;
 mod latency;
+mod robustness;
 mod throughput;
