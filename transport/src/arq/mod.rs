@@ -5,7 +5,7 @@
 //!
 //! Packets are handed up the moment they are new, in any order: relays never wait for a hole
 //! to fill (order is restored end to end by the session). Loss is found within about one link
-//! RTT, even for sparse traffic: see `sender.rs` for the two detectors.
+//! RTT, even for sparse traffic: see `sender/recovery.rs` for the two detectors.
 //!
 //! # Wire format
 //! Bodies follow the 16-byte outer header; integers are big-endian.
@@ -102,7 +102,7 @@ pub struct ArqConfig {
     pub pacing_burst_packets: u64,
     /// Loss rate (fraction of packets) the link may see without reading it as congestion,
     /// while it shows no queueing delay either (0.05). 0 makes every loss a congestion
-    /// signal, as in TCP. See `sender.rs` for why.
+    /// signal, as in TCP. See `sender/recovery.rs` for why.
     pub random_loss_tolerance: f64,
 }
 

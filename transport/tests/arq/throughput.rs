@@ -327,6 +327,23 @@ fn lossy_50_mbit_link_is_filled() {
                 stats.losses_by_timer,
                 sim.channel_counters(0).queue_drops
             );
+            if tolerance > 0.0 {
+                // Bulk repairs come from SACK, not timers, and acks are batched.
+                assert!(
+                    stats.losses_by_timer * 10 <= stats.losses_by_sack,
+                    "seed {seed}: {stats:?}"
+                );
+                let acks = sim.nodes[1].arq.stats().acks_sent;
+                println!(
+                    "  {acks} standalone acks for {} data packets",
+                    stats.packets_sent + stats.retransmissions
+                );
+                assert!(
+                    acks * 4 <= stats.packets_sent,
+                    "seed {seed}: {acks} acks for {} packets",
+                    stats.packets_sent
+                );
+            }
             results.push(goodput);
         }
         assert!(
@@ -338,5 +355,55 @@ fn lossy_50_mbit_link_is_filled() {
             results[1] < results[0],
             "seed {seed}: tolerating random loss must help"
         );
+    }
+}
+
+/// Both directions busy: every data packet carries the reverse acks, so most ack blocks ride
+/// on data. Standalone acks remain for the moments the reverse data is held by its window or
+/// pacer when an ack falls due (as in TCP); waiting for data there would stall short links.
+#[test]
+fn acks_ride_on_reverse_data() {
+    for seed in seeds(3) {
+        let channel = Channel {
+            loss: 0.01,
+            ..rate_limited(10_000_000, 40_000)
+        };
+        let mut sim = Sim::new(seed, Default::default(), [channel.clone(), channel]);
+        let mut forward = Bulk {
+            flows: vec![(1, 1350)],
+            next_id: 0,
+        };
+        let mut backward = Bulk {
+            flows: vec![(2, 1350)],
+            next_id: 1 << 40,
+        };
+        sim.run(at_ms(5_000), |sim| {
+            forward.step(sim);
+            // The same application on node 1: swap roles for one step.
+            sim.nodes.swap(0, 1);
+            let next = backward.step(sim);
+            sim.nodes.swap(0, 1);
+            next
+        });
+        for node in 0..2 {
+            let stats = sim.nodes[node].arq.stats();
+            let data = stats.packets_sent + stats.retransmissions;
+            let carried = data as f64 / (data + stats.acks_sent) as f64;
+            println!(
+                "seed {seed} node {node}: {data} data packets, {} standalone acks: {:.0} % of ack blocks on data",
+                stats.acks_sent,
+                carried * 100.0
+            );
+            assert!(
+                stats.packets_sent > 3_000,
+                "seed {seed}: node {node} sent only {}",
+                stats.packets_sent
+            );
+            assert!(
+                carried >= 0.75,
+                "seed {seed}: node {node}: only {:.2} of ack blocks on data",
+                carried
+            );
+        }
     }
 }
