@@ -417,15 +417,9 @@ impl ArqLink {
         self.queues.is_empty() && self.sender.peek_lost().is_none()
     }
 
-    /// The window is not what limits us: acks for this packet say nothing about capacity.
-    fn app_limited(&mut self, len: u64) -> bool {
-        self.nothing_left() && self.sender.in_flight().0 + len < self.sender.cc().window()
-    }
-
     fn send_retransmission(&mut self, now: Instant, out: &mut Vec<u8>) {
-        let len = self.sender.peek_lost().unwrap_or(0);
-        let app_limited = self.app_limited(len);
-        let Some(seq) = self.sender.retransmit(now, app_limited) else {
+        let queue_empty = self.queues.is_empty();
+        let Some(seq) = self.sender.retransmit(now, queue_empty) else {
             return;
         };
         // A repair is worth an immediate ack: the sender learns at once whether it landed.
@@ -436,10 +430,9 @@ impl ArqLink {
         let Some(held) = self.queues.pop() else {
             return;
         };
-        let len = held.packet.len() as u64;
-        let app_limited = self.app_limited(len);
+        let queue_empty = self.queues.is_empty();
+        let seq = self.sender.send_new(now, held, queue_empty);
         let ack_now = self.nothing_left();
-        let seq = self.sender.send_new(now, held, app_limited);
         self.write_data(now, seq, ack_now, out);
     }
 

@@ -83,7 +83,7 @@ pub(crate) struct Sender {
     /// The oldest sequence number not yet known delivered; `slots[0]` holds it.
     base: u64,
     slots: VecDeque<Slot>,
-    order: VecDeque<Transmission>,
+    send_log: VecDeque<Transmission>,
     /// Packets declared lost, resent lowest first: the lowest hole is what holds the
     /// receiver's window back.
     lost: BTreeSet<u64>,
@@ -131,7 +131,7 @@ impl Sender {
             next_seq: 0,
             base: 0,
             slots: VecDeque::new(),
-            order: VecDeque::new(),
+            send_log: VecDeque::new(),
             lost: BTreeSet::new(),
             sacked: SeqRanges::default(),
             in_flight_bytes: 0,
@@ -170,7 +170,7 @@ impl Sender {
             })
             .collect();
         self.base = self.next_seq;
-        self.order.clear();
+        self.send_log.clear();
         self.lost.clear();
         self.sacked.clear();
         self.in_flight_bytes = 0;
@@ -277,16 +277,18 @@ impl Sender {
     }
 
     /// Retransmits the packet `peek_lost` named and returns its sequence number.
-    pub fn retransmit(&mut self, now: Instant, app_limited: bool) -> Option<u64> {
+    /// `queue_empty`: no new data waits behind it.
+    pub fn retransmit(&mut self, now: Instant, queue_empty: bool) -> Option<u64> {
         self.peek_lost()?;
         let seq = self.lost.pop_first()?;
         self.counters.retransmissions += 1;
-        self.transmit(now, seq, app_limited);
+        self.transmit(now, seq, queue_empty);
         Some(seq)
     }
 
     /// Records a new packet as sent now and returns its sequence number.
-    pub fn send_new(&mut self, now: Instant, held: Held, app_limited: bool) -> u64 {
+    /// `queue_empty`: no new data waits behind it.
+    pub fn send_new(&mut self, now: Instant, held: Held, queue_empty: bool) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let len = held.packet.len() as u64;
@@ -295,14 +297,14 @@ impl Sender {
             order: held.order,
             payload: held.packet,
             len,
-            state: SlotState::Lost,
+            state: SlotState::InFlight,
             last_sent: now,
             transmissions: 0,
-            app_limited,
+            app_limited: false,
         });
         self.counters.packets_sent += 1;
         self.counters.bytes_sent += len;
-        self.transmit(now, seq, app_limited);
+        self.transmit(now, seq, queue_empty);
         seq
     }
 
@@ -319,7 +321,13 @@ impl Sender {
             .count()
     }
 
-    fn transmit(&mut self, now: Instant, seq: u64, app_limited: bool) {
+    fn transmit(&mut self, now: Instant, seq: u64, queue_empty: bool) {
+        let len = self.slot(seq).map_or(0, |slot| slot.len);
+        // Nothing else to send and room in the window: the window is not what limits us, so
+        // this packet's ack says nothing about capacity.
+        let app_limited = queue_empty
+            && self.peek_lost().is_none()
+            && self.in_flight_bytes + len < self.cc.window();
         let Some(slot) = self.slot_mut(seq) else {
             return;
         };
@@ -330,13 +338,13 @@ impl Sender {
         let (len, number) = (slot.len, slot.transmissions);
         self.in_flight_bytes += len;
         self.in_flight_packets += 1;
-        self.order.push_back(Transmission {
+        self.send_log.push_back(Transmission {
             at: now,
             seq,
             number,
         });
         self.pacer.on_sent(len);
-        self.compact_order();
+        self.compact_send_log();
     }
 
     fn slot(&self, seq: u64) -> Option<&Slot> {
@@ -355,19 +363,19 @@ impl Sender {
     }
 
     /// Stale transmissions behind a long-lived one would pile up; rebuild when they dominate.
-    fn compact_order(&mut self) {
-        if self.order.len() > 64 && self.order.len() as u64 > 4 * self.in_flight_packets {
-            let order = std::mem::take(&mut self.order);
-            self.order = order.into_iter().filter(|t| self.is_live(t)).collect();
+    fn compact_send_log(&mut self) {
+        if self.send_log.len() > 64 && self.send_log.len() as u64 > 4 * self.in_flight_packets {
+            let log = std::mem::take(&mut self.send_log);
+            self.send_log = log.into_iter().filter(|t| self.is_live(t)).collect();
         }
     }
 
     fn pop_stale_front(&mut self) {
-        while let Some(front) = self.order.front() {
+        while let Some(front) = self.send_log.front() {
             if self.is_live(front) {
                 break;
             }
-            self.order.pop_front();
+            self.send_log.pop_front();
         }
     }
 

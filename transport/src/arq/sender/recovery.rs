@@ -89,9 +89,9 @@ impl Sender {
             return;
         };
         let reorder = self.reorder_window();
-        while let Some(&front) = self.order.front() {
+        while let Some(&front) = self.send_log.front() {
             if !self.is_live(&front) {
-                self.order.pop_front();
+                self.send_log.pop_front();
                 continue;
             }
             if front.at >= delivered_at {
@@ -102,7 +102,7 @@ impl Sender {
                 self.rack_deadline = Some(deadline);
                 break;
             }
-            self.order.pop_front();
+            self.send_log.pop_front();
             if self.declare_lost(now, front.seq) {
                 self.counters.losses_by_sack += 1;
             }
@@ -111,7 +111,7 @@ impl Sender {
 
     /// The earliest transmission still waiting for its ack expires at this time.
     pub(super) fn rto_deadline(&self) -> Option<Instant> {
-        let oldest = self.order.iter().find(|t| self.is_live(t))?;
+        let oldest = self.send_log.iter().find(|t| self.is_live(t))?;
         Some(self.expiry(oldest.at))
     }
 
@@ -130,13 +130,13 @@ impl Sender {
         let mut first_expired = None;
         loop {
             self.pop_stale_front();
-            let Some(&front) = self.order.front() else {
+            let Some(&front) = self.send_log.front() else {
                 break;
             };
             if self.expiry(front.at) > now {
                 break;
             }
-            self.order.pop_front();
+            self.send_log.pop_front();
             if self.declare_lost(now, front.seq) {
                 self.counters.losses_by_timer += 1;
                 first_expired.get_or_insert(front.at);
