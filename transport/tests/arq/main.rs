@@ -6,6 +6,7 @@ mod sim;
 mod traffic;
 
 mod bench;
+mod chain;
 mod delivery;
 mod latency;
 mod robustness;
