@@ -90,11 +90,13 @@ pub struct ArqConfig {
     pub flow_queue_limit_bytes: usize,
     /// A refused flow is reported writable again once its queue drains to this (limit / 4).
     pub flow_queue_low_water_bytes: usize,
-    /// Longest an ack is held hoping to cover more packets (2 ms). The sender's timer allows
-    /// for it, so it must not exceed the peer's value.
+    /// Longest an ack is held hoping to cover more packets (2 ms). The peer's retransmission
+    /// timer allows for its own value, so keep it the same on both ends (a larger value here
+    /// than at the peer can fire the peer's timer needlessly).
     pub max_ack_delay: Duration,
-    /// Most packets between the oldest unacknowledged one and the newest sent (65 536);
-    /// also the receive window, so both ends should use the same value.
+    /// Most packets between the oldest unacknowledged one and the newest sent (65 536). Also
+    /// the receive window advertised to the peer; each sender keeps to the smaller of its own
+    /// and the peer's, so the ends may differ.
     pub max_outstanding_packets: u64,
     /// Spread each window over an RTT instead of sending it in one burst.
     pub pacing: bool,
@@ -169,7 +171,8 @@ impl ArqConfig {
 }
 
 /// `enqueue` refused a packet; it comes back to the caller untouched.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("packet refused by the reliable link: {reason:?}")]
 pub struct Backpressure {
     pub packet: Vec<u8>,
     pub reason: Refusal,
@@ -183,7 +186,8 @@ pub enum Refusal {
     TooLarge,
 }
 
-/// Counters and estimates for `weft status` and tests. Counters only grow.
+/// Estimates and gauges (RTT, window, queues) and counters (which only grow), for
+/// `weft status` and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ArqStats {
     pub srtt: Duration,

@@ -136,7 +136,7 @@ impl Sender {
         if self.rack_deadline.is_some_and(|d| d <= now) {
             self.detect_by_sack(now);
         }
-        let mut first_expired = None;
+        let mut expired = false;
         loop {
             self.pop_stale_front();
             let Some(&front) = self.send_log.front() else {
@@ -148,15 +148,15 @@ impl Sender {
             self.send_log.pop_front();
             if self.declare_lost(now, front.seq) {
                 self.counters.losses_by_timer += 1;
-                first_expired.get_or_insert(front.at);
+                expired = true;
             }
         }
-        if let Some(sent) = first_expired {
+        if expired {
             self.counters.timeouts += 1;
+            // `declare_lost` already offered each loss as a congestion event; a second expiry
+            // with no progress in between means the path is gone, not just congested.
             if self.backoff > 0 {
                 self.cc.on_timeout(now);
-            } else if self.loss_is_congestion() {
-                self.cc.on_congestion_event(now, sent);
             }
             self.backoff = (self.backoff + 1).min(MAX_BACKOFF_SHIFT);
         }
