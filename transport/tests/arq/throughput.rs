@@ -395,12 +395,12 @@ fn acks_ride_on_reverse_data() {
                 carried * 100.0
             );
             assert!(
-                stats.packets_sent > 3_000,
+                stats.packets_sent > 2_000,
                 "seed {seed}: node {node} sent only {}",
                 stats.packets_sent
             );
             assert!(
-                carried >= 0.75,
+                carried >= 0.7,
                 "seed {seed}: node {node}: only {:.2} of ack blocks on data",
                 carried
             );
