@@ -34,45 +34,91 @@ pub enum ClientKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// First message on every connection. Answered with [`Reply::Welcome`].
-    Hello { kind: ClientKind, pid: u32 },
+    Hello {
+        kind: ClientKind,
+        pid: u32,
+    },
 
     /// The daemon's state as JSON (what `weft status --json` prints).
     Status,
     /// Run-time link emulation and cuts (accepted only when the daemon allows emulation).
-    Link { peer: String, action: LinkAction },
+    Link {
+        peer: String,
+        action: LinkAction,
+    },
 
     /// Open an overlay session to `dst`; carries one fd (the daemon's end of a socketpair).
     /// `local_port` is the port the app bound, if any. `inode` names the client's end.
-    Connect { dst: Endpoint, local_port: Option<u16>, filler: u32, inode: u64 },
+    Connect {
+        dst: Endpoint,
+        local_port: Option<u16>,
+        filler: u32,
+        inode: u64,
+    },
     /// Outcome of a connect: `Reply::ConnectStatus`.
-    ConnectStatus { inode: u64 },
+    ConnectStatus {
+        inode: u64,
+    },
     /// Addresses and transport state of a session: `Reply::Session`.
-    SessionInfo { inode: u64 },
+    SessionInfo {
+        inode: u64,
+    },
 
     /// Accept overlay sessions on `port`.
-    Listen { port: u16, delivery: ListenDelivery },
-    Unlisten { port: u16 },
+    Listen {
+        port: u16,
+        delivery: ListenDelivery,
+    },
+    Unlisten {
+        port: u16,
+    },
     /// The shim accepted a kernel connection whose peer is the daemon's proxy address at
     /// `proxy_port`: if it is an injected overlay session, the reply carries its fd.
-    ClaimAccepted { listen_port: u16, proxy_port: u16 },
+    ClaimAccepted {
+        listen_port: u16,
+        proxy_port: u16,
+    },
 
     /// Receive overlay datagrams for `port` (0: allocate one). With `deliver_to`, datagrams are
     /// sent to that kernel UDP address from per-peer proxy sockets; without, they arrive on
     /// this connection as [`Event::Datagram`].
-    BindDatagram { port: u16, deliver_to: Option<SocketAddrV4> },
-    UnbindDatagram { port: u16 },
+    BindDatagram {
+        port: u16,
+        deliver_to: Option<SocketAddrV4>,
+    },
+    UnbindDatagram {
+        port: u16,
+    },
     /// Send one datagram over the overlay from this node's `src_port`.
-    SendDatagram { src_port: u16, dst: Endpoint, ttl: u8, payload: Vec<u8> },
+    SendDatagram {
+        src_port: u16,
+        dst: Endpoint,
+        ttl: u8,
+        payload: Vec<u8>,
+    },
     /// The kernel address (on the daemon's proxy IP) that stands for `remote`: datagrams sent
     /// there from a local port P leave the overlay from (this node, P).
-    ProxyFor { remote: Endpoint },
+    ProxyFor {
+        remote: Endpoint,
+    },
     /// Which overlay endpoint a proxy port stands for.
-    ResolveProxy { proxy_port: u16 },
+    ResolveProxy {
+        proxy_port: u16,
+    },
 
     /// Join a multicast group on behalf of the socket delivered at `deliver_to` (port = the
     /// group port). `source`: only this source (source-specific membership).
-    Join { group: NodeId, source: Option<NodeId>, deliver_to: SocketAddrV4, reliable: bool },
-    Leave { group: NodeId, source: Option<NodeId>, deliver_to: SocketAddrV4 },
+    Join {
+        group: NodeId,
+        source: Option<NodeId>,
+        deliver_to: SocketAddrV4,
+        reliable: bool,
+    },
+    Leave {
+        group: NodeId,
+        source: Option<NodeId>,
+        deliver_to: SocketAddrV4,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,18 +170,36 @@ pub enum Reply {
     Welcome(Welcome),
     Ok,
     /// A failed request: an errno the shim can hand to the application, and a message.
-    Error { errno: i32, message: String },
-    Status { json: String },
+    Error {
+        errno: i32,
+        message: String,
+    },
+    Status {
+        json: String,
+    },
     /// Local endpoint chosen for a connect; the outcome comes later (see module docs).
-    Connecting { local: Endpoint },
+    Connecting {
+        local: Endpoint,
+    },
     /// `None` while pending, `Some(0)` once established, `Some(errno)` when it failed.
-    ConnectStatus { result: Option<i32> },
+    ConnectStatus {
+        result: Option<i32>,
+    },
     Session(SessionInfo),
     /// Answer to `ClaimAccepted`: with one fd (the session) when `peer` is `Some`.
-    Claimed { peer: Option<Endpoint>, local: Option<Endpoint> },
-    Bound { port: u16 },
-    Proxy { addr: SocketAddrV4 },
-    Resolved { remote: Option<Endpoint> },
+    Claimed {
+        peer: Option<Endpoint>,
+        local: Option<Endpoint>,
+    },
+    Bound {
+        port: u16,
+    },
+    Proxy {
+        addr: SocketAddrV4,
+    },
+    Resolved {
+        remote: Option<Endpoint>,
+    },
 }
 
 /// Unsolicited messages, only to connections that asked for them.
@@ -144,7 +208,11 @@ pub enum Event {
     /// A new session on a `ListenDelivery::Control` port; carries one fd.
     Incoming { port: u16, peer: Endpoint },
     /// A datagram for a port bound without `deliver_to`.
-    Datagram { src: Endpoint, dst_port: u16, payload: Vec<u8> },
+    Datagram {
+        src: Endpoint,
+        dst_port: u16,
+        payload: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,8 +241,11 @@ pub enum ControlError {
 }
 
 fn encode(body: Body) -> Result<Vec<u8>, ControlError> {
-    let bytes = postcard::to_allocvec(&Envelope { version: PROTOCOL_VERSION, body })
-        .map_err(|_| ControlError::Malformed)?;
+    let bytes = postcard::to_allocvec(&Envelope {
+        version: PROTOCOL_VERSION,
+        body,
+    })
+    .map_err(|_| ControlError::Malformed)?;
     if bytes.len() > MAX_MESSAGE {
         return Err(ControlError::TooLarge(bytes.len()));
     }
@@ -187,7 +258,8 @@ fn decode(bytes: &[u8]) -> Result<Body, ControlError> {
     }
     // The version is the first field: read it alone so a future layout is reported as a
     // version mismatch, not as garbage.
-    let (version, _) = postcard::take_from_bytes::<u16>(bytes).map_err(|_| ControlError::Malformed)?;
+    let (version, _) =
+        postcard::take_from_bytes::<u16>(bytes).map_err(|_| ControlError::Malformed)?;
     if version != PROTOCOL_VERSION {
         return Err(ControlError::Version(version));
     }
@@ -250,11 +322,26 @@ mod tests {
             filler: 212_992,
             inode: 77,
         };
-        assert_eq!(Request::decode(&req.clone().encode().unwrap()).unwrap(), req);
-        let rep = Reply::ConnectStatus { result: Some(libc::ECONNREFUSED) };
-        assert_eq!(Incoming::decode(&rep.clone().encode().unwrap()).unwrap(), Incoming::Reply(rep));
-        let ev = Event::Datagram { src: Endpoint::new(NodeId(1), 2), dst_port: 3, payload: vec![0; 65_507] };
-        assert_eq!(Incoming::decode(&ev.clone().encode().unwrap()).unwrap(), Incoming::Event(ev));
+        assert_eq!(
+            Request::decode(&req.clone().encode().unwrap()).unwrap(),
+            req
+        );
+        let rep = Reply::ConnectStatus {
+            result: Some(libc::ECONNREFUSED),
+        };
+        assert_eq!(
+            Incoming::decode(&rep.clone().encode().unwrap()).unwrap(),
+            Incoming::Reply(rep)
+        );
+        let ev = Event::Datagram {
+            src: Endpoint::new(NodeId(1), 2),
+            dst_port: 3,
+            payload: vec![0; 65_507],
+        };
+        assert_eq!(
+            Incoming::decode(&ev.clone().encode().unwrap()).unwrap(),
+            Incoming::Event(ev)
+        );
     }
 
     #[test]
@@ -262,7 +349,10 @@ mod tests {
         let mut bytes = Request::Status.encode().unwrap();
         bytes[0] = 9; // postcard varint for version 9
         assert_eq!(Request::decode(&bytes), Err(ControlError::Version(9)));
-        assert_eq!(Request::decode(&Reply::Ok.encode().unwrap()), Err(ControlError::Unexpected));
+        assert_eq!(
+            Request::decode(&Reply::Ok.encode().unwrap()),
+            Err(ControlError::Unexpected)
+        );
     }
 
     proptest! {

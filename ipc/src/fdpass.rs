@@ -13,7 +13,10 @@ struct CmsgBuf([u8; CMSG_SPACE_ONE_FD]);
 /// Sends `data` as one record, with `fd` attached if given. `MSG_NOSIGNAL`: a dead peer is an
 /// `EPIPE` error, never a signal to the application.
 pub fn send_record(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
     let mut cmsg = CmsgBuf([0; CMSG_SPACE_ONE_FD]);
     // SAFETY: msghdr is plain data; every pointer in it refers to locals that outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -39,7 +42,10 @@ pub fn send_record(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()
             return if n as usize == data.len() {
                 Ok(())
             } else {
-                Err(io::Error::new(io::ErrorKind::WriteZero, "short control record"))
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "short control record",
+                ))
             };
         }
         let err = io::Error::last_os_error();
@@ -61,7 +67,10 @@ pub struct Record {
 /// Receives one record into `buf`. `Ok(len == 0, no fd)` at end of stream. Extra descriptors
 /// beyond the first are closed. `flags` may add `MSG_DONTWAIT`.
 pub fn recv_record(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Record> {
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
     let mut cmsg = CmsgBuf([0; CMSG_SPACE_ONE_FD]);
     // SAFETY: as in send_record.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -87,7 +96,8 @@ pub fn recv_record(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Record
         while !hdr.is_null() {
             if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(hdr) as *const RawFd;
-                let count = ((*hdr).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+                let count =
+                    ((*hdr).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..count {
                     let raw = std::ptr::read_unaligned(data.add(i));
                     let owned = OwnedFd::from_raw_fd(raw);
@@ -100,7 +110,11 @@ pub fn recv_record(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Record
         }
     }
     let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
-    Ok(Record { len: n, fd, truncated })
+    Ok(Record {
+        len: n,
+        fd,
+        truncated,
+    })
 }
 
 #[cfg(test)]
@@ -111,7 +125,14 @@ mod tests {
     fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: fds is a valid out-array of two ints.
-        let rc = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
         assert_eq!(rc, 0);
         // SAFETY: the kernel just gave us these two descriptors.
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
