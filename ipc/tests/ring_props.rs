@@ -23,8 +23,7 @@ fn start_near_wrap(region: &SharedRegion, start: u64) {
     let offsets = region.header_word_offsets();
     for name in ["tx.head", "tx.tail", "rx.head", "rx.tail"] {
         let offset = offsets.iter().find(|(n, _)| n == name).map(|&(_, o)| o).unwrap();
-        region.scribble(offset, start as u32);
-        region.scribble(offset + 4, (start >> 32) as u32);
+        region.scribble(offset, &start.to_le_bytes());
     }
 }
 

@@ -6,7 +6,7 @@ use std::alloc::Layout;
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use memfd::{FileSeal, MemfdOptions};
@@ -253,16 +253,19 @@ impl SharedRegion {
         false
     }
 
-    /// Overwrites the aligned 32-bit word at `offset` (rounded down to a multiple of 4, taken
-    /// modulo the region size): what a buggy or hostile peer can do at any time. Exists for
-    /// corruption tests; the views must answer with [`RingError::Corrupt`], never misbehave.
+    /// Overwrites `bytes` at `offset` (taken modulo the region size, wrapping to its start):
+    /// what a buggy or hostile peer can do at any time. Exists for corruption tests; the views
+    /// must answer with [`RingError::Corrupt`], never misbehave.
     #[doc(hidden)]
-    pub fn scribble(&self, offset: usize, value: u32) {
-        let offset = (offset % self.memory.geometry.total_len) & !3;
-        // SAFETY: in bounds and 4-byte aligned; an atomic store cannot tear or race unsoundly
-        // with the views' own atomic accesses.
-        let word = unsafe { &*(self.memory.base.as_ptr().add(offset) as *const AtomicU32) };
-        word.store(value, Ordering::SeqCst);
+    pub fn scribble(&self, offset: usize, bytes: &[u8]) {
+        let len = self.memory.geometry.total_len;
+        for (i, &byte) in bytes.iter().enumerate() {
+            let at = (offset + i) % len;
+            // SAFETY: in bounds; byte-wide atomic stores cannot tear or race unsoundly with
+            // the views' own atomic accesses.
+            let cell = unsafe { &*(self.memory.base.as_ptr().add(at) as *const AtomicU8) };
+            cell.store(byte, Ordering::SeqCst);
+        }
     }
 
     /// Offsets of the named header words (for corruption tests that aim at them).
