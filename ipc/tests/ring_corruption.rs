@@ -27,13 +27,25 @@ impl Drop for SeedGuard {
 }
 
 fn seeds(base: u64, count: u64) -> impl Iterator<Item = u64> {
-    let base = std::env::var("WEFT_TEST_SEED").ok().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()).unwrap_or(base);
-    let count = if std::env::var("WEFT_TEST_SEED").is_ok() { 1 } else { count };
+    let base = std::env::var("WEFT_TEST_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(base);
+    let count = if std::env::var("WEFT_TEST_SEED").is_ok() {
+        1
+    } else {
+        count
+    };
     (0..count).map(move |i| base.wrapping_add(i))
 }
 
 fn offset_of(region: &SharedRegion, name: &str) -> usize {
-    region.header_word_offsets().iter().find(|(n, _)| n == name).map(|&(_, o)| o).unwrap()
+    region
+        .header_word_offsets()
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|&(_, o)| o)
+        .unwrap()
 }
 
 fn random_value(rng: &mut ChaCha8Rng) -> u32 {
@@ -65,10 +77,18 @@ fn random_op(rng: &mut ChaCha8Rng, app: &mut AppEnd, daemon: &mut DaemonEnd, kin
                 grant.consume(n).unwrap();
             }
         }
-        (RegionKind::Datagram, 0) => drop(app.tx().push(&data[..data.len().min(cap - RECORD_HEADER)])),
-        (RegionKind::Datagram, 1) => drop(daemon.rx().push(&data[..data.len().min(cap - RECORD_HEADER)])),
+        (RegionKind::Datagram, 0) => {
+            drop(app.tx().push(&data[..data.len().min(cap - RECORD_HEADER)]))
+        }
+        (RegionKind::Datagram, 1) => drop(
+            daemon
+                .rx()
+                .push(&data[..data.len().min(cap - RECORD_HEADER)]),
+        ),
         (RegionKind::Datagram, 2) => check_datagram(daemon.tx().pop(&mut buf), buf.len(), cap),
-        (RegionKind::Datagram, 3) => check_datagram(app.rx().peek_datagram(&mut buf), buf.len(), cap),
+        (RegionKind::Datagram, 3) => {
+            check_datagram(app.rx().peek_datagram(&mut buf), buf.len(), cap)
+        }
         (RegionKind::Datagram, 4) => {
             if let Ok(Some(grant)) = app.rx().datagram_grant() {
                 let (a, b) = grant.as_slices();
@@ -78,14 +98,22 @@ fn random_op(rng: &mut ChaCha8Rng, app: &mut AppEnd, daemon: &mut DaemonEnd, kin
         }
         (_, 5) => check_len(app.rx().readable(), cap),
         (_, 6) => check_len(daemon.rx().writable(), cap),
-        (_, 7) => drop(app.prepare_rx_sleep().map(|_| ()).and_then(|_| app.doorbells_drained(rng.gen_range(0..2)))),
+        (_, 7) => drop(
+            app.prepare_rx_sleep()
+                .map(|_| ())
+                .and_then(|_| app.doorbells_drained(rng.gen_range(0..2))),
+        ),
         (_, 8) => {
             let _ = daemon.after_rx_publish();
             let _ = app.after_tx_publish();
             let _ = app.after_rx_consume();
             daemon.doorbell_written();
         }
-        (_, 9) => drop(daemon.filler_action(rng.gen()).map(|_| daemon.filler_drained(rng.gen_range(0..3)))),
+        (_, 9) => drop(
+            daemon
+                .filler_action(rng.gen())
+                .map(|_| daemon.filler_drained(rng.gen_range(0..3))),
+        ),
         (_, 10) => {
             app.prepare_tx_block();
             let _ = app.filler_written(rng.gen_range(0..3));
@@ -108,9 +136,16 @@ fn check_len(result: Result<usize, RingError>, max: usize) {
     }
 }
 
-fn check_datagram(result: Result<Option<weft_ipc::ring::Datagram>, RingError>, buf: usize, cap: usize) {
+fn check_datagram(
+    result: Result<Option<weft_ipc::ring::Datagram>, RingError>,
+    buf: usize,
+    cap: usize,
+) {
     if let Ok(Some(d)) = result {
-        assert!(d.len <= cap - RECORD_HEADER && d.copied <= buf && d.copied <= d.len, "{d:?}");
+        assert!(
+            d.len <= cap - RECORD_HEADER && d.copied <= buf && d.copied <= d.len,
+            "{d:?}"
+        );
     }
 }
 
@@ -122,7 +157,11 @@ fn scribbled_headers_are_detected_or_harmless() {
     for seed in seeds(0x5eed_0000, 400) {
         let _guard = SeedGuard(seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let kind = if rng.gen() { RegionKind::Stream } else { RegionKind::Datagram };
+        let kind = if rng.gen() {
+            RegionKind::Stream
+        } else {
+            RegionKind::Datagram
+        };
         let cap = 1u32 << rng.gen_range(4..11);
         let region = SharedRegion::anonymous(kind, cap, cap).unwrap();
         let scribbler = region.handle();
@@ -155,10 +194,16 @@ fn scribbled_headers_are_detected_or_harmless() {
             _ => daemon.rx().unconsumed(),
         };
         let first = check(&mut app, &mut daemon);
-        assert!(matches!(first, Err(RingError::Corrupt(_))), "{index} out of range not detected: {first:?}");
+        assert!(
+            matches!(first, Err(RingError::Corrupt(_))),
+            "{index} out of range not detected: {first:?}"
+        );
         scribbler.scribble(high, &[0; 4]);
         let again = check(&mut app, &mut daemon);
-        assert!(matches!(again, Err(RingError::Corrupt(_))), "poison lost after restoring {index}: {again:?}");
+        assert!(
+            matches!(again, Err(RingError::Corrupt(_))),
+            "poison lost after restoring {index}: {again:?}"
+        );
         assert!(app.is_poisoned() || daemon.is_poisoned());
     }
 }
@@ -175,12 +220,21 @@ fn corrupt_record_lengths_are_detected() {
         let (mut app, mut daemon) = region.split().unwrap();
         // Move the indices to a random spot so the record header may wrap.
         let shift = rng.gen_range(0..cap as usize);
-        let filler = vec![0u8; shift.saturating_sub(RECORD_HEADER).min(cap as usize - RECORD_HEADER)];
+        let filler = vec![
+            0u8;
+            shift
+                .saturating_sub(RECORD_HEADER)
+                .min(cap as usize - RECORD_HEADER)
+        ];
         assert!(app.tx().push(&filler).unwrap());
         assert!(daemon.tx().pop(&mut []).unwrap().is_some());
         let len = rng.gen_range(0..(cap as usize - RECORD_HEADER) / 2);
         assert!(app.tx().push(&vec![7u8; len]).unwrap());
-        let bad_len: u32 = if rng.gen() { rng.gen_range(len as u32 + 1..=u32::MAX) } else { cap };
+        let bad_len: u32 = if rng.gen() {
+            rng.gen_range(len as u32 + 1..=u32::MAX)
+        } else {
+            cap
+        };
         let header_at = (filler.len() + RECORD_HEADER) % cap as usize;
         // The record header may straddle the end of the data area: write it byte by byte.
         let tx_data = scribbler.header_len();
@@ -188,8 +242,14 @@ fn corrupt_record_lengths_are_detected() {
             scribbler.scribble(tx_data + (header_at + i) % cap as usize, &[*byte]);
         }
         let result = daemon.tx().pop(&mut [0u8; 64]);
-        assert!(matches!(result, Err(RingError::Corrupt(_))), "length {bad_len} accepted: {result:?}");
-        assert!(matches!(daemon.tx().pop(&mut [0u8; 64]), Err(RingError::Corrupt(_))));
+        assert!(
+            matches!(result, Err(RingError::Corrupt(_))),
+            "length {bad_len} accepted: {result:?}"
+        );
+        assert!(matches!(
+            daemon.tx().pop(&mut [0u8; 64]),
+            Err(RingError::Corrupt(_))
+        ));
     }
 }
 
@@ -198,21 +258,44 @@ fn corrupt_record_lengths_are_detected() {
 fn map_validates_the_geometry() {
     let (region, fd) = SharedRegion::create(RegionKind::Stream, 4096, 8192).unwrap();
     let mapped = SharedRegion::map(fd.as_fd()).unwrap();
-    assert_eq!((mapped.kind(), mapped.tx_capacity(), mapped.rx_capacity()), (RegionKind::Stream, 4096, 8192));
+    assert_eq!(
+        (mapped.kind(), mapped.tx_capacity(), mapped.rx_capacity()),
+        (RegionKind::Stream, 4096, 8192)
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(0x6e0);
-    for name in ["magic", "version", "kind", "tx_capacity", "rx_capacity", "total_len"] {
+    for name in [
+        "magic",
+        "version",
+        "kind",
+        "tx_capacity",
+        "rx_capacity",
+        "total_len",
+    ] {
         let offset = offset_of(&region, name);
-        let halves = if matches!(name, "magic" | "total_len") { 2 } else { 1 };
+        let halves = if matches!(name, "magic" | "total_len") {
+            2
+        } else {
+            1
+        };
         for half in 0..halves {
             let at = offset + 4 * half;
             let original = read_word(&fd, at);
-            for value in [original ^ 1, original.wrapping_add(4096), 0, u32::MAX, rng.gen()] {
+            for value in [
+                original ^ 1,
+                original.wrapping_add(4096),
+                0,
+                u32::MAX,
+                rng.gen(),
+            ] {
                 if value == original {
                     continue;
                 }
                 region.scribble(at, &value.to_le_bytes());
                 let result = SharedRegion::map(fd.as_fd());
-                assert!(matches!(result, Err(RingError::BadRegion(_))), "{name}+{half} = {value:#x} accepted");
+                assert!(
+                    matches!(result, Err(RingError::BadRegion(_))),
+                    "{name}+{half} = {value:#x} accepted"
+                );
             }
             region.scribble(at, &original.to_le_bytes());
         }
@@ -234,20 +317,36 @@ fn read_word(fd: &OwnedFd, offset: usize) -> u32 {
 fn map_refuses_unsealed_resized_or_foreign_descriptors() {
     let (_region, fd) = SharedRegion::create(RegionKind::Datagram, 4096, 4096).unwrap();
     let mut image = Vec::new();
-    std::fs::File::from(fd.try_clone().unwrap()).read_to_end(&mut image).unwrap();
+    std::fs::File::from(fd.try_clone().unwrap())
+        .read_to_end(&mut image)
+        .unwrap();
 
     let copy = |extra: usize, seal: bool| -> OwnedFd {
-        let memfd = memfd::MemfdOptions::new().allow_sealing(true).create("copy").unwrap();
+        let memfd = memfd::MemfdOptions::new()
+            .allow_sealing(true)
+            .create("copy")
+            .unwrap();
         memfd.as_file().write_all(&image).unwrap();
-        memfd.as_file().set_len((image.len() + extra) as u64).unwrap();
+        memfd
+            .as_file()
+            .set_len((image.len() + extra) as u64)
+            .unwrap();
         if seal {
-            memfd.add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow]).unwrap();
+            memfd
+                .add_seals(&[memfd::FileSeal::SealShrink, memfd::FileSeal::SealGrow])
+                .unwrap();
         }
         memfd.into_file().into()
     };
     SharedRegion::map(copy(0, true).as_fd()).expect("an exact sealed copy maps");
-    assert!(matches!(SharedRegion::map(copy(0, false).as_fd()), Err(RingError::BadRegion(_))));
-    assert!(matches!(SharedRegion::map(copy(4096, true).as_fd()), Err(RingError::BadRegion(_))));
+    assert!(matches!(
+        SharedRegion::map(copy(0, false).as_fd()),
+        Err(RingError::BadRegion(_))
+    ));
+    assert!(matches!(
+        SharedRegion::map(copy(4096, true).as_fd()),
+        Err(RingError::BadRegion(_))
+    ));
 
     let mut fds = [0; 2];
     // SAFETY: fds is a valid out-array for pipe(2).
@@ -257,5 +356,8 @@ fn map_refuses_unsealed_resized_or_foreign_descriptors() {
         use std::os::fd::FromRawFd;
         (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
     };
-    assert!(matches!(SharedRegion::map(r.as_fd()), Err(RingError::BadRegion(_))));
+    assert!(matches!(
+        SharedRegion::map(r.as_fd()),
+        Err(RingError::BadRegion(_))
+    ));
 }

@@ -22,7 +22,11 @@ fn bytes_from(start: u64, len: usize) -> Vec<u8> {
 fn start_near_wrap(region: &SharedRegion, start: u64) {
     let offsets = region.header_word_offsets();
     for name in ["tx.head", "tx.tail", "rx.head", "rx.tail"] {
-        let offset = offsets.iter().find(|(n, _)| n == name).map(|&(_, o)| o).unwrap();
+        let offset = offsets
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, o)| o)
+            .unwrap();
         region.scribble(offset, &start.to_le_bytes());
     }
 }
@@ -54,8 +58,13 @@ fn stream_op(cap: usize) -> impl Strategy<Value = StreamOp> {
 }
 
 fn stream_case() -> impl Strategy<Value = (usize, bool, Vec<StreamOp>)> {
-    prop_oneof![Just(16usize), Just(32), Just(64), Just(256), Just(4096)]
-        .prop_flat_map(|cap| (Just(cap), any::<bool>(), prop::collection::vec(stream_op(cap), 1..200)))
+    prop_oneof![Just(16usize), Just(32), Just(64), Just(256), Just(4096)].prop_flat_map(|cap| {
+        (
+            Just(cap),
+            any::<bool>(),
+            prop::collection::vec(stream_op(cap), 1..200),
+        )
+    })
 }
 
 proptest! {
@@ -350,7 +359,10 @@ fn capacities_must_be_powers_of_two_in_range() {
 
 #[test]
 fn a_datagram_of_the_maximum_size_fits_an_empty_ring_exactly() {
-    let (mut app, mut daemon) = SharedRegion::anonymous(RegionKind::Datagram, 64, 16).unwrap().split().unwrap();
+    let (mut app, mut daemon) = SharedRegion::anonymous(RegionKind::Datagram, 64, 16)
+        .unwrap()
+        .split()
+        .unwrap();
     let max = app.tx().max_datagram();
     assert_eq!(max, 60);
     let payload: Vec<u8> = (0..max as u64).map(pattern).collect();
@@ -363,7 +375,10 @@ fn a_datagram_of_the_maximum_size_fits_an_empty_ring_exactly() {
     let d = daemon.tx().pop(&mut buf).unwrap().unwrap();
     assert_eq!((d.len, d.copied), (max, max));
     assert_eq!(&buf[..max], &payload[..]);
-    assert!(app.tx().push(&[]).unwrap(), "an empty datagram is a record too");
+    assert!(
+        app.tx().push(&[]).unwrap(),
+        "an empty datagram is a record too"
+    );
     assert_eq!(daemon.tx().pop(&mut buf).unwrap().unwrap().len, 0);
     assert_eq!(daemon.tx().pop(&mut buf).unwrap(), None);
 }

@@ -82,8 +82,9 @@
 //!    socket until `EAGAIN` (its `SO_SNDBUF` is small), then [`AppEnd::filler_written`] with
 //!    the count: it publishes `tx_filler_written`, fences and rechecks TX. `Retry` → write
 //!    into the ring (leftover filler is harmless, see 3). `Sleep` → return `EAGAIN` or block
-//!    in `poll(POLLOUT)` on the real fd. The recheck must follow the filler: a daemon that
-//!    freed space before the filler landed would otherwise find nothing to drain.
+//!    in `poll(POLLOUT)` on the real fd. The recheck spares a needless sleep when the daemon
+//!    freed space meanwhile; correctness rests on the daemon reacting to its socket turning
+//!    readable, which the filler itself causes.
 //! 2. Daemon: on its socket end turning readable, and after each batch of TX consumption,
 //!    [`DaemonEnd::filler_action`]: `Hold` while free TX space is under the low watermark
 //!    (the filler keeps the app's fd unwritable; with edge-triggered epoll remember that the

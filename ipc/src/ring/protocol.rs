@@ -80,9 +80,11 @@ pub struct AppDetached {
 }
 
 /// What the daemon holds after [`DaemonEnd::detach`]. Its outgoing bytes on the socketpair
-/// must be, in order: one doorbell byte (already counted), the `rx_remainder`, then live
-/// data. Its incoming bytes are: `discard_filler` bytes to drop, then plain data, which the
-/// session takes only after everything in `tx` (up to the app's seal) has been consumed.
+/// must be, in order: one doorbell byte (already counted), the `rx_remainder`, then live data
+/// (or, if RX was closed, `shutdown(SHUT_WR)` right after the remainder). Its incoming bytes
+/// are: `discard_filler` bytes to drop, then plain data, which the session takes only after
+/// everything in `tx` has been consumed. If `tx` ends [`ProducerEnd::Closed`] (the app shut
+/// its write side down before detaching) the stream ends there and no plain data follows.
 #[derive(Debug)]
 pub struct DaemonDetached {
     pub tx: Consumer,
@@ -248,9 +250,9 @@ impl AppEnd {
             .store(1, Ordering::SeqCst);
     }
 
-    /// Reports filler bytes written (possibly 0) and rechecks TX. The recheck comes after the
-    /// filler so that a daemon which frees space concurrently either is seen here or finds
-    /// the filler in its socket and drains it.
+    /// Reports filler bytes written (possibly 0) and rechecks TX, after the filler: space
+    /// the daemon freed meanwhile is seen here; space it frees later comes with a drain of
+    /// the filler (the daemon reacts to its socket turning readable).
     pub fn filler_written(&mut self, count: u64) -> Result<WaitDecision, RingError> {
         self.filler_written = self.filler_written.wrapping_add(count);
         self.memory
@@ -467,7 +469,9 @@ impl DaemonEnd {
         if !self.app_requested_detach() {
             return Err(RingError::Protocol("detach without a request"));
         }
-        if self.tx.producer_end()? != ProducerEnd::Sealed {
+        // Closed is fine too: the app shut down its write side before detaching, so the TX
+        // ring ends the stream and no plain bytes will follow the filler.
+        if self.tx.producer_end()? == ProducerEnd::Open {
             return Err(RingError::Protocol("detach requested with TX not sealed"));
         }
         let rx_header = self.rx.ring.header();

@@ -277,27 +277,55 @@ impl SharedRegion {
             ("magic", offset_of!(RegionHeader, geometry.magic)),
             ("version", offset_of!(RegionHeader, geometry.version)),
             ("kind", offset_of!(RegionHeader, geometry.kind)),
-            ("tx_capacity", offset_of!(RegionHeader, geometry.tx_capacity)),
-            ("rx_capacity", offset_of!(RegionHeader, geometry.rx_capacity)),
+            (
+                "tx_capacity",
+                offset_of!(RegionHeader, geometry.tx_capacity),
+            ),
+            (
+                "rx_capacity",
+                offset_of!(RegionHeader, geometry.rx_capacity),
+            ),
             ("total_len", offset_of!(RegionHeader, geometry.total_len)),
-            ("detach_requested", offset_of!(RegionHeader, app.detach_requested)),
-            ("tx_filler_written", offset_of!(RegionHeader, app.tx_filler_written)),
-            ("rx_doorbells_drained", offset_of!(RegionHeader, app.rx_doorbells_drained)),
+            (
+                "detach_requested",
+                offset_of!(RegionHeader, app.detach_requested),
+            ),
+            (
+                "tx_filler_written",
+                offset_of!(RegionHeader, app.tx_filler_written),
+            ),
+            (
+                "rx_doorbells_drained",
+                offset_of!(RegionHeader, app.rx_doorbells_drained),
+            ),
             ("status", offset_of!(RegionHeader, daemon.status)),
             ("error", offset_of!(RegionHeader, daemon.error)),
-            ("rx_doorbells_written", offset_of!(RegionHeader, daemon.rx_doorbells_written)),
+            (
+                "rx_doorbells_written",
+                offset_of!(RegionHeader, daemon.rx_doorbells_written),
+            ),
         ];
         let ring = [
             ("head", offset_of!(RingHeader, consumer.head)),
             ("consumer_state", offset_of!(RingHeader, consumer.state)),
             ("tail", offset_of!(RingHeader, producer.tail)),
             ("producer_state", offset_of!(RingHeader, producer.state)),
-            ("consumer_waiting", offset_of!(RingHeader, wait.consumer_waiting)),
-            ("producer_waiting", offset_of!(RingHeader, wait.producer_waiting)),
+            (
+                "consumer_waiting",
+                offset_of!(RingHeader, wait.consumer_waiting),
+            ),
+            (
+                "producer_waiting",
+                offset_of!(RingHeader, wait.producer_waiting),
+            ),
         ];
-        let mut words: Vec<(String, usize)> = region.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+        let mut words: Vec<(String, usize)> =
+            region.iter().map(|&(n, o)| (n.to_string(), o)).collect();
         for (prefix, base) in [("tx", g.tx_header), ("rx", g.rx_header)] {
-            words.extend(ring.iter().map(|&(n, o)| (format!("{prefix}.{n}"), base + o)));
+            words.extend(
+                ring.iter()
+                    .map(|&(n, o)| (format!("{prefix}.{n}"), base + o)),
+            );
         }
         words
     }
