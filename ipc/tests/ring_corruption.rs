@@ -115,8 +115,8 @@ fn random_op(rng: &mut ChaCha8Rng, app: &mut AppEnd, daemon: &mut DaemonEnd, kin
                 .map(|_| daemon.filler_drained(rng.gen_range(0..3))),
         ),
         (_, 10) => {
-            app.prepare_tx_block();
-            let _ = app.filler_written(rng.gen_range(0..3));
+            app.prepare_tx_block(rng.gen_range(0..cap + 2));
+            let _ = app.filler_written(rng.gen_range(0..3), rng.gen_range(0..cap + 2));
             let _ = daemon.prepare_tx_idle();
             let _ = daemon.prepare_rx_full(rng.gen_range(0..cap + 2));
         }

@@ -185,7 +185,7 @@ impl App {
                 AppPc::Idle
             }
             AppPc::BlockWrite => {
-                self.end.prepare_tx_block();
+                self.end.prepare_tx_block(1);
                 AppPc::WriteFiller
             }
             AppPc::WriteFiller => {
@@ -199,7 +199,7 @@ impl App {
                 }
                 AppPc::Recheck(written)
             }
-            AppPc::Recheck(written) => match self.end.filler_written(written).unwrap() {
+            AppPc::Recheck(written) => match self.end.filler_written(written, 1).unwrap() {
                 WaitDecision::Retry => AppPc::Write,
                 WaitDecision::Sleep => {
                     self.want_write = true;

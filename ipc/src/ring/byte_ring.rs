@@ -469,6 +469,11 @@ impl Consumer {
         self.head
     }
 
+    /// Published bytes not yet consumed, as last seen (no reload).
+    pub(crate) fn cached_len(&self) -> u64 {
+        self.tail_seen.wrapping_sub(self.head)
+    }
+
     pub(crate) fn release(&mut self, len: u64) {
         self.head = self.head.wrapping_add(len);
         self.ring

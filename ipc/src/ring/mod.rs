@@ -78,15 +78,17 @@
 //!
 //! **TX back-pressure, credit filler.** Invariant: the app's fd is unwritable only while TX is
 //! (nearly) full, and the daemon releases it once TX has `low_watermark` free bytes.
-//! 1. App found TX full: [`AppEnd::prepare_tx_block`] (sets TX_BLOCKED), write filler into the
-//!    socket until `EAGAIN` (its `SO_SNDBUF` is small), then [`AppEnd::filler_written`] with
-//!    the count: it publishes `tx_filler_written`, fences and rechecks TX. `Retry` → write
+//! 1. App found TX full: [`AppEnd::prepare_tx_block`] (sets TX_BLOCKED to the bytes it needs:
+//!    1 for a stream, the record for a datagram), write filler into the socket until `EAGAIN`
+//!    (its `SO_SNDBUF` is small), then [`AppEnd::filler_written`] with the count: it
+//!    publishes `tx_filler_written`, fences and rechecks TX. `Retry` → write
 //!    into the ring (leftover filler is harmless, see 3). `Sleep` → return `EAGAIN` or block
 //!    in `poll(POLLOUT)` on the real fd. The recheck spares a needless sleep when the daemon
 //!    freed space meanwhile; correctness rests on the daemon reacting to its socket turning
 //!    readable, which the filler itself causes.
 //! 2. Daemon: on its socket end turning readable, and after each batch of TX consumption,
 //!    [`DaemonEnd::filler_action`]: `Hold` while free TX space is under the low watermark
+//!    (or under the blocked datagram's need)
 //!    (the filler keeps the app's fd unwritable; with edge-triggered epoll remember that the
 //!    socket is readable), `Drain` once it is not: read the socket to `EAGAIN`, report with
 //!    [`DaemonEnd::filler_drained`]; the app's fd turns writable (`POLLOUT` edge).
@@ -95,8 +97,9 @@
 //!    its consumption reaches the watermark, and TX is non-empty so it keeps consuming.
 //!
 //! **RX back-pressure.** Daemon found RX without room for a record or chunk:
-//! [`DaemonEnd::prepare_rx_full`] (sets RX_FULL, fences, rechecks); on `Sleep` stop feeding
-//! RX. The app's [`AppEnd::after_rx_consume`] takes the flag and writes the eventfd.
+//! [`DaemonEnd::prepare_rx_full`] (sets RX_FULL to the bytes it needs, fences, rechecks); on
+//! `Sleep` stop feeding RX. The app's [`AppEnd::after_rx_consume`] takes the flag once its
+//! reads have freed that much, and writes the eventfd.
 //!
 //! # Detach (revocation)
 //!

@@ -123,7 +123,11 @@ fn take_flag(flag: &AtomicU32) -> Wakeup {
 }
 
 fn arm(flag: &AtomicU32) {
-    flag.store(1, Ordering::SeqCst);
+    arm_with(flag, 1);
+}
+
+fn arm_with(flag: &AtomicU32, value: u32) {
+    flag.store(value, Ordering::SeqCst);
     // Pairs with the fence in the peer's publish step (a Dekker pair): after both fences,
     // either the peer sees the flag or we see the peer's index.
     fence(Ordering::SeqCst);
@@ -183,10 +187,23 @@ impl AppEnd {
         take_flag(&self.tx.ring.header().wait.consumer_waiting)
     }
 
-    /// After consuming from RX: whether the daemon waits for RX space and must be woken.
+    /// After consuming from RX: whether the daemon waits for RX space that is now there and
+    /// must be woken (eventfd). The daemon's flag holds how many bytes it waits for, so
+    /// consuming a few bytes of a full datagram ring does not wake it for nothing.
     pub fn after_rx_consume(&mut self) -> Wakeup {
         fence(Ordering::SeqCst);
-        take_flag(&self.rx.ring.header().wait.producer_waiting)
+        let flag = &self.rx.ring.header().wait.producer_waiting;
+        let needed = flag.load(Ordering::Relaxed);
+        if needed == 0 {
+            return Wakeup::NotNeeded;
+        }
+        // Our cached view of the producer's tail can only lag, so this free count can only
+        // be too high: at worst a spurious wakeup, never a missed one.
+        let free = self.rx.capacity() as u64 - self.rx.cached_len();
+        if free < needed as u64 {
+            return Wakeup::NotNeeded;
+        }
+        take_flag(flag)
     }
 
     /// RX was found empty and not finished; the caller is about to return `EAGAIN` or block.
@@ -239,21 +256,23 @@ impl AppEnd {
         Ok(())
     }
 
-    /// TX was found full: sets TX_BLOCKED. Next, write credit filler into the socket until
-    /// `EAGAIN` and report it with [`filler_written`](Self::filler_written).
-    pub fn prepare_tx_block(&mut self) {
+    /// TX had no room for `needed` bytes (1 for a stream write, the record for a datagram):
+    /// sets TX_BLOCKED to that need. Next, write credit filler into the socket until `EAGAIN`
+    /// and report it with [`filler_written`](Self::filler_written).
+    pub fn prepare_tx_block(&mut self, needed: usize) {
+        let needed = needed.clamp(1, self.tx.capacity()) as u32;
         self.tx
             .ring
             .header()
             .wait
             .producer_waiting
-            .store(1, Ordering::SeqCst);
+            .store(needed, Ordering::SeqCst);
     }
 
     /// Reports filler bytes written (possibly 0) and rechecks TX, after the filler: space
     /// the daemon freed meanwhile is seen here; space it frees later comes with a drain of
     /// the filler (the daemon reacts to its socket turning readable).
-    pub fn filler_written(&mut self, count: u64) -> Result<WaitDecision, RingError> {
+    pub fn filler_written(&mut self, count: u64, needed: usize) -> Result<WaitDecision, RingError> {
         self.filler_written = self.filler_written.wrapping_add(count);
         self.memory
             .region_header()
@@ -261,7 +280,7 @@ impl AppEnd {
             .tx_filler_written
             .store(self.filler_written, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.tx.writable()? > 0 || self.status()? != RegionStatus::Open {
+        if self.tx.writable()? >= needed.max(1) || self.status()? != RegionStatus::Open {
             return Ok(WaitDecision::Retry);
         }
         Ok(WaitDecision::Sleep)
@@ -395,10 +414,11 @@ impl DaemonEnd {
         Ok(self.after_rx_publish())
     }
 
-    /// RX had no room for `needed` bytes: sets the RX producer's need-wakeup flag and
-    /// rechecks. `Sleep`: the app wakes the daemon (eventfd) when it consumes.
+    /// RX had no room for `needed` bytes: sets RX_FULL to that need and rechecks. `Sleep`:
+    /// the app wakes the daemon (eventfd) once its reads have freed that much.
     pub fn prepare_rx_full(&mut self, needed: usize) -> Result<WaitDecision, RingError> {
-        arm(&self.rx.ring.header().wait.producer_waiting);
+        let needed = needed.clamp(1, self.rx.capacity());
+        arm_with(&self.rx.ring.header().wait.producer_waiting, needed as u32);
         if self.rx.free_space(needed as u64)? >= needed as u64 || self.app_requested_detach() {
             return Ok(WaitDecision::Retry);
         }
@@ -423,19 +443,21 @@ impl DaemonEnd {
     /// (`socket_readable`: it then holds filler) and after each batch of TX consumption.
     pub fn filler_action(&mut self, socket_readable: bool) -> Result<FillerAction, RingError> {
         fence(Ordering::SeqCst);
-        let blocked = self
+        let needed = self
             .tx
             .ring
             .header()
             .wait
             .producer_waiting
-            .load(Ordering::Relaxed)
-            != 0;
-        if !socket_readable && !blocked {
+            .load(Ordering::Relaxed) as usize;
+        if !socket_readable && needed == 0 {
             return Ok(FillerAction::Nothing);
         }
+        // Release the writer once it can make real progress: the watermark, or more if its
+        // blocked datagram needs more (clamped: the value comes from the untrusted app).
+        let threshold = self.low_watermark.max(needed.min(self.tx.capacity()));
         let free = self.tx.capacity() - self.tx.readable()?;
-        if free < self.low_watermark {
+        if free < threshold {
             return Ok(FillerAction::Hold);
         }
         self.tx
