@@ -161,6 +161,7 @@ pub struct AppIo {
     pub filler: u64,
     pub doorbells: u64,
     pub sleeps: u64,
+    pub wakes: u64,
 }
 
 impl AppIo {
@@ -172,11 +173,13 @@ impl AppIo {
             filler: 0,
             doorbells: 0,
             sleeps: 0,
+            wakes: 0,
         }
     }
 
-    fn wake_daemon(&self, w: Wakeup) {
+    fn wake_daemon(&mut self, w: Wakeup) {
         if w == Wakeup::Needed {
+            self.wakes += 1;
             notify(self.wake.as_raw_fd());
         }
     }
