@@ -174,6 +174,9 @@ pub enum RingError {
     /// This side already closed or sealed the ring.
     #[error("ring end closed")]
     Closed,
+    /// The daemon reset the session; hand `errno` to the application.
+    #[error("session reset (errno {errno})")]
+    Reset { errno: i32 },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -82,7 +82,8 @@ pub struct AppDetached {
 /// What the daemon holds after [`DaemonEnd::detach`]. Its outgoing bytes on the socketpair
 /// must be, in order: one doorbell byte (already counted), the `rx_remainder`, then live data
 /// (or, if RX was closed, `shutdown(SHUT_WR)` right after the remainder). Its incoming bytes
-/// are: `discard_filler` bytes to drop, then plain data, which the session takes only after
+/// are: `discard_filler` bytes to drop (all already in the socket: fewer means the app
+/// lied, reset), then plain data, which the session takes only after
 /// everything in `tx` has been consumed. If `tx` ends [`ProducerEnd::Closed`] (the app shut
 /// its write side down before detaching) the stream ends there and no plain data follows.
 #[derive(Debug)]
@@ -176,8 +177,18 @@ impl AppEnd {
         &mut self.rx
     }
 
+    /// One load: hooks call this (or [`check_open`](Self::check_open)) before using the rings.
     pub fn status(&self) -> Result<RegionStatus, RingError> {
         status_of(&self.memory)
+    }
+
+    /// `Err(Reset { errno })` after a reset, `Err(Closed)` once detached.
+    pub fn check_open(&self) -> Result<(), RingError> {
+        match self.status()? {
+            RegionStatus::Open => Ok(()),
+            RegionStatus::Detached => Err(RingError::Closed),
+            RegionStatus::Reset { errno } => Err(RingError::Reset { errno }),
+        }
     }
 
     /// After publishing into TX (or closing it): whether the daemon sleeps on an empty TX
@@ -207,7 +218,8 @@ impl AppEnd {
     }
 
     /// RX was found empty and not finished; the caller is about to return `EAGAIN` or block.
-    /// Snapshots the doorbell count, sets RX_ARMED, then rechecks the ring. Only doorbells
+    /// Snapshots the doorbell count, sets RX_ARMED, then rechecks the ring (and the region
+    /// status: a reset is `Err(Reset)`, so a caller never sleeps through it). Only doorbells
     /// written before the snapshot may be drained: one rung because of this arming stays in
     /// the socket and makes the fd readable.
     pub fn prepare_rx_sleep(&mut self) -> Result<RxWaitDecision, RingError> {
@@ -222,10 +234,8 @@ impl AppEnd {
             return Err(RingError::Corrupt("doorbell count out of range"));
         }
         arm(&self.rx.ring.header().wait.consumer_waiting);
-        if self.rx.readable()? > 0
-            || self.rx.producer_end()? != ProducerEnd::Open
-            || self.status()? != RegionStatus::Open
-        {
+        self.check_open()?;
+        if self.rx.readable()? > 0 || self.rx.producer_end()? != ProducerEnd::Open {
             return Ok(RxWaitDecision::Retry);
         }
         Ok(RxWaitDecision::Sleep {
@@ -280,7 +290,8 @@ impl AppEnd {
             .tx_filler_written
             .store(self.filler_written, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.tx.writable()? >= needed.max(1) || self.status()? != RegionStatus::Open {
+        self.check_open()?;
+        if self.tx.writable()? >= needed.max(1) {
             return Ok(WaitDecision::Retry);
         }
         Ok(WaitDecision::Sleep)
@@ -533,5 +544,140 @@ impl DaemonEnd {
     /// A ring view hit corruption: reset the session.
     pub fn is_poisoned(&self) -> bool {
         self.tx.is_poisoned() || self.rx.is_poisoned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::{RegionKind, SharedRegion};
+
+    fn pair(kind: RegionKind, cap: u32) -> (AppEnd, DaemonEnd) {
+        SharedRegion::anonymous(kind, cap, cap)
+            .unwrap()
+            .split()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_first_publication_rings_a_doorbell_and_the_next_does_not() {
+        let (mut app, mut daemon) = pair(RegionKind::Stream, 64);
+        assert_eq!(daemon.rx().write(b"a").unwrap(), 1);
+        assert_eq!(daemon.after_rx_publish(), Wakeup::Needed);
+        daemon.doorbell_written();
+        assert_eq!(daemon.rx().write(b"b").unwrap(), 1);
+        assert_eq!(daemon.after_rx_publish(), Wakeup::NotNeeded);
+        // Same for TX: the daemon starts armed.
+        assert_eq!(app.tx().write(b"x").unwrap(), 1);
+        assert_eq!(app.after_tx_publish(), Wakeup::Needed);
+        assert_eq!(app.tx().write(b"y").unwrap(), 1);
+        assert_eq!(app.after_tx_publish(), Wakeup::NotNeeded);
+    }
+
+    #[test]
+    fn an_app_with_data_waiting_is_told_to_retry_and_drains_nothing() {
+        let (mut app, mut daemon) = pair(RegionKind::Stream, 64);
+        daemon.rx().write(b"abc").unwrap();
+        let _ = daemon.after_rx_publish();
+        daemon.doorbell_written();
+        assert_eq!(app.prepare_rx_sleep().unwrap(), RxWaitDecision::Retry);
+        let mut buf = [0u8; 8];
+        assert_eq!(app.rx().read(&mut buf).unwrap(), 3);
+        // Empty now: the one doorbell written before the snapshot may be drained.
+        assert_eq!(
+            app.prepare_rx_sleep().unwrap(),
+            RxWaitDecision::Sleep { drain_doorbells: 1 }
+        );
+        app.doorbells_drained(1).unwrap();
+        assert!(matches!(
+            app.doorbells_drained(1),
+            Err(RingError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn the_daemon_is_woken_for_rx_space_only_once_enough_is_free() {
+        let (mut app, mut daemon) = pair(RegionKind::Datagram, 64);
+        assert!(daemon.rx().push(&[1; 28]).unwrap());
+        assert!(daemon.rx().push(&[2; 28]).unwrap());
+        assert!(!daemon.rx().push(&[3; 40]).unwrap());
+        assert_eq!(daemon.prepare_rx_full(44).unwrap(), WaitDecision::Sleep);
+        let mut buf = [0u8; 64];
+        app.rx().pop(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            app.after_rx_consume(),
+            Wakeup::NotNeeded,
+            "32 free, 44 needed"
+        );
+        app.rx().pop(&mut buf).unwrap().unwrap();
+        assert_eq!(app.after_rx_consume(), Wakeup::Needed);
+        assert_eq!(
+            app.after_rx_consume(),
+            Wakeup::NotNeeded,
+            "one wakeup per arming"
+        );
+    }
+
+    #[test]
+    fn filler_is_held_until_the_blocked_writer_can_progress() {
+        let (mut app, mut daemon) = pair(RegionKind::Stream, 64);
+        daemon.set_low_watermark(16);
+        assert_eq!(app.tx().write(&[0; 64]).unwrap(), 64);
+        app.prepare_tx_block(1);
+        assert_eq!(app.filler_written(300, 1).unwrap(), WaitDecision::Sleep);
+        assert_eq!(daemon.filler_action(true).unwrap(), FillerAction::Hold);
+        daemon.tx().skip(8).unwrap();
+        assert_eq!(daemon.filler_action(false).unwrap(), FillerAction::Hold);
+        daemon.tx().skip(8).unwrap();
+        assert_eq!(daemon.filler_action(false).unwrap(), FillerAction::Drain);
+        assert_eq!(daemon.filler_action(false).unwrap(), FillerAction::Nothing);
+    }
+
+    #[test]
+    fn a_reset_ends_every_wait_with_its_errno() {
+        let (mut app, mut daemon) = pair(RegionKind::Stream, 64);
+        daemon.reset(libc::ECONNRESET);
+        assert_eq!(
+            app.status().unwrap(),
+            RegionStatus::Reset {
+                errno: libc::ECONNRESET
+            }
+        );
+        assert!(matches!(
+            app.prepare_rx_sleep(),
+            Err(RingError::Reset {
+                errno: libc::ECONNRESET
+            })
+        ));
+        app.prepare_tx_block(1);
+        assert!(matches!(
+            app.filler_written(0, 1),
+            Err(RingError::Reset { .. })
+        ));
+        // An errno the app could not return is reported as EIO.
+        daemon.reset(-5);
+        assert_eq!(
+            app.status().unwrap(),
+            RegionStatus::Reset { errno: libc::EIO }
+        );
+    }
+
+    #[test]
+    fn detach_needs_a_request_and_both_seals() {
+        let (_app, daemon) = pair(RegionKind::Stream, 64);
+        assert!(
+            matches!(daemon.detach(), Err(RingError::Protocol(_))),
+            "no request"
+        );
+        let (app, daemon) = pair(RegionKind::Stream, 64);
+        app.memory
+            .region_header()
+            .app
+            .detach_requested
+            .store(1, Ordering::SeqCst);
+        assert!(
+            matches!(daemon.detach(), Err(RingError::Protocol(_))),
+            "rings not sealed"
+        );
     }
 }
