@@ -8,7 +8,7 @@ mod support;
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,7 +55,10 @@ fn parent(test_name: &str, setup: Setup) {
     command
         .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
         .env(ROLE, test_name)
-        .env(SEED, setup.seed.to_string());
+        .env(SEED, setup.seed.to_string())
+        // The child's own libtest summary would read like more tests of this run; its
+        // stderr (panics, statistics) stays visible.
+        .stdout(Stdio::null());
     // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec. Sources are
     // first moved above fd 100 so that placing them at 3..6 cannot clobber one another.
     unsafe {
