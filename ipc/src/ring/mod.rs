@@ -26,7 +26,8 @@
 //! the peer's index is validated on every load (monotonic, at most one capacity ahead or
 //! behind) and a violation poisons the view: [`RingError::Corrupt`], then reset the session.
 //! A stream ring carries bytes; a datagram ring carries records (u32 length + payload, may wrap
-//! across the end), whole records only.
+//! across the end), whole records only. One producer and one consumer per ring: the shim
+//! serialises the hooks of one socket (a per-socket lock) around its [`AppEnd`].
 //!
 //! # Who wakes whom
 //!
@@ -87,10 +88,9 @@
 //!    freed space meanwhile; correctness rests on the daemon reacting to its socket turning
 //!    readable, which the filler itself causes.
 //! 2. Daemon: on its socket end turning readable, and after each batch of TX consumption,
-//!    [`DaemonEnd::filler_action`]: `Hold` while free TX space is under the low watermark
-//!    (or under the blocked datagram's need)
-//!    (the filler keeps the app's fd unwritable; with edge-triggered epoll remember that the
-//!    socket is readable), `Drain` once it is not: read the socket to `EAGAIN`, report with
+//!    [`DaemonEnd::filler_action`]: `Hold` while free TX space is under the low watermark or
+//!    the blocked datagram's need (the filler keeps the app's fd unwritable; with
+//!    edge-triggered epoll remember that the socket is readable), `Drain` once it is not: read the socket to `EAGAIN`, report with
 //!    [`DaemonEnd::filler_drained`]; the app's fd turns writable (`POLLOUT` edge).
 //! 3. Early or spurious drains only cause a spurious `POLLOUT`; the app rechecks the ring.
 //!    Filler held while TX has free space cannot strand the app: the daemon drains as soon as
@@ -123,12 +123,14 @@
 //! # End, reset and corruption
 //!
 //! * App `shutdown(SHUT_WR)`: [`Producer::close`] on TX, then the publish step; the daemon
-//!   sends FIN after consuming to the close. An app that exits or closes without the shim
+//!   sends FIN after consuming to the close ([`Consumer::is_finished`] with
+//!   [`ProducerEnd::Closed`]; a finished *sealed* ring is a detach, not end of stream). An app that exits or closes without the shim
 //!   seeing it leaves TX open: the daemon's `POLLHUP` on its socket end tells it, and it
 //!   consumes what was published before sending FIN.
 //! * Remote FIN: [`DaemonEnd::close_rx`]. Remote RST or session failure:
 //!   [`DaemonEnd::reset`] with an errno, then `shutdown(SHUT_RDWR)` on the daemon's end so
-//!   every waiter wakes; the app's hooks report [`RegionStatus::Reset`]'s errno.
+//!   every waiter wakes; the app's hooks check [`AppEnd::check_open`] (one load) and the
+//!   wait steps fail with [`RingError::Reset`], whose errno the hook returns.
 //! * A [`RingError::Corrupt`] on either side: the peer broke the ring; reset the session
 //!   (the daemon with `EIO`). Views stay poisoned, nothing is read out of bounds.
 //!
