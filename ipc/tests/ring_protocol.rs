@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use weft_ipc::ring::{
     AppEnd, DaemonDetached, DaemonEnd, FillerAction, ProducerEnd, RegionKind, RegionStatus,
-    RxWaitDecision, SharedRegion, WaitDecision, Wakeup,
+    RxWaitDecision, SharedRegion, WaitDecision, Wakeup, RECORD_HEADER,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,6 +73,12 @@ enum AppPc {
 
 struct App {
     end: AppEnd,
+    kind: RegionKind,
+    /// A datagram that did not fit yet (retried as is) and the bytes a blocked write needs.
+    pending_tx: Option<usize>,
+    tx_need: usize,
+    tx_lens: Vec<usize>,
+    rx_lens: Vec<usize>,
     pc: AppPc,
     tx_total: usize,
     tx_sent: usize,
@@ -83,9 +89,17 @@ struct App {
     want_write: bool,
     detach_after: Option<usize>,
     steps: usize,
+    /// Retries since the last successful read or write: a correct recheck only says Retry
+    /// when the next attempt succeeds, so this stays tiny; a growing count is a busy loop.
+    retries: usize,
 }
 
 impl App {
+    fn retry(&mut self) {
+        self.retries += 1;
+        assert!(self.retries < 3, "the app spins: Retry without progress");
+    }
+
     fn finished(&self) -> bool {
         self.rx_done && self.tx_closed && matches!(self.pc, AppPc::Idle | AppPc::Plain)
     }
@@ -135,9 +149,25 @@ impl App {
                 next
             }
             AppPc::Read => {
-                let mut buf = vec![0u8; rng.gen_range(1..64)];
-                let n = self.end.rx().read(&mut buf).unwrap();
-                self.rx_got.extend_from_slice(&buf[..n]);
+                let n = match self.kind {
+                    RegionKind::Stream => {
+                        let mut buf = vec![0u8; rng.gen_range(1..64)];
+                        let n = self.end.rx().read(&mut buf).unwrap();
+                        self.rx_got.extend_from_slice(&buf[..n]);
+                        n
+                    }
+                    RegionKind::Datagram => {
+                        let mut buf = vec![0u8; self.end.rx().capacity()];
+                        match self.end.rx().pop(&mut buf).unwrap() {
+                            Some(d) => {
+                                self.rx_got.extend_from_slice(&buf[..d.len]);
+                                self.rx_lens.push(d.len);
+                                d.len + RECORD_HEADER
+                            }
+                            None => 0,
+                        }
+                    }
+                };
                 if n > 0 {
                     AppPc::AfterRead
                 } else if self.end.rx().is_finished().unwrap() {
@@ -148,11 +178,15 @@ impl App {
                 }
             }
             AppPc::AfterRead => {
+                self.retries = 0;
                 wake(self.end.after_rx_consume(), world);
                 AppPc::Idle
             }
             AppPc::ArmRead => match self.end.prepare_rx_sleep().unwrap() {
-                RxWaitDecision::Retry => AppPc::Read,
+                RxWaitDecision::Retry => {
+                    self.retry();
+                    AppPc::Read
+                }
                 RxWaitDecision::Sleep { drain_doorbells } => AppPc::DrainDoorbells(drain_doorbells),
             },
             AppPc::DrainDoorbells(max) => {
@@ -170,10 +204,37 @@ impl App {
                 AppPc::Idle
             }
             AppPc::Write => {
-                let len = rng.gen_range(1..64).min(self.tx_total - self.tx_sent);
-                let data: Vec<u8> = (self.tx_sent..self.tx_sent + len).map(tx_byte).collect();
-                let n = self.end.tx().write(&data).unwrap();
-                self.tx_sent += n;
+                let remaining = self.tx_total - self.tx_sent;
+                let n = match self.kind {
+                    RegionKind::Stream => {
+                        let len = rng.gen_range(1..64).min(remaining);
+                        let data: Vec<u8> =
+                            (self.tx_sent..self.tx_sent + len).map(tx_byte).collect();
+                        self.tx_need = 1;
+                        self.end.tx().write(&data).unwrap()
+                    }
+                    RegionKind::Datagram => {
+                        let max = self.end.tx().max_datagram().min(remaining);
+                        let len = *self
+                            .pending_tx
+                            .get_or_insert_with(|| rng.gen_range(0..=max));
+                        let data: Vec<u8> =
+                            (self.tx_sent..self.tx_sent + len).map(tx_byte).collect();
+                        self.tx_need = len + RECORD_HEADER;
+                        if self.end.tx().push(&data).unwrap() {
+                            self.pending_tx = None;
+                            self.tx_lens.push(len);
+                            // Count the record, not the payload, as progress (empty datagrams too).
+                            self.tx_sent += len;
+                            len + RECORD_HEADER
+                        } else {
+                            0
+                        }
+                    }
+                };
+                if self.kind == RegionKind::Stream {
+                    self.tx_sent += n;
+                }
                 if n > 0 {
                     AppPc::AfterWrite
                 } else {
@@ -181,11 +242,12 @@ impl App {
                 }
             }
             AppPc::AfterWrite => {
+                self.retries = 0;
                 wake(self.end.after_tx_publish(), world);
                 AppPc::Idle
             }
             AppPc::BlockWrite => {
-                self.end.prepare_tx_block(1);
+                self.end.prepare_tx_block(self.tx_need);
                 AppPc::WriteFiller
             }
             AppPc::WriteFiller => {
@@ -199,13 +261,18 @@ impl App {
                 }
                 AppPc::Recheck(written)
             }
-            AppPc::Recheck(written) => match self.end.filler_written(written, 1).unwrap() {
-                WaitDecision::Retry => AppPc::Write,
-                WaitDecision::Sleep => {
-                    self.want_write = true;
-                    AppPc::Idle
+            AppPc::Recheck(written) => {
+                match self.end.filler_written(written, self.tx_need).unwrap() {
+                    WaitDecision::Retry => {
+                        self.retry();
+                        AppPc::Write
+                    }
+                    WaitDecision::Sleep => {
+                        self.want_write = true;
+                        AppPc::Idle
+                    }
                 }
-            },
+            }
             AppPc::Close => {
                 self.end.tx().close().unwrap();
                 wake(self.end.after_tx_publish(), world);
@@ -270,6 +337,11 @@ enum DaemonPc {
 
 struct Daemon {
     end: Option<DaemonEnd>,
+    kind: RegionKind,
+    pending_rx: Option<usize>,
+    rx_need: usize,
+    tx_lens: Vec<usize>,
+    rx_lens: Vec<usize>,
     detached: Option<DaemonDetached>,
     pc: DaemonPc,
     tx_got: Vec<u8>,
@@ -322,9 +394,20 @@ impl Daemon {
                 }
             }
             DaemonPc::Consume => {
-                let mut buf = vec![0u8; rng.gen_range(1..64)];
-                let n = self.end().tx().read(&mut buf).unwrap();
-                self.tx_got.extend_from_slice(&buf[..n]);
+                match self.kind {
+                    RegionKind::Stream => {
+                        let mut buf = vec![0u8; rng.gen_range(1..64)];
+                        let n = self.end().tx().read(&mut buf).unwrap();
+                        self.tx_got.extend_from_slice(&buf[..n]);
+                    }
+                    RegionKind::Datagram => {
+                        let mut buf = vec![0u8; self.end().tx().capacity()];
+                        if let Some(d) = self.end().tx().pop(&mut buf).unwrap() {
+                            self.tx_got.extend_from_slice(&buf[..d.len]);
+                            self.tx_lens.push(d.len);
+                        }
+                    }
+                }
                 DaemonPc::Filler
             }
             DaemonPc::Filler => {
@@ -348,11 +431,35 @@ impl Daemon {
                     self.ring_doorbell(wake, world);
                     DaemonPc::Idle
                 } else {
-                    let len = rng.gen_range(1..64).min(self.rx_total - self.rx_sent);
-                    let data: Vec<u8> = (self.rx_sent..self.rx_sent + len).map(rx_byte).collect();
-                    let n = self.end().rx().write(&data).unwrap();
-                    self.rx_sent += n;
-                    if n > 0 {
+                    let remaining = self.rx_total - self.rx_sent;
+                    let published = match self.kind {
+                        RegionKind::Stream => {
+                            let len = rng.gen_range(1..64).min(remaining);
+                            let data: Vec<u8> =
+                                (self.rx_sent..self.rx_sent + len).map(rx_byte).collect();
+                            self.rx_need = 1;
+                            let n = self.end().rx().write(&data).unwrap();
+                            self.rx_sent += n;
+                            n > 0
+                        }
+                        RegionKind::Datagram => {
+                            let max = self.end().rx().max_datagram().min(remaining);
+                            let len = *self
+                                .pending_rx
+                                .get_or_insert_with(|| rng.gen_range(0..=max));
+                            let data: Vec<u8> =
+                                (self.rx_sent..self.rx_sent + len).map(rx_byte).collect();
+                            self.rx_need = len + RECORD_HEADER;
+                            let pushed = self.end().rx().push(&data).unwrap();
+                            if pushed {
+                                self.pending_rx = None;
+                                self.rx_sent += len;
+                                self.rx_lens.push(len);
+                            }
+                            pushed
+                        }
+                    };
+                    if published {
                         DaemonPc::AfterProduce
                     } else {
                         DaemonPc::RxFull
@@ -365,7 +472,8 @@ impl Daemon {
                 DaemonPc::Idle
             }
             DaemonPc::RxFull => {
-                if self.end().prepare_rx_full(1).unwrap() == WaitDecision::Sleep {
+                let need = self.rx_need;
+                if self.end().prepare_rx_full(need).unwrap() == WaitDecision::Sleep {
                     self.rx_blocked = true;
                 }
                 DaemonPc::Idle
@@ -456,9 +564,13 @@ impl Daemon {
 
 fn run(seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let kind = if rng.gen_range(0..3) == 0 {
+        RegionKind::Datagram
+    } else {
+        RegionKind::Stream
+    };
     let cap = 1u32 << rng.gen_range(4..8);
-    let region =
-        SharedRegion::anonymous(RegionKind::Stream, cap, 1 << rng.gen_range(4..8)).unwrap();
+    let region = SharedRegion::anonymous(kind, cap, 1 << rng.gen_range(4..8)).unwrap();
     let (app_end, mut daemon_end) = region.split().unwrap();
     daemon_end.set_low_watermark(rng.gen_range(1..=cap as usize));
     let mut world = World {
@@ -470,13 +582,19 @@ fn run(seed: u64) {
     };
     let tx_total = rng.gen_range(0..3000);
     let rx_total = rng.gen_range(0..3000);
-    let detach_after = if rng.gen_range(0..3) == 0 {
+    // A detach turns the socketpair into a byte stream: stream regions only.
+    let detach_after = if kind == RegionKind::Stream && rng.gen_range(0..3) == 0 {
         Some(rng.gen_range(0..4000))
     } else {
         None
     };
     let mut app = App {
         end: app_end,
+        kind,
+        pending_tx: None,
+        tx_need: 1,
+        tx_lens: Vec::new(),
+        rx_lens: Vec::new(),
         pc: AppPc::Idle,
         tx_total,
         tx_sent: 0,
@@ -487,9 +605,15 @@ fn run(seed: u64) {
         want_write: false,
         detach_after,
         steps: 0,
+        retries: 0,
     };
     let mut daemon = Daemon {
         end: Some(daemon_end),
+        kind,
+        pending_rx: None,
+        rx_need: 1,
+        tx_lens: Vec::new(),
+        rx_lens: Vec::new(),
         detached: None,
         pc: DaemonPc::Wake,
         tx_got: Vec::new(),
@@ -550,6 +674,14 @@ fn run(seed: u64) {
         app.rx_got.len(),
         rx_total
     );
+    assert_eq!(
+        daemon.tx_lens, app.tx_lens,
+        "datagram boundaries differ (TX)"
+    );
+    assert_eq!(
+        app.rx_lens, daemon.rx_lens,
+        "datagram boundaries differ (RX)"
+    );
     if daemon.detached.is_none() {
         assert_eq!(app.end.status().unwrap(), RegionStatus::Open);
     }
@@ -583,7 +715,8 @@ fn check_promptness(app: &mut App, daemon: &mut Daemon, world: &World) {
             "daemon sleeps with TX work and no wakeup"
         );
         if daemon.rx_blocked {
-            let space = daemon.end().rx().writable().unwrap() > 0;
+            let need = daemon.rx_need;
+            let space = daemon.end().rx().writable().unwrap() >= need;
             assert!(
                 !space || woken,
                 "daemon sleeps on a full RX that has room, with no wakeup"
