@@ -5,8 +5,10 @@
 
 use std::io::IoSlice;
 
-use super::byte_ring::{Consumer, Producer, RingRef};
+use super::consumer::Consumer;
 use super::layout::{max_datagram, RegionKind, RECORD_HEADER};
+use super::producer::Producer;
+use super::ring_ref::RingRef;
 use super::RingError;
 
 /// One datagram handed out by [`Consumer::pop`] or [`Consumer::peek_datagram`].
@@ -165,7 +167,7 @@ impl DatagramGrant<'_> {
     }
 }
 
-impl super::byte_ring::Remainder {
+impl super::consumer::Remainder {
     /// Datagram rings: copies and drops the next remaining datagram. A malformed record is
     /// corruption (the daemon resets the session rather than invent boundaries).
     pub fn pop(&mut self, buf: &mut [u8]) -> Result<Option<Datagram>, RingError> {

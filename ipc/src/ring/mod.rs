@@ -137,20 +137,26 @@
 //! Shared-memory caveat: a hostile peer can change data bytes while we copy them; we then
 //! deliver garbage bytes, never memory outside the ring (all bounds come from private state).
 
-mod byte_ring;
+mod app_end;
+mod consumer;
+mod daemon_end;
 mod datagram;
 mod layout;
+mod producer;
 mod protocol;
 mod region;
+mod ring_ref;
 
 use thiserror::Error;
 
-pub use byte_ring::{Consumer, Producer, ProducerEnd, ReadGrant, Remainder, WriteGrant};
+pub use app_end::AppEnd;
+pub use consumer::{Consumer, ReadGrant, Remainder};
+pub use daemon_end::DaemonEnd;
 pub use datagram::{Datagram, DatagramGrant};
 pub use layout::{RegionKind, MAX_CAPACITY, MIN_CAPACITY, RECORD_HEADER, REGION_VERSION};
+pub use producer::{Producer, ProducerEnd, WriteGrant};
 pub use protocol::{
-    AppDetached, AppEnd, DaemonDetached, DaemonEnd, FillerAction, RegionStatus, RxWaitDecision,
-    WaitDecision, Wakeup,
+    AppDetached, DaemonDetached, FillerAction, RegionStatus, RxWaitDecision, WaitDecision, Wakeup,
 };
 pub use region::SharedRegion;
 

@@ -12,11 +12,13 @@ use std::sync::Arc;
 use memfd::{FileSeal, MemfdOptions};
 use memmap2::{MmapOptions, MmapRaw};
 
-use super::byte_ring::{Consumer, Producer};
+use super::app_end::AppEnd;
+use super::consumer::Consumer;
+use super::daemon_end::DaemonEnd;
 use super::layout::{
     Geometry, RegionHeader, RegionKind, RingHeader, REGION_MAGIC, REGION_OPEN, REGION_VERSION,
 };
-use super::protocol::{AppEnd, DaemonEnd};
+use super::producer::Producer;
 use super::RingError;
 
 /// Which ring of a region: TX carries application → daemon bytes, RX daemon → application.
