@@ -355,3 +355,20 @@ pub fn set_tcp_congestion(fd: RawFd, name: &str) -> io::Result<()> {
     })
     .map(|_| ())
 }
+
+/// Enlarge a socket's receive buffer beyond `rmem_max` (root only, SO_RCVBUFFORCE), so a
+/// receiver that is briefly descheduled does not lose datagrams that the link delivered.
+pub fn force_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the option value is a c_int of the declared size.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}

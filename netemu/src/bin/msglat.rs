@@ -292,6 +292,9 @@ fn receive_udp(
     recorder: &mut Recorder,
 ) -> io::Result<&'static str> {
     let socket = UdpSocket::bind(listen)?;
+    if let Err(e) = sys::force_receive_buffer(socket.as_raw_fd(), 8 << 20) {
+        eprintln!("msglat: SO_RCVBUFFORCE: {e} (continuing with the default buffer)");
+    }
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
     let mut started = false;
     socket.set_read_timeout(Some(start_timeout))?;
