@@ -31,9 +31,12 @@ cargo build --release --quiet -p weft-netemu
 # SIGTERM; `netemu cleanup` below catches what a SIGKILLed run would leave.
 status=0
 /usr/bin/python3 scripts/bench/bench.py "$@" || status=$?
-target/release/netemu cleanup --orphans >/dev/null 2>&1 || true
-for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^wb[0-9]+' || true); do
-    owner=${ns#wb}; owner=${owner%%[!0-9]*}
-    if ! kill -0 "$owner" 2>/dev/null; then ip netns delete "$ns" 2>/dev/null || true; fi
+# A driver killed outright: its emulator got SIGTERM from the kernel (--exit-with-parent) and
+# is tearing down; give it time, then remove (killing what runs inside) whatever is left.
+for _ in $(seq 50); do
+    ip netns list 2>/dev/null | grep -qE '^wb[0-9]+' || break
+    sleep 0.2
 done
+target/release/netemu cleanup --orphans --family wb >/dev/null 2>&1 || true
+target/release/netemu cleanup --orphans >/dev/null 2>&1 || true
 exit $status

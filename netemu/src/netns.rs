@@ -145,7 +145,7 @@ pub fn write_sysctl(key: &str, value: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
-/// The pid embedded in a default prefix `netemu<pid>x<n>`, if any.
+/// The pid embedded in a prefix `<family><pid>...` (default prefixes: `netemu<pid>x<n>`).
 fn prefix_owner(name: &str, family: &str) -> Option<u32> {
     let rest = name.strip_prefix(family)?;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();

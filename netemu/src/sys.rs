@@ -372,3 +372,16 @@ pub fn force_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
     })
     .map(|_| ())
 }
+
+/// Have the kernel send SIGTERM to this process when its parent dies (a benchmark driver
+/// killed with SIGKILL must not leave the emulator and its namespaces behind). Returns false
+/// if the parent is already gone.
+pub fn terminate_with_parent() -> io::Result<bool> {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) })?;
+    // The parent may have died before the prctl took effect.
+    // SAFETY: as above.
+    Ok(unsafe { libc::getppid() } == parent)
+}

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import lab  # noqa: E402
 import report  # noqa: E402
 from lab import RELEASE, ROOT, BenchError, Emulator, Lab, WeftOverlay  # noqa: E402
 from workloads import (  # noqa: E402
@@ -82,7 +83,7 @@ class Bench:
         self.out = out
         self.lab = Lab(out)
         self.ports = PortAllocator()
-        self.weft = WeftOverlay.available() and not args.kernel_only
+        self.weft = WeftOverlay.available(args.weft_bin) and not args.kernel_only
         self.weft_problem = None
         arms = [a for a in KERNEL_ARMS if a in args.arms]
         if self.weft:
@@ -108,7 +109,8 @@ class Bench:
             elif name in WEFT_ARMS and self.weft:
                 overlay = WeftOverlay(self.lab, em, RECOVERY[name],
                                       port=7100 if name == "weft-hbh" else 7200,
-                                      addressing=self.args.weft_addressing)
+                                      addressing=self.args.weft_addressing,
+                                      bin_dir=self.args.weft_bin)
                 try:
                     overlay.start()
                 except BenchError as e:
@@ -401,8 +403,12 @@ def parse_args():
     ap.add_argument("--kernel-only", action="store_true", help="skip weft arms even if built")
     ap.add_argument("--weft-addressing", choices=["link", "node"], default="link",
                     help="weftd neighbours by link address (default) or node address")
+    ap.add_argument("--weft-bin", type=Path, default=RELEASE,
+                    help="folder holding weftd and weft (default target/release)")
     ap.add_argument("--rt-priority", type=int, default=50,
                     help="SCHED_FIFO priority of the emulator (0 = normal scheduling)")
+    ap.add_argument("--sut-nice", type=int, default=0,
+                    help="nice value for iperf3, msglat and weftd in every arm (e.g. -10)")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args()
     args.arms = args.arms.split(",")
@@ -413,6 +419,7 @@ def parse_args():
 def main():
     args = parse_args()
     preflight()
+    lab.SUT_NICE = args.sut_nice
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     profile = dict(PROFILES[name])
     if args.repeats:
@@ -427,8 +434,8 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
     bench = Bench(args, profile, out)
-    if not WeftOverlay.available():
-        print("weft arms: not built yet (target/release/weftd or weft missing); "
+    if not WeftOverlay.available(args.weft_bin):
+        print(f"weft arms: not built yet ({args.weft_bin}/weftd or weft missing); "
               "running the kernel arms only", flush=True)
     elif args.kernel_only:
         print("weft arms: skipped (--kernel-only)", flush=True)
@@ -451,11 +458,12 @@ def main():
         signal.signal(signal.SIGINT, signal.default_int_handler)
     bench.results["meta"] = {
         "profile": name, **profile, "seed": args.seed, "arms": bench.arm_names,
-        "weft_available": WeftOverlay.available(), "weft_used": bench.weft,
+        "weft_available": WeftOverlay.available(args.weft_bin), "weft_used": bench.weft,
         "weft_problem": bench.weft_problem, "git": git_sha(),
         "kernel": platform.release(), "started": datetime.datetime.fromtimestamp(started)
         .isoformat(timespec="seconds"), "duration_s": round(time.time() - started),
         "interrupted": interrupted, "emulator_rt_priority": args.rt_priority,
+        "sut_nice": args.sut_nice,
         "loadavg_end": os.getloadavg(),
     }
     (out / "results.json").write_text(json.dumps(bench.results, indent=1))

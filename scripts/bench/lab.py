@@ -54,6 +54,7 @@ class Emulator:
             "--seed", str(seed),
             "--txqueuelen", "4096",
             "--coalesce-us", str(coalesce_us),
+            "--exit-with-parent",
         ]
         if rt_priority:
             argv += ["--rt-priority", str(rt_priority)]
@@ -216,8 +217,16 @@ class Lab:
         )
 
 
+# Niceness of every program of the system under test (iperf3, msglat, weftd), the same for all
+# arms. Kernel TCP's forwarding and receive work runs in the emulator's (SCHED_FIFO) context,
+# while weft's relays are ordinary processes: on a busy host other tenants delay the latter
+# only. A negative value shields all measured programs from other tenants alike.
+SUT_NICE = 0
+
+
 def in_ns(emulator, node, argv):
-    return ["ip", "netns", "exec", emulator.namespace(node), *argv]
+    prefix = ["nice", "-n", str(SUT_NICE)] if SUT_NICE else []
+    return ["ip", "netns", "exec", emulator.namespace(node), *prefix, *argv]
 
 
 class WeftOverlay:
@@ -225,8 +234,10 @@ class WeftOverlay:
     weftd --node IP --listen IP:PORT --neighbor IP:PORT ... --socket PATH --recovery MODE.
     Overlay links are UDP between the link addresses of neighbouring namespaces."""
 
-    def __init__(self, lab, emulator, recovery, port, addressing="link"):
+    def __init__(self, lab, emulator, recovery, port, addressing="link", bin_dir=RELEASE):
         self.lab = lab
+        self.weftd = str(Path(bin_dir) / "weftd")
+        self.weft = str(Path(bin_dir) / "weft")
         self.emulator = emulator
         self.recovery = recovery
         self.port = port
@@ -235,15 +246,15 @@ class WeftOverlay:
         self.sockets = {}
 
     @staticmethod
-    def available():
-        return (RELEASE / "weftd").exists() and (RELEASE / "weft").exists()
+    def available(bin_dir=RELEASE):
+        return (Path(bin_dir) / "weftd").exists() and (Path(bin_dir) / "weft").exists()
 
     def start(self, timeout=20.0):
         em = self.emulator
         for node in em.nodes:
             sock = Path(f"/run/{em.prefix}-{node}-{self.recovery}.weft.sock")
             self.sockets[node] = sock
-            argv = [str(RELEASE / "weftd"), "--node", em.address(node)]
+            argv = [self.weftd, "--node", em.address(node)]
             if self.addressing == "node":
                 argv += ["--listen", f"{em.address(node)}:{self.port}"]
                 for peer, _, _ in em.neighbours(node):
@@ -266,7 +277,7 @@ class WeftOverlay:
                         f"{self.daemons[node].returncode}; see {self.daemons[node].log_file.name}"
                     )
                 status = subprocess.run(
-                    in_ns(em, node, [str(RELEASE / "weft"), "--socket",
+                    in_ns(em, node, [self.weft, "--socket",
                                      str(self.sockets[node]), "status", "--json"]),
                     capture_output=True, timeout=10,
                 )
@@ -282,7 +293,7 @@ class WeftOverlay:
         """Run `argv` unmodified over weft from `node`'s namespace."""
         return in_ns(
             self.emulator, node,
-            [str(RELEASE / "weft"), "run", "--socket", str(self.sockets[node]), "--", *argv],
+            [self.weft, "run", "--socket", str(self.sockets[node]), "--", *argv],
         )
 
     def cpu_ns(self):

@@ -108,12 +108,20 @@ def validity(results):
         lines.append(f"  - {o['cell']} {o['direction']}: {o['achieved'] * 100:.3f} % vs "
                      f"{o['expected'] * 100:.3f} % [{o['ci_low'] * 100:.3f}, "
                      f"{o['ci_high'] * 100:.3f}] over {o['trials']} packets")
-    p99s = [c["lateness"]["p99_ms"] for c in cells if c["lateness"]["count"]]
+    # Clean cells run the emulator flat out on purpose (no delay to keep accurate); the gate
+    # is about the cells whose delay the results depend on.
+    timed = [c for c in cells if c["scenario"] != "clean" and c["lateness"]["count"]]
+    p99s = [c["lateness"]["p99_ms"] for c in timed]
     worst = max(p99s) if p99s else None
-    lines.append(f"- Emulator lateness (write time − due time), p99 per cell: median "
-                 f"{fmt(median(p99s), 3)} ms, worst {fmt(worst, 3)} ms; max "
-                 f"{fmt(max((c['lateness']['max_ms'] for c in cells), default=None), 2)} ms — "
+    lines.append(f"- Emulator lateness (write time − due time) in the delay-emulating cells, p99 "
+                 f"per cell: median {fmt(median(p99s), 3)} ms, worst {fmt(worst, 3)} ms; max "
+                 f"{fmt(max((c['lateness']['max_ms'] for c in timed), default=None), 2)} ms — "
                  f"{'PASS' if worst is not None and worst < 1.0 else 'FAIL'} (gate p99 < 1 ms)")
+    saturated = [c["lateness"]["p99_ms"] for c in cells
+                 if c["scenario"] == "clean" and c["lateness"]["count"]]
+    if saturated:
+        lines.append(f"  - clean (saturating) cells, for information: lateness p99 up to "
+                     f"{fmt(max(saturated), 3)} ms")
     expected = results.get("latency_expected_ms")
     udp = [r for r in results.get("latency", []) if r["arm"] == "udp"]
     if expected and udp:
@@ -305,8 +313,13 @@ def goals(results):
     m = median(shares)
     add("fairness: weft share of a shared link with one CUBIC flow in 40–60 %",
         fmt(None if m is None else m * 100, 1, " %"), None if m is None else 0.4 <= m <= 0.6)
-    return ["## Goals (issue 7), as ratios measured in this run", "",
-            "| goal | measured | status |", "|---|---|---|", *rows]
+    lines = ["## Goals (issue 7), as ratios measured in this run", ""]
+    leaked = [c for c in results.get("validity", [])
+              if c["arms"] and all(a.startswith("weft") for a in c["arms"]) and c["tcp_packets"]]
+    if leaked:
+        lines += ["**Invalid for weft:** kernel TCP crossed the links while only weft arms ran, "
+                  "so traffic bypassed the overlay (shim not intercepting?).", ""]
+    return lines + ["| goal | measured | status |", "|---|---|---|", *rows]
 
 
 def render(results):
@@ -317,7 +330,8 @@ def render(results):
         f"{meta.get('repeats', '?')} repeat(s), seed {meta.get('seed', '?')}, "
         f"{meta.get('duration_s', '?')} s, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in meta.get('loadavg_end', []))}. "
-        f"Emulator at SCHED_FIFO {meta.get('emulator_rt_priority')}.")
+        f"Emulator at SCHED_FIFO {meta.get('emulator_rt_priority')}, measured programs at "
+        f"nice {meta.get('sut_nice', 0)}.")
     if not meta.get("weft_available"):
         lines += ["", "**weft arms: not built yet** (`target/release/weftd` missing); kernel "
                   "arms only."]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use weft_netemu::control;
 use weft_netemu::netns;
-use weft_netemu::sys::SignalFd;
+use weft_netemu::sys::{self, SignalFd};
 use weft_netemu::{unique_prefix, Emulator, Options, Topology};
 
 #[derive(Parser)]
@@ -46,6 +46,9 @@ enum Cmd {
         /// A control command applied before READY, e.g. "set * loss=1"; repeatable.
         #[arg(long = "exec")]
         exec: Vec<String>,
+        /// Shut down (and remove everything) when the parent process dies.
+        #[arg(long)]
+        exit_with_parent: bool,
     },
     /// Send one control command to a running emulator and print its JSON reply.
     Ctl {
@@ -61,13 +64,16 @@ enum Cmd {
         #[arg(long, default_value = "netemu")]
         prefix: String,
     },
-    /// Remove namespaces left behind: `--prefix P` removes every P-*; `--orphans` removes
-    /// default-named ones (netemu<pid>x<n>-*) whose process is gone.
+    /// Remove namespaces left behind, killing what runs in them: `--prefix P` removes every
+    /// P-*; `--orphans` removes those named FAMILY<pid>... (default family: netemu, the
+    /// default prefix) whose creating process <pid> is gone.
     Cleanup {
         #[arg(long, conflicts_with = "orphans")]
         prefix: Option<String>,
         #[arg(long)]
         orphans: bool,
+        #[arg(long, default_value = "netemu", requires = "orphans")]
+        family: String,
     },
 }
 
@@ -100,6 +106,7 @@ fn main() -> ExitCode {
             ring_slots,
             txqueuelen,
             exec,
+            exit_with_parent,
         } => {
             let topology = match load(&topology) {
                 Ok(t) => t,
@@ -121,6 +128,14 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(1, format!("signalfd: {e}")),
             };
+            // After the signal mask: the parent-death SIGTERM must reach the signalfd.
+            if exit_with_parent {
+                match sys::terminate_with_parent() {
+                    Ok(true) => {}
+                    Ok(false) => return fail(1, "parent already gone"),
+                    Err(e) => return fail(1, format!("PR_SET_PDEATHSIG: {e}")),
+                }
+            }
             let control =
                 control.unwrap_or_else(|| PathBuf::from(format!("/run/netemu-{prefix}.sock")));
             let mut options = Options::new(prefix, control);
@@ -186,11 +201,15 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, e),
             }
         }
-        Cmd::Cleanup { prefix, orphans } => {
+        Cmd::Cleanup {
+            prefix,
+            orphans,
+            family,
+        } => {
             let result = match (prefix, orphans) {
                 (Some(p), false) if valid_prefix(&p) => netns::cleanup(&p, false),
-                (None, true) => netns::cleanup("netemu", true),
-                _ => return fail(2, "give --prefix PREFIX or --orphans"),
+                (None, true) if valid_prefix(&family) => netns::cleanup(&family, true),
+                _ => return fail(2, "give --prefix PREFIX or --orphans [--family F]"),
             };
             match result {
                 Ok(removed) => {
