@@ -591,6 +591,7 @@ impl Engine {
             "emulator_faults": faults,
             "device_errors": device_errors,
             "lateness": total.summary(),
+            "lateness_buckets_us": total.buckets_us(),
             "links": links,
         })
     }

@@ -132,6 +132,24 @@ impl LatenessHistogram {
         self.max_ns
     }
 
+    /// Non-empty buckets as (upper edge in µs, count), the overflow bucket at its maximum, so
+    /// that runs can be pooled exactly.
+    pub fn buckets_us(&self) -> Vec<(u64, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| {
+                let edge_ns = if i == LATENESS_BUCKETS {
+                    self.max_ns
+                } else {
+                    (i as u64 + 1) * LATENESS_BUCKET_NS
+                };
+                (edge_ns.div_ceil(1_000), n)
+            })
+            .collect()
+    }
+
     pub fn summary(&self) -> LatenessSummary {
         LatenessSummary {
             count: self.count,
@@ -266,6 +284,10 @@ mod tests {
         assert!(s.p50_ms > 0.04 && s.p50_ms <= 0.06, "{s:?}");
         assert!(s.p99_ms <= 0.1, "{s:?}");
         assert_eq!(s.max_ms, 50.0);
+        let buckets = h.buckets_us();
+        assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 101);
+        assert_eq!(buckets.first(), Some(&(10, 10)));
+        assert_eq!(buckets.last(), Some(&(50_000, 1)));
         let mut merged = LatenessHistogram::default();
         merged.merge(&h);
         assert_eq!(merged.summary(), s);

@@ -44,7 +44,7 @@ PROFILES = {
     "quick": dict(repeats=1, clean_s=4, goodput_s=5, latency_s=20, warmup_ms=2000,
                   failover_total_s=10, cut_at_s=3, heal_after_s=4, fairness_s=15,
                   scenarios=["clean", "loss", "failover", "fairness"], levels=None),
-    "full": dict(repeats=5, clean_s=6, goodput_s=8, latency_s=30, warmup_ms=3000,
+    "full": dict(repeats=5, clean_s=5, goodput_s=7, latency_s=25, warmup_ms=3000,
                  failover_total_s=14, cut_at_s=4, heal_after_s=6, fairness_s=20,
                  scenarios=["clean", "loss", "failover", "fairness"], levels=None),
 }
@@ -141,6 +141,7 @@ class Bench:
             "device_errors": stats["device_errors"],
             "loss_checks": checks, "loss_outside": outside,
             "lateness": stats["lateness"],
+            "lateness_buckets_us": stats.get("lateness_buckets_us", []),
             "emulator_cpu_ns": stats["emulator_cpu_ns"],
             "since_reset_ns": stats["since_reset_ns"],
             "tcp_packets": tcp,

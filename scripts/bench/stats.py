@@ -57,6 +57,23 @@ def mathis_mbps(mss_bytes, rtt_s, loss):
     return mss_bytes * 8 / rtt_s * math.sqrt(1.5) / math.sqrt(loss) / 1e6
 
 
+def pooled_quantile(histograms, q):
+    """Quantile in ms of merged sparse histograms [(upper edge µs, count), ...]."""
+    merged = {}
+    for h in histograms:
+        for edge, n in h:
+            merged[edge] = merged.get(edge, 0) + n
+    total = sum(merged.values())
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for edge in sorted(merged):
+        seen += merged[edge]
+        if seen >= rank:
+            return edge / 1000
+    return max(merged) / 1000
+
+
 def self_test():
     assert quantile([1, 2, 3, 4], 0.5) == 2.5
     assert median([5]) == 5
@@ -70,6 +87,10 @@ def self_test():
     assert bootstrap_median_ci([1, 2], seed=1) is None
     # Reno at 3.9 % end-to-end loss and 80 ms RTT: about 0.9 Mbit/s (testbed.md).
     assert 0.8 < mathis_mbps(1448, 0.080, 0.039) < 1.0
+    # 98 packets at <= 10 µs and 2 at <= 2 ms: p99 lies in the 2 ms bucket.
+    assert pooled_quantile([[(10, 50)], [(10, 48), (2000, 2)]], 0.99) == 2.0
+    assert pooled_quantile([[(10, 50)], [(10, 48), (2000, 2)]], 0.5) == 0.01
+    assert pooled_quantile([[]], 0.99) is None
 
 
 if __name__ == "__main__":
