@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 use weft_netemu::probe::{decode_header, encode, Frame};
 use weft_netemu::stats::{wilson_interval, Z_999};
-use weft_netemu::sys::{force_receive_buffer, monotonic_now, sleep_until};
+use weft_netemu::sys::{force_receive_buffer, monotonic_now, set_fifo_priority, sleep_until};
 use weft_netemu::{netns, unique_prefix, Options, RunningEmulator, Topology};
 
 const SEED: u64 = 20_261_126;
@@ -26,6 +26,8 @@ fn start(topology: &str) -> RunningEmulator {
     let control = std::env::temp_dir().join(format!("{prefix}.sock"));
     let mut options = Options::new(prefix, control);
     options.seed = SEED;
+    // As in the benchmark: the system under test must not delay the packet thread.
+    options.rt_priority = Some(50);
     RunningEmulator::spawn(topology, options).unwrap_or_else(|e| {
         panic!("cannot build the emulated topology (needs root, /dev/net/tun and `ip netns`): {e}")
     })
@@ -94,6 +96,8 @@ fn udp_pair(emu: &RunningEmulator, from: &str, to: &str, port: u16) -> (UdpSocke
 fn collect(receiver: UdpSocket, idle: Duration) -> mpsc::Receiver<Vec<Arrival>> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
+        // Timestamps should describe the emulator, not a receiver waiting for a CPU.
+        let _ = set_fifo_priority(40);
         let mut arrivals = Vec::new();
         let mut buf = vec![0u8; 65_536];
         // The first packet may take a while (the sender starts after us).
@@ -119,6 +123,7 @@ fn collect(receiver: UdpSocket, idle: Duration) -> mpsc::Receiver<Vec<Arrival>> 
 
 /// Send `count` probes of `size` bytes, one every `gap`, stamped with their send time.
 fn send_probes(sender: &UdpSocket, count: u64, gap: Duration, size: usize) {
+    let _ = set_fifo_priority(40);
     let start = monotonic_now() + Duration::from_millis(20);
     let mut buf = vec![0u8; size];
     for seq in 0..count {
