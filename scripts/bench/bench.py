@@ -347,9 +347,10 @@ def run_pair(bench, em, pair, seconds):
     import threading
 
     flows = [None, None]
+    ports = [bench.ports.take() for _ in pair]
 
     def one(i, arm):
-        flows[i] = goodput(bench.lab, em, arm, "s", "d", seconds, bench.ports.take())
+        flows[i] = goodput(bench.lab, em, arm, "s", "d", seconds, ports[i])
 
     threads = [threading.Thread(target=one, args=(i, arm)) for i, arm in enumerate(pair)]
     for t in threads:

@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -146,11 +147,15 @@ class Lab:
         self.emulators = []
         self.procs = []
         self._log_counter = 0
+        # The fairness scenario drives two flows from two threads.
+        self._lock = threading.Lock()
 
     def log_path(self, name):
-        self._log_counter += 1
+        with self._lock:
+            self._log_counter += 1
+            counter = self._log_counter
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        return self.logs / f"{self._log_counter:05d}-{safe}.log"
+        return self.logs / f"{counter:05d}-{safe}.log"
 
     def spawn(self, argv, name, stdout=None):
         """Start a program; its stderr (and stdout unless captured) goes to a log file."""
@@ -162,7 +167,8 @@ class Lab:
             start_new_session=True,
         )
         proc.log_file = log
-        self.procs.append(proc)
+        with self._lock:
+            self.procs.append(proc)
         return proc
 
     def finish(self, proc, timeout):
@@ -184,8 +190,9 @@ class Lab:
         cpu = schedstat_ns(proc.pid)
         code = proc.wait()
         proc.log_file.close()
-        if proc in self.procs:
-            self.procs.remove(proc)
+        with self._lock:
+            if proc in self.procs:
+                self.procs.remove(proc)
         return (None if killed else code), cpu
 
     def stop(self, proc, grace=3.0):
@@ -197,8 +204,9 @@ class Lab:
                 proc.kill()
                 proc.wait()
         proc.log_file.close()
-        if proc in self.procs:
-            self.procs.remove(proc)
+        with self._lock:
+            if proc in self.procs:
+                self.procs.remove(proc)
 
     def close(self):
         for proc in list(self.procs):

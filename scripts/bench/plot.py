@@ -13,7 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import ARM_LABEL, ARM_ORDER, goodput_of  # noqa: E402
@@ -21,9 +21,6 @@ from stats import iqr, median  # noqa: E402
 
 COLOURS = {"cubic": "tab:blue", "reno": "tab:cyan", "bbr": "tab:purple",
            "weft-hbh": "tab:red", "weft-e2e": "tab:orange", "udp": "tab:gray"}
-
-
-TICKS_MS = [10, 20, 30, 40, 50, 70, 100, 150, 200, 300, 500, 1000, 2000, 5000, 10000]
 
 
 def latencies(folder, row, warmup_ns):
@@ -64,11 +61,13 @@ def latency_cdf(folder, results):
             n = len(values)
             ax.plot(values, [(i + 1) / n for i in range(n)], label=ARM_LABEL[arm],
                     color=COLOURS[arm], linewidth=1.4)
-        ax.set_xscale("log")
         lo, hi = ax.get_xlim()
-        ax.set_xticks([t for t in TICKS_MS if lo <= t <= hi])
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        # A log axis only pays off for heavy tails; narrow ranges read better linearly.
+        if hi > 3 * max(lo, 1e-3):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"loss {level} per link")
         ax.set_xlabel("one-way latency (ms)")
         ax.set_ylabel("CDF")
