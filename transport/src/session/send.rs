@@ -289,7 +289,6 @@ impl SendStream {
     }
 
     /// The timeout that marked segments lost was spurious: put the ones not yet resent back
-
     /// in flight.
     pub fn undo_timeout_losses(&mut self) {
         let starts: Vec<u64> = self.lost.iter().copied().collect();
