@@ -68,6 +68,8 @@ pub struct Neighbor {
     pub state: LinkState,
     pub last_heard: Option<Instant>,
     pub next_hello: Instant,
+    /// While the neighbour is silent for more than 1.5 hello periods: when to probe next.
+    pub next_probe: Option<Instant>,
     hello_seq: u32,
     /// (their `sent_us`, when we received it) of their latest hello, echoed in ours.
     last_hello_rx: Option<(u64, Instant)>,
@@ -114,6 +116,7 @@ impl Neighbor {
             state: LinkState::Down,
             last_heard: None,
             next_hello: first_hello,
+            next_probe: None,
             hello_seq: 0,
             last_hello_rx: None,
             last_rx_seq: None,
@@ -168,6 +171,7 @@ impl Neighbor {
 
     pub fn heard(&mut self, now: Instant, bytes: usize) {
         self.last_heard = Some(now);
+        self.next_probe = None;
         self.packets_in += 1;
         self.bytes_in += bytes as u64;
     }

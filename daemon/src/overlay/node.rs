@@ -10,7 +10,7 @@ use crate::overlay::neighbor::{LinkState, Metric, Neighbor};
 use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
 use crate::overlay::sessions::{SessionId, SessionTable};
 use crate::overlay::status::Counters;
-use crate::overlay::wire::{self, Hello, RoutedHeader};
+use crate::overlay::wire::{self, Hello, RoutedHeader, HELLO_PROBE};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -256,13 +256,20 @@ impl Node {
                     a.handle_timeout(now);
                 }
             }
+            if let Some(probe_at) = self.probe_due(idx) {
+                if now >= probe_at {
+                    self.neighbors[idx].next_probe = Some(now + self.cfg.hello_interval / 4);
+                    self.send_hello(now, idx, true);
+                }
+            }
+            let nbr = &mut self.neighbors[idx];
             if now >= nbr.next_hello {
                 nbr.next_hello = if now - nbr.next_hello > self.cfg.hello_interval {
                     now + self.cfg.hello_interval
                 } else {
                     nbr.next_hello + self.cfg.hello_interval
                 };
-                self.send_hello(now, idx);
+                self.send_hello(now, idx, false);
             }
         }
         self.session_timeouts(now);
@@ -277,8 +284,11 @@ impl Node {
     /// The earliest time `handle_timeout` must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.next_housekeeping;
-        for n in &self.neighbors {
+        for (i, n) in self.neighbors.iter().enumerate() {
             t = t.min(n.next_hello);
+            if let Some(p) = self.probe_due(i) {
+                t = t.min(p);
+            }
             if n.state != LinkState::Down {
                 if let Some(h) = n.last_heard {
                     t = t.min(h + self.cfg.dead_interval);
@@ -462,7 +472,12 @@ impl Node {
         self.neighbors[idx].heard(now, data.len());
         match header.kind {
             PacketKind::Hello => match Hello::decode(body) {
-                Ok(h) => self.on_hello(now, idx, &h),
+                Ok(h) => {
+                    self.on_hello(now, idx, &h);
+                    if header.flags & HELLO_PROBE != 0 {
+                        self.send_hello(now, idx, false);
+                    }
+                }
                 Err(_) => self.counters.malformed += 1,
             },
             PacketKind::State => self.on_state(now, idx, body),
@@ -504,7 +519,7 @@ impl Node {
             self.set_link_state(now, idx, after);
             // Answer at once so the other side completes its two-way check without waiting
             // for the next periodic hello.
-            self.send_hello(now, idx);
+            self.send_hello(now, idx, false);
         }
         if after == LinkState::Up {
             let cost = self.neighbors[idx].cost(self.cfg.metric);
@@ -564,16 +579,30 @@ impl Node {
         }
     }
 
-    fn send_hello(&mut self, now: Instant, idx: usize) {
+    fn send_hello(&mut self, now: Instant, idx: usize, probe: bool) {
         if self.neighbors[idx].cut {
             return;
         }
         let hello = self.neighbors[idx].make_hello(now);
         let mut buf = Vec::with_capacity(HEADER_LEN + Hello::LEN);
         let mut w = Writer::new(&mut buf);
-        Header::new(PacketKind::Hello, self.cfg.id, self.incarnation).encode(&mut w);
+        let mut header = Header::new(PacketKind::Hello, self.cfg.id, self.incarnation);
+        if probe {
+            header.flags |= HELLO_PROBE;
+        }
+        header.encode(&mut w);
         hello.encode(&mut w);
         self.send_to(idx, buf);
+    }
+
+    /// When to probe a neighbour that has gone quiet (None while it is heard normally).
+    fn probe_due(&self, idx: usize) -> Option<Instant> {
+        let n = &self.neighbors[idx];
+        if n.state == LinkState::Down || n.cut {
+            return None;
+        }
+        let quiet_from = n.last_heard? + self.cfg.hello_interval * 3 / 2;
+        Some(n.next_probe.unwrap_or(quiet_from).max(quiet_from))
     }
 
     pub(super) fn send_to(&mut self, idx: usize, payload: Vec<u8>) {

@@ -195,6 +195,10 @@ pub enum Class {
 
 pub const FLAG_CE: u8 = 0x01;
 
+/// Outer-header flag on a hello: "answer at once" (sent while a neighbour is silent, so a
+/// few lost hellos on a lossy link do not look like a dead neighbour).
+pub const HELLO_PROBE: u8 = 0x01;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoutedHeader {
     pub flags: u8,
