@@ -155,7 +155,6 @@ impl Node {
         cfg.session.mode = cfg.recovery;
         let mut neighbors = Vec::new();
         let mut by_addr = HashMap::new();
-        let spread = cfg.hello_interval.as_nanos() as u64 / (cfg.neighbors.len() as u64 + 1);
         for (i, n) in cfg.neighbors.iter().enumerate() {
             let emulator = cfg.emulation.then(|| {
                 Emulator::new(
@@ -164,9 +163,9 @@ impl Node {
                         .wrapping_add(i as u64),
                 )
             });
-            let first = now + Duration::from_nanos(spread * i as u64);
+            // Every neighbour's hello falls due on the same tick: one wake-up sends them all.
             by_addr.insert(n.addr, neighbors.len());
-            neighbors.push(Neighbor::new(n.addr, n.id, first, emulator));
+            neighbors.push(Neighbor::new(n.addr, n.id, now, emulator));
         }
         let mut node = Node {
             lsdb: LinkStateDb::new(cfg.id, first_seq),
