@@ -219,7 +219,7 @@ impl Sim {
             return;
         };
         let mut out = Vec::new();
-        while let Some(t) = node.poll_transmit() {
+        while let Some(t) = node.poll_transmit(self.now) {
             out.push(t);
         }
         while let Some(e) = node.poll_event() {

@@ -197,7 +197,6 @@ pub enum Reply {
         nodes: Vec<NodeId>,
     },
     Bound {
-
         port: u16,
     },
     Proxy {

@@ -4,6 +4,7 @@ mod datagram;
 mod overlay;
 mod run;
 mod status;
+mod stream;
 pub mod topology;
 
 use crate::client::{check, ControlClient};
@@ -43,6 +44,10 @@ enum Command {
     Send(datagram::SendArgs),
     /// Receive datagrams on an overlay port and print one line per datagram.
     Recv(datagram::RecvArgs),
+    /// Open a session to NODE:PORT and copy stdin/stdout over it (like nc).
+    Cat(stream::CatArgs),
+    /// Accept one session on an overlay port and copy stdin/stdout over it (like nc -l).
+    Listen(stream::ListenArgs),
     /// Run a program with the shim: its sockets to overlay nodes go over the overlay.
     Run(run::RunArgs),
     /// Start, stop or inspect a local overlay of daemons on 127.0.0.N (no root needed).
@@ -80,6 +85,8 @@ pub fn main() -> i32 {
         Command::Link { action } => link(&socket, action),
         Command::Send(a) => datagram::send(&socket, a),
         Command::Recv(a) => datagram::recv(&socket, a),
+        Command::Cat(a) => stream::cat(&socket, a),
+        Command::Listen(a) => stream::listen(&socket, a),
         Command::Run(a) => run::run(&socket, a),
         Command::Overlay(a) => overlay::run(a),
     };

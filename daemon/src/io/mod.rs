@@ -3,6 +3,8 @@
 
 pub mod clock;
 pub mod control;
+mod listeners;
+pub mod streams;
 pub mod udp;
 
 use crate::config::DaemonConfig;
@@ -26,6 +28,7 @@ const UDP: Token = Token(0);
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CONN_BASE: usize = 1 << 32;
+const STREAM_BASE: usize = 2 << 32;
 
 /// Where datagrams for a local port go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,16 @@ pub struct Daemon {
     ports: BTreeMap<u16, PortOwner>,
     counters: DaemonCounters,
     stop: bool,
+    streams: HashMap<u64, streams::AppStream>,
+    stream_by_session: HashMap<crate::overlay::SessionId, u64>,
+    stream_by_inode: HashMap<u64, u64>,
+    next_stream: u64,
+    dirty_streams: std::collections::BTreeSet<u64>,
+    outcomes: HashMap<u64, streams::Outcome>,
+    listeners: listeners::Listeners,
+    scratch: Vec<u8>,
+    /// An fd to attach to the reply being built (set by `handle_request`).
+    reply_fd: Option<std::os::fd::OwnedFd>,
 }
 
 fn ipc_err(errno: i32, message: impl Into<String>) -> Reply {
@@ -144,6 +157,15 @@ impl Daemon {
             ports: BTreeMap::new(),
             counters: DaemonCounters::default(),
             stop: false,
+            streams: HashMap::new(),
+            stream_by_session: HashMap::new(),
+            stream_by_inode: HashMap::new(),
+            next_stream: 0,
+            dirty_streams: Default::default(),
+            outcomes: HashMap::new(),
+            listeners: listeners::Listeners::default(),
+            scratch: vec![0; 64 * 1024],
+            reply_fd: None,
         })
     }
 
@@ -175,6 +197,14 @@ impl Daemon {
                     }
                     LISTENER => self.accept_clients(),
                     SIGNALS => self.read_signals(),
+                    Token(t) if t >= STREAM_BASE => {
+                        self.stream_event(
+                            (t - STREAM_BASE) as u64,
+                            ev.is_readable(),
+                            ev.is_writable(),
+                            ev.is_write_closed(),
+                        );
+                    }
                     Token(t) if t >= CONN_BASE => {
                         let id = t - CONN_BASE;
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -192,6 +222,8 @@ impl Daemon {
                 self.node.handle_timeout(now);
             }
             self.drain_node();
+            self.service_streams();
+            self.housekeeping();
         }
         info!("weftd stopping");
         Ok(())
@@ -263,7 +295,8 @@ impl Daemon {
 
     /// Moves everything the node produced to where it goes.
     fn drain_node(&mut self) {
-        while let Some(t) = self.node.poll_transmit() {
+        let now = self.clock.now();
+        while let Some(t) = self.node.poll_transmit(now) {
             self.udp_backlog.push_back(t);
         }
         if !self.udp_backlog.is_empty() {
@@ -275,6 +308,8 @@ impl Daemon {
                     self.deliver_datagram(src, dst, payload)
                 }
                 NodeEvent::RoutesChanged => {}
+                NodeEvent::Incoming { id, port, remote } => self.incoming_session(id, port, remote),
+                NodeEvent::Session { id, event } => self.session_event(id, event),
             }
         }
     }
@@ -362,7 +397,8 @@ impl Daemon {
                     }
                 }
             };
-            self.send_reply(id, reply, None);
+            let fd = self.reply_fd.take();
+            self.send_reply(id, reply, fd);
         }
     }
 
@@ -414,6 +450,9 @@ impl Daemon {
             .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
         self.ports
             .retain(|_, owner| *owner != PortOwner::Control(id));
+        for port in self.listeners.drop_client(id) {
+            self.node.unlisten(port);
+        }
         debug!(id, pid = conn.cred.pid, "client gone");
     }
 
@@ -421,7 +460,7 @@ impl Daemon {
         &mut self,
         id: usize,
         req: Request,
-        _fd: Option<std::os::fd::OwnedFd>,
+        fd: Option<std::os::fd::OwnedFd>,
     ) -> Reply {
         let now = self.clock.now();
         match req {
@@ -437,9 +476,10 @@ impl Daemon {
                     prefixes: Vec::new(),
                 })
             }
-            Request::Nodes => Reply::Nodes { nodes: self.node.known_nodes() },
+            Request::Nodes => Reply::Nodes {
+                nodes: self.node.known_nodes(),
+            },
             Request::Status => match serde_json::to_string(&self.status(now)) {
-
                 Ok(json) => Reply::Status { json },
                 Err(e) => ipc_err(libc::EIO, e.to_string()),
             },
@@ -491,10 +531,104 @@ impl Daemon {
                     Err(SendError::TooLarge) => ipc_err(libc::EMSGSIZE, "datagram too large"),
                 }
             }
+            Request::Connect {
+                dst,
+                local_port,
+                filler,
+                inode,
+            } => {
+                let Some(fd) = fd else {
+                    return ipc_err(libc::EINVAL, "connect needs a socketpair end");
+                };
+                match self.node.connect(now, local_port, dst) {
+                    Ok((sid, local)) => {
+                        if let Err(e) = self.attach_stream(
+                            sid,
+                            fd,
+                            inode,
+                            streams::Phase::Connecting,
+                            filler as usize,
+                        ) {
+                            self.node.session_abort(now, sid);
+                            return ipc_err(libc::EIO, e.to_string());
+                        }
+                        Reply::Connecting { local }
+                    }
+                    Err(crate::overlay::OpenError::PortInUse) => {
+                        ipc_err(libc::EADDRINUSE, "local port in use")
+                    }
+                    Err(crate::overlay::OpenError::NoPorts) => {
+                        ipc_err(libc::EADDRNOTAVAIL, "no free local port")
+                    }
+                }
+            }
+            Request::ConnectStatus { inode } => match self.connect_status(inode) {
+                Some(result) => Reply::ConnectStatus { result },
+                None => ipc_err(libc::EBADF, "no such overlay socket"),
+            },
+            Request::SessionInfo { inode } => match self
+                .stream_session(inode)
+                .and_then(|sid| self.node.session_stats(sid))
+            {
+                Some((local, remote, st)) => Reply::Session(weft_ipc::SessionInfo {
+                    local: Some(local),
+                    remote: Some(remote),
+                    established: st.state == weft_transport::session::SessionState::Established,
+                    rtt_us: st.rtt.as_micros().min(u32::MAX as u128) as u32,
+                    rttvar_us: st.rttvar.as_micros().min(u32::MAX as u128) as u32,
+                    cwnd_bytes: st.cwnd.min(u32::MAX as u64) as u32,
+                    mss: st.mss as u32,
+                    total_retrans: st.retransmits.min(u32::MAX as u64) as u32,
+                    bytes_sent: st.bytes_sent,
+                    bytes_received: st.bytes_received,
+                }),
+                None => ipc_err(libc::EBADF, "no such overlay socket"),
+            },
+            Request::Listen { port, delivery } => {
+                if port == 0 {
+                    return ipc_err(libc::EINVAL, "listen needs a port");
+                }
+                if self.listeners.add(port, id, delivery) {
+                    // The first listener on the port: the node starts accepting.
+                    let _ = self.node.listen(port);
+                }
+                Reply::Ok
+            }
+            Request::Unlisten { port } => {
+                if self.listeners.remove(port, id) {
+                    self.node.unlisten(port);
+                }
+                Reply::Ok
+            }
+            Request::ClaimAccepted {
+                listen_port: _,
+                proxy_port,
+            } => match self.listeners.claim(proxy_port) {
+                Some((sid, app_end)) => {
+                    let (local, peer) = match self.remote_of(sid) {
+                        Some((l, r)) => (Some(l), Some(r)),
+                        None => (None, None),
+                    };
+                    self.reply_fd = Some(app_end);
+                    Reply::Claimed { peer, local }
+                }
+                None => Reply::Claimed {
+                    peer: None,
+                    local: None,
+                },
+            },
             other => ipc_err(
                 libc::ENOSYS,
                 format!("not supported by this daemon yet: {other:?}"),
             ),
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        self.expire_outcomes();
+        let now = self.clock.now();
+        for sid in self.listeners.expire_claims() {
+            self.node.session_abort(now, sid);
         }
     }
 

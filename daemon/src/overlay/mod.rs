@@ -4,11 +4,15 @@
 
 pub mod emulation;
 pub mod flood;
+mod flooding;
+mod forwarding;
 pub mod fragment;
 pub mod neighbor;
 pub mod node;
 pub mod routing;
+pub mod sessions;
 pub mod status;
 pub mod wire;
 
 pub use node::{NeighborConfig, Node, NodeConfig, NodeEvent, SendError, Transmit};
+pub use sessions::{OpenError, SessionId};

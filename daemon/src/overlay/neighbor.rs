@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 use weft_core::{Instant, NodeId};
+use weft_transport::arq::ArqLink;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +83,9 @@ pub struct Neighbor {
     pub cut: bool,
     /// Routing state we owe this neighbour.
     pub flood: FloodQueue,
+    /// The hop-by-hop reliable link, from the first time the link comes up; reset only when
+    /// the neighbour restarts (a new incarnation), so both ends keep agreeing on sequences.
+    pub arq: Option<ArqLink>,
     pub up_since: Option<Instant>,
     pub packets_in: u64,
     pub packets_out: u64,
@@ -121,6 +125,7 @@ impl Neighbor {
             emulator,
             cut: false,
             flood: FloodQueue::default(),
+            arq: None,
             up_since: None,
             packets_in: 0,
             packets_out: 0,

@@ -1,21 +1,23 @@
-//! `Node`: one overlay daemon's protocol state. Links (hellos, liveness, incarnations), reliable
-//! flooding of link state, shortest-path routing, and best-effort datagram forwarding with
-//! fragmentation. Receive-side link emulation sits in front of all of it.
+//! `Node`: one overlay daemon's protocol state. Links (hellos, liveness, incarnations, the
+//! hop-by-hop reliable ARQ), reliable flooding of link state (`flooding.rs`), shortest-path
+//! routing and forwarding (`forwarding.rs`), datagrams, and end-to-end sessions
+//! (`sessions.rs`). Receive-side link emulation sits in front of all of it.
 
 use crate::overlay::emulation::{Emulator, LinkParams, Verdict};
-use crate::overlay::fragment::{pieces, Reassembler, MAX_DATAGRAM};
+use crate::overlay::fragment::{Reassembler, MAX_DATAGRAM};
 use crate::overlay::neighbor::{LinkState, Metric, Neighbor};
-use crate::overlay::routing::{Applied, LinkStateDb, ShortestPathTree};
-use crate::overlay::status::{Counters, NeighborStatus, NodeStatus, RouteStatus};
-use crate::overlay::wire::{
-    self, Class, FragmentHeader, Hello, LinkStateAdvert, Proto, RoutedHeader, StateKind,
-};
+use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
+use crate::overlay::sessions::{SessionId, SessionTable};
+use crate::overlay::status::Counters;
+use crate::overlay::wire::{self, Hello, RoutedHeader};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 use thiserror::Error;
 use tracing::{debug, info};
 use weft_core::{Endpoint, Header, Instant, NodeId, PacketKind, Writer, HEADER_LEN};
+use weft_transport::arq::{self, ArqConfig, ArqLink};
+use weft_transport::session::{RecoveryMode, SessionConfig, SessionEvent};
 
 #[derive(Debug, Clone)]
 pub struct NeighborConfig {
@@ -26,6 +28,9 @@ pub struct NeighborConfig {
     /// Emulation applied to packets received from it.
     pub link: LinkParams,
 }
+
+/// Bytes kept free at the end of every datagram for a future authentication tag.
+pub const AUTH_RESERVE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -40,6 +45,12 @@ pub struct NodeConfig {
     /// Largest UDP payload sent between daemons.
     pub mtu: usize,
     pub default_ttl: u8,
+    /// Who repairs loss for sessions: the links (hop by hop) or only the ends.
+    pub recovery: RecoveryMode,
+    /// Template for every link's ARQ (its `mss` is derived from `mtu`).
+    pub arq: ArqConfig,
+    /// Template for every session (its `mss` and `mode` are derived).
+    pub session: SessionConfig,
 }
 
 impl NodeConfig {
@@ -53,7 +64,17 @@ impl NodeConfig {
             emulation: false,
             mtu: 1472,
             default_ttl: 64,
+            recovery: RecoveryMode::HopByHop,
+            arq: ArqConfig::default(),
+            session: SessionConfig::default(),
         }
+    }
+
+    /// Largest routed packet (routing header + payload) a link carries.
+    pub fn routed_mtu(&self) -> usize {
+        self.mtu
+            .saturating_sub(HEADER_LEN + AUTH_RESERVE + arq::DATA_OVERHEAD)
+            .max(256)
     }
 }
 
@@ -74,6 +95,14 @@ pub enum NodeEvent {
     },
     /// The set of reachable nodes or the routes changed.
     RoutesChanged,
+    /// A listener on `port` accepted a new session.
+    Incoming {
+        id: SessionId,
+        port: u16,
+        remote: Endpoint,
+    },
+    /// Something happened to a session.
+    Session { id: SessionId, event: SessionEvent },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -86,31 +115,43 @@ pub enum SendError {
 
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Adverts of nodes unreachable this long are forgotten.
-const FORGET_UNREACHABLE: Duration = Duration::from_secs(60);
+pub(super) const FORGET_UNREACHABLE: Duration = Duration::from_secs(60);
 
 pub struct Node {
-    cfg: NodeConfig,
-    incarnation: u32,
-    neighbors: Vec<Neighbor>,
-    by_addr: HashMap<SocketAddr, usize>,
-    lsdb: LinkStateDb,
-    routes_generation: Option<u64>,
-    tree: ShortestPathTree,
-    first_hops: BTreeMap<NodeId, NodeId>,
-    unreachable_since: HashMap<NodeId, Instant>,
-    reassembler: Reassembler,
-    next_datagram_id: u32,
-    outbox: VecDeque<Transmit>,
-    events: VecDeque<NodeEvent>,
-    next_housekeeping: Instant,
-    started: Instant,
-    counters: Counters,
+    pub(super) cfg: NodeConfig,
+    pub(super) incarnation: u32,
+    pub(super) neighbors: Vec<Neighbor>,
+    pub(super) by_addr: HashMap<SocketAddr, usize>,
+    pub(super) lsdb: LinkStateDb,
+    pub(super) routes_generation: Option<u64>,
+    pub(super) tree: ShortestPathTree,
+    pub(super) first_hops: BTreeMap<NodeId, NodeId>,
+    pub(super) unreachable_since: HashMap<NodeId, Instant>,
+    pub(super) reassembler: Reassembler,
+    pub(super) next_datagram_id: u32,
+    pub(super) outbox: VecDeque<Transmit>,
+    pub(super) events: VecDeque<NodeEvent>,
+    pub(super) sessions: SessionTable,
+    /// Where `poll_transmit` resumes its round over the links' ARQs.
+    pub(super) next_link: usize,
+    pub(super) next_housekeeping: Instant,
+    pub(super) started: Instant,
+    pub(super) counters: Counters,
 }
 
 impl Node {
     /// `incarnation` must differ between runs (random); `first_seq` should grow across runs
     /// (e.g. derived from wall-clock time) so this run's adverts supersede the last run's.
-    pub fn new(cfg: NodeConfig, now: Instant, incarnation: u32, first_seq: u64, seed: u64) -> Self {
+    pub fn new(
+        mut cfg: NodeConfig,
+        now: Instant,
+        incarnation: u32,
+        first_seq: u64,
+        seed: u64,
+    ) -> Self {
+        cfg.arq.mss = cfg.routed_mtu();
+        cfg.session.mss = cfg.routed_mtu() - RoutedHeader::LEN;
+        cfg.session.mode = cfg.recovery;
         let mut neighbors = Vec::new();
         let mut by_addr = HashMap::new();
         let spread = cfg.hello_interval.as_nanos() as u64 / (cfg.neighbors.len() as u64 + 1);
@@ -139,6 +180,8 @@ impl Node {
             next_datagram_id: (seed as u32) | 1,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            sessions: SessionTable::new(seed),
+            next_link: 0,
             next_housekeeping: now + HOUSEKEEPING,
             started: now,
             counters: Counters::default(),
@@ -207,6 +250,11 @@ impl Node {
                 self.set_link_state(now, idx, LinkState::Down);
             }
             let nbr = &mut self.neighbors[idx];
+            if let Some(a) = nbr.arq.as_mut() {
+                if a.poll_timeout().is_some_and(|t| t <= now) {
+                    a.handle_timeout(now);
+                }
+            }
             if now >= nbr.next_hello {
                 nbr.next_hello = if now - nbr.next_hello > self.cfg.hello_interval {
                     now + self.cfg.hello_interval
@@ -216,6 +264,7 @@ impl Node {
                 self.send_hello(now, idx);
             }
         }
+        self.session_timeouts(now);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.reassembler.expire(now);
@@ -237,6 +286,9 @@ impl Node {
             if let Some(d) = n.emulator.as_ref().and_then(|e| e.next_due()) {
                 t = t.min(d);
             }
+            if let Some(d) = n.arq.as_ref().and_then(|a| a.poll_timeout()) {
+                t = t.min(d);
+            }
         }
         if let Some(d) = self.next_flood_due() {
             t = t.min(d);
@@ -244,11 +296,56 @@ impl Node {
         if let Some(d) = self.reassembler.next_expiry() {
             t = t.min(d);
         }
+        if let Some(d) = self.sessions.next_deadline() {
+            t = t.min(d);
+        }
         Some(t)
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.outbox.pop_front()
+    /// The next datagram to send: control and best-effort traffic first, then the reliable
+    /// links in turn (each within its congestion window and pacing), refilled from sessions.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if let Some(t) = self.outbox.pop_front() {
+            return Some(t);
+        }
+        if let Some(t) = self.poll_links(now) {
+            return Some(t);
+        }
+        if self.sessions.has_ready() {
+            self.pump_sessions(now);
+            if let Some(t) = self.outbox.pop_front() {
+                return Some(t);
+            }
+            return self.poll_links(now);
+        }
+        None
+    }
+
+    /// One round over the links' ARQs, resuming where the last one stopped.
+    fn poll_links(&mut self, now: Instant) -> Option<Transmit> {
+        let n = self.neighbors.len();
+        for k in 0..n {
+            let idx = (self.next_link + k) % n;
+            let nbr = &mut self.neighbors[idx];
+            if nbr.cut {
+                continue;
+            }
+            let Some(a) = nbr.arq.as_mut() else { continue };
+            let mut buf = Vec::with_capacity(self.cfg.mtu);
+            Header::new(PacketKind::ReliableData, self.cfg.id, self.incarnation)
+                .encode(&mut Writer::new(&mut buf));
+            if let Some(kind) = a.poll_transmit_into(now, &mut buf) {
+                buf[3] = kind as u8;
+                self.next_link = (idx + 1) % n;
+                nbr.packets_out += 1;
+                nbr.bytes_out += buf.len() as u64;
+                let dst = nbr.addr;
+                // Sending may have freed queue space for sessions fed by this link.
+                self.wake_writable_flows(idx);
+                return Some(Transmit { dst, payload: buf });
+            }
+        }
+        None
     }
 
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
@@ -256,63 +353,6 @@ impl Node {
     }
 
     // ----- local requests -----------------------------------------------------------------
-
-    /// Sends a datagram from (this node, `src_port`) to `dst`, fragmenting as needed.
-    pub fn send_datagram(
-        &mut self,
-        now: Instant,
-        src_port: u16,
-        dst: Endpoint,
-        payload: &[u8],
-        ttl: Option<u8>,
-    ) -> Result<(), SendError> {
-        if payload.len() > MAX_DATAGRAM {
-            return Err(SendError::TooLarge);
-        }
-        let src = Endpoint::new(self.cfg.id, src_port);
-        if dst.node == self.cfg.id {
-            self.events.push_back(NodeEvent::Datagram {
-                src,
-                dst,
-                payload: payload.to_vec(),
-            });
-            return Ok(());
-        }
-        if !self.first_hops.contains_key(&dst.node) {
-            self.counters.no_route += 1;
-            return Err(SendError::NoRoute);
-        }
-        let id = self.next_datagram_id;
-        self.next_datagram_id = self.next_datagram_id.wrapping_add(1);
-        let piece = self
-            .cfg
-            .mtu
-            .saturating_sub(HEADER_LEN + RoutedHeader::LEN + FragmentHeader::LEN)
-            .max(64);
-        let header = RoutedHeader {
-            flags: 0,
-            proto: Proto::Datagram,
-            class: Class::BestEffort,
-            ttl: ttl.unwrap_or(self.cfg.default_ttl).max(1),
-            src,
-            dst,
-        };
-        for (offset, len) in pieces(payload.len(), piece) {
-            let mut packet = Vec::with_capacity(RoutedHeader::LEN + FragmentHeader::LEN + len);
-            let mut w = Writer::new(&mut packet);
-            header.encode(&mut w);
-            FragmentHeader {
-                id,
-                offset: offset as u16,
-                total: payload.len() as u16,
-            }
-            .encode(&mut w);
-            w.bytes(&payload[offset..offset + len]);
-            self.forward(now, None, packet);
-        }
-        self.after_input(now);
-        Ok(())
-    }
 
     /// `weft link set|cut|heal`: `peer` is a node id or a neighbour address.
     pub fn link_command(
@@ -386,7 +426,7 @@ impl Node {
             .map(|(d, h)| (*d, *h, self.tree.dist(*d).unwrap_or(u64::MAX)))
     }
 
-    // ----- packet processing --------------------------------------------------------------
+    // ----- links --------------------------------------------------------------------------
 
     fn process_packet(&mut self, now: Instant, idx: usize, data: &[u8]) {
         let (header, body) = match Header::decode(data) {
@@ -413,6 +453,10 @@ impl Node {
             if was_up {
                 self.link_went_down(now, idx);
             }
+            // Its fresh sequence numbers must not look like old duplicates.
+            if let Some(a) = self.neighbors[idx].arq.as_mut() {
+                a.reset(now);
+            }
         }
         self.neighbors[idx].heard(now, data.len());
         match header.kind {
@@ -430,9 +474,24 @@ impl Node {
                 }
                 Err(_) => self.counters.malformed += 1,
             },
-            PacketKind::Data => self.forward(now, Some(idx), body.to_vec()),
+            PacketKind::Data => {
+                self.forward(now, Some(idx), body.to_vec());
+            }
             PacketKind::ReliableData | PacketKind::ReliableAck => {
-                self.counters.unsupported += 1;
+                let nbr = &mut self.neighbors[idx];
+                let Some(a) = nbr.arq.as_mut().filter(|_| nbr.state == LinkState::Up) else {
+                    // Not (yet) two-way: the peer's ARQ will resend.
+                    self.counters.reliable_before_up += 1;
+                    return;
+                };
+                match a.handle_packet(now, header.kind, body) {
+                    Ok(Some(packet)) => {
+                        self.forward(now, Some(idx), packet);
+                    }
+                    Ok(None) => {}
+                    Err(_) => self.counters.malformed += 1,
+                }
+                self.wake_writable_flows(idx);
             }
         }
     }
@@ -458,7 +517,7 @@ impl Node {
         }
     }
 
-    fn set_link_state(&mut self, now: Instant, idx: usize, state: LinkState) {
+    pub(super) fn set_link_state(&mut self, now: Instant, idx: usize, state: LinkState) {
         let before = self.neighbors[idx].state;
         self.neighbors[idx].state = state;
         if before == state {
@@ -468,27 +527,40 @@ impl Node {
         info!(peer = %nbr.addr, node = ?nbr.id, ?before, ?state, "link state");
         if state == LinkState::Up {
             let cost = nbr.cost(self.cfg.metric);
+            let arq_cfg = self.cfg.arq.clone();
             let nbr = &mut self.neighbors[idx];
             nbr.up_since = Some(now);
             nbr.announced_cost = cost;
             nbr.cost_announced_at = Some(now);
-            // Full sync: the new neighbour gets every record we hold.
-            let adverts: Vec<LinkStateAdvert> = self.lsdb.adverts().cloned().collect();
-            for a in adverts {
-                self.push_advert(idx, &a);
+            let srtt = nbr.srtt();
+            let a = nbr.arq.get_or_insert_with(|| ArqLink::new(arq_cfg, now));
+            if let Some(rtt) = srtt {
+                a.seed_rtt(rtt);
             }
+            self.full_sync(idx);
             self.originate(false);
         } else if before == LinkState::Up {
             self.link_went_down(now, idx);
         }
     }
 
-    fn link_went_down(&mut self, _now: Instant, idx: usize) {
+    /// The link stopped being usable: withdraw it from routing and send what its ARQ held
+    /// along the new routes, so nothing waits for end-to-end recovery.
+    fn link_went_down(&mut self, now: Instant, idx: usize) {
         let nbr = &mut self.neighbors[idx];
         nbr.up_since = None;
         nbr.announced_cost = 0;
         nbr.flood.clear();
+        let stranded = nbr.arq.as_mut().map(|a| a.take_all()).unwrap_or_default();
         self.originate(false);
+        self.recompute_routes();
+        if !stranded.is_empty() {
+            debug!(packets = stranded.len(), "rerouting packets of a dead link");
+            self.counters.rerouted += stranded.len() as u64;
+        }
+        for (_, packet) in stranded {
+            self.forward(now, None, packet);
+        }
     }
 
     fn send_hello(&mut self, now: Instant, idx: usize) {
@@ -503,7 +575,7 @@ impl Node {
         self.send_to(idx, buf);
     }
 
-    fn send_to(&mut self, idx: usize, payload: Vec<u8>) {
+    pub(super) fn send_to(&mut self, idx: usize, payload: Vec<u8>) {
         let nbr = &mut self.neighbors[idx];
         if nbr.cut {
             self.counters.dropped_cut += 1;
@@ -517,287 +589,9 @@ impl Node {
         });
     }
 
-    // ----- flooding -----------------------------------------------------------------------
-
-    /// Rebuilds our advert from the Up links and floods it if it changed.
-    fn originate(&mut self, force: bool) {
-        let links: Vec<(NodeId, u32)> = self
-            .neighbors
-            .iter()
-            .filter(|n| n.state == LinkState::Up && !n.cut)
-            .filter_map(|n| n.id.map(|id| (id, n.announced_cost.max(1))))
-            .collect();
-        if let Some(advert) = self.lsdb.originate(links, force) {
-            debug!(
-                seq = advert.seq,
-                links = advert.links.len(),
-                "originate link state"
-            );
-            self.flood_advert(&advert, None);
-        }
-    }
-
-    fn push_advert(&mut self, idx: usize, advert: &LinkStateAdvert) {
-        let mut bytes = Vec::new();
-        advert.encode(&mut bytes);
-        self.neighbors[idx].flood.push(advert.id(), bytes);
-    }
-
-    /// Queue `advert` for every Up neighbour except `except` (where it came from).
-    fn flood_advert(&mut self, advert: &LinkStateAdvert, except: Option<usize>) {
-        for idx in 0..self.neighbors.len() {
-            if Some(idx) != except && self.neighbors[idx].state == LinkState::Up {
-                self.push_advert(idx, advert);
-            }
-        }
-    }
-
-    fn on_state(&mut self, now: Instant, idx: usize, body: &[u8]) {
-        let records = match wire::decode_state(body) {
-            Ok(r) => r,
-            Err(_) => {
-                self.counters.malformed += 1;
-                return;
-            }
-        };
-        let mut acks = Vec::with_capacity(records.len());
-        for (kind, bytes) in records {
-            match kind {
-                StateKind::LinkState => {
-                    let Ok(advert) = LinkStateAdvert::decode(bytes) else {
-                        self.counters.malformed += 1;
-                        continue;
-                    };
-                    acks.push(advert.id());
-                    match self.lsdb.apply(advert.clone()) {
-                        Applied::Newer => self.flood_advert(&advert, Some(idx)),
-                        Applied::Same => {}
-                        Applied::Older => {
-                            if let Some(ours) = self.lsdb.get(advert.origin).cloned() {
-                                self.push_advert(idx, &ours);
-                            }
-                        }
-                        Applied::OwnStale => self.originate(true),
-                    }
-                }
-                StateKind::Membership => {
-                    // Group membership records arrive with the multicast work; until then
-                    // they are acknowledged (so senders stop resending) and counted.
-                    self.counters.unsupported += 1;
-                }
-            }
-        }
-        if !acks.is_empty() {
-            let mut buf = Vec::with_capacity(HEADER_LEN + 2 + acks.len() * wire::STATE_ID_LEN);
-            let mut w = Writer::new(&mut buf);
-            Header::new(PacketKind::StateAck, self.cfg.id, self.incarnation).encode(&mut w);
-            wire::encode_acks(&acks, &mut w);
-            self.send_to(idx, buf);
-        }
-        let _ = now;
-    }
-
-    fn flood_rto(nbr: &Neighbor) -> Duration {
-        nbr.srtt().map_or(Duration::from_millis(100), |r| {
-            (r * 3).clamp(Duration::from_millis(20), Duration::from_millis(500))
-        })
-    }
-
-    fn flush_floods(&mut self, now: Instant) {
-        let budget = self.cfg.mtu.saturating_sub(HEADER_LEN + 2);
-        for idx in 0..self.neighbors.len() {
-            let nbr = &mut self.neighbors[idx];
-            if nbr.state != LinkState::Up || nbr.cut || nbr.flood.is_empty() {
-                continue;
-            }
-            let rto = Self::flood_rto(nbr);
-            for batch in nbr.flood.due(now, rto, budget) {
-                let mut buf = Vec::with_capacity(self.cfg.mtu);
-                let mut w = Writer::new(&mut buf);
-                Header::new(PacketKind::State, self.cfg.id, self.incarnation).encode(&mut w);
-                let refs: Vec<(StateKind, &[u8])> =
-                    batch.iter().map(|(k, b)| (*k, b.as_slice())).collect();
-                wire::encode_state(&refs, &mut w);
-                self.counters.state_packets_sent += 1;
-                self.send_to(idx, buf);
-            }
-        }
-    }
-
-    fn next_flood_due(&self) -> Option<Instant> {
-        self.neighbors
-            .iter()
-            .filter(|n| n.state == LinkState::Up && !n.cut)
-            .filter_map(|n| n.flood.next_due(Self::flood_rto(n)))
-            .min()
-    }
-
-    // ----- routing and forwarding ---------------------------------------------------------
-
-    fn after_input(&mut self, now: Instant) {
+    pub(super) fn after_input(&mut self, now: Instant) {
         self.flush_floods(now);
         self.recompute_routes();
-    }
-
-    fn recompute_routes(&mut self) {
-        if self.routes_generation == Some(self.lsdb.generation()) {
-            return;
-        }
-        self.routes_generation = Some(self.lsdb.generation());
-        self.tree = self.lsdb.shortest_paths(self.cfg.id);
-        let hops = self.tree.first_hops();
-        if hops != self.first_hops {
-            debug!(reachable = hops.len(), "routes changed");
-            self.first_hops = hops;
-            self.events.push_back(NodeEvent::RoutesChanged);
-        }
-    }
-
-    fn forget_long_unreachable(&mut self, now: Instant) {
-        let known: Vec<NodeId> = self.known_nodes();
-        for n in known {
-            if self.is_reachable(n) {
-                self.unreachable_since.remove(&n);
-            } else {
-                self.unreachable_since.entry(n).or_insert(now);
-            }
-        }
-        let forget: Vec<NodeId> = self
-            .unreachable_since
-            .iter()
-            .filter(|(_, &t)| now - t >= FORGET_UNREACHABLE)
-            .map(|(n, _)| *n)
-            .collect();
-        if !forget.is_empty() {
-            self.lsdb.retain(|n| !forget.contains(&n));
-            for n in forget {
-                self.unreachable_since.remove(&n);
-            }
-        }
-    }
-
-    /// The Up neighbour to use toward `dst`.
-    fn next_hop(&self, dst: NodeId) -> Option<usize> {
-        let hop = *self.first_hops.get(&dst)?;
-        self.neighbors
-            .iter()
-            .position(|n| n.id == Some(hop) && n.state == LinkState::Up && !n.cut)
-    }
-
-    /// Delivers or forwards a routed packet (`from`: the neighbour it came from, None if local).
-    fn forward(&mut self, now: Instant, from: Option<usize>, mut packet: Vec<u8>) {
-        let header = match RoutedHeader::decode(&packet) {
-            Ok((h, _)) => h,
-            Err(_) => {
-                self.counters.malformed += 1;
-                return;
-            }
-        };
-        if header.dst.node == self.cfg.id {
-            self.deliver_local(now, &packet);
-            return;
-        }
-        if from.is_some() {
-            if header.ttl <= 1 {
-                self.counters.ttl_expired += 1;
-                return;
-            }
-            packet[RoutedHeader::TTL_OFFSET] = header.ttl - 1;
-        }
-        let Some(idx) = self.next_hop(header.dst.node) else {
-            self.counters.no_route += 1;
-            return;
-        };
-        if from.is_some() {
-            self.counters.forwarded += 1;
-        }
-        let mut buf = Vec::with_capacity(HEADER_LEN + packet.len());
-        let mut w = Writer::new(&mut buf);
-        Header::new(PacketKind::Data, self.cfg.id, self.incarnation).encode(&mut w);
-        w.bytes(&packet);
-        self.send_to(idx, buf);
-    }
-
-    fn deliver_local(&mut self, now: Instant, packet: &[u8]) {
-        let Ok((header, body)) = RoutedHeader::decode(packet) else {
-            return;
-        };
-        match header.proto {
-            Proto::Datagram => {
-                let Ok((frag, bytes)) = FragmentHeader::decode(body) else {
-                    self.counters.malformed += 1;
-                    return;
-                };
-                if let Some(payload) = self.reassembler.add(
-                    now,
-                    header.src,
-                    frag.id,
-                    frag.offset as usize,
-                    frag.total as usize,
-                    bytes,
-                ) {
-                    self.counters.datagrams_delivered += 1;
-                    self.events.push_back(NodeEvent::Datagram {
-                        src: header.src,
-                        dst: header.dst,
-                        payload,
-                    });
-                }
-            }
-            Proto::Session => {
-                self.counters.unsupported += 1;
-            }
-        }
-    }
-
-    // ----- status -------------------------------------------------------------------------
-
-    pub fn status(&self, now: Instant) -> NodeStatus {
-        let neighbors = self
-            .neighbors
-            .iter()
-            .map(|n| NeighborStatus {
-                addr: n.addr.to_string(),
-                node: n.id,
-                state: n.state,
-                rtt_ms: n.srtt().map(|d| d.as_secs_f64() * 1e3),
-                min_rtt_ms: n.min_rtt().map(|d| d.as_secs_f64() * 1e3),
-                hello_loss: n.hello_loss,
-                cost: (n.state == LinkState::Up).then_some(n.announced_cost),
-                cut: n.cut,
-                up_for_ms: n.up_since.map(|t| (now - t).as_millis() as u64),
-                emulation: n.emulator.as_ref().map(|e| (*e.params(), e.counters)),
-                packets_in: n.packets_in,
-                packets_out: n.packets_out,
-                bytes_in: n.bytes_in,
-                bytes_out: n.bytes_out,
-                flood_pending: n.flood.len(),
-            })
-            .collect();
-        let routes = self
-            .first_hops
-            .iter()
-            .map(|(dst, hop)| RouteStatus {
-                dst: *dst,
-                next_hop: *hop,
-                cost: self.tree.dist(*dst).unwrap_or(u64::MAX),
-                path: self.tree.path(*dst).unwrap_or_default(),
-            })
-            .collect();
-        let mut counters = self.counters;
-        counters.reassembly = self.reassembler.counters;
-        NodeStatus {
-            node: self.cfg.id,
-            incarnation: self.incarnation,
-            metric: self.cfg.metric,
-            emulation: self.cfg.emulation,
-            uptime_ms: (now - self.started).as_millis() as u64,
-            hello_interval_ms: self.cfg.hello_interval.as_millis() as u64,
-            dead_interval_ms: self.cfg.dead_interval.as_millis() as u64,
-            neighbors,
-            routes,
-            known_nodes: self.known_nodes(),
-            counters,
-        }
+        self.pump_sessions(now);
     }
 }

@@ -3,8 +3,10 @@
 use crate::overlay::emulation::{EmulationCounters, LinkParams};
 use crate::overlay::fragment::ReassemblyCounters;
 use crate::overlay::neighbor::{LinkState, Metric};
+use crate::overlay::node::Node;
+use crate::overlay::sessions::SessionSummary;
 use serde::Serialize;
-use weft_core::NodeId;
+use weft_core::{Instant, NodeId};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NeighborStatus {
@@ -48,6 +50,11 @@ pub struct Counters {
     pub neighbors_declared_dead: u64,
     pub neighbor_restarts: u64,
     pub state_packets_sent: u64,
+    pub reliable_before_up: u64,
+    pub rerouted: u64,
+    pub ce_marked: u64,
+    pub dropped_backpressure: u64,
+    pub sessions_refused: u64,
     pub reassembly: ReassemblyCounters,
 }
 
@@ -63,5 +70,62 @@ pub struct NodeStatus {
     pub neighbors: Vec<NeighborStatus>,
     pub routes: Vec<RouteStatus>,
     pub known_nodes: Vec<NodeId>,
+    pub listeners: Vec<u16>,
+    pub sessions: Vec<SessionSummary>,
     pub counters: Counters,
+}
+
+impl Node {
+    // ----- status -------------------------------------------------------------------------
+
+    pub fn status(&self, now: Instant) -> NodeStatus {
+        let neighbors = self
+            .neighbors
+            .iter()
+            .map(|n| NeighborStatus {
+                addr: n.addr.to_string(),
+                node: n.id,
+                state: n.state,
+                rtt_ms: n.srtt().map(|d| d.as_secs_f64() * 1e3),
+                min_rtt_ms: n.min_rtt().map(|d| d.as_secs_f64() * 1e3),
+                hello_loss: n.hello_loss,
+                cost: (n.state == LinkState::Up).then_some(n.announced_cost),
+                cut: n.cut,
+                up_for_ms: n.up_since.map(|t| (now - t).as_millis() as u64),
+                emulation: n.emulator.as_ref().map(|e| (*e.params(), e.counters)),
+                packets_in: n.packets_in,
+                packets_out: n.packets_out,
+                bytes_in: n.bytes_in,
+                bytes_out: n.bytes_out,
+                flood_pending: n.flood.len(),
+            })
+            .collect();
+        let routes = self
+            .first_hops
+            .iter()
+            .map(|(dst, hop)| RouteStatus {
+                dst: *dst,
+                next_hop: *hop,
+                cost: self.tree.dist(*dst).unwrap_or(u64::MAX),
+                path: self.tree.path(*dst).unwrap_or_default(),
+            })
+            .collect();
+        let mut counters = self.counters;
+        counters.reassembly = self.reassembler.counters;
+        NodeStatus {
+            node: self.cfg.id,
+            incarnation: self.incarnation,
+            metric: self.cfg.metric,
+            emulation: self.cfg.emulation,
+            uptime_ms: (now - self.started).as_millis() as u64,
+            hello_interval_ms: self.cfg.hello_interval.as_millis() as u64,
+            dead_interval_ms: self.cfg.dead_interval.as_millis() as u64,
+            neighbors,
+            routes,
+            known_nodes: self.known_nodes(),
+            listeners: self.listeners(),
+            sessions: self.session_summaries(),
+            counters,
+        }
+    }
 }

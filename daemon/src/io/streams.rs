@@ -1,0 +1,372 @@
+//! Application streams: each overlay session is bound to the daemon's end of an `AF_UNIX`
+//! socketpair whose other end is the application's fd (via the shim, or the CLI). Bytes move
+//! between the socketpair and the session only as fast as each side takes them, so a slow
+//! reader or a congested path pushes back on that one application, nothing else.
+//!
+//! Connect outcome protocol (see `weft_ipc::control`): the client filled its end with `filler`
+//! bytes before handing ours over; we read them away when the session is established (its fd
+//! turns writable), or read everything, close our end and remember the errno when it fails.
+
+use super::{Daemon, STREAM_BASE};
+use crate::overlay::SessionId;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant as StdInstant};
+use tracing::debug;
+use weft_core::Endpoint;
+use weft_transport::session::{SessionError, SessionEvent};
+
+const CHUNK: usize = 64 * 1024;
+/// How long the outcome of a failed or reset stream stays queryable after we let go of it.
+const OUTCOME_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Connecting,
+    Established,
+}
+
+pub struct AppStream {
+    pub id: SessionId,
+    pub fd: OwnedFd,
+    /// Inode of the application's end (what the shim queries by).
+    pub inode: u64,
+    pub phase: Phase,
+    filler_left: usize,
+    /// Edge-triggered readiness we have not yet exhausted.
+    app_readable: bool,
+    app_writable: bool,
+    /// The application half-closed (we sent FIN).
+    app_eof: bool,
+    /// Bytes taken from the session not yet written to the application.
+    staged: Vec<u8>,
+    staged_at: usize,
+    /// We half-closed toward the application after the peer's FIN.
+    fin_delivered: bool,
+    /// Every holder of the application's end has closed it.
+    app_closed: bool,
+}
+
+/// Outcome of streams we no longer hold (failed connects, resets), by inode.
+pub struct Outcome {
+    pub errno: i32,
+    pub expires: StdInstant,
+}
+
+pub fn inode_of(fd: RawFd) -> Option<u64> {
+    // SAFETY: fstat into a zeroed stat buffer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd, &mut st) == 0).then_some(st.st_ino)
+    }
+}
+
+pub fn set_nonblocking(fd: RawFd) {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// `socketpair(AF_UNIX, SOCK_STREAM)`: (ours, theirs), both close-on-exec, ours non-blocking.
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid out-array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and ours.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    set_nonblocking(a.as_raw_fd());
+    Ok((a, b))
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: reading into a valid buffer.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: writing from a valid buffer; MSG_NOSIGNAL so a gone peer is EPIPE, not SIGPIPE.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+pub fn errno_of(e: SessionError) -> i32 {
+    match e {
+        SessionError::Refused => libc::ECONNREFUSED,
+        SessionError::TimedOut => libc::ETIMEDOUT,
+        SessionError::Unreachable => libc::EHOSTUNREACH,
+        SessionError::Reset => libc::ECONNRESET,
+    }
+}
+
+impl Daemon {
+    /// Binds a session to the daemon's end of a socketpair.
+    pub(super) fn attach_stream(
+        &mut self,
+        id: SessionId,
+        fd: OwnedFd,
+        inode: u64,
+        phase: Phase,
+        filler: usize,
+    ) -> io::Result<()> {
+        set_nonblocking(fd.as_raw_fd());
+        let key = self.next_stream;
+        self.next_stream += 1;
+        self.poll.registry().register(
+            &mut SourceFd(&fd.as_raw_fd()),
+            Token(STREAM_BASE + key as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.streams.insert(
+            key,
+            AppStream {
+                id,
+                fd,
+                inode,
+                phase,
+                filler_left: filler,
+                app_readable: true,
+                app_writable: true,
+                app_eof: false,
+                staged: Vec::new(),
+                staged_at: 0,
+                fin_delivered: false,
+                app_closed: false,
+            },
+        );
+        self.stream_by_session.insert(id, key);
+        self.stream_by_inode.insert(inode, key);
+        self.dirty_streams.insert(key);
+        Ok(())
+    }
+
+    fn detach_stream(&mut self, key: u64) -> Option<AppStream> {
+        let s = self.streams.remove(&key)?;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&s.fd.as_raw_fd()));
+        self.stream_by_session.remove(&s.id);
+        self.stream_by_inode.remove(&s.inode);
+        self.dirty_streams.remove(&key);
+        Some(s)
+    }
+
+    /// The session failed or was reset: the application sees end of file (and EPIPE on
+    /// write); the shim's SO_ERROR reports `errno`.
+    fn fail_stream(&mut self, key: u64, errno: i32) {
+        let Some(s) = self.detach_stream(key) else {
+            return;
+        };
+        // Read away filler and unsent data first: closing with unread bytes would turn the
+        // application's view into ECONNRESET instead of a clean end of file.
+        let mut buf = vec![0u8; CHUNK];
+        while matches!(read_fd(s.fd.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+        self.outcomes.insert(
+            s.inode,
+            Outcome {
+                errno,
+                expires: StdInstant::now() + OUTCOME_TTL,
+            },
+        );
+        debug!(session = s.id, errno, "stream failed");
+    }
+
+    /// Readiness on the daemon's end of an application stream. `hung_up` (EPOLLHUP) means
+    /// every holder of the application's end closed it; what it wrote before is still ours
+    /// to read and forward.
+    pub(super) fn stream_event(&mut self, key: u64, readable: bool, writable: bool, hung_up: bool) {
+        let Some(s) = self.streams.get_mut(&key) else {
+            return;
+        };
+        s.app_readable |= readable || hung_up;
+        s.app_writable |= writable;
+        s.app_closed |= hung_up;
+        self.dirty_streams.insert(key);
+    }
+
+    /// What the node said about sessions: mark their streams for service.
+    pub(super) fn session_event(&mut self, id: SessionId, event: SessionEvent) {
+        let Some(&key) = self.stream_by_session.get(&id) else {
+            return;
+        };
+        match event {
+            SessionEvent::Connected => {
+                if let Some(s) = self.streams.get_mut(&key) {
+                    s.phase = Phase::Established;
+                }
+            }
+            SessionEvent::Failed(e) => return self.fail_stream(key, errno_of(e)),
+            SessionEvent::Readable
+            | SessionEvent::Writable
+            | SessionEvent::PeerFinished
+            | SessionEvent::Closed => {}
+        }
+        self.dirty_streams.insert(key);
+    }
+
+    /// Moves bytes both ways for every stream that may have work.
+    pub(super) fn service_streams(&mut self) {
+        for _ in 0..16 {
+            let dirty: BTreeSet<u64> = std::mem::take(&mut self.dirty_streams);
+            if dirty.is_empty() {
+                return;
+            }
+            for key in dirty {
+                self.service_stream(key);
+            }
+            self.drain_node();
+        }
+    }
+
+    fn service_stream(&mut self, key: u64) {
+        let now = self.clock.now();
+        let Some(mut s) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let (id, fd) = (s.id, s.fd.as_raw_fd());
+        if s.phase == Phase::Connecting {
+            if s.app_closed {
+                // Closed before the handshake finished: abandon the attempt.
+                self.detach_stream(key);
+                self.node.session_release(now, id);
+            }
+            return;
+        }
+        // The handshake is done: take the filler away, which makes the app's fd writable.
+        while s.filler_left > 0 {
+            let want = s.filler_left.min(self.scratch.len());
+            match read_fd(fd, &mut self.scratch[..want]) {
+                Ok(n) if n > 0 => s.filler_left -= n,
+                _ => break,
+            }
+        }
+        // Session → application.
+        while !s.app_closed && s.app_writable {
+            if s.staged_at < s.staged.len() {
+                match write_fd(fd, &s.staged[s.staged_at..]) {
+                    Ok(n) => s.staged_at += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.app_writable = false,
+                    Err(_) => s.app_closed = true,
+                }
+                continue;
+            }
+            let mut staged = std::mem::take(&mut s.staged);
+            staged.resize(CHUNK, 0);
+            let n = self.node.session_read(now, id, &mut staged);
+            staged.truncate(n);
+            let Some(again) = self.streams.get_mut(&key) else {
+                return;
+            };
+            s = again;
+            s.staged = staged;
+            s.staged_at = 0;
+            if n == 0 {
+                break;
+            }
+        }
+        if !s.app_closed
+            && s.staged_at >= s.staged.len()
+            && !s.fin_delivered
+            && self.node.session_peer_finished(id)
+        {
+            // SAFETY: half-closing our own socket: the application reads end of file.
+            unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+            s.fin_delivered = true;
+        }
+        // Application → session.
+        while s.app_readable && !s.app_eof {
+            let cap = self.node.session_send_capacity(id).min(self.scratch.len());
+            if cap == 0 {
+                break;
+            }
+            match read_fd(fd, &mut self.scratch[..cap]) {
+                Ok(0) => s.app_eof = true,
+                Ok(n) => {
+                    self.node.session_write(now, id, &self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.app_readable = false,
+                Err(_) => {
+                    s.app_eof = true;
+                    s.app_closed = true;
+                }
+            }
+            let Some(again) = self.streams.get_mut(&key) else {
+                return;
+            };
+            s = again;
+            if s.app_eof && !s.app_closed {
+                // Half-close: the peer reads end of file, we may still deliver to the app.
+                self.node.session_shutdown(now, id);
+                let Some(again) = self.streams.get_mut(&key) else {
+                    return;
+                };
+                s = again;
+            }
+        }
+        if s.app_closed && s.app_eof {
+            // Everything the application wrote is in the session: let it finish (or reset it
+            // if unread data was left, as closing a TCP socket would).
+            self.detach_stream(key);
+            self.node.session_release(now, id);
+            debug!(session = id, "application closed its stream");
+        }
+    }
+
+    /// Drops remembered outcomes nobody asked about in time.
+    pub(super) fn expire_outcomes(&mut self) {
+        let now = StdInstant::now();
+        self.outcomes.retain(|_, o| o.expires > now);
+    }
+
+    /// `ConnectStatus{inode}`.
+    pub(super) fn connect_status(&self, inode: u64) -> Option<Option<i32>> {
+        if let Some(&key) = self.stream_by_inode.get(&inode) {
+            return Some(match self.streams[&key].phase {
+                Phase::Connecting => None,
+                Phase::Established => Some(0),
+            });
+        }
+        self.outcomes.get(&inode).map(|o| Some(o.errno))
+    }
+
+    pub(super) fn stream_session(&self, inode: u64) -> Option<SessionId> {
+        self.stream_by_inode.get(&inode).map(|k| self.streams[k].id)
+    }
+
+    pub(super) fn remote_of(&self, id: SessionId) -> Option<(Endpoint, Endpoint)> {
+        self.node.session_stats(id).map(|(l, r, _)| (l, r))
+    }
+}

@@ -1,1 +1,0 @@
-//! Hop-by-hop reliable link (selective-repeat ARQ with congestion control and fair queueing).

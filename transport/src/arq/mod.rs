@@ -1,0 +1,572 @@
+//! Hop-by-hop reliable link: selective-repeat ARQ between two neighbours, with congestion
+//! control, pacing and per-flow fair queueing. One [`ArqLink`] per neighbour carries both
+//! directions. It is sans-I/O: the daemon feeds it received bodies and the time, and sends
+//! what [`ArqLink::poll_transmit`] returns.
+//!
+//! Packets are handed up the moment they are new, in any order: relays never wait for a hole
+//! to fill (order is restored end to end by the session). Loss is found within about one link
+//! RTT, even for sparse traffic: see `sender.rs` for the two detectors.
+//!
+//! # Wire format
+//! Bodies follow the 16-byte outer header; integers are big-endian.
+//!
+//! `ReliableData` (kind 5): a data packet that also carries the acks for the other direction.
+//! ```text
+//!  u8   flags        bit 0 ACK_NOW: nothing else is queued behind this packet, ack at once;
+//!                    bits 1-3: log2 of how many new packets one ack may cover;
+//!                    other bits are ignored
+//!  u64  seq          per-link, per-direction packet number (never reused, never wraps)
+//!  u32  base_gap     seq − base, where base is the oldest sequence number the sender may
+//!                    still send; the receiver treats everything below base as done
+//!  u32  tx_time      sender's clock in microseconds, modulo 2^32 (echoed back)
+//!  ack  (below)      acknowledgement of the reverse direction, at most 4 ranges
+//!  ...  payload      the routed packet, opaque
+//! ```
+//! `ReliableAck` (kind 6): an ack alone (when there is no data to carry it).
+//! ```text
+//!  u64  cumulative   every sequence number below was received
+//!  u32  window       the receiver accepts sequence numbers below cumulative + window
+//!  u8   flags        bit 0: echo fields valid (the receiver has seen data)
+//!  u32  echo_time    tx_time of the latest-sent data packet received
+//!  u32  echo_delay   microseconds that packet waited before this ack left
+//!  u8   count        number of ranges that follow (≤ 255)
+//!  count × { u32 offset, u32 length }
+//!                    received ranges above `cumulative`, highest first; a range ends at
+//!                    cumulative + offset (the first) or at the previous range's start − offset
+//!                    (offset ≥ 1), and covers the `length` (≥ 1) numbers below its end
+//! ```
+//! The receiver acks at once on a gap, a hole filled, a duplicate or ACK_NOW, otherwise
+//! after the requested number of packets or `max_ack_delay`. Acks never acknowledge acks.
+//! SACK is never reneged (what was acked was handed up), so the sender keeps what it learnt.
+
+mod queues;
+mod ranges;
+mod receiver;
+mod sender;
+mod wire;
+
+use std::time::Duration;
+use weft_core::{DecodeError, Instant, PacketKind};
+
+use crate::cc::{self, Pacer, RttEstimator};
+use queues::FlowQueues;
+use receiver::{Arrival, Receiver};
+use sender::{Blocked, Sender, SenderConfig};
+use wire::{DataHeader, MAX_PIGGYBACK_RANGES, MAX_RANGES};
+
+/// Names the flow a packet belongs to (the daemon hashes the routed packet's endpoints).
+pub type FlowId = u64;
+
+/// Bytes a data body adds to its payload at most (header and piggybacked ack).
+pub const DATA_OVERHEAD: usize =
+    wire::DATA_HEADER_LEN + wire::ACK_FIXED_LEN + wire::RANGE_LEN * MAX_PIGGYBACK_RANGES;
+
+/// Largest window the sequence bookkeeping supports, in packets.
+const MAX_OUTSTANDING_LIMIT: u64 = 1 << 24;
+
+#[derive(Debug, Clone)]
+pub struct ArqConfig {
+    /// Largest payload (routed packet) per ARQ packet, bytes. 1350 leaves room in a 1500-byte
+    /// MTU for IP/UDP (28), the outer header (16), [`DATA_OVERHEAD`] (71) and a 16-byte
+    /// authentication tag. Also the DRR quantum.
+    pub mss: usize,
+    /// Congestion control: CUBIC by default (TCP-friendly), NewReno, or none (experiments).
+    pub cc: cc::Algorithm,
+    /// Initial window, packets (RFC 6928: 10).
+    pub initial_window_packets: u64,
+    /// Ceiling on the congestion window, bytes. 8 MiB covers 1 Gbit/s at 60 ms RTT.
+    pub max_window_bytes: u64,
+    /// Floor on the retransmission timer. 10 ms: far below TCP's 200 ms because a link RTT is
+    /// short and recovery speed is the point; high enough that scheduling hiccups on a loaded
+    /// host rarely fire it on a LAN link.
+    pub min_rto: Duration,
+    /// Ceiling on the retransmission timer after backoff. 1 s: the daemon declares a silent
+    /// neighbour dead well before, so a longer wait would only delay recovery after a heal.
+    pub max_rto: Duration,
+    /// RTT assumed before the first sample (100 ms, WAN-ish); the daemon should call
+    /// [`ArqLink::seed_rtt`] with its hello RTT as soon as it has one.
+    pub initial_rtt: Duration,
+    /// A flow's queue on this link takes no more packets beyond this many bytes (256 KiB).
+    pub flow_queue_limit_bytes: usize,
+    /// A refused flow is reported writable again once its queue drains to this (limit / 4).
+    pub flow_queue_low_water_bytes: usize,
+    /// Longest an ack is held hoping to cover more packets (2 ms). The sender's timer allows
+    /// for it, so it must not exceed the peer's value.
+    pub max_ack_delay: Duration,
+    /// Most packets between the oldest unacknowledged one and the newest sent (65 536);
+    /// also the receive window, so both ends should use the same value.
+    pub max_outstanding_packets: u64,
+    /// Spread each window over an RTT instead of sending it in one burst.
+    pub pacing: bool,
+    /// Packets the pacer lets out back to back (10).
+    pub pacing_burst_packets: u64,
+    /// Loss rate (fraction of packets) the link may see without reading it as congestion,
+    /// while it shows no queueing delay either (0.05). 0 makes every loss a congestion
+    /// signal, as in TCP. See `sender.rs` for why.
+    pub random_loss_tolerance: f64,
+}
+
+impl Default for ArqConfig {
+    fn default() -> Self {
+        let limit = 256 * 1024;
+        ArqConfig {
+            mss: 1350,
+            cc: cc::Algorithm::Cubic,
+            initial_window_packets: 10,
+            max_window_bytes: 8 << 20,
+            min_rto: Duration::from_millis(10),
+            max_rto: Duration::from_secs(1),
+            initial_rtt: Duration::from_millis(100),
+            flow_queue_limit_bytes: limit,
+            flow_queue_low_water_bytes: limit / 4,
+            max_ack_delay: Duration::from_millis(2),
+            max_outstanding_packets: 1 << 16,
+            pacing: true,
+            pacing_burst_packets: 10,
+            random_loss_tolerance: 0.05,
+        }
+    }
+}
+
+impl ArqConfig {
+    /// Largest body [`ArqLink::poll_transmit`] produces.
+    pub fn max_body_len(&self) -> usize {
+        self.mss.max(1) + DATA_OVERHEAD
+    }
+
+    /// The same settings with contradictions resolved, so no setting can break the link.
+    fn sanitized(mut self) -> Self {
+        self.mss = self.mss.max(1);
+        self.initial_window_packets = self.initial_window_packets.max(1);
+        self.max_window_bytes = self.max_window_bytes.max(2 * self.mss as u64);
+        self.max_rto = self.max_rto.max(self.min_rto);
+        self.flow_queue_low_water_bytes = self
+            .flow_queue_low_water_bytes
+            .min(self.flow_queue_limit_bytes);
+        self.max_outstanding_packets = self.max_outstanding_packets.clamp(2, MAX_OUTSTANDING_LIMIT);
+        self.pacing_burst_packets = self.pacing_burst_packets.max(1);
+        if !(0.0..=1.0).contains(&self.random_loss_tolerance) {
+            self.random_loss_tolerance = if self.random_loss_tolerance > 1.0 {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        self
+    }
+
+    fn build_cc(&self) -> Box<dyn cc::CongestionControl> {
+        self.cc.build(
+            self.mss as u64,
+            self.initial_window_packets,
+            self.max_window_bytes,
+        )
+    }
+
+    fn build_pacer(&self) -> Pacer {
+        Pacer::new(self.pacing_burst_packets * self.mss as u64)
+    }
+}
+
+/// `enqueue` refused a packet; it comes back to the caller untouched.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Backpressure {
+    pub packet: Vec<u8>,
+    pub reason: Refusal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The flow's queue is over `flow_queue_limit_bytes`; wait for `poll_writable`.
+    QueueFull,
+    /// Longer than `mss`: it can never be sent on this link.
+    TooLarge,
+}
+
+/// Counters and estimates for `weft status` and tests. Counters only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ArqStats {
+    pub srtt: Duration,
+    pub rttvar: Duration,
+    pub min_rtt: Duration,
+    /// Current retransmission timeout, after backoff.
+    pub rto: Duration,
+    pub cwnd: u64,
+    pub ssthresh: u64,
+    pub in_slow_start: bool,
+    pub in_flight_bytes: u64,
+    pub in_flight_packets: u64,
+    /// Packets sent and not yet known delivered (in flight, lost or awaiting retransmission).
+    pub unacked_packets: u64,
+    pub queued_bytes: u64,
+    pub queued_packets: u64,
+    pub queued_flows: u64,
+    /// New data packets sent (retransmissions not included).
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub retransmissions: u64,
+    /// Data packets the peer acknowledged.
+    pub packets_acked: u64,
+    /// Standalone `ReliableAck` bodies sent.
+    pub acks_sent: u64,
+    /// Ack blocks processed (standalone or piggybacked).
+    pub acks_received: u64,
+    /// New data packets received and handed up.
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    /// Received again after the first copy (suppressed).
+    pub duplicates: u64,
+    /// Losses found by SACK (a later-sent packet arrived first).
+    pub losses_by_sack: u64,
+    /// Losses found by the retransmission timer.
+    pub losses_by_timer: u64,
+    /// Times the retransmission timer expired.
+    pub timeouts: u64,
+    /// Losses read as congestion (the others were taken for random loss).
+    pub congestion_events: u64,
+    /// Recent fraction of packets lost, in parts per million.
+    pub loss_rate_ppm: u64,
+    /// Holes in the receive sequence right now.
+    pub receive_gaps: u64,
+    pub drops: ArqDrops,
+}
+
+/// What was thrown away, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ArqDrops {
+    /// Bodies that did not decode.
+    pub malformed: u64,
+    /// Data too far ahead of the receive window.
+    pub beyond_window: u64,
+    /// Acks naming packets never sent (ignored).
+    pub invalid_acks: u64,
+    /// `enqueue` refusals because a flow queue was full.
+    pub backpressure: u64,
+    /// `enqueue` refusals because the packet exceeded `mss`.
+    pub too_large: u64,
+}
+
+/// The reliable link to one neighbour, both directions.
+#[derive(Debug)]
+pub struct ArqLink {
+    cfg: ArqConfig,
+    sender: Sender,
+    receiver: Receiver,
+    queues: FlowQueues,
+    /// The pacer held data back until then (cleared whenever `poll_transmit` runs).
+    pacing_until: Option<Instant>,
+    /// The latest time any call brought (for `take_all`, which is not told the time).
+    last_now: Instant,
+    acks_sent: u64,
+    drops: ArqDrops,
+}
+
+impl ArqLink {
+    pub fn new(cfg: ArqConfig, now: Instant) -> Self {
+        let cfg = cfg.sanitized();
+        let sender = Sender::new(
+            SenderConfig {
+                min_rto: cfg.min_rto,
+                max_rto: cfg.max_rto,
+                max_ack_delay: cfg.max_ack_delay,
+                max_outstanding: cfg.max_outstanding_packets,
+                pacing: cfg.pacing,
+                mss: cfg.mss as u64,
+                random_loss_tolerance: cfg.random_loss_tolerance,
+            },
+            RttEstimator::new(cfg.initial_rtt),
+            cfg.build_cc(),
+            cfg.build_pacer(),
+            now,
+        );
+        ArqLink {
+            receiver: Receiver::new(cfg.max_outstanding_packets, cfg.max_ack_delay),
+            queues: FlowQueues::new(
+                cfg.mss,
+                cfg.flow_queue_limit_bytes,
+                cfg.flow_queue_low_water_bytes,
+            ),
+            sender,
+            pacing_until: None,
+            last_now: now,
+            acks_sent: 0,
+            drops: ArqDrops::default(),
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &ArqConfig {
+        &self.cfg
+    }
+
+    /// Queues an opaque packet (≤ mss) on `flow`. Refused, and returned, when that flow's
+    /// queue is full (`poll_writable` names it once it drains) or the packet is too large;
+    /// other flows are unaffected.
+    pub fn enqueue(&mut self, flow: FlowId, packet: Vec<u8>) -> Result<(), Backpressure> {
+        if packet.len() > self.cfg.mss {
+            self.drops.too_large += 1;
+            return Err(Backpressure {
+                packet,
+                reason: Refusal::TooLarge,
+            });
+        }
+        self.queues.push(flow, packet).map_err(|packet| {
+            self.drops.backpressure += 1;
+            Backpressure {
+                packet,
+                reason: Refusal::QueueFull,
+            }
+        })
+    }
+
+    pub fn flow_queued_bytes(&self, flow: FlowId) -> usize {
+        self.queues.flow_bytes(flow)
+    }
+
+    /// An ARQ body from the neighbour (after the outer header, whose kind is `kind`). Returns
+    /// the carried packet if it is new; duplicates are suppressed. Malformed bodies change
+    /// nothing and are counted.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        kind: PacketKind,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, DecodeError> {
+        self.observe(now);
+        match kind {
+            PacketKind::ReliableData => {
+                let frame = wire::decode_data(body).inspect_err(|_| self.drops.malformed += 1)?;
+                self.sender.on_ack(now, &frame.ack);
+                match self
+                    .receiver
+                    .on_data(now, &frame.header, frame.payload.len())
+                {
+                    Arrival::New => Ok(Some(frame.payload.to_vec())),
+                    Arrival::Duplicate | Arrival::BeyondWindow => Ok(None),
+                }
+            }
+            PacketKind::ReliableAck => {
+                let ack = wire::decode_ack(body).inspect_err(|_| self.drops.malformed += 1)?;
+                self.sender.on_ack(now, &ack);
+                Ok(None)
+            }
+            other => {
+                self.drops.malformed += 1;
+                Err(DecodeError::UnknownKind(other as u8))
+            }
+        }
+    }
+
+    /// The next body to send now, if any: a retransmission, new data (DRR across flows), or
+    /// a standalone ack; respecting the congestion window and the pacer. Call it until it
+    /// returns `None` after every `enqueue`, `handle_packet` and `handle_timeout`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<(PacketKind, Vec<u8>)> {
+        let mut body = Vec::new();
+        self.poll_transmit_into(now, &mut body)
+            .map(|kind| (kind, body))
+    }
+
+    /// As [`poll_transmit`](Self::poll_transmit), appending the body to `out` (which may
+    /// already hold the outer header) to spare a copy.
+    pub fn poll_transmit_into(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<PacketKind> {
+        self.observe(now);
+        self.pacing_until = None;
+        if let Some(len) = self.sender.peek_lost() {
+            if self.may_send(now, len) {
+                self.send_retransmission(now, out);
+                return Some(PacketKind::ReliableData);
+            }
+        } else if let Some(len) = self
+            .queues
+            .peek_len()
+            .filter(|_| self.sender.can_send_new())
+        {
+            if self.may_send(now, len as u64) {
+                self.send_new(now, out);
+                return Some(PacketKind::ReliableData);
+            }
+        }
+        if self.receiver.ack_due(now) {
+            let max_ranges =
+                ((self.cfg.max_body_len() - wire::ACK_FIXED_LEN) / wire::RANGE_LEN).min(MAX_RANGES);
+            let ack = self.receiver.take_ack(now, max_ranges);
+            wire::encode_ack(out, &ack);
+            self.acks_sent += 1;
+            return Some(PacketKind::ReliableAck);
+        }
+        None
+    }
+
+    fn observe(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+
+    fn may_send(&mut self, now: Instant, len: u64) -> bool {
+        match self.sender.check_send(now, len) {
+            Ok(()) => true,
+            Err(Blocked::PacedUntil(at)) => {
+                self.pacing_until = Some(at);
+                false
+            }
+            Err(Blocked::Window) => false,
+        }
+    }
+
+    /// Nothing else waits to be sent, so the peer's prompt ack is what we wait for next.
+    fn nothing_left(&mut self) -> bool {
+        self.queues.is_empty() && self.sender.peek_lost().is_none()
+    }
+
+    /// The window is not what limits us: acks for this packet say nothing about capacity.
+    fn app_limited(&mut self, len: u64) -> bool {
+        self.nothing_left() && self.sender.in_flight().0 + len < self.sender.cc().window()
+    }
+
+    fn send_retransmission(&mut self, now: Instant, out: &mut Vec<u8>) {
+        let len = self.sender.peek_lost().unwrap_or(0);
+        let app_limited = self.app_limited(len);
+        let Some(seq) = self.sender.retransmit(now, app_limited) else {
+            return;
+        };
+        // A repair is worth an immediate ack: the sender learns at once whether it landed.
+        self.write_data(now, seq, true, out);
+    }
+
+    fn send_new(&mut self, now: Instant, out: &mut Vec<u8>) {
+        let Some(held) = self.queues.pop() else {
+            return;
+        };
+        let len = held.packet.len() as u64;
+        let app_limited = self.app_limited(len);
+        let ack_now = self.nothing_left();
+        let seq = self.sender.send_new(now, held, app_limited);
+        self.write_data(now, seq, ack_now, out);
+    }
+
+    fn write_data(&mut self, now: Instant, seq: u64, ack_now: bool, out: &mut Vec<u8>) {
+        let ack = self.receiver.take_ack(now, MAX_PIGGYBACK_RANGES);
+        let header = DataHeader {
+            ack_now,
+            ack_every: self.sender.ack_every(),
+            seq,
+            base: self.sender.base(),
+            tx_time_us: now.as_micros() as u32,
+        };
+        wire::encode_data(out, &header, &ack, self.sender.payload(seq));
+    }
+
+    /// When to call `handle_timeout` (and then `poll_transmit`) next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let paced = self
+            .pacing_until
+            .filter(|_| !self.queues.is_empty() || self.sender.has_lost());
+        weft_core::time::earliest(
+            weft_core::time::earliest(self.sender.loss_timeout(), self.receiver.ack_timeout()),
+            paced,
+        )
+    }
+
+    /// Runs the loss timers; afterwards drain `poll_transmit`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe(now);
+        self.sender.on_timeout(now);
+    }
+
+    /// Flows whose queue fell below the low-water mark since the last call (resume feeding).
+    pub fn poll_writable(&mut self) -> Option<FlowId> {
+        self.queues.pop_writable()
+    }
+
+    /// On link death: every queued or unacknowledged packet with its flow, oldest first (in
+    /// the order they were enqueued, across flows). The link is left empty and usable: sequence
+    /// numbers continue and the peer is told to skip the abandoned ones. Packets the peer
+    /// received but could not acknowledge before the link died are included (the end-to-end
+    /// session drops such duplicates).
+    pub fn take_all(&mut self) -> Vec<(FlowId, Vec<u8>)> {
+        let mut all = self.sender.take_outstanding(
+            self.cfg.build_cc(),
+            self.cfg.build_pacer(),
+            self.last_now,
+        );
+        all.extend(self.queues.drain_all());
+        all.sort_unstable_by_key(|held| held.order);
+        self.pacing_until = None;
+        all.into_iter()
+            .map(|held| (held.flow, held.packet))
+            .collect()
+    }
+
+    /// The neighbour restarted (new incarnation): forget both directions' sequence state and
+    /// the RTT; packets still held (queued or unacknowledged) stay and are sent afresh. The
+    /// daemon must call this whenever the peer's incarnation changes, or the fresh peer's
+    /// packets would look like old duplicates.
+    pub fn reset(&mut self, now: Instant) {
+        self.observe(now);
+        let mut held =
+            self.sender
+                .take_outstanding(self.cfg.build_cc(), self.cfg.build_pacer(), now);
+        held.extend(self.queues.drain_all());
+        held.sort_unstable_by_key(|held| held.order);
+        self.queues.requeue(held);
+        self.sender
+            .reset_rtt(RttEstimator::new(self.cfg.initial_rtt));
+        self.receiver.reset();
+        self.pacing_until = None;
+    }
+
+    /// An RTT measured elsewhere (hellos); used only until the link has its own sample.
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        self.sender.seed_rtt(rtt);
+    }
+
+    /// Nothing queued, unacknowledged or owed to the peer.
+    pub fn is_idle(&self) -> bool {
+        self.queues.is_empty()
+            && self.sender.outstanding() == 0
+            && self.receiver.ack_timeout().is_none()
+    }
+
+    pub fn stats(&self) -> ArqStats {
+        let rtt = self.sender.rtt();
+        let cc = self.sender.cc();
+        let (in_flight_bytes, in_flight_packets) = self.sender.in_flight();
+        let (queued_bytes, queued_packets) = self.queues.totals();
+        let s = &self.sender.counters;
+        let r = &self.receiver.counters;
+        ArqStats {
+            srtt: rtt.srtt(),
+            rttvar: rtt.rttvar(),
+            min_rtt: rtt.min_rtt(),
+            rto: self.sender.rto(),
+            cwnd: cc.window(),
+            ssthresh: cc.ssthresh(),
+            in_slow_start: cc.in_slow_start(),
+            in_flight_bytes,
+            in_flight_packets,
+            unacked_packets: self.sender.unacked() as u64,
+            queued_bytes: queued_bytes as u64,
+            queued_packets: queued_packets as u64,
+            queued_flows: self.queues.flow_count() as u64,
+            packets_sent: s.packets_sent,
+            bytes_sent: s.bytes_sent,
+            retransmissions: s.retransmissions,
+            packets_acked: s.packets_acked,
+            acks_sent: self.acks_sent,
+            acks_received: s.acks_processed,
+            packets_received: r.packets,
+            bytes_received: r.bytes,
+            duplicates: r.duplicates,
+            losses_by_sack: s.losses_by_sack,
+            losses_by_timer: s.losses_by_timer,
+            timeouts: s.timeouts,
+            congestion_events: s.congestion_events,
+            loss_rate_ppm: (self.sender.loss_rate() * 1e6) as u64,
+            receive_gaps: self.receiver.gap_count() as u64,
+            drops: ArqDrops {
+                beyond_window: r.beyond_window,
+                invalid_acks: s.invalid_acks,
+                ..self.drops.clone()
+            },
+        }
+    }
+}

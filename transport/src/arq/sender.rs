@@ -1,0 +1,633 @@
+//! Send half of a link: the record of every unacknowledged packet, ack processing, loss
+//! detection and congestion control.
+//!
+//! Loss is detected two ways, both in about one link round trip:
+//! - *By time-ordered SACK (RACK, RFC 8985).* Each data packet carries the sender's clock; the
+//!   receiver echoes the stamp of the latest-sent packet it got. A packet sent more than a
+//!   reordering window before a delivered one, and still unacknowledged one RTT after that, is
+//!   lost. Retransmissions are covered as well as originals, because the echo names the
+//!   transmission, not the sequence number.
+//! - *By a timer.* The oldest packet in flight is lost once `srtt + max(4·rttvar, 1 ms) +
+//!   max_ack_delay` passed since it left and since the last ack that made progress (the
+//!   restart of RFC 6298 §5.3). This repairs sparse traffic (a message every 20 ms): no later
+//!   packet needs to arrive first, and the previous message's ack came before this one left,
+//!   so the timer runs from the send. In bulk, acks keep restarting it, which matters: packets
+//!   released together by one ack leave the bottleneck one after another, so the last of a
+//!   burst is acked a few serialisation times later than the RTT sample (taken on the first)
+//!   predicts. Consecutive expiries without progress back off exponentially; the first counts
+//!   as one congestion event, a second one in a row collapses the window (RFC 5681).
+//!
+//! Not every loss is congestion. A TCP-like response to 1 % random loss on a 20 ms link caps
+//! the window near 12 packets (about 6.6 Mbit/s), so a lossy overlay link could never be
+//! filled. A loss therefore reduces the window only when the path shows congestion: queueing
+//! delay (smoothed RTT above the minimum by a quarter of it, at least 2 ms) or a recent loss
+//! rate above `random_loss_tolerance` (like BBRv2's loss threshold). At a shared bottleneck
+//! whose queue fills, losses coincide with queueing delay and the link backs off like CUBIC or
+//! NewReno; a second timer expiry in a row always collapses the window.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+use weft_core::Instant;
+
+use super::queues::Held;
+use super::ranges::SeqRanges;
+use super::wire::{AckFrame, Echo};
+use super::FlowId;
+use crate::cc::{CongestionControl, Pacer, RttEstimator};
+
+const RTO_GRANULARITY: Duration = Duration::from_millis(1);
+const MIN_REORDER_WINDOW: Duration = Duration::from_micros(250);
+const MAX_BACKOFF_SHIFT: u32 = 16;
+/// Echoes claiming a send time further back than this are nonsense and ignored.
+const MAX_ECHO_AGE: Duration = Duration::from_secs(60);
+/// Queueing delay below this never marks a loss as congestion (timer and jitter noise).
+const MIN_QUEUE_SIGNAL: Duration = Duration::from_millis(2);
+/// Weight of one packet in the loss-rate average (about the last 128 packets).
+const LOSS_RATE_GAIN: f64 = 1.0 / 128.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    InFlight,
+    /// Declared lost, waiting in `lost` for a retransmission.
+    Lost,
+    /// Reported received by SACK (never reneged: the peer handed it up already).
+    Sacked,
+}
+
+#[derive(Debug)]
+struct Slot {
+    flow: FlowId,
+    /// Place in the link's enqueue order (see `Held`).
+    order: u64,
+    /// Emptied once the packet is known delivered.
+    payload: Vec<u8>,
+    len: u64,
+    state: SlotState,
+    last_sent: Instant,
+    transmissions: u32,
+    /// Sent while the link had nothing else to send: its ack must not grow the window.
+    app_limited: bool,
+}
+
+/// One transmission, in send order; stale once its packet is acked, lost or sent again.
+#[derive(Debug, Clone, Copy)]
+struct Transmission {
+    at: Instant,
+    seq: u64,
+    number: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SenderCounters {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub retransmissions: u64,
+    pub acks_processed: u64,
+    pub invalid_acks: u64,
+    pub losses_by_sack: u64,
+    pub losses_by_timer: u64,
+    pub timeouts: u64,
+    pub packets_acked: u64,
+    /// Losses read as congestion (the window was offered a reduction).
+    pub congestion_events: u64,
+}
+
+/// Timer and window settings the sender needs from `ArqConfig`.
+#[derive(Debug, Clone)]
+pub(crate) struct SenderConfig {
+    pub min_rto: Duration,
+    pub max_rto: Duration,
+    pub max_ack_delay: Duration,
+    pub max_outstanding: u64,
+    pub pacing: bool,
+    pub mss: u64,
+    pub random_loss_tolerance: f64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Sender {
+    cfg: SenderConfig,
+    next_seq: u64,
+    /// The oldest sequence number not yet known delivered; `slots[0]` holds it.
+    base: u64,
+    slots: VecDeque<Slot>,
+    order: VecDeque<Transmission>,
+    /// Packets declared lost, resent lowest first: the lowest hole is what holds the
+    /// receiver's window back.
+    lost: BTreeSet<u64>,
+    /// Sequence numbers ≥ `base` the peer reported by SACK.
+    sacked: SeqRanges,
+    in_flight_bytes: u64,
+    in_flight_packets: u64,
+    rtt: RttEstimator,
+    cc: Box<dyn CongestionControl>,
+    pacer: Pacer,
+    backoff: u32,
+    /// First sequence number beyond the receive window the peer last advertised.
+    peer_window_end: Option<u64>,
+    /// The last time an ack acknowledged something new (restarts the timer).
+    last_progress: Option<Instant>,
+    /// Moving average of the fraction of packets lost.
+    loss_rate: f64,
+    /// Send time and RTT of the latest-sent transmission known delivered.
+    rack: Option<(Instant, Duration)>,
+    rack_deadline: Option<Instant>,
+    /// Echoes older than this were already sampled.
+    last_echo: Option<Instant>,
+    /// Earlier echoes cannot be ours (sent before a reset).
+    epoch_start: Instant,
+    pub counters: SenderCounters,
+}
+
+/// What stops a packet from leaving now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocked {
+    Window,
+    PacedUntil(Instant),
+}
+
+impl Sender {
+    pub fn new(
+        cfg: SenderConfig,
+        rtt: RttEstimator,
+        cc: Box<dyn CongestionControl>,
+        pacer: Pacer,
+        now: Instant,
+    ) -> Self {
+        Sender {
+            cfg,
+            next_seq: 0,
+            base: 0,
+            slots: VecDeque::new(),
+            order: VecDeque::new(),
+            lost: BTreeSet::new(),
+            sacked: SeqRanges::default(),
+            in_flight_bytes: 0,
+            in_flight_packets: 0,
+            rtt,
+            cc,
+            pacer,
+            backoff: 0,
+            peer_window_end: None,
+            last_progress: None,
+            loss_rate: 0.0,
+            rack: None,
+            rack_deadline: None,
+            last_echo: None,
+            epoch_start: Instant::from_micros(now.as_micros()),
+            counters: SenderCounters::default(),
+        }
+    }
+
+    /// Gives up every packet not known delivered (oldest first) and restarts congestion
+    /// control; sequence numbers continue, and the next data packet tells the peer to skip.
+    pub fn take_outstanding(
+        &mut self,
+        cc: Box<dyn CongestionControl>,
+        pacer: Pacer,
+        now: Instant,
+    ) -> Vec<Held> {
+        let taken = self
+            .slots
+            .drain(..)
+            .filter(|slot| slot.state != SlotState::Sacked)
+            .map(|slot| Held {
+                order: slot.order,
+                flow: slot.flow,
+                packet: slot.payload,
+            })
+            .collect();
+        self.base = self.next_seq;
+        self.order.clear();
+        self.lost.clear();
+        self.sacked.clear();
+        self.in_flight_bytes = 0;
+        self.in_flight_packets = 0;
+        self.cc = cc;
+        self.pacer = pacer;
+        self.backoff = 0;
+        self.last_progress = None;
+        self.peer_window_end = None;
+        self.rack = None;
+        self.rack_deadline = None;
+        self.last_echo = None;
+        self.epoch_start = Instant::from_micros(now.as_micros());
+        taken
+    }
+
+    pub fn reset_rtt(&mut self, rtt: RttEstimator) {
+        self.rtt = rtt;
+    }
+
+    pub fn seed_rtt(&mut self, sample: Duration) {
+        if !self.rtt.has_sample() {
+            self.rtt.update(sample);
+        }
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    pub fn rtt(&self) -> &RttEstimator {
+        &self.rtt
+    }
+
+    pub fn cc(&self) -> &dyn CongestionControl {
+        self.cc.as_ref()
+    }
+
+    pub fn in_flight(&self) -> (u64, u64) {
+        (self.in_flight_bytes, self.in_flight_packets)
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Room for one more new packet in our window and in the one the peer advertised.
+    pub fn can_send_new(&self) -> bool {
+        self.next_seq - self.base < self.cfg.max_outstanding && self.in_peer_window(self.next_seq)
+    }
+
+    /// The peer would accept `seq` (as far as its last ack told).
+    fn in_peer_window(&self, seq: u64) -> bool {
+        match self.peer_window_end {
+            Some(end) => seq < end,
+            None => true,
+        }
+    }
+
+    pub fn has_lost(&self) -> bool {
+        !self.lost.is_empty()
+    }
+
+    /// How many packets the receiver may fold into one ack: about eight acks per window,
+    /// so bulk transfers do not pay an ack per packet while small windows stay ack-clocked.
+    pub fn ack_every(&self) -> u32 {
+        let window_packets = self.cc.window() / self.cfg.mss.max(1);
+        let wanted = (window_packets / 8).clamp(2, 64) as u32;
+        1 << wanted.ilog2()
+    }
+
+    /// The retransmission timeout after backoff.
+    pub fn rto(&self) -> Duration {
+        let base =
+            self.rtt.srtt() + (self.rtt.rttvar() * 4).max(RTO_GRANULARITY) + self.cfg.max_ack_delay;
+        let base = base.clamp(self.cfg.min_rto, self.cfg.max_rto);
+        base.saturating_mul(1 << self.backoff.min(MAX_BACKOFF_SHIFT))
+            .min(self.cfg.max_rto)
+    }
+
+    fn reorder_window(&self) -> Duration {
+        (self.rtt.min_rtt() / 4).max(MIN_REORDER_WINDOW)
+    }
+
+    /// Whether `len` bytes may leave now under the congestion window and the pacer.
+    pub fn check_send(&mut self, now: Instant, len: u64) -> Result<(), Blocked> {
+        let window = self.cc.window();
+        if self.in_flight_bytes > 0 && self.in_flight_bytes + len > window {
+            return Err(Blocked::Window);
+        }
+        if self.cfg.pacing {
+            let srtt = self.rtt.srtt();
+            if let Some(at) = self
+                .pacer
+                .delay(now, len, window, srtt, self.cc.in_slow_start())
+            {
+                return Err(Blocked::PacedUntil(at));
+            }
+        }
+        Ok(())
+    }
+
+    /// Length of the next packet waiting for retransmission, if the peer's window admits it
+    /// (stale entries are dropped on the way).
+    pub fn peek_lost(&mut self) -> Option<u64> {
+        while let Some(&seq) = self.lost.first() {
+            match self.slot(seq) {
+                Some(slot) if slot.state == SlotState::Lost => {
+                    return self.in_peer_window(seq).then_some(slot.len);
+                }
+                _ => {
+                    self.lost.pop_first();
+                }
+            }
+        }
+        None
+    }
+
+    /// Retransmits the packet `peek_lost` named and returns its sequence number.
+    pub fn retransmit(&mut self, now: Instant, app_limited: bool) -> Option<u64> {
+        self.peek_lost()?;
+        let seq = self.lost.pop_first()?;
+        self.counters.retransmissions += 1;
+        self.transmit(now, seq, app_limited);
+        Some(seq)
+    }
+
+    /// Records a new packet as sent now and returns its sequence number.
+    pub fn send_new(&mut self, now: Instant, held: Held, app_limited: bool) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let len = held.packet.len() as u64;
+        self.slots.push_back(Slot {
+            flow: held.flow,
+            order: held.order,
+            payload: held.packet,
+            len,
+            state: SlotState::Lost,
+            last_sent: now,
+            transmissions: 0,
+            app_limited,
+        });
+        self.counters.packets_sent += 1;
+        self.counters.bytes_sent += len;
+        self.transmit(now, seq, app_limited);
+        seq
+    }
+
+    /// The payload of an unacknowledged packet (empty once it is known delivered).
+    pub fn payload(&self, seq: u64) -> &[u8] {
+        self.slot(seq).map_or(&[][..], |slot| &slot.payload[..])
+    }
+
+    /// Packets sent and not yet known delivered.
+    pub fn unacked(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|slot| slot.state != SlotState::Sacked)
+            .count()
+    }
+
+    fn transmit(&mut self, now: Instant, seq: u64, app_limited: bool) {
+        let Some(slot) = self.slot_mut(seq) else {
+            return;
+        };
+        slot.state = SlotState::InFlight;
+        slot.last_sent = now;
+        slot.transmissions += 1;
+        slot.app_limited = app_limited;
+        let (len, number) = (slot.len, slot.transmissions);
+        self.in_flight_bytes += len;
+        self.in_flight_packets += 1;
+        self.order.push_back(Transmission {
+            at: now,
+            seq,
+            number,
+        });
+        self.pacer.on_sent(len);
+        self.compact_order();
+    }
+
+    fn slot(&self, seq: u64) -> Option<&Slot> {
+        let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get(index)
+    }
+
+    fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(index)
+    }
+
+    fn is_live(&self, t: &Transmission) -> bool {
+        self.slot(t.seq)
+            .is_some_and(|s| s.state == SlotState::InFlight && s.transmissions == t.number)
+    }
+
+    /// Stale transmissions behind a long-lived one would pile up; rebuild when they dominate.
+    fn compact_order(&mut self) {
+        if self.order.len() > 64 && self.order.len() as u64 > 4 * self.in_flight_packets {
+            let order = std::mem::take(&mut self.order);
+            self.order = order.into_iter().filter(|t| self.is_live(t)).collect();
+        }
+    }
+
+    fn pop_stale_front(&mut self) {
+        while let Some(front) = self.order.front() {
+            if self.is_live(front) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Processes the peer's ack. Returns false (and changes nothing) if it acknowledges
+    /// packets never sent.
+    pub fn on_ack(&mut self, now: Instant, ack: &AckFrame) -> bool {
+        let beyond = |seq: u64| seq > self.next_seq;
+        if beyond(ack.cumulative) || ack.ranges.iter().any(|&(_, end)| beyond(end)) {
+            self.counters.invalid_acks += 1;
+            return false;
+        }
+        self.counters.acks_processed += 1;
+        // A peer configured with a smaller window than ours is respected, not flooded.
+        let window_end = ack.cumulative.saturating_add(u64::from(ack.window));
+        self.peer_window_end = Some(
+            self.peer_window_end
+                .map_or(window_end, |e| e.max(window_end)),
+        );
+        if let Some(echo) = ack.echo {
+            self.on_echo(now, echo);
+        }
+        let mut progress = false;
+        while self.base < ack.cumulative {
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
+            self.base += 1;
+            progress |= self.on_delivered(now, &slot);
+        }
+        self.sacked.remove_below(self.base);
+        for &(start, end) in &ack.ranges {
+            let mut fresh = Vec::new();
+            self.sacked
+                .insert(start.max(self.base), end, |a, b| fresh.push((a, b)));
+            for (a, b) in fresh {
+                for seq in a..b {
+                    progress |= self.mark_sacked(now, seq);
+                }
+            }
+        }
+        while self
+            .slots
+            .front()
+            .is_some_and(|s| s.state == SlotState::Sacked)
+        {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        self.sacked.remove_below(self.base);
+        if progress {
+            self.backoff = 0;
+            self.last_progress = Some(now);
+        }
+        self.detect_by_sack(now);
+        self.pop_stale_front();
+        true
+    }
+
+    fn on_echo(&mut self, now: Instant, echo: Echo) {
+        let now_us = now.as_micros();
+        let age = Duration::from_micros(u64::from((now_us as u32).wrapping_sub(echo.tx_time_us)));
+        let Some(sent) = now_us
+            .checked_sub(age.as_micros() as u64)
+            .map(Instant::from_micros)
+        else {
+            return;
+        };
+        if age > MAX_ECHO_AGE
+            || sent < self.epoch_start
+            || self.last_echo.is_some_and(|e| sent <= e)
+        {
+            return;
+        }
+        self.last_echo = Some(sent);
+        let delay = Duration::from_micros(u64::from(echo.delay_us));
+        // RFC 9002 §5.3: subtract the peer's ack delay unless that would undercut the minimum.
+        let sample = if age.saturating_sub(delay) >= self.rtt.min_rtt() || !self.rtt.has_sample() {
+            age.saturating_sub(delay).max(Duration::from_micros(1))
+        } else {
+            age
+        };
+        self.rtt.update(sample);
+        self.rack = Some((sent, age));
+    }
+
+    /// Books a packet as delivered; false if it was already.
+    fn on_delivered(&mut self, now: Instant, slot: &Slot) -> bool {
+        match slot.state {
+            SlotState::Sacked => return false,
+            SlotState::InFlight => {
+                self.in_flight_bytes -= slot.len;
+                self.in_flight_packets -= 1;
+            }
+            SlotState::Lost => {}
+        }
+        self.counters.packets_acked += 1;
+        self.loss_rate *= 1.0 - LOSS_RATE_GAIN;
+        self.cc
+            .on_ack(now, slot.last_sent, slot.len, &self.rtt, slot.app_limited);
+        true
+    }
+
+    fn mark_sacked(&mut self, now: Instant, seq: u64) -> bool {
+        let Some(index) = seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return false;
+        };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return false;
+        };
+        let before = Slot {
+            payload: std::mem::take(&mut slot.payload),
+            ..*slot
+        };
+        slot.state = SlotState::Sacked;
+        self.on_delivered(now, &before)
+    }
+
+    fn declare_lost(&mut self, now: Instant, seq: u64) -> bool {
+        let Some(slot) = self.slot_mut(seq) else {
+            return false;
+        };
+        if slot.state != SlotState::InFlight {
+            return false;
+        }
+        slot.state = SlotState::Lost;
+        let (len, sent) = (slot.len, slot.last_sent);
+        self.in_flight_bytes -= len;
+        self.in_flight_packets -= 1;
+        self.lost.insert(seq);
+        self.loss_rate = self.loss_rate * (1.0 - LOSS_RATE_GAIN) + LOSS_RATE_GAIN;
+        if self.loss_is_congestion() {
+            self.counters.congestion_events += 1;
+            self.cc.on_congestion_event(now, sent);
+        }
+        true
+    }
+
+    /// Whether the path looks congested rather than randomly lossy (see the module doc).
+    fn loss_is_congestion(&self) -> bool {
+        let min_rtt = self.rtt.min_rtt();
+        let queueing = self.rtt.srtt().saturating_sub(min_rtt);
+        queueing >= (min_rtt / 4).max(MIN_QUEUE_SIGNAL)
+            || self.loss_rate > self.cfg.random_loss_tolerance
+    }
+
+    pub fn loss_rate(&self) -> f64 {
+        self.loss_rate
+    }
+
+    fn detect_by_sack(&mut self, now: Instant) {
+        self.rack_deadline = None;
+        let Some((delivered_at, rack_rtt)) = self.rack else {
+            return;
+        };
+        let reorder = self.reorder_window();
+        while let Some(&front) = self.order.front() {
+            if !self.is_live(&front) {
+                self.order.pop_front();
+                continue;
+            }
+            if front.at >= delivered_at {
+                break;
+            }
+            let deadline = front.at + rack_rtt + reorder;
+            if deadline > now {
+                self.rack_deadline = Some(deadline);
+                break;
+            }
+            self.order.pop_front();
+            if self.declare_lost(now, front.seq) {
+                self.counters.losses_by_sack += 1;
+            }
+        }
+    }
+
+    /// The earliest transmission still waiting for its ack expires at this time.
+    fn rto_deadline(&self) -> Option<Instant> {
+        let oldest = self.order.iter().find(|t| self.is_live(t))?;
+        Some(self.expiry(oldest.at))
+    }
+
+    fn expiry(&self, sent: Instant) -> Instant {
+        self.last_progress.map_or(sent, |p| p.max(sent)) + self.rto()
+    }
+
+    pub fn loss_timeout(&self) -> Option<Instant> {
+        weft_core::time::earliest(self.rack_deadline, self.rto_deadline())
+    }
+
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.rack_deadline.is_some_and(|d| d <= now) {
+            self.detect_by_sack(now);
+        }
+        let mut first_expired = None;
+        loop {
+            self.pop_stale_front();
+            let Some(&front) = self.order.front() else {
+                break;
+            };
+            if self.expiry(front.at) > now {
+                break;
+            }
+            self.order.pop_front();
+            if self.declare_lost(now, front.seq) {
+                self.counters.losses_by_timer += 1;
+                first_expired.get_or_insert(front.at);
+            }
+        }
+        if let Some(sent) = first_expired {
+            self.counters.timeouts += 1;
+            if self.backoff > 0 {
+                self.cc.on_timeout(now);
+            } else if self.loss_is_congestion() {
+                self.cc.on_congestion_event(now, sent);
+            }
+            self.backoff = (self.backoff + 1).min(MAX_BACKOFF_SHIFT);
+        }
+    }
+}

@@ -1,1 +1,0 @@
-//! End-to-end reliable sessions (a byte stream between overlay endpoints).

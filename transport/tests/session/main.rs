@@ -1,0 +1,9 @@
+//! End-to-end session tests over a simulated network (virtual clock, seeded).
+
+mod behaviour;
+mod bench;
+mod fuzz;
+mod outcomes;
+mod sim;
+mod transfer;
+mod util;
