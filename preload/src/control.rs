@@ -393,8 +393,7 @@ pub fn is_overlay(ip: Ipv4Addr) -> bool {
             v.refreshed_ms = now;
         }
     }
-    state::lock()
-        .view
-        .as_ref()
-        .is_some_and(|v| v.is_overlay(ip))
+    drop(link);
+    let st = state::lock();
+    st.view.as_ref().is_some_and(|v| v.is_overlay(ip))
 }

@@ -71,6 +71,23 @@ pub fn fail(e: i32) -> libc::c_int {
     -1
 }
 
+/// What a hook returns, and whether that is a failure (errno then carries the reason).
+pub trait HookResult: Copy {
+    fn failed(self) -> bool;
+}
+
+impl HookResult for libc::c_int {
+    fn failed(self) -> bool {
+        self < 0
+    }
+}
+
+impl HookResult for libc::ssize_t {
+    fn failed(self) -> bool {
+        self < 0
+    }
+}
+
 /// Restores errno when dropped: hooks must not change it on success.
 pub struct KeepErrno(i32);
 
@@ -101,34 +118,65 @@ pub struct LockGuard<'a, T> {
     _quiet: Quiet,
 }
 
-/// Signals blocked and cancellation disabled for as long as it lives.
-struct Quiet {
-    mask: libc::sigset_t,
-    cancel: libc::c_int,
+thread_local! {
+    /// How many `Quiet`s this thread holds, and what the outermost one saved. A depth count
+    /// (not a stack of saved masks) makes the order guards drop in irrelevant.
+    static QUIET_DEPTH: Cell<u32> = const { Cell::new(0) };
+    // SAFETY: sigset_t is plain data; all-zero is the empty set.
+    static QUIET_MASK: Cell<libc::sigset_t> = const { Cell::new(unsafe { std::mem::zeroed() }) };
+    static QUIET_CANCEL: Cell<libc::c_int> = const { Cell::new(0) };
 }
+
+/// This thread holds a shim lock (signals are blocked by it).
+pub fn quiet() -> bool {
+    QUIET_DEPTH.with(|d| d.get()) > 0
+}
+
+/// The program's own signal mask: what is in force outside every shim lock.
+pub fn program_sigmask() -> libc::sigset_t {
+    if QUIET_DEPTH.with(|d| d.get()) > 0 {
+        return QUIET_MASK.with(|m| m.get());
+    }
+    // SAFETY: querying the current mask into a local.
+    unsafe {
+        let mut cur: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+        cur
+    }
+}
+
+/// Signals blocked and cancellation disabled for as long as any one lives on this thread.
+struct Quiet;
 
 impl Quiet {
     fn new() -> Quiet {
-        // SAFETY: plain libc calls on locals.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut mask);
-            let mut cancel = 0;
-            pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut cancel);
-            Quiet { mask, cancel }
+        if QUIET_DEPTH.with(|d| d.replace(d.get() + 1)) == 0 {
+            // SAFETY: plain libc calls on locals.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                let mut mask: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut mask);
+                let mut cancel = 0;
+                pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut cancel);
+                QUIET_MASK.with(|m| m.set(mask));
+                QUIET_CANCEL.with(|c| c.set(cancel));
+            }
         }
+        Quiet
     }
 }
 
 impl Drop for Quiet {
     fn drop(&mut self) {
-        // SAFETY: restoring exactly what Quiet::new saved.
-        unsafe {
-            let mut ignored = 0;
-            pthread_setcancelstate(self.cancel, &mut ignored);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut());
+        if QUIET_DEPTH.with(|d| d.replace(d.get().saturating_sub(1))) == 1 {
+            // SAFETY: restoring what the outermost Quiet saved.
+            unsafe {
+                let mut ignored = 0;
+                pthread_setcancelstate(QUIET_CANCEL.with(|c| c.get()), &mut ignored);
+                let mask = QUIET_MASK.with(|m| m.get());
+                libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod dgram;
 pub mod exec;
 pub mod fdtable;
 pub mod guard;
+pub mod interrupt;
 pub mod listen;
 pub mod log;
 pub mod multicast;

@@ -91,13 +91,12 @@ pub unsafe fn accept(
     len: *mut socklen_t,
     flags: Option<c_int>,
 ) -> c_int {
-    if !addr.is_null() {
-        if len.is_null() {
-            return crate::guard::fail(libc::EFAULT);
-        }
-        if (*len as i32) < 0 {
-            return crate::guard::fail(libc::EINVAL);
-        }
+    // An unusable address buffer: the kernel's own answer (it accepts, then fails the copy).
+    if !addr.is_null() && (len.is_null() || (*len as i32) < 0) {
+        return match flags {
+            Some(f) => real::accept4(fd, addr, len, f),
+            None => real::accept(fd, addr, len),
+        };
     }
     let mut ss: sockaddr_storage = std::mem::zeroed();
     let mut sl = std::mem::size_of::<sockaddr_storage>() as socklen_t;

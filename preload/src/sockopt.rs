@@ -154,11 +154,11 @@ impl Opts {
         val: *mut c_void,
         len: *mut socklen_t,
     ) -> Outcome {
-        if !matches!(
-            level,
-            libc::IPPROTO_TCP | libc::IPPROTO_IP | libc::IPPROTO_IPV6
-        ) {
-            return Outcome::Pass;
+        match level {
+            libc::SOL_SOCKET => return Outcome::Pass,
+            libc::IPPROTO_TCP | libc::IPPROTO_IP | libc::IPPROTO_IPV6 => {}
+            // What TCP answers for any other level (UDP_SEGMENT on a stream, say).
+            _ => return Outcome::Fail(libc::ENOPROTOOPT),
         }
         if len.is_null() {
             return Outcome::Fail(libc::EFAULT);
@@ -199,11 +199,11 @@ impl Opts {
         val: *const c_void,
         len: socklen_t,
     ) -> Outcome {
-        if !matches!(
-            level,
-            libc::IPPROTO_TCP | libc::IPPROTO_IP | libc::IPPROTO_IPV6
-        ) {
-            return Outcome::Pass;
+        match level {
+            libc::SOL_SOCKET => return Outcome::Pass,
+            libc::IPPROTO_TCP | libc::IPPROTO_IP | libc::IPPROTO_IPV6 => {}
+            // What TCP answers for any other level (UDP_SEGMENT on a stream, say).
+            _ => return Outcome::Fail(libc::ENOPROTOOPT),
         }
         if (level, name) == (libc::IPPROTO_TCP, libc::TCP_CONGESTION) {
             let n = (len as usize).min(CA_NAME_MAX - 1);

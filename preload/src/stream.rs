@@ -10,6 +10,7 @@
 
 use crate::fdtable::{self, Carry, Kind};
 use crate::guard::{errno, fail};
+use crate::interrupt::{SignalsHeld, Wait};
 use crate::log::debug;
 use crate::sockopt::{Opts, TcpState};
 use crate::{control, real, state, sys};
@@ -116,23 +117,19 @@ pub fn settle(fd: c_int) -> Option<Stream> {
     get(fd)
 }
 
-/// Waits (blocking connect) for the outcome; `EINTR` on a signal, `EINPROGRESS` when
-/// `SO_SNDTIMEO` runs out, like the kernel; the connect then goes on in the background.
-fn wait_outcome(fd: c_int, inode: u64, timeout_ms: c_int) -> c_int {
-    let start = sys::monotonic_ms();
-    // The daemon records the outcome before it signals the fd; allow it a moment if a
-    // query races the signal.
+/// Waits (blocking connect) for the outcome, with the kernel's answers: `EINTR` when a signal
+/// interrupts it (unless the kernel would restart), `EINPROGRESS` when `SO_SNDTIMEO` runs out;
+/// the connect then goes on in the background.
+fn wait_outcome(fd: c_int, inode: u64, timeout_ms: c_int, held: &SignalsHeld) -> c_int {
+    // The daemon records the outcome before it signals the fd; allow it a moment if a query
+    // still races the signal.
     let mut unsettled_polls = 0;
     loop {
-        let left = if timeout_ms < 0 {
-            -1
-        } else {
-            (timeout_ms as i64 - (sys::monotonic_ms() - start) as i64).max(0) as c_int
-        };
-        match sys::poll_one(fd, libc::POLLOUT, left) {
+        match held.wait(fd, libc::POLLOUT, timeout_ms) {
             Err(e) => return fail(e),
-            Ok(0) => return fail(libc::EINPROGRESS),
-            Ok(_) => {}
+            Ok(Wait::TimedOut) => return fail(libc::EINPROGRESS),
+            Ok(Wait::Interrupted) => return fail(libc::EINTR),
+            Ok(Wait::Ready(_)) => {}
         }
         match query_status(inode) {
             ConnectState::Pending if unsettled_polls < 200 => {
@@ -280,12 +277,18 @@ fn is_fresh_tcp(fd: c_int) -> bool {
 
 /// `connect()` of a stream socket to an overlay endpoint.
 pub fn connect(fd: c_int, domain: c_int, dst: Endpoint) -> c_int {
+    // A blocking connect holds signals from its start, so one that arrives while the session
+    // is being set up interrupts it just as one during the wait does.
+    // SAFETY: F_GETFL on the program's fd.
+    let blocking = unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK == 0;
+    let held = blocking.then(SignalsHeld::new);
     if !is_fresh_tcp(fd) {
+        drop(held);
         return pass_connect(fd, domain, dst);
     }
     let carry = take_carry(fd);
     let opts = Opts::snapshot(fd, domain);
-    transplant(fd, domain, dst, carry, opts)
+    transplant(fd, domain, dst, carry, opts, held)
 }
 
 /// The kernel's answer for a socket that is not ours to redirect.
@@ -304,7 +307,14 @@ fn take_carry(fd: c_int) -> Carry {
     }
 }
 
-fn transplant(fd: c_int, domain: c_int, dst: Endpoint, carry: Carry, opts: Opts) -> c_int {
+fn transplant(
+    fd: c_int,
+    domain: c_int,
+    dst: Endpoint,
+    carry: Carry,
+    opts: Opts,
+    held: Option<SignalsHeld>,
+) -> c_int {
     // SAFETY: fcntl queries on the program's fd.
     let (status_flags, fd_flags) = unsafe {
         (
@@ -315,6 +325,7 @@ fn transplant(fd: c_int, domain: c_int, dst: Endpoint, carry: Carry, opts: Opts)
     if status_flags < 0 || fd_flags < 0 {
         return fail(errno());
     }
+
     let timeout_ms = send_timeout_ms(fd);
     let local_port = sys::local_addr(fd)
         .and_then(|(ss, len)| crate::addr::parse_storage(&ss, len))
@@ -403,10 +414,9 @@ fn transplant(fd: c_int, domain: c_int, dst: Endpoint, carry: Carry, opts: Opts)
     };
     let released = state::lock().table.set(fd, Kind::Stream(Box::new(stream)));
     crate::release::release(released);
-    if status_flags & libc::O_NONBLOCK != 0 {
-        fail(libc::EINPROGRESS)
-    } else {
-        wait_outcome(fd, inode, timeout_ms)
+    match held {
+        Some(held) => wait_outcome(fd, inode, timeout_ms, &held),
+        None => fail(libc::EINPROGRESS),
     }
 }
 
@@ -422,7 +432,8 @@ pub fn reconnect(fd: c_int, s: Stream, dst: Option<Endpoint>) -> c_int {
                     Some(_) => reconnect_settled(fd, s.inode),
                 }
             } else {
-                wait_outcome(fd, s.inode, send_timeout_ms(fd))
+                let held = SignalsHeld::new();
+                wait_outcome(fd, s.inode, send_timeout_ms(fd), &held)
             }
         }
         ConnectState::Established { .. }
@@ -433,8 +444,11 @@ pub fn reconnect(fd: c_int, s: Stream, dst: Option<Endpoint>) -> c_int {
             // The kernel lets a failed socket try again (to any address).
             match dst {
                 Some(dst) => {
-                    let domain = s.domain;
-                    transplant(fd, domain, dst, Carry::default(), s.opts)
+                    // SAFETY: F_GETFL on the program's fd.
+                    let blocking =
+                        unsafe { real::fcntl(fd, libc::F_GETFL, 0) } & libc::O_NONBLOCK == 0;
+                    let held = blocking.then(SignalsHeld::new);
+                    transplant(fd, s.domain, dst, Carry::default(), s.opts, held)
                 }
                 None => fail(libc::ECONNABORTED),
             }
@@ -508,12 +522,24 @@ pub fn session_info(inode: u64) -> Option<SessionInfo> {
     }
 }
 
-/// Is the unnamed `AF_UNIX` socket `fd` a session the daemon knows (inherited across exec,
-/// received with `SCM_RIGHTS`)? Remembers the answer either way.
-pub fn probe(fd: c_int) -> Option<Stream> {
+/// Is `fd`, which the shim has no record of, a session the daemon knows (inherited across
+/// exec, received with `SCM_RIGHTS`)? Only unnamed `AF_UNIX` stream sockets can be; the
+/// answer is remembered either way, so each descriptor is asked about once.
+pub fn adopt(fd: c_int) -> Option<Stream> {
+    if !state::in_owner() || matches!(state::lock().table.get(fd), Some(Kind::Foreign)) {
+        return None;
+    }
+    let (ss, len) = sys::local_addr(fd)?;
+    let unnamed_unix = ss.ss_family as c_int == libc::AF_UNIX
+        && len as usize == std::mem::size_of::<libc::sa_family_t>();
+    if !unnamed_unix
+        || sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+        || !control::ensure_view()
+    {
+        return None;
+    }
     let inode = sys::socket_inode(fd)?;
-    let info = session_info(inode);
-    let kind = match info {
+    let kind = match session_info(inode) {
         Some(i) if i.remote.is_some() => Kind::Stream(Box::new(Stream {
             inode,
             domain: libc::AF_INET,

@@ -39,7 +39,13 @@ macro_rules! hook {
             let Some(_inside) = crate::hooks::enter() else {
                 return crate::real::$name($($arg),*);
             };
-            $body
+            // Success leaves errno as the program had it, whatever the shim did meanwhile.
+            let entry_errno = crate::guard::errno();
+            let result: $ret = (|| -> $ret { $body })();
+            if !crate::guard::HookResult::failed(result) {
+                crate::guard::set_errno(entry_errno);
+            }
+            result
         }
     )*};
 }

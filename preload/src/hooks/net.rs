@@ -155,13 +155,8 @@ unsafe fn names(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, which: Whic
         return rc;
     }
     let _errno = KeepErrno::new();
-    let unnamed_unix = ss.ss_family as c_int == libc::AF_UNIX
-        && sl as usize == std::mem::size_of::<libc::sa_family_t>();
-    if unnamed_unix
-        && !matches!(state::lock().table.get(fd), Some(Kind::Foreign))
-        && control::ensure_view()
-    {
-        if let Some(s) = stream::probe(fd) {
+    if ss.ss_family as c_int == libc::AF_UNIX {
+        if let Some(s) = stream::adopt(fd) {
             return session_name(fd, s, which, addr, len);
         }
     }
@@ -207,16 +202,51 @@ unsafe fn getsockopt_hook(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
-    if fdtable::flags(fd) & TRACKED == 0 || !state::in_owner() {
+    if !state::in_owner() {
         return real::getsockopt(fd, level, name, val, len);
     }
-    if let Some(s) = stream::get(fd) {
-        return session_getsockopt(fd, s, level, name, val, len);
+    if fdtable::flags(fd) & TRACKED != 0 {
+        if let Some(s) = stream::get(fd) {
+            return session_getsockopt(fd, s, level, name, val, len);
+        }
+        if is_udp_offload(level, name) && is_overlay_dgram(fd) {
+            return fail(libc::ENOPROTOOPT);
+        }
+        return real::getsockopt(fd, level, name, val, len);
     }
-    if is_udp_offload(level, name) && is_overlay_dgram(fd) {
-        return fail(libc::ENOPROTOOPT);
+    let rc = real::getsockopt(fd, level, name, val, len);
+    if looks_like_unix(fd, rc, level, name, val) {
+        let _errno = KeepErrno::new();
+        if let Some(s) = stream::adopt(fd) {
+            drop(_errno);
+            return session_getsockopt(fd, s, level, name, val, len);
+        }
     }
-    real::getsockopt(fd, level, name, val, len)
+    rc
+}
+
+/// The answer a session inherited from elsewhere would give before the shim knows it: an
+/// `AF_UNIX` domain, or a refusal of TCP/IP options. Only then is it worth asking the daemon.
+unsafe fn looks_like_unix(
+    fd: c_int,
+    rc: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+) -> bool {
+    match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_DOMAIN) => {
+            rc == 0 && !val.is_null() && *(val as *const c_int) == libc::AF_UNIX
+        }
+        (libc::SOL_SOCKET, libc::SO_PROTOCOL) => {
+            rc == 0
+                && sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == Some(libc::AF_UNIX)
+        }
+        (libc::IPPROTO_TCP | libc::IPPROTO_IP | libc::IPPROTO_IPV6, _) => {
+            rc != 0 && crate::guard::errno() == libc::EOPNOTSUPP
+        }
+        _ => false,
+    }
 }
 
 unsafe fn session_getsockopt(
@@ -293,8 +323,23 @@ unsafe fn setsockopt_hook(
         return rc;
     }
     let flags = fdtable::flags(fd);
-    if flags & (TRACKED | CANDIDATE) == 0 || !state::in_owner() {
+    if !state::in_owner() {
         return real::setsockopt(fd, level, name, val, len);
+    }
+    if flags & (TRACKED | CANDIDATE) == 0 {
+        let rc = real::setsockopt(fd, level, name, val, len);
+        let tcp_level = matches!(
+            level,
+            libc::IPPROTO_TCP | libc::IPPROTO_IP | libc::IPPROTO_IPV6
+        );
+        if rc != 0
+            && tcp_level
+            && crate::guard::errno() == libc::EOPNOTSUPP
+            && stream::adopt(fd).is_some()
+        {
+            return setsockopt_hook(fd, level, name, val, len);
+        }
+        return rc;
     }
     if flags & TRACKED != 0 {
         if is_udp_offload(level, name) && is_overlay_dgram(fd) {
