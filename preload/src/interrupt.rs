@@ -32,6 +32,7 @@ pub enum Wait {
 }
 
 impl SignalsHeld {
+    #[allow(clippy::new_without_default)] // blocking signals is an action, not a default
     pub fn new() -> SignalsHeld {
         let program = crate::guard::program_sigmask();
         // SAFETY: plain signal-mask calls on locals.

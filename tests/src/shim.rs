@@ -219,7 +219,10 @@ pub fn c_program(name: &str) -> PathBuf {
 /// `sha256sum` of a file, as hex.
 pub fn sha256(p: &Path) -> String {
     crate::require_tool("sha256sum");
-    let out = Command::new("sha256sum").arg(p).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("sha256sum");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()

@@ -41,6 +41,8 @@ macro_rules! hook {
             };
             // Success leaves errno as the program had it, whatever the shim did meanwhile.
             let entry_errno = crate::guard::errno();
+            // A closure, so a `return` in the body ends the body, not the hook.
+            #[allow(clippy::redundant_closure_call)]
             let result: $ret = (|| -> $ret { $body })();
             if !crate::guard::HookResult::failed(result) {
                 crate::guard::set_errno(entry_errno);
