@@ -200,7 +200,7 @@ pub fn c_program(name: &str) -> PathBuf {
     if !exe.exists() {
         let tmp = out_dir.join(format!("{name}-{}.tmp", std::process::id()));
         let out = Command::new("cc")
-            .args(["-O1", "-Wall", "-Werror", "-o"])
+            .args(["-O1", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-o"])
             .arg(&tmp)
             .arg(&src)
             .output()
@@ -251,4 +251,53 @@ pub fn random_file(p: &Path, len: usize, seed: u64) {
         left -= n;
     }
     f.flush().expect("flush");
+}
+
+/// A threaded echo server on a dual-stack `[::]` listener (like iperf3's): prints `ready`,
+/// then `peer ADDR PORT LOCAL` for every connection. Argument: the port.
+pub const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+l = socket.socket(socket.AF_INET6)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+l.bind(('::', int(sys.argv[1])))
+l.listen(64)
+print('ready', flush=True)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, a = l.accept()
+    print('peer', a[0], a[1], c.getsockname()[0], flush=True)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+impl Overlay {
+    /// Starts [`ECHO_SERVER`] under the shim on node `n` and waits until overlay clients can
+    /// reach it.
+    pub fn echo_server(&self, n: usize, port: u16) -> Bg {
+        let mut cmd = self.shim(n, PYTHON);
+        cmd.args(["-c", ECHO_SERVER, &port.to_string()]);
+        let mut bg = Bg::spawn(cmd, &self.dir, "echo-server");
+        let err = bg.err.clone();
+        wait_for(
+            Duration::from_secs(15),
+            || bg.stdout().contains("ready") || !bg.running(),
+            move || format!("echo server did not start: {}", read(&err)),
+        );
+        assert!(bg.running(), "echo server exited: {}", bg.stderr());
+        self.wait_listener(n, port);
+        bg
+    }
+
+    /// A converged chain 1 ─ 2 ─ … ─ n of daemons.
+    pub fn ready_chain(n: usize, spec: &str) -> Overlay {
+        let o = Overlay::builder().chain(n, spec).start();
+        o.wait_converged(Duration::from_secs(20));
+        o
+    }
 }
