@@ -1,5 +1,30 @@
 #!/usr/bin/env bash
-# Installs what the tests need and runs the whole suite. Fails loudly on a missing tool.
+# Installs what the tests need, then builds and runs the whole suite. Any missing tool is a
+# failure, never a silent skip. Runs unattended (no standard input needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --all-targets
+
+packages=(iperf3 iperf socat netcat-openbsd ncat curl python3 iproute2 gcc)
+tools=(iperf3 iperf socat nc ncat curl python3 ip cc)
+
+missing=()
+for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing packages for: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+for t in "${tools[@]}"; do
+    command -v "$t" >/dev/null 2>&1 || { echo "test.sh: required tool '$t' is still missing" >&2; exit 1; }
+done
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+# The simulations and throughput tests need an optimised build; the `ci` profile keeps debug
+# assertions and overflow checks on.
+cargo build --profile ci --workspace --all-targets
+cargo test --profile ci --workspace --no-fail-fast

@@ -480,8 +480,7 @@ impl Node {
             .collect();
         for id in ready {
             while let Some(e) = self.sessions.entries.get_mut(&id) {
-                let packet
- = match e.stalled.take() {
+                let packet = match e.stalled.take() {
                     Some(p) => p,
                     None => match e.session.poll_transmit(now) {
                         Some(seg) => {

@@ -5,7 +5,7 @@
 //!
 //! Packets are handed up the moment they are new, in any order: relays never wait for a hole
 //! to fill (order is restored end to end by the session). Loss is found within about one link
-//! RTT, even for sparse traffic: see `sender.rs` for the two detectors.
+//! RTT, even for sparse traffic: see `sender/recovery.rs` for the two detectors.
 //!
 //! # Wire format
 //! Bodies follow the 16-byte outer header; integers are big-endian.
@@ -90,11 +90,13 @@ pub struct ArqConfig {
     pub flow_queue_limit_bytes: usize,
     /// A refused flow is reported writable again once its queue drains to this (limit / 4).
     pub flow_queue_low_water_bytes: usize,
-    /// Longest an ack is held hoping to cover more packets (2 ms). The sender's timer allows
-    /// for it, so it must not exceed the peer's value.
+    /// Longest an ack is held hoping to cover more packets (2 ms). The peer's retransmission
+    /// timer allows for its own value, so keep it the same on both ends (a larger value here
+    /// than at the peer can fire the peer's timer needlessly).
     pub max_ack_delay: Duration,
-    /// Most packets between the oldest unacknowledged one and the newest sent (65 536);
-    /// also the receive window, so both ends should use the same value.
+    /// Most packets between the oldest unacknowledged one and the newest sent (65 536). Also
+    /// the receive window advertised to the peer; each sender keeps to the smaller of its own
+    /// and the peer's, so the ends may differ.
     pub max_outstanding_packets: u64,
     /// Spread each window over an RTT instead of sending it in one burst.
     pub pacing: bool,
@@ -102,7 +104,7 @@ pub struct ArqConfig {
     pub pacing_burst_packets: u64,
     /// Loss rate (fraction of packets) the link may see without reading it as congestion,
     /// while it shows no queueing delay either (0.05). 0 makes every loss a congestion
-    /// signal, as in TCP. See `sender.rs` for why.
+    /// signal, as in TCP. See `sender/recovery.rs` for why.
     pub random_loss_tolerance: f64,
 }
 
@@ -169,7 +171,8 @@ impl ArqConfig {
 }
 
 /// `enqueue` refused a packet; it comes back to the caller untouched.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("packet refused by the reliable link: {reason:?}")]
 pub struct Backpressure {
     pub packet: Vec<u8>,
     pub reason: Refusal,
@@ -183,7 +186,8 @@ pub enum Refusal {
     TooLarge,
 }
 
-/// Counters and estimates for `weft status` and tests. Counters only grow.
+/// Estimates and gauges (RTT, window, queues) and counters (which only grow), for
+/// `weft status` and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ArqStats {
     pub srtt: Duration,
@@ -417,15 +421,9 @@ impl ArqLink {
         self.queues.is_empty() && self.sender.peek_lost().is_none()
     }
 
-    /// The window is not what limits us: acks for this packet say nothing about capacity.
-    fn app_limited(&mut self, len: u64) -> bool {
-        self.nothing_left() && self.sender.in_flight().0 + len < self.sender.cc().window()
-    }
-
     fn send_retransmission(&mut self, now: Instant, out: &mut Vec<u8>) {
-        let len = self.sender.peek_lost().unwrap_or(0);
-        let app_limited = self.app_limited(len);
-        let Some(seq) = self.sender.retransmit(now, app_limited) else {
+        let queue_empty = self.queues.is_empty();
+        let Some(seq) = self.sender.retransmit(now, queue_empty) else {
             return;
         };
         // A repair is worth an immediate ack: the sender learns at once whether it landed.
@@ -436,10 +434,9 @@ impl ArqLink {
         let Some(held) = self.queues.pop() else {
             return;
         };
-        let len = held.packet.len() as u64;
-        let app_limited = self.app_limited(len);
+        let queue_empty = self.queues.is_empty();
+        let seq = self.sender.send_new(now, held, queue_empty);
         let ack_now = self.nothing_left();
-        let seq = self.sender.send_new(now, held, app_limited);
         self.write_data(now, seq, ack_now, out);
     }
 

@@ -16,6 +16,9 @@ pub(crate) const ACK_FIXED_LEN: usize = 8 + 4 + 1 + 4 + 4 + 1;
 pub(crate) const RANGE_LEN: usize = 8;
 /// SACK ranges a data packet carries at most; standalone acks carry more.
 pub(crate) const MAX_PIGGYBACK_RANGES: usize = 4;
+/// Sequence numbers start at 0 and grow by one per packet, so they never get near this; a
+/// body claiming more is forged or corrupt (and would overflow the arithmetic that follows).
+pub(crate) const MAX_SEQ: u64 = 1 << 62;
 /// The most ranges any ack can name (the count is a u8).
 pub(crate) const MAX_RANGES: usize = u8::MAX as usize;
 
@@ -153,6 +156,9 @@ impl DataHeader {
         let seq = r.u64()?;
         let base_gap = u64::from(r.u32()?);
         let tx_time_us = r.u32()?;
+        if seq >= MAX_SEQ {
+            return Err(DecodeError::Invalid("sequence number out of range"));
+        }
         let base = seq
             .checked_sub(base_gap)
             .ok_or(DecodeError::Invalid("base above sequence number"))?;
@@ -265,6 +271,12 @@ mod tests {
             tx_time_us: 0,
         };
         encode_data(&mut body, &header, &AckFrame::default(), b"");
+        let mut huge = body.clone();
+        huge[1..9].copy_from_slice(&(u64::MAX - 1).to_be_bytes());
+        assert_eq!(
+            decode_data(&huge).unwrap_err(),
+            DecodeError::Invalid("sequence number out of range")
+        );
         body[9..13].copy_from_slice(&6u32.to_be_bytes());
         assert_eq!(
             decode_data(&body).unwrap_err(),

@@ -124,10 +124,16 @@ mod tests {
         let d = SessionConfig::default();
         assert!(d.connect_timeout <= Duration::from_secs(20));
         assert!(d.user_timeout <= Duration::from_secs(30));
-        assert_eq!(d.keepalive, None, "keepalive is off unless asked for, as in TCP");
+        assert_eq!(
+            d.keepalive, None,
+            "keepalive is off unless asked for, as in TCP"
+        );
         assert_eq!(d.idle_timeout, None, "idle sessions stay up");
         assert_eq!(d.mode, RecoveryMode::HopByHop);
-        assert!(d.time_wait >= 2 * d.max_rto, "TIME-WAIT outlasts a backed-off peer");
+        assert!(
+            d.time_wait >= 2 * d.max_rto,
+            "TIME-WAIT outlasts a backed-off peer"
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod sim;
 mod traffic;
 
 mod bench;
+mod chain;
 mod delivery;
 mod latency;
+mod robustness;
 mod throughput;

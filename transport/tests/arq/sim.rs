@@ -45,8 +45,9 @@ pub struct ChannelCounters {
     pub duplicated: u64,
 }
 
-struct Direction {
-    channel: Channel,
+/// One direction of a channel.
+pub struct Direction {
+    pub channel: Channel,
     rng: ChaCha8Rng,
     bad: bool,
     tx_free_at: Instant,
@@ -54,8 +55,21 @@ struct Direction {
 }
 
 impl Direction {
+    /// A direction whose randomness is stream `stream` of `seed`.
+    pub fn new(channel: Channel, seed: u64, stream: u64) -> Direction {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        Direction {
+            channel,
+            rng,
+            bad: false,
+            tx_free_at: Instant::ZERO,
+            counters: ChannelCounters::default(),
+        }
+    }
+
     /// Arrival times of the copies that survive (0, 1 or 2).
-    fn carry(&mut self, now: Instant, len: usize) -> Vec<Instant> {
+    pub fn carry(&mut self, now: Instant, len: usize) -> Vec<Instant> {
         let c = &self.channel;
         self.counters.sent += 1;
         if c.cuts.iter().any(|&(from, to)| now >= from && now < to) {
@@ -152,17 +166,7 @@ impl Sim {
             writable: Vec::new(),
             decode_errors: 0,
         };
-        let direction = |channel, stream| {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            rng.set_stream(stream);
-            Direction {
-                channel,
-                rng,
-                bad: false,
-                tx_free_at: now,
-                counters: ChannelCounters::default(),
-            }
-        };
+        let direction = |channel, stream| Direction::new(channel, seed, stream);
         Sim {
             now,
             nodes: [node(c0), node(c1)],

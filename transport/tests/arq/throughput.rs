@@ -327,6 +327,23 @@ fn lossy_50_mbit_link_is_filled() {
                 stats.losses_by_timer,
                 sim.channel_counters(0).queue_drops
             );
+            if tolerance > 0.0 {
+                // Bulk repairs come from SACK, not timers, and acks are batched.
+                assert!(
+                    stats.losses_by_timer * 10 <= stats.losses_by_sack,
+                    "seed {seed}: {stats:?}"
+                );
+                let acks = sim.nodes[1].arq.stats().acks_sent;
+                println!(
+                    "  {acks} standalone acks for {} data packets",
+                    stats.packets_sent + stats.retransmissions
+                );
+                assert!(
+                    acks * 4 <= stats.packets_sent,
+                    "seed {seed}: {acks} acks for {} packets",
+                    stats.packets_sent
+                );
+            }
             results.push(goodput);
         }
         assert!(
@@ -339,4 +356,92 @@ fn lossy_50_mbit_link_is_filled() {
             "seed {seed}: tolerating random loss must help"
         );
     }
+}
+
+/// Both directions busy: every data packet carries the reverse acks, so most ack blocks ride
+/// on data. Standalone acks remain for the moments the reverse data is held by its window or
+/// pacer when an ack falls due (as in TCP); waiting for data there would stall short links.
+#[test]
+fn acks_ride_on_reverse_data() {
+    for seed in seeds(3) {
+        let channel = Channel {
+            loss: 0.01,
+            ..rate_limited(10_000_000, 40_000)
+        };
+        let mut sim = Sim::new(seed, Default::default(), [channel.clone(), channel]);
+        let mut forward = Bulk {
+            flows: vec![(1, 1350)],
+            next_id: 0,
+        };
+        let mut backward = Bulk {
+            flows: vec![(2, 1350)],
+            next_id: 1 << 40,
+        };
+        sim.run(at_ms(5_000), |sim| {
+            forward.step(sim);
+            // The same application on node 1: swap roles for one step.
+            sim.nodes.swap(0, 1);
+            let next = backward.step(sim);
+            sim.nodes.swap(0, 1);
+            next
+        });
+        for node in 0..2 {
+            let stats = sim.nodes[node].arq.stats();
+            let data = stats.packets_sent + stats.retransmissions;
+            let carried = data as f64 / (data + stats.acks_sent) as f64;
+            println!(
+                "seed {seed} node {node}: {data} data packets, {} standalone acks: {:.0} % of ack blocks on data",
+                stats.acks_sent,
+                carried * 100.0
+            );
+            assert!(
+                stats.packets_sent > 2_000,
+                "seed {seed}: node {node} sent only {}",
+                stats.packets_sent
+            );
+            assert!(
+                carried >= 0.7,
+                "seed {seed}: node {node}: only {:.2} of ack blocks on data",
+                carried
+            );
+        }
+    }
+}
+
+/// A clean 1 Gbit/s link with a 100 µs RTT (loopback-like): the window, pacer and ack
+/// frequency must keep up at microsecond scales.
+#[test]
+fn clean_gigabit_link_is_filled() {
+    let channel = Channel {
+        delay: Duration::from_micros(50),
+        ..rate_limited(1_000_000_000, 256_000)
+    };
+    let back = Channel {
+        delay: Duration::from_micros(50),
+        ..Channel::default()
+    };
+    let mut sim = Sim::new(1, Default::default(), [channel, back]);
+    let mut bulk = Bulk {
+        flows: vec![(1, 1350)],
+        next_id: 0,
+    };
+    let (start, end) = (at_ms(200), at_ms(700));
+    sim.run(end, |sim| bulk.step(sim));
+    let goodput = mbit_per_s(received_bytes(&sim, start, end).values().sum(), end - start);
+    let stats = sim.nodes[0].arq.stats();
+    let acks = sim.nodes[1].arq.stats().acks_sent;
+    println!(
+        "clean 1 Gbit/s, 100 µs RTT: goodput {goodput:.0} Mbit/s, cwnd {}, srtt {:?}, {} packets, {acks} acks, {} retransmissions, {} congestion events",
+        stats.cwnd, stats.srtt, stats.packets_sent, stats.retransmissions, stats.congestion_events
+    );
+    // The sim's rate counts ARQ bodies (1350 + 39 bytes), so 972 Mbit/s is the ceiling.
+    assert!(
+        goodput >= 850.0,
+        "goodput {goodput:.0} Mbit/s on a clean 1 Gbit/s link"
+    );
+    assert!(
+        acks * 8 <= stats.packets_sent,
+        "{acks} acks for {} packets",
+        stats.packets_sent
+    );
 }

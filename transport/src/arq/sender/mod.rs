@@ -1,29 +1,8 @@
-//! Send half of a link: the record of every unacknowledged packet, ack processing, loss
-//! detection and congestion control.
-//!
-//! Loss is detected two ways, both in about one link round trip:
-//! - *By time-ordered SACK (RACK, RFC 8985).* Each data packet carries the sender's clock; the
-//!   receiver echoes the stamp of the latest-sent packet it got. A packet sent more than a
-//!   reordering window before a delivered one, and still unacknowledged one RTT after that, is
-//!   lost. Retransmissions are covered as well as originals, because the echo names the
-//!   transmission, not the sequence number.
-//! - *By a timer.* The oldest packet in flight is lost once `srtt + max(4·rttvar, 1 ms) +
-//!   max_ack_delay` passed since it left and since the last ack that made progress (the
-//!   restart of RFC 6298 §5.3). This repairs sparse traffic (a message every 20 ms): no later
-//!   packet needs to arrive first, and the previous message's ack came before this one left,
-//!   so the timer runs from the send. In bulk, acks keep restarting it, which matters: packets
-//!   released together by one ack leave the bottleneck one after another, so the last of a
-//!   burst is acked a few serialisation times later than the RTT sample (taken on the first)
-//!   predicts. Consecutive expiries without progress back off exponentially; the first counts
-//!   as one congestion event, a second one in a row collapses the window (RFC 5681).
-//!
-//! Not every loss is congestion. A TCP-like response to 1 % random loss on a 20 ms link caps
-//! the window near 12 packets (about 6.6 Mbit/s), so a lossy overlay link could never be
-//! filled. A loss therefore reduces the window only when the path shows congestion: queueing
-//! delay (smoothed RTT above the minimum by a quarter of it, at least 2 ms) or a recent loss
-//! rate above `random_loss_tolerance` (like BBRv2's loss threshold). At a shared bottleneck
-//! whose queue fills, losses coincide with queueing delay and the link backs off like CUBIC or
-//! NewReno; a second timer expiry in a row always collapses the window.
+//! Send half of a link: the record of every unacknowledged packet, transmissions, ack and
+//! RTT processing, and the gate of congestion window and pacer. Loss detection and the
+//! reading of losses as congestion live in `recovery`.
+
+mod recovery;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -35,15 +14,8 @@ use super::wire::{AckFrame, Echo};
 use super::FlowId;
 use crate::cc::{CongestionControl, Pacer, RttEstimator};
 
-const RTO_GRANULARITY: Duration = Duration::from_millis(1);
-const MIN_REORDER_WINDOW: Duration = Duration::from_micros(250);
-const MAX_BACKOFF_SHIFT: u32 = 16;
 /// Echoes claiming a send time further back than this are nonsense and ignored.
 const MAX_ECHO_AGE: Duration = Duration::from_secs(60);
-/// Queueing delay below this never marks a loss as congestion (timer and jitter noise).
-const MIN_QUEUE_SIGNAL: Duration = Duration::from_millis(2);
-/// Weight of one packet in the loss-rate average (about the last 128 packets).
-const LOSS_RATE_GAIN: f64 = 1.0 / 128.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -111,7 +83,7 @@ pub(crate) struct Sender {
     /// The oldest sequence number not yet known delivered; `slots[0]` holds it.
     base: u64,
     slots: VecDeque<Slot>,
-    order: VecDeque<Transmission>,
+    send_log: VecDeque<Transmission>,
     /// Packets declared lost, resent lowest first: the lowest hole is what holds the
     /// receiver's window back.
     lost: BTreeSet<u64>,
@@ -159,7 +131,7 @@ impl Sender {
             next_seq: 0,
             base: 0,
             slots: VecDeque::new(),
-            order: VecDeque::new(),
+            send_log: VecDeque::new(),
             lost: BTreeSet::new(),
             sacked: SeqRanges::default(),
             in_flight_bytes: 0,
@@ -198,7 +170,7 @@ impl Sender {
             })
             .collect();
         self.base = self.next_seq;
-        self.order.clear();
+        self.send_log.clear();
         self.lost.clear();
         self.sacked.clear();
         self.in_flight_bytes = 0;
@@ -270,19 +242,6 @@ impl Sender {
         1 << wanted.ilog2()
     }
 
-    /// The retransmission timeout after backoff.
-    pub fn rto(&self) -> Duration {
-        let base =
-            self.rtt.srtt() + (self.rtt.rttvar() * 4).max(RTO_GRANULARITY) + self.cfg.max_ack_delay;
-        let base = base.clamp(self.cfg.min_rto, self.cfg.max_rto);
-        base.saturating_mul(1 << self.backoff.min(MAX_BACKOFF_SHIFT))
-            .min(self.cfg.max_rto)
-    }
-
-    fn reorder_window(&self) -> Duration {
-        (self.rtt.min_rtt() / 4).max(MIN_REORDER_WINDOW)
-    }
-
     /// Whether `len` bytes may leave now under the congestion window and the pacer.
     pub fn check_send(&mut self, now: Instant, len: u64) -> Result<(), Blocked> {
         let window = self.cc.window();
@@ -318,16 +277,18 @@ impl Sender {
     }
 
     /// Retransmits the packet `peek_lost` named and returns its sequence number.
-    pub fn retransmit(&mut self, now: Instant, app_limited: bool) -> Option<u64> {
+    /// `queue_empty`: no new data waits behind it.
+    pub fn retransmit(&mut self, now: Instant, queue_empty: bool) -> Option<u64> {
         self.peek_lost()?;
         let seq = self.lost.pop_first()?;
         self.counters.retransmissions += 1;
-        self.transmit(now, seq, app_limited);
+        self.transmit(now, seq, queue_empty);
         Some(seq)
     }
 
     /// Records a new packet as sent now and returns its sequence number.
-    pub fn send_new(&mut self, now: Instant, held: Held, app_limited: bool) -> u64 {
+    /// `queue_empty`: no new data waits behind it.
+    pub fn send_new(&mut self, now: Instant, held: Held, queue_empty: bool) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let len = held.packet.len() as u64;
@@ -336,14 +297,14 @@ impl Sender {
             order: held.order,
             payload: held.packet,
             len,
-            state: SlotState::Lost,
+            state: SlotState::InFlight,
             last_sent: now,
             transmissions: 0,
-            app_limited,
+            app_limited: false,
         });
         self.counters.packets_sent += 1;
         self.counters.bytes_sent += len;
-        self.transmit(now, seq, app_limited);
+        self.transmit(now, seq, queue_empty);
         seq
     }
 
@@ -360,7 +321,13 @@ impl Sender {
             .count()
     }
 
-    fn transmit(&mut self, now: Instant, seq: u64, app_limited: bool) {
+    fn transmit(&mut self, now: Instant, seq: u64, queue_empty: bool) {
+        let len = self.slot(seq).map_or(0, |slot| slot.len);
+        // Nothing else to send and room in the window: the window is not what limits us, so
+        // this packet's ack says nothing about capacity.
+        let app_limited = queue_empty
+            && self.peek_lost().is_none()
+            && self.in_flight_bytes + len < self.cc.window();
         let Some(slot) = self.slot_mut(seq) else {
             return;
         };
@@ -371,13 +338,13 @@ impl Sender {
         let (len, number) = (slot.len, slot.transmissions);
         self.in_flight_bytes += len;
         self.in_flight_packets += 1;
-        self.order.push_back(Transmission {
+        self.send_log.push_back(Transmission {
             at: now,
             seq,
             number,
         });
         self.pacer.on_sent(len);
-        self.compact_order();
+        self.compact_send_log();
     }
 
     fn slot(&self, seq: u64) -> Option<&Slot> {
@@ -396,19 +363,19 @@ impl Sender {
     }
 
     /// Stale transmissions behind a long-lived one would pile up; rebuild when they dominate.
-    fn compact_order(&mut self) {
-        if self.order.len() > 64 && self.order.len() as u64 > 4 * self.in_flight_packets {
-            let order = std::mem::take(&mut self.order);
-            self.order = order.into_iter().filter(|t| self.is_live(t)).collect();
+    fn compact_send_log(&mut self) {
+        if self.send_log.len() > 64 && self.send_log.len() as u64 > 4 * self.in_flight_packets {
+            let log = std::mem::take(&mut self.send_log);
+            self.send_log = log.into_iter().filter(|t| self.is_live(t)).collect();
         }
     }
 
     fn pop_stale_front(&mut self) {
-        while let Some(front) = self.order.front() {
+        while let Some(front) = self.send_log.front() {
             if self.is_live(front) {
                 break;
             }
-            self.order.pop_front();
+            self.send_log.pop_front();
         }
     }
 
@@ -505,7 +472,7 @@ impl Sender {
             SlotState::Lost => {}
         }
         self.counters.packets_acked += 1;
-        self.loss_rate *= 1.0 - LOSS_RATE_GAIN;
+        self.loss_rate *= 1.0 - recovery::LOSS_RATE_GAIN;
         self.cc
             .on_ack(now, slot.last_sent, slot.len, &self.rtt, slot.app_limited);
         true
@@ -527,107 +494,5 @@ impl Sender {
         };
         slot.state = SlotState::Sacked;
         self.on_delivered(now, &before)
-    }
-
-    fn declare_lost(&mut self, now: Instant, seq: u64) -> bool {
-        let Some(slot) = self.slot_mut(seq) else {
-            return false;
-        };
-        if slot.state != SlotState::InFlight {
-            return false;
-        }
-        slot.state = SlotState::Lost;
-        let (len, sent) = (slot.len, slot.last_sent);
-        self.in_flight_bytes -= len;
-        self.in_flight_packets -= 1;
-        self.lost.insert(seq);
-        self.loss_rate = self.loss_rate * (1.0 - LOSS_RATE_GAIN) + LOSS_RATE_GAIN;
-        if self.loss_is_congestion() {
-            self.counters.congestion_events += 1;
-            self.cc.on_congestion_event(now, sent);
-        }
-        true
-    }
-
-    /// Whether the path looks congested rather than randomly lossy (see the module doc).
-    fn loss_is_congestion(&self) -> bool {
-        let min_rtt = self.rtt.min_rtt();
-        let queueing = self.rtt.srtt().saturating_sub(min_rtt);
-        queueing >= (min_rtt / 4).max(MIN_QUEUE_SIGNAL)
-            || self.loss_rate > self.cfg.random_loss_tolerance
-    }
-
-    pub fn loss_rate(&self) -> f64 {
-        self.loss_rate
-    }
-
-    fn detect_by_sack(&mut self, now: Instant) {
-        self.rack_deadline = None;
-        let Some((delivered_at, rack_rtt)) = self.rack else {
-            return;
-        };
-        let reorder = self.reorder_window();
-        while let Some(&front) = self.order.front() {
-            if !self.is_live(&front) {
-                self.order.pop_front();
-                continue;
-            }
-            if front.at >= delivered_at {
-                break;
-            }
-            let deadline = front.at + rack_rtt + reorder;
-            if deadline > now {
-                self.rack_deadline = Some(deadline);
-                break;
-            }
-            self.order.pop_front();
-            if self.declare_lost(now, front.seq) {
-                self.counters.losses_by_sack += 1;
-            }
-        }
-    }
-
-    /// The earliest transmission still waiting for its ack expires at this time.
-    fn rto_deadline(&self) -> Option<Instant> {
-        let oldest = self.order.iter().find(|t| self.is_live(t))?;
-        Some(self.expiry(oldest.at))
-    }
-
-    fn expiry(&self, sent: Instant) -> Instant {
-        self.last_progress.map_or(sent, |p| p.max(sent)) + self.rto()
-    }
-
-    pub fn loss_timeout(&self) -> Option<Instant> {
-        weft_core::time::earliest(self.rack_deadline, self.rto_deadline())
-    }
-
-    pub fn on_timeout(&mut self, now: Instant) {
-        if self.rack_deadline.is_some_and(|d| d <= now) {
-            self.detect_by_sack(now);
-        }
-        let mut first_expired = None;
-        loop {
-            self.pop_stale_front();
-            let Some(&front) = self.order.front() else {
-                break;
-            };
-            if self.expiry(front.at) > now {
-                break;
-            }
-            self.order.pop_front();
-            if self.declare_lost(now, front.seq) {
-                self.counters.losses_by_timer += 1;
-                first_expired.get_or_insert(front.at);
-            }
-        }
-        if let Some(sent) = first_expired {
-            self.counters.timeouts += 1;
-            if self.backoff > 0 {
-                self.cc.on_timeout(now);
-            } else if self.loss_is_congestion() {
-                self.cc.on_congestion_event(now, sent);
-            }
-            self.backoff = (self.backoff + 1).min(MAX_BACKOFF_SHIFT);
-        }
     }
 }

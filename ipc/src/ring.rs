@@ -1,1 +1,0 @@
-//! Shared-memory SPSC rings between the shim and the daemon.
