@@ -10,13 +10,14 @@
 
 use crate::guard::{LockGuard, ShimLock};
 use crate::log::debug;
-use crate::state::{self, View};
+use crate::state;
+use crate::view;
 use crate::{fdtable, real, sys};
 use libc::c_int;
 use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use weft_ipc::{fdpass, ClientKind, Incoming, Reply, Request, MAX_MESSAGE};
 
@@ -48,8 +49,6 @@ static SAID_NO_DAEMON: AtomicBool = AtomicBool::new(false);
 /// Until when (CLOCK_MONOTONIC ms) the daemon is known to be unreachable: lets pass-through
 /// calls skip the locks entirely. `u64::MAX`: no `WEFT_SOCKET` at all.
 static DOWN_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
-/// The daemon's proxy address as a u32 (0: not known yet), readable without a lock.
-static PROXY_IP: AtomicU32 = AtomicU32::new(0);
 
 /// Remembers `$WEFT_SOCKET` (constructor; no connection yet).
 pub fn init() {
@@ -269,11 +268,8 @@ fn establish(now: u64) -> Result<Link, i32> {
             FD.store(c.fd, Ordering::Relaxed);
             INODE.store(c.ino, Ordering::Relaxed);
             fdtable::mark_private(c.fd, true);
-            PROXY_IP.store(u32::from(w.proxy_ip), Ordering::Relaxed);
             DOWN_UNTIL_MS.store(0, Ordering::Relaxed);
-            let mut view = View::from_welcome(&w);
-            view.refreshed_ms = now;
-            state::lock().view = Some(view);
+            view::publish(&w, now);
             Ok(Link::Up(c))
         }
         Err(e) => {
@@ -324,7 +320,7 @@ pub fn request_fd(req: Request, fd: Option<RawFd>) -> Result<(Reply, Option<Owne
 
 /// Makes sure the view of the overlay exists (connecting if needed). `false`: no daemon.
 pub fn ensure_view() -> bool {
-    if state::lock().view.is_some() {
+    if view::present() {
         return true;
     }
     if known_down() {
@@ -339,15 +335,12 @@ pub fn local_addresses() -> Option<(Ipv4Addr, Ipv4Addr)> {
     if !ensure_view() {
         return None;
     }
-    state::lock().view.as_ref().map(|v| (v.node, v.proxy_ip))
+    view::addresses()
 }
 
 /// The daemon's proxy address, if we already talked to it (no lock, no connection attempt).
 pub fn cached_proxy_ip() -> Option<Ipv4Addr> {
-    match PROXY_IP.load(Ordering::Relaxed) {
-        0 => None,
-        a => Some(Ipv4Addr::from(a)),
-    }
+    view::addresses().map(|(_, proxy)| proxy)
 }
 
 /// The daemon is known to be unreachable right now.
@@ -357,43 +350,31 @@ fn known_down() -> bool {
 }
 
 /// Is `ip` an overlay destination? A miss refreshes the node list (at most every
-/// `REFRESH_MS`), so a node that joined after this process started is found.
+/// `REFRESH_MS`), so a node that joined after this process started is found. The common
+/// answer ("no", or "yes" for a known node) takes no lock.
 pub fn is_overlay(ip: Ipv4Addr) -> bool {
     if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || known_down() {
         return false;
     }
     let now = sys::monotonic_ms();
-    if let Some(v) = &state::lock().view {
-        if v.is_overlay(ip) {
-            return true;
-        }
-        if now.saturating_sub(v.refreshed_ms) < REFRESH_MS {
-            return false;
-        }
+    match view::contains(ip) {
+        Some(true) => return true,
+        Some(false) if now.saturating_sub(view::refreshed_ms()) < REFRESH_MS => return false,
+        _ => {}
     }
     let mut link = CONTROL.lock();
-    let had_view = state::lock().view.is_some();
+    let had_view = view::present();
     if connected(&mut link).is_err() {
         return false;
     }
-    let due = had_view
-        && state::lock()
-            .view
-            .as_ref()
-            .is_some_and(|v| now.saturating_sub(v.refreshed_ms) >= REFRESH_MS);
-    if due {
+    // Another thread may have refreshed while we waited for the lock.
+    if had_view && now.saturating_sub(view::refreshed_ms()) >= REFRESH_MS {
         let nodes = match roundtrip_locked(&mut link, Request::Nodes, None) {
             Ok((Reply::Nodes { nodes }, _)) => Some(nodes),
             _ => None,
         };
-        if let Some(v) = &mut state::lock().view {
-            if let Some(nodes) = nodes {
-                v.set_nodes(&nodes);
-            }
-            v.refreshed_ms = now;
-        }
+        view::refreshed(nodes.as_deref(), now);
     }
     drop(link);
-    let st = state::lock();
-    st.view.as_ref().is_some_and(|v| v.is_overlay(ip))
+    view::contains(ip) == Some(true)
 }

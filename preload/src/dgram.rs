@@ -198,7 +198,7 @@ pub unsafe fn destination(fd: c_int, addr: *const sockaddr, len: socklen_t) -> D
     let Some(dst) = sa.v4() else {
         return Dest::Keep;
     };
-    if !state::in_owner() || !control::is_overlay(*dst.ip()) {
+    if !control::is_overlay(*dst.ip()) || !state::in_owner() {
         return Dest::Keep;
     }
     let remote = Endpoint::from(dst);
@@ -230,14 +230,15 @@ pub unsafe fn destination(fd: c_int, addr: *const sockaddr, len: socklen_t) -> D
 pub fn overlay_source(ss: &sockaddr_storage, len: socklen_t) -> Option<(c_int, SocketAddrV4)> {
     let sa = addr::parse_storage(ss, len)?;
     let a = sa.v4()?;
-    if !a.ip().is_loopback() || !state::in_owner() {
+    if !a.ip().is_loopback() {
         return None;
     }
     let proxy_ip = match control::cached_proxy_ip() {
         Some(p) => p,
+        // A loopback source before we ever talked to the daemon (an inherited socket).
         None => control::local_addresses()?.1,
     };
-    if *a.ip() != proxy_ip {
+    if *a.ip() != proxy_ip || !state::in_owner() {
         return None;
     }
     let _errno = KeepErrno::new();
@@ -279,6 +280,6 @@ pub fn overlay_local(
     if !connected || !a.ip().is_loopback() {
         return None;
     }
-    let node = state::lock().view.as_ref()?.node;
+    let (node, _) = crate::view::addresses()?;
     Some((sa.family, SocketAddrV4::new(node, a.port())))
 }

@@ -27,6 +27,7 @@ pub mod sockopt;
 pub mod state;
 pub mod stream;
 pub mod sys;
+pub mod view;
 
 // The exported hooks and the constructor are left out of unit-test builds: linked into the
 // test harness they would interpose the harness's own libc calls.
