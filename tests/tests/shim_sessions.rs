@@ -195,3 +195,18 @@ fn listener_on_the_node_address_takes_overlay_clients() {
     let (_, out, _) = run(cmd, &o.dir, "refused", LIMIT);
     assert!(out.starts_with("nonblocking ECONNREFUSED"), "{out}");
 }
+
+#[test]
+fn weft_run_puts_a_program_on_the_overlay() {
+    let o = Overlay::ready_chain(2, "");
+    let port = free_port();
+    let _echo = o.echo_server(2, port);
+    let mut cmd = Command::new(weft_tests::weft_bin());
+    cmd.arg("--socket")
+        .arg(o.socket(1))
+        .args(["run", "--", PYTHON, "-c", CLIENT, &o.ip(2), &port.to_string()])
+        .env_remove("LD_PRELOAD")
+        .env_remove("WEFT_SOCKET");
+    let out = run_ok(cmd, &o.dir, "weft-run", LIMIT);
+    assert_eq!(out, format!("{} {}\n", o.ip(1), o.ip(2)));
+}
