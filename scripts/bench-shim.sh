@@ -3,13 +3,15 @@
 # clean hop, both ends under LD_PRELOAD) against iperf3 on kernel loopback, measured in the same
 # run, interleaved, medians of REPEATS runs of SECONDS each. Prints the ratio; also written to
 # bench-out/shim-throughput.txt.
-#   scripts/bench.sh [SECONDS] [REPEATS]
+#   scripts/bench-shim.sh [SECONDS] [REPEATS]
+# (The netemu branch owns scripts/bench.sh; this is the shim's throughput arm, meant to be
+# called from it.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-5}"
 repeats="${2:-3}"
 for t in iperf3 python3; do
-    command -v "$t" >/dev/null || { echo "bench.sh: $t is required" >&2; exit 1; }
+    command -v "$t" >/dev/null || { echo "bench-shim.sh: $t is required" >&2; exit 1; }
 done
 
 cargo build --release -q --workspace
@@ -32,7 +34,7 @@ for t in $(seq 251 254); do
     if flock -n "$lock"; then net="127.$t"; break; fi
     exec {lock}>&-
 done
-[ -n "$net" ] || { echo "bench.sh: no free 127.T test subnet" >&2; exit 1; }
+[ -n "$net" ] || { echo "bench-shim.sh: no free 127.T test subnet" >&2; exit 1; }
 
 for n in 1 2; do
     peer=$((3 - n))
