@@ -10,28 +10,17 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use weft_core::NodeId;
+use weft_transport::session::RecoveryMode;
 
 pub const DEFAULT_PORT: u16 = 7470;
 /// Where `weftd` listens and `weft` connects when neither `--socket` nor `WEFT_SOCKET` says.
 pub const DEFAULT_SOCKET: &str = "/tmp/weft/weftd.sock";
 
-/// Recovery strategy for sessions: repair loss on every link, or only at the ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Recovery {
-    #[default]
-    HopByHop,
-    EndToEnd,
-}
-
-impl std::str::FromStr for Recovery {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "hop-by-hop" => Ok(Recovery::HopByHop),
-            "end-to-end" | "end-to-end-only" => Ok(Recovery::EndToEnd),
-            _ => Err(format!("`{s}`: expected hop-by-hop or end-to-end")),
-        }
+fn parse_recovery(s: &str) -> Result<RecoveryMode, String> {
+    match s {
+        "hop-by-hop" => Ok(RecoveryMode::HopByHop),
+        "end-to-end" | "end-to-end-only" => Ok(RecoveryMode::EndToEndOnly),
+        _ => Err(format!("`{s}`: expected hop-by-hop or end-to-end")),
     }
 }
 
@@ -90,7 +79,6 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub socket: PathBuf,
     pub proxy_ip: Ipv4Addr,
-    pub recovery: Recovery,
     pub log: String,
 }
 
@@ -215,10 +203,9 @@ impl DaemonConfig {
             }
             node.default_ttl = t;
         }
-        let recovery = match pick(&flags.recovery, &file.recovery) {
-            Some(s) => field("recovery", s.parse())?,
-            None => Recovery::default(),
-        };
+        if let Some(s) = pick(&flags.recovery, &file.recovery) {
+            node.recovery = field("recovery", parse_recovery(&s))?;
+        }
 
         let mut neighbors: Vec<NeighborConfig> = Vec::new();
         for (i, n) in file.neighbors.iter().enumerate() {
@@ -291,7 +278,6 @@ impl DaemonConfig {
             listen,
             socket,
             proxy_ip,
-            recovery,
             log,
         })
     }
@@ -316,7 +302,7 @@ mod tests {
         assert_eq!(c.proxy_ip, Ipv4Addr::new(127, 77, 0, 1));
         assert_eq!(c.node.hello_interval, Duration::from_millis(100));
         assert!(c.node.dead_interval <= Duration::from_millis(500));
-        assert_eq!(c.recovery, Recovery::HopByHop);
+        assert_eq!(c.node.recovery, RecoveryMode::HopByHop);
     }
 
     #[test]

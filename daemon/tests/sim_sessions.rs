@@ -159,7 +159,7 @@ fn service(sim: &mut Sim, transfers: &mut [Transfer]) {
 }
 
 fn run_seed(seed: u64) -> Result<(Trouble, RecoveryMode, bool), String> {
-    let mode = if seed % 2 == 0 {
+    let mode = if seed.is_multiple_of(2) {
         RecoveryMode::HopByHop
     } else {
         RecoveryMode::EndToEndOnly

@@ -51,7 +51,7 @@ struct DaemonStatus<'a> {
     node: crate::overlay::status::NodeStatus,
     listen: String,
     socket: String,
-    recovery: crate::config::Recovery,
+    recovery: weft_transport::session::RecoveryMode,
     clients: Vec<ClientStatus>,
     datagram_ports: Vec<u16>,
     daemon_counters: &'a DaemonCounters,
@@ -637,7 +637,7 @@ impl Daemon {
             node: self.node.status(now),
             listen: self.cfg.listen.to_string(),
             socket: self.cfg.socket.display().to_string(),
-            recovery: self.cfg.recovery,
+            recovery: self.cfg.node.recovery,
             clients: self
                 .conns
                 .values()

@@ -68,6 +68,9 @@ pub struct SessionSummary {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
+    pub fast_retransmits: u64,
+    pub timeouts: u64,
+    pub ce_reductions: u64,
     pub released: bool,
 }
 
@@ -334,6 +337,9 @@ impl Node {
                     bytes_sent: st.bytes_sent,
                     bytes_received: st.bytes_received,
                     retransmits: st.retransmits,
+                    fast_retransmits: st.fast_retransmits,
+                    timeouts: st.timeouts,
+                    ce_reductions: st.ce_reductions,
                     released: e.released,
                 }
             })

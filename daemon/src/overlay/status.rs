@@ -26,6 +26,47 @@ pub struct NeighborStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub flood_pending: usize,
+    /// The hop-by-hop reliable link toward this neighbour.
+    pub arq: Option<ArqStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArqStatus {
+    pub srtt_ms: f64,
+    pub cwnd: u64,
+    pub in_flight_bytes: u64,
+    pub queued_bytes: u64,
+    pub queued_flows: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub retransmissions: u64,
+    pub losses_by_sack: u64,
+    pub losses_by_timer: u64,
+    pub timeouts: u64,
+    pub congestion_events: u64,
+    pub loss_rate_ppm: u64,
+    pub duplicates: u64,
+}
+
+impl From<weft_transport::arq::ArqStats> for ArqStatus {
+    fn from(s: weft_transport::arq::ArqStats) -> Self {
+        ArqStatus {
+            srtt_ms: s.srtt.as_secs_f64() * 1e3,
+            cwnd: s.cwnd,
+            in_flight_bytes: s.in_flight_bytes,
+            queued_bytes: s.queued_bytes,
+            queued_flows: s.queued_flows,
+            packets_sent: s.packets_sent,
+            packets_received: s.packets_received,
+            retransmissions: s.retransmissions,
+            losses_by_sack: s.losses_by_sack,
+            losses_by_timer: s.losses_by_timer,
+            timeouts: s.timeouts,
+            congestion_events: s.congestion_events,
+            loss_rate_ppm: s.loss_rate_ppm,
+            duplicates: s.duplicates,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +139,7 @@ impl Node {
                 bytes_in: n.bytes_in,
                 bytes_out: n.bytes_out,
                 flood_pending: n.flood.len(),
+                arq: n.arq.as_ref().map(|a| a.stats().into()),
             })
             .collect();
         let routes = self

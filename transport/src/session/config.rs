@@ -35,6 +35,9 @@ pub struct SessionConfig {
     pub cc: Algorithm,
     /// Initial congestion window, in segments. 10 (RFC 6928).
     pub initial_window_packets: u64,
+    /// Loss rate (fraction of segments) the path may show, without queueing delay, before
+    /// losses count as congestion (`cc::LossClassifier`); 0 = every loss is congestion.
+    pub random_loss_tolerance: f64,
     /// Spread each window over an RTT instead of bursting it. On.
     pub pacing: bool,
     /// An active open gives up after this long (SYN retransmitted with exponential backoff
@@ -77,6 +80,7 @@ impl Default for SessionConfig {
             mode: RecoveryMode::HopByHop,
             cc: Algorithm::Cubic,
             initial_window_packets: 10,
+            random_loss_tolerance: 0.10,
             pacing: true,
             connect_timeout: Duration::from_secs(20),
             user_timeout: Duration::from_secs(30),

@@ -7,7 +7,7 @@ use super::recv::ReceiveStream;
 use super::send::SendStream;
 use super::wire::{Flags, Segment};
 use super::{SessionError, SessionEvent, SessionState, SessionStats};
-use crate::cc::{CongestionControl, Pacer, RttEstimator};
+use crate::cc::{CongestionControl, LossClassifier, Pacer, RttEstimator};
 use std::collections::VecDeque;
 use std::time::Duration;
 use weft_core::{DecodeError, Endpoint, Instant};
@@ -72,6 +72,8 @@ pub struct Session {
     pub(super) recv: ReceiveStream,
     pub(super) rtt: RttEstimator,
     pub(super) cc: Box<dyn CongestionControl>,
+    /// Whether a loss found end to end is congestion or the path's random loss.
+    pub(super) losses: LossClassifier,
     pub(super) pacer: Option<Pacer>,
     pub(super) rack: Rack,
     pub(super) ack: AckState,
@@ -141,6 +143,7 @@ impl Session {
             recv: ReceiveStream::new(cfg.recv_buffer_bytes as u64),
             rtt: RttEstimator::new(cfg.initial_rtt),
             cc,
+            losses: LossClassifier::new(cfg.random_loss_tolerance, mss),
             pacer,
             rack: Rack {
                 reorder_quarters: 1,

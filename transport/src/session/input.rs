@@ -202,6 +202,9 @@ impl Session {
         }
         if summary.progress {
             self.counters.bytes_acked += summary.newly_acked_bytes;
+            for _ in 0..summary.newly_acked_bytes.div_ceil(self.cfg.mss as u64) {
+                self.losses.on_delivered();
+            }
             if let Some(sent) = echo_sent {
                 self.take_rtt_sample(now, sent, seg.ack_delay_us);
             }
@@ -300,8 +303,13 @@ impl Session {
         self.rack_at = scan.next_deadline;
         if scan.marked > 0 {
             self.counters.fast_retransmits += scan.marked as u64;
-            self.cc
-                .on_congestion_event(now, scan.latest_sent_at.unwrap_or(now));
+            for _ in 0..scan.marked {
+                self.losses.on_lost();
+            }
+            if self.losses.is_congestion(&self.rtt, self.cc.window()) {
+                self.cc
+                    .on_congestion_event(now, scan.latest_sent_at.unwrap_or(now));
+            }
         }
     }
 }

@@ -52,7 +52,8 @@
 //! the first at once. `EndToEndOnly` adds RACK (a segment is lost once one sent after it
 //! was delivered and a reordering window has passed; the window widens when a fast
 //! retransmission proves spurious) and tail loss probes. `HopByHop` infers nothing from
-//! reordering and, on a first timeout, reduces its window once instead of collapsing it.
+//! reordering and keeps its window on a first timeout (its congestion signal is CE marks).
+
 //! Timestamp echoes detect spurious retransmissions; a spurious timeout puts the segments
 //! it condemned but did not yet resend back in flight. Each increase of the peer's CE count
 //! reduces the window at most once per round trip.

@@ -136,12 +136,23 @@ impl Session {
                 self.rto_at = Some(now + self.rto());
                 self.rack_at = None;
                 self.tail_probe_at = None;
-                // Over repaired links a first timeout more likely means a broken path (relay
-                // crash, reroute) than congestion: reduce once instead of collapsing. Repeated
-                // timeouts mean the path is still broken: stop pouring a window into it.
+                // Over repaired links congestion shows up as CE marks, and a first timeout
+                // means a repair took long or a relay crashed, not congestion: keep the
+                // window (a spurious timeout then costs a few duplicate segments, not the
+                // throughput). Repeated timeouts mean the path is still broken: stop pouring
+                // a window into it.
+                // End to end, a first timeout on a randomly lossy path (a lost tail or a lost
+                // retransmission) is one loss event like any other, not a reason to restart
+                // from two segments.
                 let first = self.backoff == 1;
+                self.losses.on_lost();
                 match self.cfg.mode {
-                    RecoveryMode::HopByHop if first => self.cc.on_congestion_event(now, now),
+                    RecoveryMode::HopByHop if first => {}
+                    RecoveryMode::EndToEndOnly if first => {
+                        if self.losses.is_congestion(&self.rtt, self.cc.window()) {
+                            self.cc.on_congestion_event(now, now);
+                        }
+                    }
                     _ => self.cc.on_timeout(now),
                 }
             }

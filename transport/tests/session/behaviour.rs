@@ -365,7 +365,7 @@ fn timestamps_wrap_without_harm() {
         ..LinkParams::default()
     };
     let mut sim = sim(cfg, lossy.clone(), lossy);
-    sim.now = wrap - ms(300);
+    sim.now = wrap - ms(50);
     sim.connect(
         CONN_ID,
         AppPlan {
@@ -376,7 +376,7 @@ fn timestamps_wrap_without_harm() {
     sim.run_until(wrap + secs(600), |s| s.both_closed(CONN_ID))
         .unwrap();
     let a = a_stats(&sim);
-    assert!(sim.now > wrap + secs(1), "the transfer ran across the wrap");
+    assert!(sim.now > wrap + ms(200), "the transfer ran across the wrap");
     assert!(
         a.rtt > ms(39) && a.rtt < ms(60),
         "RTT estimate stayed sane: {a:?}"

@@ -12,7 +12,7 @@ use super::queues::Held;
 use super::ranges::SeqRanges;
 use super::wire::{AckFrame, Echo};
 use super::FlowId;
-use crate::cc::{CongestionControl, Pacer, RttEstimator};
+use crate::cc::{CongestionControl, LossClassifier, Pacer, RttEstimator};
 
 /// Echoes claiming a send time further back than this are nonsense and ignored.
 const MAX_ECHO_AGE: Duration = Duration::from_secs(60);
@@ -100,7 +100,7 @@ pub(crate) struct Sender {
     /// The last time an ack acknowledged something new (restarts the timer).
     last_progress: Option<Instant>,
     /// Moving average of the fraction of packets lost.
-    loss_rate: f64,
+    losses: LossClassifier,
     /// Send time and RTT of the latest-sent transmission known delivered.
     rack: Option<(Instant, Duration)>,
     rack_deadline: Option<Instant>,
@@ -127,6 +127,7 @@ impl Sender {
         now: Instant,
     ) -> Self {
         Sender {
+            losses: LossClassifier::new(cfg.random_loss_tolerance, cfg.mss),
             cfg,
             next_seq: 0,
             base: 0,
@@ -142,7 +143,6 @@ impl Sender {
             backoff: 0,
             peer_window_end: None,
             last_progress: None,
-            loss_rate: 0.0,
             rack: None,
             rack_deadline: None,
             last_echo: None,
@@ -472,7 +472,7 @@ impl Sender {
             SlotState::Lost => {}
         }
         self.counters.packets_acked += 1;
-        self.loss_rate *= 1.0 - recovery::LOSS_RATE_GAIN;
+        self.losses.on_delivered();
         self.cc
             .on_ack(now, slot.last_sent, slot.len, &self.rtt, slot.app_limited);
         true

@@ -16,14 +16,7 @@
 //!   predicts. Consecutive expiries without progress back off exponentially; the first counts
 //!   as one congestion event, a second one in a row collapses the window (RFC 5681).
 //!
-//! Not every loss is congestion. A TCP-like response to 1 % random loss on a 20 ms link caps
-//! the window near 12 packets (about 6.6 Mbit/s), so a lossy overlay link could never be
-//! filled. A loss therefore reduces the window only when the path shows congestion: queueing
-//! delay (smoothed RTT above the minimum by a quarter of it, and by 2 ms or by 16 of our
-//! packets, the backlog estimate of TCP Veno) or a recent loss rate above
-//! `random_loss_tolerance` (like BBRv2's loss threshold). At a shared bottleneck
-//! whose queue fills, losses coincide with queueing delay and the link backs off like CUBIC or
-//! NewReno; a second timer expiry in a row always collapses the window.
+//! Not every loss is congestion: see `cc::LossClassifier`.
 
 use std::time::Duration;
 use weft_core::Instant;
@@ -33,13 +26,6 @@ use super::{Sender, SlotState};
 const RTO_GRANULARITY: Duration = Duration::from_millis(1);
 const MIN_REORDER_WINDOW: Duration = Duration::from_micros(250);
 const MAX_BACKOFF_SHIFT: u32 = 16;
-/// Queueing delay (beyond a quarter of the base RTT) that marks a loss as congestion...
-const MIN_QUEUE_SIGNAL: Duration = Duration::from_millis(2);
-/// ...or, on links too short for 2 ms of queue to be the norm, this many of our own packets
-/// waiting in queues.
-const MIN_BACKLOG_PACKETS: u64 = 16;
-/// Weight of one packet in the loss-rate average (about the last 128 packets).
-pub(super) const LOSS_RATE_GAIN: f64 = 1.0 / 128.0;
 
 impl Sender {
     /// The retransmission timeout after backoff.
@@ -67,7 +53,7 @@ impl Sender {
         self.in_flight_bytes -= len;
         self.in_flight_packets -= 1;
         self.lost.insert(seq);
-        self.loss_rate = self.loss_rate * (1.0 - LOSS_RATE_GAIN) + LOSS_RATE_GAIN;
+        self.losses.on_lost();
         if self.loss_is_congestion() {
             self.counters.congestion_events += 1;
             self.cc.on_congestion_event(now, sent);
@@ -75,21 +61,13 @@ impl Sender {
         true
     }
 
-    /// Whether the path looks congested rather than randomly lossy (see the module doc).
+    /// Whether the path looks congested rather than randomly lossy.
     pub(super) fn loss_is_congestion(&self) -> bool {
-        let (srtt, min_rtt) = (self.rtt.srtt(), self.rtt.min_rtt());
-        let queueing = srtt.saturating_sub(min_rtt);
-        // Our own bytes sitting in queues along the path (Veno's backlog estimate).
-        let backlog =
-            self.cc.window() as f64 * queueing.as_secs_f64() / srtt.as_secs_f64().max(1e-9);
-        let queue_built = queueing >= min_rtt / 4
-            && (queueing >= MIN_QUEUE_SIGNAL
-                || backlog >= (MIN_BACKLOG_PACKETS * self.cfg.mss) as f64);
-        queue_built || self.loss_rate > self.cfg.random_loss_tolerance
+        self.losses.is_congestion(&self.rtt, self.cc.window())
     }
 
     pub fn loss_rate(&self) -> f64 {
-        self.loss_rate
+        self.losses.loss_rate()
     }
 
     pub(super) fn detect_by_sack(&mut self, now: Instant) {

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# weft against kernel TCP (CUBIC, Reno, BBR) and against itself on the same emulated paths.
+#
+#   scripts/bench.sh            full run: 5 repeats, about 50 minutes
+#   scripts/bench.sh --quick    1 repeat, under 10 minutes
+#   scripts/bench.sh --smoke    CI smoke: 4 hops at 1 % loss, under a minute
+#
+# Extra options go to scripts/bench/bench.py (--help lists them). Needs root, iproute2,
+# iperf3 and /usr/bin/python3 with matplotlib (Debian: iperf3 iproute2 python3-matplotlib).
+# Results: bench-out/<time>-<profile>/{results.md,results.json,*.png}; bench-out/latest links
+# to the newest. The weft arms run when target/release/weftd and weft exist (build them with
+# `cargo build --release -p weft-daemon -p weft-preload`); otherwise the run says so and
+# measures the kernel arms only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $EUID -ne 0 ]]; then
+    echo "bench.sh: must run as root (network namespaces and TUN devices)" >&2
+    exit 2
+fi
+for tool in ip ss iperf3 /usr/bin/python3; do
+    command -v "$tool" >/dev/null || { echo "bench.sh: missing $tool" >&2; exit 2; }
+done
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null \
+    || echo "bench.sh: python3-matplotlib missing: tables only, no plots" >&2
+
+cargo build --release --quiet -p weft-netemu
+/usr/bin/python3 scripts/bench/stats.py >/dev/null
+
+# bench.py stops everything it started and removes its namespaces on exit, Ctrl-C and
+# SIGTERM; `netemu cleanup` below catches what a SIGKILLed run would leave.
+status=0
+/usr/bin/python3 scripts/bench/bench.py "$@" || status=$?
+# A driver killed outright: its emulator got SIGTERM from the kernel (--exit-with-parent) and
+# is tearing down; give it time, then remove (killing what runs inside) whatever is left.
+for _ in $(seq 50); do
+    ip netns list 2>/dev/null | grep -qE '^wb[0-9]+' || break
+    sleep 0.2
+done
+target/release/netemu cleanup --orphans --family wb >/dev/null 2>&1 || true
+target/release/netemu cleanup --orphans >/dev/null 2>&1 || true
+exit $status

@@ -1,0 +1,313 @@
+"""The lab: the emulator process, programs started inside its namespaces, weft daemons, CPU
+accounting and guaranteed cleanup.
+
+Everything started here is registered with a `Lab`; `Lab.close()` (called from a `finally`
+and on SIGTERM/SIGINT) stops the programs, shuts the emulator down (which kills whatever is
+left in its namespaces and deletes them) and, as a last resort, runs `netemu cleanup`.
+"""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE = ROOT / "target" / "release"
+
+
+class BenchError(Exception):
+    pass
+
+
+def schedstat_ns(pid):
+    """CPU time of every live thread of `pid` from /proc/<pid>/task/*/schedstat (exact on
+    this VM, unlike /proc/stat). 0 if the process is gone."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class Emulator:
+    """A running `netemu run` process and its control socket."""
+
+    def __init__(self, lab, topology, seed, log_dir, rt_priority=50, coalesce_us=0):
+        self.lab = lab
+        self.prefix = f"{lab.prefix}{topology.stem.replace('-', '_')}"
+        self.control = Path(f"/run/netemu-{self.prefix}.sock")
+        argv = [
+            str(RELEASE / "netemu"), "run",
+            "--topology", str(topology),
+            "--prefix", self.prefix,
+            "--control", str(self.control),
+            "--seed", str(seed),
+            "--txqueuelen", "4096",
+            "--coalesce-us", str(coalesce_us),
+            "--exit-with-parent",
+        ]
+        if rt_priority:
+            argv += ["--rt-priority", str(rt_priority)]
+        self.log = open(log_dir / f"netemu-{self.prefix}.log", "w")
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True
+        )
+        lab.emulators.append(self)
+        self.plan = self._wait_ready(timeout=30)
+        self.nodes = {n["name"]: n for n in self.plan["nodes"]}
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
+                if not chunk:
+                    break
+                line += chunk
+                if b"\n" in line:
+                    text = line.split(b"\n", 1)[0].decode()
+                    if text.startswith("READY "):
+                        return json.loads(text[len("READY "):])
+                    break
+            if self.proc.poll() is not None:
+                break
+        raise BenchError(
+            f"netemu did not start (see {self.log.name}): exit {self.proc.poll()}"
+        )
+
+    def ctl(self, command):
+        out = subprocess.run(
+            [str(RELEASE / "netemu"), "ctl", "--control", str(self.control), *command.split()],
+            capture_output=True, text=True, timeout=30,
+        )
+        try:
+            reply = json.loads(out.stdout)
+        except json.JSONDecodeError:
+            raise BenchError(f"netemu ctl {command}: {out.stderr.strip()}")
+        if not reply.get("ok"):
+            raise BenchError(f"netemu ctl {command}: {reply.get('error')}")
+        return reply
+
+    def namespace(self, node):
+        return self.nodes[node]["namespace"]
+
+    def address(self, node):
+        return self.nodes[node]["address"]
+
+    def neighbours(self, node):
+        """(peer node, local link address, peer link address) for each link of `node`."""
+        result = []
+        for link in self.plan["links"]:
+            if link["a"] == node:
+                result.append((link["b"], link["a_address"], link["b_address"]))
+            elif link["b"] == node:
+                result.append((link["a"], link["b_address"], link["a_address"]))
+        return result
+
+    def pid(self):
+        return self.proc.pid
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.ctl("shutdown")
+            except (BenchError, subprocess.TimeoutExpired, OSError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(
+            [str(RELEASE / "netemu"), "cleanup", "--prefix", self.prefix],
+            capture_output=True, timeout=60,
+        )
+        self.log.close()
+
+
+class Lab:
+    def __init__(self, out_dir):
+        self.prefix = f"wb{os.getpid()}"
+        self.out = out_dir
+        self.logs = out_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.emulators = []
+        self.procs = []
+        self._log_counter = 0
+        # The fairness scenario drives two flows from two threads.
+        self._lock = threading.Lock()
+
+    def log_path(self, name):
+        with self._lock:
+            self._log_counter += 1
+            counter = self._log_counter
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return self.logs / f"{counter:05d}-{safe}.log"
+
+    def spawn(self, argv, name, stdout=None):
+        """Start a program; its stderr (and stdout unless captured) goes to a log file."""
+        log = open(self.log_path(name), "w")
+        proc = subprocess.Popen(
+            argv,
+            stdout=stdout if stdout is not None else log,
+            stderr=log,
+            start_new_session=True,
+        )
+        proc.log_file = log
+        with self._lock:
+            self.procs.append(proc)
+        return proc
+
+    def finish(self, proc, timeout):
+        """Wait for `proc` (killing it after `timeout` s). Returns (exit code or None if it had
+        to be killed, its CPU ns read from schedstat before it was reaped)."""
+        deadline = time.monotonic() + timeout
+        killed = False
+        while True:
+            try:
+                exited = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except ChildProcessError:
+                exited = True
+            if exited is not None:
+                break
+            if time.monotonic() > deadline and not killed:
+                proc.kill()
+                killed = True
+            time.sleep(0.02)
+        cpu = schedstat_ns(proc.pid)
+        code = proc.wait()
+        proc.log_file.close()
+        with self._lock:
+            if proc in self.procs:
+                self.procs.remove(proc)
+        return (None if killed else code), cpu
+
+    def stop(self, proc, grace=3.0):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.log_file.close()
+        with self._lock:
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def close(self):
+        for proc in list(self.procs):
+            try:
+                self.stop(proc, grace=1.0)
+            except OSError:
+                pass
+        for emulator in self.emulators:
+            try:
+                emulator.close()
+            except Exception as e:  # noqa: BLE001 - keep cleaning up the rest
+                print(f"bench: emulator cleanup: {e}")
+        self.emulators.clear()
+        subprocess.run(
+            [str(RELEASE / "netemu"), "cleanup", "--orphans"], capture_output=True, timeout=60
+        )
+
+
+# Niceness of every program of the system under test (iperf3, msglat, weftd), the same for all
+# arms. Kernel TCP's forwarding and receive work runs in the emulator's (SCHED_FIFO) context,
+# while weft's relays are ordinary processes: on a busy host other tenants delay the latter
+# only. A negative value shields all measured programs from other tenants alike.
+SUT_NICE = 0
+
+
+def in_ns(emulator, node, argv):
+    prefix = ["nice", "-n", str(SUT_NICE)] if SUT_NICE else []
+    return ["ip", "netns", "exec", emulator.namespace(node), *prefix, *argv]
+
+
+class WeftOverlay:
+    """One weftd per namespace, written against the planned command line:
+    weftd --node IP --listen IP:PORT --neighbor IP:PORT ... --socket PATH --recovery MODE.
+    Overlay links are UDP between the link addresses of neighbouring namespaces."""
+
+    def __init__(self, lab, emulator, recovery, port, addressing="link", bin_dir=RELEASE):
+        self.lab = lab
+        self.weftd = str(Path(bin_dir) / "weftd")
+        self.weft = str(Path(bin_dir) / "weft")
+        self.emulator = emulator
+        self.recovery = recovery
+        self.port = port
+        self.addressing = addressing
+        self.daemons = {}
+        self.sockets = {}
+
+    @staticmethod
+    def available(bin_dir=RELEASE):
+        return (Path(bin_dir) / "weftd").exists() and (Path(bin_dir) / "weft").exists()
+
+    def start(self, timeout=20.0):
+        em = self.emulator
+        for node in em.nodes:
+            sock = Path(f"/run/{em.prefix}-{node}-{self.recovery}.weft.sock")
+            self.sockets[node] = sock
+            argv = [self.weftd, "--node", em.address(node)]
+            if self.addressing == "node":
+                argv += ["--listen", f"{em.address(node)}:{self.port}"]
+                for peer, _, _ in em.neighbours(node):
+                    argv += ["--neighbor", f"{em.address(peer)}:{self.port}"]
+            else:
+                argv += ["--listen", f"0.0.0.0:{self.port}"]
+                for _, _, peer_address in em.neighbours(node):
+                    argv += ["--neighbor", f"{peer_address}:{self.port}"]
+            argv += ["--socket", str(sock), "--recovery", self.recovery]
+            self.daemons[node] = self.lab.spawn(
+                in_ns(em, node, argv), f"weftd-{self.recovery}-{node}"
+            )
+        deadline = time.monotonic() + timeout
+        pending = set(em.nodes)
+        while pending and time.monotonic() < deadline:
+            for node in list(pending):
+                if self.daemons[node].poll() is not None:
+                    raise BenchError(
+                        f"weftd ({self.recovery}) on {node} exited "
+                        f"{self.daemons[node].returncode}; see {self.daemons[node].log_file.name}"
+                    )
+                status = subprocess.run(
+                    in_ns(em, node, [self.weft, "--socket",
+                                     str(self.sockets[node]), "status", "--json"]),
+                    capture_output=True, timeout=10,
+                )
+                if status.returncode == 0:
+                    pending.discard(node)
+            time.sleep(0.1)
+        if pending:
+            raise BenchError(f"weftd ({self.recovery}) not answering on {sorted(pending)}")
+        # Give link state a moment to flood; the bench cannot read the route table format yet.
+        time.sleep(1.0)
+
+    def wrap(self, node, argv):
+        """Run `argv` unmodified over weft from `node`'s namespace."""
+        return in_ns(
+            self.emulator, node,
+            [self.weft, "run", "--socket", str(self.sockets[node]), "--", *argv],
+        )
+
+    def cpu_ns(self):
+        return sum(schedstat_ns(p.pid) for p in self.daemons.values())
+
+    def stop(self):
+        for proc in self.daemons.values():
+            self.lab.stop(proc)
+        self.daemons.clear()

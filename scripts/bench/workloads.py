@@ -1,0 +1,182 @@
+"""Arms (kernel TCP with a pinned congestion control, or weft under the shim) and the
+workloads run through them: iperf3 goodput, msglat latency streams, the failover probe and
+the fairness pair. Each returns plain dicts that go straight into results.json."""
+
+import gzip
+import json
+import shutil
+import subprocess
+import time
+
+from lab import RELEASE, BenchError, in_ns
+
+KERNEL_ARMS = ["cubic", "reno", "bbr"]
+WEFT_ARMS = ["weft-hbh", "weft-e2e"]
+RECOVERY = {"weft-hbh": "hop-by-hop", "weft-e2e": "end-to-end"}
+
+
+class Arm:
+    def __init__(self, name, overlay=None):
+        self.name = name
+        self.overlay = overlay
+        self.cc = None if overlay else name
+
+    @property
+    def is_weft(self):
+        return self.overlay is not None
+
+    def wrap(self, emulator, node, argv):
+        if self.overlay:
+            return self.overlay.wrap(node, argv)
+        return in_ns(emulator, node, argv)
+
+    def daemon_cpu_ns(self):
+        return self.overlay.cpu_ns() if self.overlay else 0
+
+
+def wait_listening(emulator, node, port, tcp=True, timeout=10.0):
+    flag = "-Htln" if tcp else "-Huln"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            in_ns(emulator, node, ["ss", flag, f"sport = :{port}"]),
+            capture_output=True, text=True, timeout=10,
+        )
+        if out.stdout.strip():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class PortAllocator:
+    def __init__(self, base=20000):
+        self.next = base
+
+    def take(self):
+        self.next += 1
+        if self.next > 60000:
+            self.next = 20001
+        return self.next
+
+
+def goodput(lab, em, arm, src, dst, seconds, port):
+    """One iperf3 transfer src -> dst. Goodput is what the receiver got."""
+    server = lab.spawn(
+        arm.wrap(em, dst, ["iperf3", "-s", "-1", "-p", str(port)]), f"iperf3-s-{arm.name}"
+    )
+    if not wait_listening(em, dst, port):
+        lab.stop(server)
+        return {"ok": False, "error": "iperf3 server did not listen"}
+    argv = ["iperf3", "-c", em.address(dst), "-p", str(port), "-t", str(seconds), "-J",
+            "--connect-timeout", "10000"]
+    if arm.cc:
+        argv += ["-C", arm.cc]
+    daemon_cpu_before = arm.daemon_cpu_ns()
+    json_path = lab.log_path(f"iperf3-{arm.name}.json")
+    with open(json_path, "w") as out:
+        client = lab.spawn(arm.wrap(em, src, argv), f"iperf3-c-{arm.name}", stdout=out)
+        code, client_cpu = lab.finish(client, timeout=seconds + 45)
+    _, server_cpu = lab.finish(server, timeout=15)
+    daemon_cpu = arm.daemon_cpu_ns() - daemon_cpu_before
+    result = {"ok": False, "app_cpu_ns": client_cpu + server_cpu, "daemon_cpu_ns": daemon_cpu}
+    try:
+        report = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        result["error"] = f"iperf3 exit {code}, no JSON (see {json_path.name})"
+        return result
+    if "error" in report:
+        result["error"] = report["error"]
+        return result
+    try:
+        received = report["end"]["sum_received"]
+        sent = report["end"]["sum_sent"]
+        result.update(
+            ok=code == 0,
+            goodput_mbps=received["bits_per_second"] / 1e6,
+            bytes=received["bytes"],
+            seconds=received["seconds"],
+            retransmits=sent.get("retransmits"),
+        )
+        if code != 0:
+            result["error"] = f"iperf3 exit {code}"
+    except (KeyError, TypeError):
+        result["error"] = "iperf3 JSON without end.sum_received"
+    return result
+
+
+def start_stream(lab, em, arm, src, dst, port, rate, size, seconds, warmup_ms, udp=False):
+    """Start a msglat receiver and sender; returns a handle for `finish_stream`."""
+    tag = f"{arm.name if arm else 'udp'}"
+    recv_json = lab.log_path(f"msglat-recv-{tag}.json")
+    raw = lab.log_path(f"msglat-raw-{tag}.txt")
+    send_json = lab.log_path(f"msglat-send-{tag}.json")
+    msglat = str(RELEASE / "msglat")
+    receiver_argv = [msglat, "recv", "--listen", f"0.0.0.0:{port}", "--warmup-ms", str(warmup_ms),
+                     "--idle-timeout-s", "60", "--start-timeout-s", "60",
+                     "--json", str(recv_json), "--raw", str(raw)]
+    sender_argv = [msglat, "send", "--to", f"{em.address(dst)}:{port}", "--rate", str(rate),
+                   "--size", str(size), "--duration-s", str(seconds), "--json", str(send_json)]
+    if udp:
+        receiver_argv.append("--udp")
+        sender_argv.append("--udp")
+    elif arm.cc:
+        sender_argv += ["--cc", arm.cc]
+    wrap = (lambda node, argv: in_ns(em, node, argv)) if arm is None else (
+        lambda node, argv: arm.wrap(em, node, argv))
+    receiver = lab.spawn(wrap(dst, receiver_argv), f"msglat-recv-{tag}")
+    if not wait_listening(em, dst, port, tcp=not udp):
+        lab.stop(receiver)
+        raise BenchError(f"msglat receiver ({tag}) did not listen")
+    sender = lab.spawn(wrap(src, sender_argv), f"msglat-send-{tag}")
+    return {"receiver": receiver, "sender": sender, "recv_json": recv_json,
+            "send_json": send_json, "raw": raw, "seconds": seconds}
+
+
+def finish_stream(lab, handle, keep_raw_as=None):
+    code_s, _ = lab.finish(handle["sender"], timeout=handle["seconds"] + 120)
+    code_r, _ = lab.finish(handle["receiver"], timeout=90)
+    result = {"ok": code_s == 0 and code_r == 0}
+    try:
+        result["receiver"] = json.loads(handle["recv_json"].read_text())
+        result["sender"] = json.loads(handle["send_json"].read_text())
+    except (OSError, json.JSONDecodeError):
+        result["ok"] = False
+        result["error"] = f"msglat exit sender {code_s} receiver {code_r}"
+    samples = read_raw(handle["raw"])
+    if keep_raw_as is not None:
+        with open(handle["raw"], "rb") as src, gzip.open(keep_raw_as, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    handle["raw"].unlink(missing_ok=True)
+    return result, samples
+
+
+def read_raw(path):
+    samples = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3:
+                    samples.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    except OSError:
+        pass
+    return samples
+
+
+def outage(samples, cut_ns, heal_ns):
+    """Failover figures from raw (seq, send_ns, recv_ns) samples of a 1 kHz stream.
+
+    outage_ms: first delivery of a message sent at or after the cut, minus the cut time;
+    None ("no recovery") if nothing sent after the cut arrived before the link healed.
+    max_gap_ms: the longest silence at the receiver from 1 s before the cut on."""
+    after = [r for (_, s, r) in samples if s >= cut_ns]
+    first = min(after) if after else None
+    recovered = first is not None and first < heal_ns
+    arrivals = sorted(r for (_, _, r) in samples if r >= cut_ns - 1_000_000_000)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    return {
+        "outage_ms": (first - cut_ns) / 1e6 if recovered else None,
+        "first_after_cut_ms": (first - cut_ns) / 1e6 if first is not None else None,
+        "heal_after_ms": (heal_ns - cut_ns) / 1e6,
+        "max_gap_ms": max(gaps) / 1e6 if gaps else None,
+    }
