@@ -148,6 +148,15 @@ int main(int argc, char **argv) {
     snprintf(d, sizeof d, "len %u state %u mss %u cwnd %u", vl, info[0], mss, cwnd);
     expect("TCP_INFO established with sane figures", rc == 0 && vl == 232 && info[0] == 1 && mss > 0 && cwnd > 0, d);
     echo_check(s, "data flows both ways");
+    /* A duplicate is the same session: same names, and data through either. */
+    int dup_fd = fcntl(s, F_DUPFD_CLOEXEC, 100);
+    nl = sizeof name;
+    rc = getpeername(dup_fd, (struct sockaddr *)&name, &nl);
+    expect("a duplicate has the same peer", dup_fd >= 100 && rc == 0 &&
+           name.sin_addr.s_addr == dst.sin_addr.s_addr && name.sin_port == dst.sin_port, NULL);
+    close(s);
+    echo_check(dup_fd, "the duplicate carries data after the original is closed");
+    s = dup_fd;
     close(s);
 
     /* Blocking connect interrupted by a signal: EINTR, and the connect goes on. */

@@ -204,7 +204,15 @@ fn weft_run_puts_a_program_on_the_overlay() {
     let mut cmd = Command::new(weft_tests::weft_bin());
     cmd.arg("--socket")
         .arg(o.socket(1))
-        .args(["run", "--", PYTHON, "-c", CLIENT, &o.ip(2), &port.to_string()])
+        .args([
+            "run",
+            "--",
+            PYTHON,
+            "-c",
+            CLIENT,
+            &o.ip(2),
+            &port.to_string(),
+        ])
         .env_remove("LD_PRELOAD")
         .env_remove("WEFT_SOCKET");
     let out = run_ok(cmd, &o.dir, "weft-run", LIMIT);

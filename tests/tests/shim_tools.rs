@@ -39,6 +39,12 @@ fn iperf3_tcp_across_a_three_node_chain() {
             _ => 1,
         };
         assert_eq!(streams, want, "{extra:?}");
+        if extra.is_empty() {
+            // iperf3 reads TCP_INFO for these: the emulation must give sane figures.
+            let sender = &j["end"]["streams"][0]["sender"];
+            assert!(sender["max_snd_cwnd"].as_u64().unwrap_or(0) > 0, "{sender}");
+            assert!(sender["mean_rtt"].as_u64().unwrap_or(0) > 0, "{sender}");
+        }
         let received = j["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
         assert!(received > 1_000_000, "{extra:?}: only {received} bytes");
         if extra == ["--bidir"] {
