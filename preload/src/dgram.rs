@@ -188,8 +188,7 @@ pub unsafe fn destination(fd: c_int, addr: *const sockaddr, len: socklen_t) -> D
         return Dest::Keep;
     }
     let flags = fdtable::flags(fd);
-    if flags & fdtable::TRACKED != 0 && matches!(state::lock().table.get(fd), Some(Kind::Stream(_)))
-    {
+    if crate::stream::is_session(fd) {
         return Dest::Strip;
     }
     let Some(sa) = addr::parse(addr, len) else {

@@ -55,15 +55,30 @@ pub struct Stream {
     pub opts: Opts,
 }
 
-/// The stream state of `fd`, if it is a session.
+/// The stream state of `fd`, if it is a session. Checked against the descriptor's inode: a
+/// session closed behind our back (stdio's `fclose`, a raw syscall) must not lend its state to
+/// whatever reused the number (a socketpair, a received fd).
 pub fn get(fd: c_int) -> Option<Stream> {
     if fdtable::flags(fd) & fdtable::TRACKED == 0 {
         return None;
     }
-    match state::lock().table.get(fd) {
-        Some(Kind::Stream(s)) => Some((**s).clone()),
-        _ => None,
+    let s = match state::lock().table.get(fd) {
+        Some(Kind::Stream(s)) => (**s).clone(),
+        _ => return None,
+    };
+    if sys::inode(fd) == Some(s.inode) {
+        Some(s)
+    } else {
+        crate::release::forget_stale(fd);
+        None
     }
+}
+
+/// `fd` is a session (without copying its state out).
+pub fn is_session(fd: c_int) -> bool {
+    fdtable::flags(fd) & fdtable::TRACKED != 0
+        && matches!(state::lock().table.get(fd), Some(Kind::Stream(_)))
+        && get(fd).is_some()
 }
 
 /// Changes the state of `fd`'s session if it is still the same session (`inode`).

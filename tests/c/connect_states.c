@@ -200,6 +200,27 @@ int main(int argc, char **argv) {
     poll(&p, 1, 10000);
     expect("peer's end of file after our half-close", read(s, &b, 1) == 0, NULL);
     close(s);
+    /* A session closed behind the shim's back (stdio's fclose closes with glibc's internal
+     * close) must not lend its state to the socketpair that reuses the number. */
+    s = socket(AF_INET, SOCK_STREAM, 0);
+    expect_errno("connect for stdio", connect(s, sa, sizeof dst), 0);
+    int old_number = s;
+    fclose(fdopen(s, "r+"));
+    int sp[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sp);
+    if (sp[0] == old_number || sp[1] == old_number) {
+        int reused = sp[0] == old_number ? sp[0] : sp[1];
+        vl = sizeof v;
+        getsockopt(reused, SOL_SOCKET, SO_DOMAIN, &v, &vl);
+        expect("a reused number is what it is now (AF_UNIX)", v == AF_UNIX, NULL);
+        struct sockaddr_storage un;
+        socklen_t ul = sizeof un;
+        rc = getpeername(reused, (struct sockaddr *)&un, &ul);
+        expect("its peer is an unnamed unix socket", rc == 0 && un.ss_family == AF_UNIX && ul == 2, NULL);
+        expect_errno("TCP options are refused on it", setsockopt(reused, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), EOPNOTSUPP);
+    } else {
+        expect("the closed number was reused", 0, NULL);
+    }
     printf("%d failures\n", failures);
     return failures ? 1 : 0;
 }

@@ -143,9 +143,7 @@ unsafe fn names(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, which: Whic
     }
     if fdtable::flags(fd) & TRACKED != 0 {
         if let Some(s) = stream::get(fd) {
-            if sys::inode(fd) == Some(s.inode) {
-                return session_name(fd, s, which, addr, len);
-            }
+            return session_name(fd, s, which, addr, len);
         }
     }
     let mut ss: libc::sockaddr_storage = std::mem::zeroed();
@@ -348,7 +346,13 @@ unsafe fn setsockopt_hook(
         let mut st = state::lock();
         if let Some(Kind::Stream(s)) = st.table.get_mut(fd) {
             let o = s.opts.set(level, name, val, len);
+            let inode = s.inode;
             drop(st);
+            if sys::inode(fd) != Some(inode) {
+                // Stale: forget it and treat the fd as what it is now.
+                crate::release::forget_stale(fd);
+                return setsockopt_hook(fd, level, name, val, len);
+            }
             return match o {
                 Outcome::Pass | Outcome::NeedSession => real::setsockopt(fd, level, name, val, len),
                 other => outcome(other),
