@@ -123,8 +123,8 @@ fn iperf3_udp_across_a_three_node_chain() {
 }
 
 #[test]
-fn netcat_and_socat_udp() {
-    for t in ["nc", "socat"] {
+fn netcat_ncat_and_socat_udp() {
+    for t in ["nc", "ncat", "socat"] {
         require_tool(t);
     }
     let o = Overlay::ready_chain(3, "");
@@ -146,6 +146,24 @@ fn netcat_and_socat_udp() {
         Duration::from_secs(10),
         || server.stdout() == "one\ntwo\n",
         || format!("nc -u server got {:?}", server.stdout()),
+    );
+
+    // ncat -u, the other way round: the client on node 1 sends, the server on node 3 prints.
+    let port = free_port();
+    let mut server = o.shim(3, "ncat");
+    server.args(["-u", "-l", &port.to_string()]);
+    let server = Bg::spawn(server, &o.dir, "ncat-udp-server");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut client = o.shim(1, "sh");
+    client.args([
+        "-c",
+        &format!("(echo three; sleep 1) | ncat -u --send-only {n3} {port}"),
+    ]);
+    run_ok(client, &o.dir, "ncat-udp-client", LIMIT);
+    wait_for(
+        Duration::from_secs(10),
+        || server.stdout() == "three\n",
+        || format!("ncat -u server got {:?}", server.stdout()),
     );
 
     // socat: a UDP echo on node 3, a client on node 1.

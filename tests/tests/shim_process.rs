@@ -233,3 +233,96 @@ fn ctrl_c_in_iperf3_leaves_the_daemons_healthy() {
     let _server = start_server();
     iperf3_completes(&o, port);
 }
+
+const HOLDER: &str = r#"
+import os, socket, sys, time
+port = int(sys.argv[1])
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(('0.0.0.0', port))
+l.listen()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(('0.0.0.0', port))
+keep = max(l.fileno(), u.fileno())
+if sys.argv[2] == 'closerange':
+    # Like a daemonising program: close everything above what it keeps.
+    os.closerange(keep + 1, 1 << 20)
+print('ready', flush=True)
+c, a = l.accept()
+print('peer', a[0], flush=True)
+c.sendall(c.recv(5))
+time.sleep(60)
+"#;
+
+fn registered(o: &Overlay, n: usize, port: u16) -> (bool, bool) {
+    let st = o.status(n);
+    let has = |key: &str| {
+        st[key]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p.as_u64() == Some(port as u64)))
+    };
+    (has("listeners"), has("datagram_ports"))
+}
+
+const CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(b'hello')
+assert s.recv(5) == b'hello'
+"#;
+
+#[test]
+fn close_range_keeps_the_programs_registrations() {
+    let o = Overlay::ready_chain(2, "");
+    let port = free_port();
+    let mut cmd = o.shim(2, PYTHON);
+    cmd.args(["-c", HOLDER, &port.to_string(), "closerange"]);
+    let holder = Bg::spawn(cmd, &o.dir, "holder");
+    wait_for(
+        Duration::from_secs(15),
+        || holder.stdout().contains("ready"),
+        || format!("holder did not start: {}", holder.stderr()),
+    );
+    let mut cmd = o.shim(1, PYTHON);
+    cmd.args(["-c", CLIENT, &o.ip(2), &port.to_string()]);
+    run_ok(cmd, &o.dir, "client", LIMIT);
+    wait_for(
+        Duration::from_secs(10),
+        || holder.stdout().contains(&format!("peer {}", o.ip(1))),
+        || format!("holder saw: {}", holder.stdout()),
+    );
+    // The shim's control connection survived the sweep (had it closed, the daemon would have
+    // dropped everything the program held by now).
+    assert_eq!(registered(&o, 2, port), (true, true));
+}
+
+#[test]
+fn a_killed_program_leaves_nothing_registered() {
+    let o = Overlay::ready_chain(2, "");
+    let port = free_port();
+    let mut cmd = o.shim(2, PYTHON);
+    cmd.args(["-c", HOLDER, &port.to_string(), "keep"]);
+    let mut holder = Bg::spawn(cmd, &o.dir, "holder");
+    wait_for(
+        Duration::from_secs(15),
+        || holder.stdout().contains("ready"),
+        || format!("holder did not start: {}", holder.stderr()),
+    );
+    assert_eq!(registered(&o, 2, port), (true, true));
+    let mut cmd = o.shim(1, PYTHON);
+    cmd.args(["-c", CLIENT, &o.ip(2), &port.to_string()]);
+    run_ok(cmd, &o.dir, "client", LIMIT);
+    holder.signal(libc::SIGKILL);
+    holder.wait(Duration::from_secs(10));
+    wait_for(
+        Duration::from_secs(5),
+        || registered(&o, 2, port) == (false, false),
+        || {
+            format!(
+                "still registered after SIGKILL: {:?}",
+                registered(&o, 2, port)
+            )
+        },
+    );
+    wait_sessions_gone(&o, &[1, 2]);
+}

@@ -218,3 +218,23 @@ fn weft_run_puts_a_program_on_the_overlay() {
     let out = run_ok(cmd, &o.dir, "weft-run", LIMIT);
     assert_eq!(out, format!("{} {}\n", o.ip(1), o.ip(2)));
 }
+
+#[test]
+fn debug_logging_reports_decisions_without_recursing() {
+    let o = Overlay::ready_chain(2, "");
+    let port = free_port();
+    let _echo = o.echo_server(2, port);
+    let mut cmd = o.shim(1, PYTHON);
+    cmd.env("WEFT_LOG", "debug")
+        .args(["-c", CLIENT, &o.ip(2), &port.to_string()]);
+    let mut bg = weft_tests::shim::Bg::spawn(cmd, &o.dir, "logged");
+    let out = bg.success(LIMIT);
+    assert_eq!(out, format!("{} {}\n", o.ip(1), o.ip(2)));
+    let log = bg.stderr();
+    assert!(log.contains("connected to the daemon"), "{log}");
+    assert!(
+        log.contains(&format!("overlay session to {}:{port}", o.ip(2))),
+        "{log}"
+    );
+    assert!(log.lines().all(|l| l.starts_with("weft-shim[")), "{log}");
+}
