@@ -13,6 +13,21 @@ use weft_transport::arq::FlowId;
 
 /// A relay marks congestion on a flow whose queue at the next link holds more than this.
 pub const CE_THRESHOLD_BYTES: usize = 64 * 1024;
+/// Hard per-flow limit for packets already admitted upstream (relayed, or rerouted from a
+/// dead link): CE marks keep queues far below it; past it a relay drops and the session's
+/// end-to-end recovery repairs.
+pub const RELAYED_QUEUE_LIMIT_BYTES: usize = 4 << 20;
+
+/// Where a packet being forwarded comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A local session or datagram: a full flow queue pushes back on the sender.
+    Local,
+    /// Received from this neighbour: decrement the TTL, mark CE on long queues.
+    Relayed(usize),
+    /// Taken back from a link that died: send along the new route.
+    Rerouted,
+}
 
 /// Flows are named by their endpoints, so every hop agrees and each session is its own flow.
 pub fn flow_of(src: Endpoint, dst: Endpoint) -> FlowId {
@@ -66,20 +81,22 @@ impl Node {
     }
 
     /// The Up neighbour to use toward `dst`.
+    /// A link that went silent (cut) stays the next hop until it is declared dead: reliable
+    /// packets wait in its ARQ and are rerouted then, rather than being dropped now.
     pub(super) fn next_hop(&self, dst: NodeId) -> Option<usize> {
         let hop = *self.first_hops.get(&dst)?;
         self.neighbors
             .iter()
-            .position(|n| n.id == Some(hop) && n.state == LinkState::Up && !n.cut)
+            .position(|n| n.id == Some(hop) && n.state == LinkState::Up)
     }
 
-    /// Delivers or forwards a routed packet (`from`: the neighbour it came from, None if local
-    /// or re-sent after a link died). Returns the packet if a reliable link refused it
-    /// (its flow's queue is full) so a local sender can hold it.
+    /// Delivers or forwards a routed packet. Returns a local packet that a reliable link refused
+    /// (its flow's queue is full), so the sender can hold it until the flow drains.
     pub(super) fn forward(
         &mut self,
         now: Instant,
-        from: Option<usize>,
+        origin: Origin,
+
         mut packet: Vec<u8>,
     ) -> Option<Vec<u8>> {
         let header = match RoutedHeader::decode(&packet) {
@@ -93,7 +110,8 @@ impl Node {
             self.deliver_local(now, &packet);
             return None;
         }
-        if from.is_some() {
+        let relayed = matches!(origin, Origin::Relayed(_));
+        if relayed {
             if header.ttl <= 1 {
                 self.counters.ttl_expired += 1;
                 return None;
@@ -105,7 +123,7 @@ impl Node {
             self.counters.no_route += 1;
             return None;
         };
-        if from.is_some() {
+        if relayed {
             self.counters.forwarded += 1;
         }
         match header.class {
@@ -123,14 +141,20 @@ impl Node {
                     self.counters.no_route += 1;
                     return None;
                 };
-                if from.is_some() && a.flow_queued_bytes(flow) > CE_THRESHOLD_BYTES && !header.ce()
-                {
+                if relayed && a.flow_queued_bytes(flow) > CE_THRESHOLD_BYTES && !header.ce() {
                     packet[RoutedHeader::FLAGS_OFFSET] |= FLAG_CE;
                     self.counters.ce_marked += 1;
                 }
-                match a.enqueue(flow, packet) {
+                let queued = match origin {
+                    Origin::Local => a.enqueue(flow, packet),
+                    Origin::Relayed(_) | Origin::Rerouted => {
+                        a.enqueue_with_limit(flow, packet, RELAYED_QUEUE_LIMIT_BYTES)
+                    }
+                };
+                match queued {
                     Ok(()) => None,
-                    Err(refused) if from.is_none() => Some(refused.packet),
+                    Err(refused) if origin == Origin::Local => Some(refused.packet),
+
                     Err(_) => {
                         self.counters.dropped_backpressure += 1;
                         None
@@ -227,7 +251,7 @@ impl Node {
             }
             .encode(&mut w);
             w.bytes(&payload[offset..offset + len]);
-            self.forward(now, None, packet);
+            self.forward(now, Origin::Local, packet);
         }
         self.after_input(now);
         Ok(())

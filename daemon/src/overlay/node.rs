@@ -4,6 +4,7 @@
 //! (`sessions.rs`). Receive-side link emulation sits in front of all of it.
 
 use crate::overlay::emulation::{Emulator, LinkParams, Verdict};
+use crate::overlay::forwarding::Origin;
 use crate::overlay::fragment::{Reassembler, MAX_DATAGRAM};
 use crate::overlay::neighbor::{LinkState, Metric, Neighbor};
 use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
@@ -475,7 +476,7 @@ impl Node {
                 Err(_) => self.counters.malformed += 1,
             },
             PacketKind::Data => {
-                self.forward(now, Some(idx), body.to_vec());
+                self.forward(now, Origin::Relayed(idx), body.to_vec());
             }
             PacketKind::ReliableData | PacketKind::ReliableAck => {
                 let nbr = &mut self.neighbors[idx];
@@ -486,7 +487,7 @@ impl Node {
                 };
                 match a.handle_packet(now, header.kind, body) {
                     Ok(Some(packet)) => {
-                        self.forward(now, Some(idx), packet);
+                        self.forward(now, Origin::Relayed(idx), packet);
                     }
                     Ok(None) => {}
                     Err(_) => self.counters.malformed += 1,
@@ -559,7 +560,7 @@ impl Node {
             self.counters.rerouted += stranded.len() as u64;
         }
         for (_, packet) in stranded {
-            self.forward(now, None, packet);
+            self.forward(now, Origin::Rerouted, packet);
         }
     }
 

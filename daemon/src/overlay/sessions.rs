@@ -6,7 +6,7 @@
 //! that one segment) until the link names its flow writable again. Other sessions, and the
 //! daemon, carry on.
 
-use crate::overlay::forwarding::flow_of;
+use crate::overlay::forwarding::{flow_of, Origin};
 use crate::overlay::node::{Node, NodeEvent};
 use crate::overlay::wire::{Class, Proto, RoutedHeader};
 use rand::{Rng, SeedableRng};
@@ -444,7 +444,7 @@ impl Node {
         if let Some(reply) = Session::reset_reply(seg) {
             self.counters.sessions_refused += 1;
             let packet = self.routed(header.dst, header.src, Class::BestEffort, &reply);
-            self.forward(now, None, packet);
+            self.forward(now, Origin::Local, packet);
         }
     }
 
@@ -496,7 +496,7 @@ impl Node {
                         None => break,
                     },
                 };
-                if let Some(refused) = self.forward(now, None, packet) {
+                if let Some(refused) = self.forward(now, Origin::Local, packet) {
                     if let Some(e) = self.sessions.entries.get_mut(&id) {
                         e.stalled = Some(refused);
                     }

@@ -323,6 +323,33 @@ impl ArqLink {
         })
     }
 
+    /// `enqueue` with a different limit for this flow's queue: relays and packets rerouted from
+    /// a dead link were admitted upstream already and use a larger, hard limit rather than the
+    /// back-pressure limit meant for local senders.
+    pub fn enqueue_with_limit(
+        &mut self,
+        flow: FlowId,
+        packet: Vec<u8>,
+        limit: usize,
+    ) -> Result<(), Backpressure> {
+        if packet.len() > self.cfg.mss {
+            self.drops.too_large += 1;
+            return Err(Backpressure {
+                packet,
+                reason: Refusal::TooLarge,
+            });
+        }
+        self.queues
+            .push_with_limit(flow, packet, limit)
+            .map_err(|packet| {
+                self.drops.backpressure += 1;
+                Backpressure {
+                    packet,
+                    reason: Refusal::QueueFull,
+                }
+            })
+    }
+
     pub fn flow_queued_bytes(&self, flow: FlowId) -> usize {
         self.queues.flow_bytes(flow)
     }

@@ -60,8 +60,18 @@ impl FlowQueues {
     /// Queues `packet` on `flow` unless that flow is over its limit (then the packet comes
     /// back). An empty queue always takes one packet, whatever its size.
     pub fn push(&mut self, flow: FlowId, packet: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.push_with_limit(flow, packet, self.limit)
+    }
+
+    /// `push` with another byte limit for this flow's queue (relayed traffic).
+    pub fn push_with_limit(
+        &mut self,
+        flow: FlowId,
+        packet: Vec<u8>,
+        limit: usize,
+    ) -> Result<(), Vec<u8>> {
         let queue = self.flows.entry(flow).or_default();
-        if queue.bytes > 0 && queue.bytes + packet.len() > self.limit {
+        if queue.bytes > 0 && queue.bytes + packet.len() > limit {
             queue.blocked = true;
             return Err(packet);
         }

@@ -266,6 +266,28 @@ impl SendStream {
         marked
     }
 
+    /// A timeout over repaired links: the oldest segment in flight, and the holes the receiver
+    /// reported (in flight below a SACKed segment) that left at least `age` ago, are lost.
+    /// Segments beyond the highest SACKed one are most likely still on their way (a reroute
+    /// delays them; it does not lose them). Returns how many were marked.
+    pub fn mark_holes_lost_on_timeout(&mut self, now: Instant, age: std::time::Duration) -> usize {
+        let highest_sacked = self.segments.iter().rposition(|s| s.sacked);
+        let mut marked = 0;
+        let mut first = true;
+        for i in 0..self.segments.len() {
+            let seg = &self.segments[i];
+            if !seg.in_flight() {
+                continue;
+            }
+            let hole = highest_sacked.is_some_and(|h| i < h) && seg.sent_at + age <= now;
+            if first || hole {
+                marked += usize::from(self.mark_lost_at(i, true));
+            }
+            first = false;
+        }
+        marked
+    }
+
     /// The timeout that marked segments lost was spurious: put the ones not yet resent back
     /// in flight.
     pub fn undo_timeout_losses(&mut self) {

@@ -129,7 +129,20 @@ impl Session {
             SessionState::SynSent | SessionState::SynReceived => self.handshake_pending = true,
             SessionState::Established if self.send.has_unacked() => {
                 self.counters.timeouts += 1;
-                self.send.mark_lost_on_timeout(now, self.rtt.srtt());
+                // Over repaired links only the oldest segment and the holes the receiver
+                // reported are presumed lost: the links deliver (or reroute) the rest, and
+                // resending a whole window into a path that just broke would only queue
+                // behind the repair.
+
+                match self.cfg.mode {
+                    RecoveryMode::HopByHop => {
+                        self.send.mark_holes_lost_on_timeout(now, self.rtt.srtt())
+                    }
+                    RecoveryMode::EndToEndOnly => {
+                        self.send.mark_lost_on_timeout(now, self.rtt.srtt())
+                    }
+                };
+
                 // The first retransmission goes out whatever the window says, and the timer
                 // keeps running (backed off) until an acknowledgement makes progress.
                 self.force_retransmit = true;
