@@ -2,6 +2,8 @@
 //! addresses (T claimed with a lock file, so tests in parallel processes never collide), the
 //! `weft` CLI, and real programs.
 
+pub mod shim;
+
 use serde_json::Value;
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod control;
 mod listeners;
+mod proxies;
 pub mod streams;
 pub mod udp;
 
@@ -29,12 +30,26 @@ const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CONN_BASE: usize = 1 << 32;
 const STREAM_BASE: usize = 2 << 32;
+const PROXY_BASE: usize = 3 << 32;
 
 /// Where datagrams for a local port go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PortOwner {
     /// A control connection (the CLI's `weft recv`): delivered as `Event::Datagram`.
     Control(usize),
+    /// A shimmed program's kernel UDP socket: sent there from the source's proxy.
+    Deliver {
+        conn: usize,
+        to: std::net::SocketAddrV4,
+    },
+}
+
+impl PortOwner {
+    fn conn(&self) -> usize {
+        match *self {
+            PortOwner::Control(c) | PortOwner::Deliver { conn: c, .. } => c,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -43,6 +58,10 @@ struct DaemonCounters {
     datagrams_dropped_slow_client: u64,
     udp_send_errors: u64,
     control_malformed: u64,
+    /// Datagrams a proxy could not put on the overlay (no route, too large).
+    proxy_send_failed: u64,
+    /// Datagrams to a proxy from something other than a local program.
+    proxy_foreign_source: u64,
 }
 
 #[derive(Serialize)]
@@ -54,6 +73,7 @@ struct DaemonStatus<'a> {
     recovery: weft_transport::session::RecoveryMode,
     clients: Vec<ClientStatus>,
     datagram_ports: Vec<u16>,
+    datagram_proxies: usize,
     daemon_counters: &'a DaemonCounters,
 }
 
@@ -88,6 +108,7 @@ pub struct Daemon {
     scratch: Vec<u8>,
     /// An fd to attach to the reply being built (set by `handle_request`).
     reply_fd: Option<std::os::fd::OwnedFd>,
+    proxies: proxies::Proxies,
 }
 
 fn ipc_err(errno: i32, message: impl Into<String>) -> Reply {
@@ -166,6 +187,7 @@ impl Daemon {
             listeners: listeners::Listeners::default(),
             scratch: vec![0; 64 * 1024],
             reply_fd: None,
+            proxies: proxies::Proxies::default(),
         })
     }
 
@@ -197,6 +219,7 @@ impl Daemon {
                     }
                     LISTENER => self.accept_clients(),
                     SIGNALS => self.read_signals(),
+                    Token(t) if t >= PROXY_BASE => self.read_proxy(t - PROXY_BASE),
                     Token(t) if t >= STREAM_BASE => {
                         self.stream_event(
                             (t - STREAM_BASE) as u64,
@@ -333,6 +356,10 @@ impl Daemon {
                     Some(Err(_)) | None => self.drop_client(id),
                 }
             }
+            Some(PortOwner::Deliver { to, .. }) => {
+                let to = *to;
+                self.deliver_via_proxy(src, to, &payload);
+            }
             None => self.counters.datagrams_no_listener += 1,
         }
     }
@@ -448,8 +475,7 @@ impl Daemon {
             .poll
             .registry()
             .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
-        self.ports
-            .retain(|_, owner| *owner != PortOwner::Control(id));
+        self.ports.retain(|_, owner| owner.conn() != id);
         for port in self.listeners.drop_client(id) {
             self.node.unlisten(port);
         }
@@ -487,10 +513,7 @@ impl Daemon {
                 Ok(()) => Reply::Ok,
                 Err(e) => ipc_err(libc::EINVAL, e),
             },
-            Request::BindDatagram {
-                port,
-                deliver_to: None,
-            } => {
+            Request::BindDatagram { port, deliver_to } => {
                 let port = if port == 0 {
                     match (49152..=65535u16).find(|p| !self.ports.contains_key(p)) {
                         Some(p) => p,
@@ -502,15 +525,26 @@ impl Daemon {
                 if self.ports.contains_key(&port) {
                     return ipc_err(libc::EADDRINUSE, format!("port {port} is in use"));
                 }
-                self.ports.insert(port, PortOwner::Control(id));
+                let owner = match deliver_to {
+                    None => PortOwner::Control(id),
+                    Some(to) => PortOwner::Deliver { conn: id, to },
+                };
+                self.ports.insert(port, owner);
                 Reply::Bound { port }
             }
             Request::UnbindDatagram { port } => {
-                if self.ports.get(&port) == Some(&PortOwner::Control(id)) {
+                if self.ports.get(&port).is_some_and(|o| o.conn() == id) {
                     self.ports.remove(&port);
                 }
                 Reply::Ok
             }
+            Request::ProxyFor { remote } => match self.proxy_for(remote) {
+                Ok((_, addr)) => Reply::Proxy { addr },
+                Err(e) => ipc_err(e.raw_os_error().unwrap_or(libc::EIO), e.to_string()),
+            },
+            Request::ResolveProxy { proxy_port } => Reply::Resolved {
+                remote: self.proxies.remote_of(proxy_port),
+            },
             Request::SendDatagram {
                 src_port,
                 dst,
@@ -648,6 +682,7 @@ impl Daemon {
                 })
                 .collect(),
             datagram_ports: self.ports.keys().copied().collect(),
+            datagram_proxies: self.proxies.count(),
             daemon_counters: &self.counters,
         }
     }

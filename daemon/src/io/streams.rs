@@ -202,6 +202,10 @@ impl Daemon {
             },
         );
         debug!(session = s.id, errno, "stream failed");
+        // Nobody will hold this session any more (its outcome is kept by inode above): let
+        // the node forget it, or it lingers as "closed" forever.
+        let now = self.clock.now();
+        self.node.session_release(now, s.id);
     }
 
     /// Readiness on the daemon's end of an application stream. `hung_up` (EPOLLHUP) means

@@ -1,0 +1,74 @@
+//! execve, execvpe, posix_spawn, posix_spawnp: put the shim back into an environment that
+//! dropped it. No re-entrancy guard here: in a vfork child the guard's memory is the parent's,
+//! and a successful exec never returns to clear it.
+
+use crate::exec::{self, MAX_ENV, SCRATCH};
+use crate::real;
+use libc::{c_char, c_int, pid_t, posix_spawn_file_actions_t, posix_spawnattr_t};
+
+/// Runs `f` with `envp` patched (on this stack) if it needs to be.
+unsafe fn with_env<R>(envp: *const *const c_char, f: impl FnOnce(*const *const c_char) -> R) -> R {
+    let Some(saved) = exec::saved() else {
+        return f(envp);
+    };
+    let mut out = [std::ptr::null(); MAX_ENV];
+    let mut scratch = [0u8; SCRATCH];
+    match exec::patch(envp, saved, &mut out, &mut scratch) {
+        Some(patched) => f(patched),
+        None => f(envp),
+    }
+}
+
+/// # Safety
+/// The contract of libc\'s `execve`.
+#[no_mangle]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    with_env(envp, |env| real::execve(path, argv, env))
+}
+
+/// # Safety
+/// The contract of libc\'s `execvpe`.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    with_env(envp, |env| real::execvpe(file, argv, env))
+}
+
+/// # Safety
+/// The contract of libc\'s `posix_spawn`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut pid_t,
+    path: *const c_char,
+    acts: *const posix_spawn_file_actions_t,
+    attr: *const posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    with_env(envp as *const *const c_char, |env| {
+        real::posix_spawn(pid, path, acts, attr, argv, env as *const *mut c_char)
+    })
+}
+
+/// # Safety
+/// The contract of libc\'s `posix_spawnp`.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut pid_t,
+    file: *const c_char,
+    acts: *const posix_spawn_file_actions_t,
+    attr: *const posix_spawnattr_t,
+    argv: *const *mut c_char,
+    envp: *const *mut c_char,
+) -> c_int {
+    with_env(envp as *const *const c_char, |env| {
+        real::posix_spawnp(pid, file, acts, attr, argv, env as *const *mut c_char)
+    })
+}

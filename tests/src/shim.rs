@@ -1,0 +1,303 @@
+//! Running real, unmodified programs under the shim (`LD_PRELOAD=libweft.so`, `WEFT_SOCKET`)
+//! against the daemons of an [`Overlay`], and the small C test programs in `tests/c/`.
+
+use crate::{bin_dir, wait_for, Overlay};
+use std::fs::File;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The shim library built next to the daemon.
+pub fn shim_lib() -> PathBuf {
+    let p = bin_dir().join("libweft.so");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
+    p
+}
+
+/// The system Python (dynamically linked, so the shim applies; pyenv shims are shell scripts).
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// A port free for both TCP and UDP on the wildcard address right now.
+pub fn free_port() -> u16 {
+    loop {
+        let t = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        let port = t.local_addr().expect("local addr").port();
+        if UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Overlay {
+    /// `prog` under the shim, talking to node `n`'s daemon.
+    pub fn shim(&self, n: usize, prog: &str) -> Command {
+        let mut c = Command::new(prog);
+        c.env("LD_PRELOAD", shim_lib())
+            .env("WEFT_SOCKET", self.socket(n))
+            .stdin(Stdio::null());
+        if let Ok(level) = std::env::var("WEFT_TEST_SHIM_LOG") {
+            c.env("WEFT_LOG", level);
+        } else {
+            c.env_remove("WEFT_LOG");
+        }
+        c
+    }
+
+    /// Waits until node `n`'s daemon has an overlay listener on `port` (a shimmed server
+    /// registered it).
+    pub fn wait_listener(&self, n: usize, port: u16) {
+        wait_for(
+            Duration::from_secs(15),
+            || {
+                self.status(n)["listeners"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|p| p.as_u64() == Some(port as u64)))
+            },
+            || format!("no overlay listener on node {n} port {port}"),
+        );
+    }
+
+    /// Overlay sessions node `n` holds.
+    pub fn sessions(&self, n: usize) -> Vec<serde_json::Value> {
+        self.status(n)["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+static NEXT_LOG: AtomicUsize = AtomicUsize::new(0);
+
+/// A program running in the background, its stdout and stderr in files under `dir` (kept with
+/// the daemon logs when a test fails). Killed if still running when dropped.
+pub struct Bg {
+    pub name: String,
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Bg {
+    pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> Bg {
+        let k = NEXT_LOG.fetch_add(1, Ordering::Relaxed);
+        let out = dir.join(format!("{name}-{k}.out"));
+        let err = dir.join(format!("{name}-{k}.err"));
+        cmd.stdout(File::create(&out).expect("stdout file"))
+            .stderr(File::create(&err).expect("stderr file"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Bg {
+            name: name.to_string(),
+            child,
+            out,
+            err,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal to the program (SIGINT: Ctrl-C).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on the pid of a child we started and have not reaped.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits up to `limit` for the program to exit; panics (with its output) if it does not.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits and requires exit status 0.
+    pub fn success(&mut self, limit: Duration) -> String {
+        let st = self.wait(limit);
+        assert!(
+            st.success(),
+            "{} failed ({st})\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stdout(&self) -> String {
+        read(&self.out)
+    }
+
+    pub fn stderr(&self) -> String {
+        read(&self.err)
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn read(p: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(p) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Runs a command to completion within `limit`; returns (status, stdout, stderr).
+pub fn run(cmd: Command, dir: &Path, name: &str, limit: Duration) -> (ExitStatus, String, String) {
+    let mut bg = Bg::spawn(cmd, dir, name);
+    let st = bg.wait(limit);
+    (st, bg.stdout(), bg.stderr())
+}
+
+/// Runs a command that must succeed within `limit`; returns its stdout.
+pub fn run_ok(cmd: Command, dir: &Path, name: &str, limit: Duration) -> String {
+    Bg::spawn(cmd, dir, name).success(limit)
+}
+
+/// Compiles `tests/c/<name>.c` (once per test binary run) and returns the executable.
+pub fn c_program(name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("c")
+        .join(format!("{name}.c"));
+    let out_dir = bin_dir().join("weft-c-tests");
+    std::fs::create_dir_all(&out_dir).expect("c test dir");
+    // Unique per process: parallel test binaries never race on one output file.
+    let exe = out_dir.join(format!("{name}-{}", std::process::id()));
+    if !exe.exists() {
+        let tmp = out_dir.join(format!("{name}-{}.tmp", std::process::id()));
+        let out = Command::new("cc")
+            .args(["-O1", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .expect("run cc");
+        assert!(
+            out.status.success(),
+            "cc {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::rename(&tmp, &exe).expect("rename");
+    }
+    exe
+}
+
+/// `sha256sum` of a file, as hex.
+pub fn sha256(p: &Path) -> String {
+    crate::require_tool("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A file of `len` pseudo-random bytes from a seeded generator (reproducible content).
+pub fn random_file(p: &Path, len: usize, seed: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(File::create(p).expect("create"));
+    let mut x = seed | 1;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = len;
+    while left > 0 {
+        for b in buf.iter_mut() {
+            // xorshift64*: fast, deterministic filler.
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            *b = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
+        }
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n]).expect("write");
+        left -= n;
+    }
+    f.flush().expect("flush");
+}
+
+/// A threaded echo server on a dual-stack `[::]` listener (like iperf3's): prints `ready`,
+/// then `peer ADDR PORT LOCAL` for every connection. Argument: the port.
+pub const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+l = socket.socket(socket.AF_INET6)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+l.bind(('::', int(sys.argv[1])))
+l.listen(64)
+print('ready', flush=True)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, a = l.accept()
+    print('peer', a[0], a[1], c.getsockname()[0], flush=True)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+impl Overlay {
+    /// Starts [`ECHO_SERVER`] under the shim on node `n` and waits until overlay clients can
+    /// reach it.
+    pub fn echo_server(&self, n: usize, port: u16) -> Bg {
+        let mut cmd = self.shim(n, PYTHON);
+        cmd.args(["-c", ECHO_SERVER, &port.to_string()]);
+        let mut bg = Bg::spawn(cmd, &self.dir, "echo-server");
+        let err = bg.err.clone();
+        wait_for(
+            Duration::from_secs(15),
+            || bg.stdout().contains("ready") || !bg.running(),
+            move || format!("echo server did not start: {}", read(&err)),
+        );
+        assert!(bg.running(), "echo server exited: {}", bg.stderr());
+        self.wait_listener(n, port);
+        bg
+    }
+
+    /// A converged chain 1 ─ 2 ─ … ─ n of daemons.
+    pub fn ready_chain(n: usize, spec: &str) -> Overlay {
+        let o = Overlay::builder().chain(n, spec).start();
+        o.wait_converged(Duration::from_secs(20));
+        o
+    }
+}
