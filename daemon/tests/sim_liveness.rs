@@ -20,8 +20,7 @@ fn pair(hello: Duration, dead: Duration, link: SimLink) -> Sim {
 }
 
 fn state(sim: &Sim, i: usize) -> Option<LinkState> {
-    let st = sim.node(i)?.status(sim.now);
-    Some(st.neighbors[0].state)
+    sim.node(i)?.neighbor_states().first().copied()
 }
 
 #[test]
@@ -71,7 +70,7 @@ fn a_restart_is_recognised_by_its_incarnation() {
     sim.restart(1);
     assert!(sim.run_until(Duration::from_secs(2), |s| {
         s.node(0)
-            .is_some_and(|n| n.status(s.now).counters.neighbor_restarts == 1)
+            .is_some_and(|n| n.counters().neighbor_restarts == 1)
     }));
     assert!(sim.run_until(Duration::from_secs(2), |s| state(s, 0)
         == Some(LinkState::Up)
@@ -91,7 +90,7 @@ fn lossy_links_do_not_flap() {
     sim.run_for(Duration::from_secs(60));
     let deaths: u64 = (0..2)
         .filter_map(|i| sim.node(i))
-        .map(|n| n.status(sim.now).counters.neighbors_declared_dead)
+        .map(|n| n.counters().neighbors_declared_dead)
         .sum();
     // P(3 hellos in a row lost both ways...) is small: allow a rare flap, not a storm.
     println!("{deaths} false deaths in 60 s at 20 % loss each way");

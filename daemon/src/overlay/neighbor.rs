@@ -93,6 +93,8 @@ pub struct Neighbor {
     pub packets_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Multicast copies sent on this link.
+    pub mcast_out: u64,
 }
 
 pub enum HelloOutcome {
@@ -134,6 +136,7 @@ impl Neighbor {
             packets_out: 0,
             bytes_in: 0,
             bytes_out: 0,
+            mcast_out: 0,
         }
     }
 

@@ -138,6 +138,13 @@ pub struct Node {
     pub(super) next_housekeeping: Instant,
     pub(super) started: Instant,
     pub(super) counters: Counters,
+    pub(super) mc: weft_multicast::Multicast,
+    /// Shortest-path trees per source (for multicast), valid for one link-state generation.
+    pub(super) spt_cache: std::cell::RefCell<(u64, HashMap<NodeId, ShortestPathTree>)>,
+    pub(super) mc_order: HashMap<(Endpoint, NodeId), crate::overlay::multicast::Reorder>,
+    /// Datagram ids per group: consecutive, so reliable groups can restore order.
+    pub(super) mc_next_id: HashMap<NodeId, u32>,
+    pub(super) mc_counters: crate::overlay::multicast::MulticastCounters,
 }
 
 impl Node {
@@ -185,6 +192,11 @@ impl Node {
             next_housekeeping: now + HOUSEKEEPING,
             started: now,
             counters: Counters::default(),
+            mc: weft_multicast::Multicast::new(cfg.id, first_seq),
+            spt_cache: Default::default(),
+            mc_order: HashMap::new(),
+            mc_next_id: HashMap::new(),
+            mc_counters: Default::default(),
             cfg,
         };
         node.originate(false);
@@ -272,6 +284,7 @@ impl Node {
             }
         }
         self.session_timeouts(now);
+        self.mc_order_timeouts(now);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.reassembler.expire(now);
@@ -307,6 +320,9 @@ impl Node {
             t = t.min(d);
         }
         if let Some(d) = self.sessions.next_deadline() {
+            t = t.min(d);
+        }
+        if let Some(d) = self.mc_next_deadline() {
             t = t.min(d);
         }
         Some(t)
