@@ -112,5 +112,67 @@ pub fn render(v: &Value) -> String {
             path.join(" > ")
         );
     }
+    let sessions = v["sessions"].as_array().map_or(&[][..], |a| a.as_slice());
+    if !sessions.is_empty() {
+        out += "\nsessions:\n";
+        out += &format!(
+            "  {:<22} {:<22} {:<12} {:>8} {:>10} {:>12} {:>12} {:>6}\n",
+            "local", "remote", "state", "rtt ms", "cwnd", "sent", "received", "retx"
+        );
+        for x in sessions {
+            let ep = |e: &Value| format!("{}:{}", s(&e["node"]), s(&e["port"]));
+            out += &format!(
+                "  {:<22} {:<22} {:<12} {:>8} {:>10} {:>12} {:>12} {:>6}\n",
+                ep(&x["local"]),
+                ep(&x["remote"]),
+                s(&x["state"]),
+                s(&x["rtt_ms"]),
+                s(&x["cwnd"]),
+                s(&x["bytes_sent"]),
+                s(&x["bytes_received"]),
+                s(&x["retransmits"])
+            );
+        }
+    }
+    let groups = v["multicast"]["groups"]
+        .as_array()
+        .map_or(&[][..], |a| a.as_slice());
+    if !groups.is_empty() {
+        out += "\nmulticast groups:\n";
+        for g in groups {
+            let members: Vec<String> = g["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| s(&m["node"]))
+                .collect();
+            out += &format!(
+                "  {:<15} local sockets {:<3} members {}\n",
+                s(&g["group"]),
+                s(&g["local_sockets"]),
+                members.join(" ")
+            );
+        }
+        for t in v["multicast"]["trees"].as_array().into_iter().flatten() {
+            let hops: Vec<String> = t["next_hops"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            out += &format!(
+                "  tree {} -> {}: from {} to [{}]{}\n",
+                s(&t["source"]),
+                s(&t["group"]),
+                s(&t["upstream"]),
+                hops.join(" "),
+                if t["deliver_locally"].as_bool().unwrap_or(false) {
+                    ", delivered here"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     out
 }
