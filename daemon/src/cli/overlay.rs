@@ -115,6 +115,7 @@ pub fn run(a: OverlayArgs) -> Result<i32, String> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let weftd = weftd_path()?;
             let mut pids = String::new();
+            let mut children = Vec::new();
             for n in 1..=topo.nodes {
                 let mut toml = format!(
                     "listen = \"{}:{port}\"\nsocket = \"{}\"\nemulation = true\nlog = \"{log}\"\n",
@@ -153,10 +154,21 @@ pub fn run(a: OverlayArgs) -> Result<i32, String> {
                     .spawn()
                     .map_err(|e| format!("starting {}: {e}", weftd.display()))?;
                 pids += &format!("{n} {}\n", child.id());
+                children.push((n, child));
             }
             std::fs::write(dir.join("pids"), &pids).map_err(|e| e.to_string())?;
             let deadline = Instant::now() + Duration::from_secs(wait_secs);
             loop {
+                // A daemon that exited (its address taken, say) will never converge: say why now.
+                for (n, child) in children.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let log = std::fs::read_to_string(dir.join(format!("node{n}.log")))
+                            .unwrap_or_default();
+                        let why = log.lines().last().unwrap_or("no log").to_string();
+                        let _ = stop_all(&dir);
+                        return Err(format!("weftd for node {n} exited ({status}): {why}"));
+                    }
+                }
                 let missing: Vec<usize> = (1..=topo.nodes)
                     .filter(|&n| {
                         fetch(&dir.join(format!("node{n}.sock")))
