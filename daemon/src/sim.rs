@@ -73,6 +73,8 @@ pub struct Sim {
     pub observed: Vec<Observed>,
     pub packets_sent: u64,
     pub bytes_sent: u64,
+    /// When set, every datagram sent is also recorded here as (from, to, payload).
+    pub tap: Option<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
 }
 
 impl Sim {
@@ -90,6 +92,7 @@ impl Sim {
             observed: Vec::new(),
             packets_sent: 0,
             bytes_sent: 0,
+            tap: None,
         }
     }
 
@@ -244,6 +247,9 @@ impl Sim {
     fn transmit(&mut self, from_idx: usize, from: SocketAddr, dst: SocketAddr, payload: Vec<u8>) {
         self.packets_sent += 1;
         self.bytes_sent += payload.len() as u64;
+        if let Some(tap) = self.tap.as_mut() {
+            tap.push((from, dst, payload.clone()));
+        }
         let Some(&to) = self.by_addr.get(&dst) else {
             return;
         };

@@ -147,58 +147,80 @@ impl Times {
     }
 }
 
+/// One seed: converge, fail a random link or node, reconverge, repair, reconverge. Returns the
+/// three convergence times.
+fn run_seed(seed: u64) -> [Duration; 3] {
+    let fail = |msg: String| -> ! {
+        panic!("seed {seed}: {msg} (rerun with WEFT_SIM_FIRST_SEED={seed} WEFT_SIM_SEEDS=1)")
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut sim = random_topology(seed, 50, 50);
+    let initial = converge(&mut sim, Duration::from_secs(5))
+        .unwrap_or_else(|e| fail(format!("initial: {e}")));
+    sim.run_for(Duration::from_millis(rng.gen_range(0..200)));
+    let node_failure = rng.gen_bool(0.5);
+    let (a, b) = if node_failure {
+        let v = rng.gen_range(0..sim.len());
+        sim.crash(v);
+        (v, v)
+    } else {
+        let links: Vec<(usize, usize)> = sim
+            .links()
+            .filter(|(a, b, _)| a < b)
+            .map(|(a, b, _)| (a, b))
+            .collect();
+        let (a, b) = links[rng.gen_range(0..links.len())];
+        sim.set_link(a, b, |l| l.up = false);
+        (a, b)
+    };
+    let after_failure = converge(&mut sim, Duration::from_secs(5))
+        .unwrap_or_else(|e| fail(format!("after failing {a}-{b} (node: {node_failure}): {e}")));
+    if node_failure {
+        sim.restart(a);
+    } else {
+        sim.set_link(a, b, |l| l.up = true);
+    }
+    let after_repair = converge(&mut sim, Duration::from_secs(5))
+        .unwrap_or_else(|e| fail(format!("after repairing {a}-{b}: {e}")));
+    [initial, after_failure, after_repair]
+}
+
 #[test]
 fn fifty_nodes_converge_after_any_single_failure() {
     let seeds = std::env::var("WEFT_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200u64);
-    let mut initial = Times::default();
-    let mut after_failure = Times::default();
-    let mut after_repair = Times::default();
-    for seed in 0..seeds {
-        let fail = |msg: String| -> ! {
-            panic!("seed {seed}: {msg} (rerun: WEFT_SIM_SEEDS and this seed)")
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut sim = random_topology(seed, 50, 50);
-        initial.0.push(
-            converge(&mut sim, Duration::from_secs(5))
-                .unwrap_or_else(|e| fail(format!("initial: {e}"))),
-        );
-        sim.run_for(Duration::from_millis(rng.gen_range(0..200)));
-        let node_failure = rng.gen_bool(0.5);
-        let (a, b) = if node_failure {
-            let v = rng.gen_range(0..sim.len());
-            sim.crash(v);
-            (v, v)
-        } else {
-            let links: Vec<(usize, usize)> = sim
-                .links()
-                .filter(|(a, b, _)| a < b)
-                .map(|(a, b, _)| (a, b))
-                .collect();
-            let (a, b) = links[rng.gen_range(0..links.len())];
-            sim.set_link(a, b, |l| l.up = false);
-            (a, b)
-        };
-        after_failure.0.push(
-            converge(&mut sim, Duration::from_secs(5)).unwrap_or_else(|e| {
-                fail(format!("after failing {a}-{b} (node: {node_failure}): {e}"))
-            }),
-        );
-        if node_failure {
-            sim.restart(a);
-        } else {
-            sim.set_link(a, b, |l| l.up = true);
+    let first = std::env::var("WEFT_SIM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0u64);
+    // Seeds are independent: spread them over the machine's cores.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let results: Vec<[Duration; 3]> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                scope.spawn(move || {
+                    (first + w..first + seeds)
+                        .step_by(workers as usize)
+                        .map(run_seed)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut times = [Times::default(), Times::default(), Times::default()];
+    for r in results {
+        for (t, d) in times.iter_mut().zip(r) {
+            t.0.push(d);
         }
-        after_repair.0.push(
-            converge(&mut sim, Duration::from_secs(5))
-                .unwrap_or_else(|e| fail(format!("after repairing {a}-{b}: {e}"))),
-        );
     }
     println!("convergence over {seeds} seeds (virtual time, 20 ms resolution):");
-    println!("  initial        {}", initial.summary());
-    println!("  after failure  {}", after_failure.summary());
-    println!("  after repair   {}", after_repair.summary());
+    println!("  initial        {}", times[0].summary());
+    println!("  after failure  {}", times[1].summary());
+    println!("  after repair   {}", times[2].summary());
 }

@@ -109,7 +109,10 @@ pub enum Request {
     },
 
     /// Join a multicast group on behalf of the socket delivered at `deliver_to` (port = the
-    /// group port). `source`: only this source (source-specific membership).
+    /// group port). `source`: only this source (source-specific membership). A `deliver_to`
+    /// in 0.0.0.0/8 means "this control connection" (the CLI): datagrams arrive as
+    /// `Event::Datagram`. Refusals carry the kernel's errno (EADDRINUSE for a double join,
+    /// EADDRNOTAVAIL for leaving a group not joined).
     Join {
         group: NodeId,
         source: Option<NodeId>,
@@ -120,6 +123,14 @@ pub enum Request {
         group: NodeId,
         source: Option<NodeId>,
         deliver_to: SocketAddrV4,
+    },
+    /// How datagrams a local port sends to groups travel: `hops` 0 keeps them on this host
+    /// (IP_MULTICAST_TTL 0), anything else reaches the overlay; `loopback` is
+    /// IP_MULTICAST_LOOP. Defaults: 1 and true.
+    MulticastSend {
+        port: u16,
+        hops: u8,
+        loopback: bool,
     },
 }
 

@@ -51,6 +51,15 @@ pub struct RecvArgs {
     /// Print only a summary at the end.
     #[arg(long)]
     quiet: bool,
+    /// Join this multicast group (repeatable) and receive its datagrams on the port.
+    #[arg(long)]
+    join: Vec<std::net::Ipv4Addr>,
+    /// With --join: only from this source node (source-specific membership).
+    #[arg(long)]
+    source: Option<std::net::Ipv4Addr>,
+    /// With --join: ask for the reliable mode (hop-by-hop repair, per-source order).
+    #[arg(long)]
+    reliable: bool,
 }
 
 pub fn send(socket: &Path, a: SendArgs) -> Result<i32, String> {
@@ -134,6 +143,17 @@ pub fn recv(socket: &Path, a: RecvArgs) -> Result<i32, String> {
         Ok(Reply::Bound { .. }) => {}
         Ok(other) => return Err(format!("unexpected reply {other:?}")),
         Err(e) => return Err(format!("port {}: {e}", a.port)),
+    }
+    for group in &a.join {
+        let req = Request::Join {
+            group: (*group).into(),
+            source: a.source.map(Into::into),
+            deliver_to: std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, a.port),
+            reliable: a.reliable,
+        };
+        if let Err(e) = check(c.request(req).map_err(|e| e.to_string())?) {
+            return Err(format!("join {group}: {e}"));
+        }
     }
     let stdout = std::io::stdout();
     let mut received = 0u64;

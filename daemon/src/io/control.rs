@@ -171,6 +171,8 @@ pub struct Connection {
     pub fd: OwnedFd,
     pub cred: PeerCred,
     pub kind: Option<weft_ipc::ClientKind>,
+    /// Sockets this client joined groups for (their memberships end with the client).
+    pub mc_sockets: std::collections::BTreeSet<weft_multicast::SocketId>,
     /// Replies (with an optional fd) that did not fit; sent in order when writable.
     outbox: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
 }
@@ -182,6 +184,7 @@ impl Connection {
             fd,
             cred,
             kind: None,
+            mc_sockets: Default::default(),
             outbox: VecDeque::new(),
         }
     }

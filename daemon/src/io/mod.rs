@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod control;
+mod groups;
 mod listeners;
 mod proxies;
 pub mod streams;
@@ -108,6 +109,8 @@ pub struct Daemon {
     scratch: Vec<u8>,
     /// An fd to attach to the reply being built (set by `handle_request`).
     reply_fd: Option<std::os::fd::OwnedFd>,
+    /// Per local port: how its datagrams to groups travel.
+    mc_send: HashMap<u16, groups::SendOptions>,
     proxies: proxies::Proxies,
 }
 
@@ -187,6 +190,7 @@ impl Daemon {
             listeners: listeners::Listeners::default(),
             scratch: vec![0; 64 * 1024],
             reply_fd: None,
+            mc_send: HashMap::new(),
             proxies: proxies::Proxies::default(),
         })
     }
@@ -338,6 +342,9 @@ impl Daemon {
     }
 
     fn deliver_datagram(&mut self, src: Endpoint, dst: Endpoint, payload: Vec<u8>) {
+        if dst.node.is_multicast() {
+            return self.deliver_group(src, dst, &payload);
+        }
         match self.ports.get(&dst.port) {
             Some(PortOwner::Control(id)) => {
                 let id = *id;
@@ -479,6 +486,7 @@ impl Daemon {
         for port in self.listeners.drop_client(id) {
             self.node.unlisten(port);
         }
+        self.release_memberships(conn.mc_sockets.iter().copied());
         debug!(id, pid = conn.cred.pid, "client gone");
     }
 
@@ -651,10 +659,26 @@ impl Daemon {
                     local: None,
                 },
             },
-            other => ipc_err(
-                libc::ENOSYS,
-                format!("not supported by this daemon yet: {other:?}"),
-            ),
+            Request::Join {
+                group,
+                source,
+                deliver_to,
+                reliable,
+            } => self.join(id, group, source, deliver_to, reliable),
+            Request::Leave {
+                group,
+                source,
+                deliver_to,
+            } => self.leave(id, group, source, deliver_to),
+            Request::MulticastSend {
+                port,
+                hops,
+                loopback,
+            } => {
+                self.mc_send
+                    .insert(port, groups::SendOptions { hops, loopback });
+                Reply::Ok
+            }
         }
     }
 
@@ -666,7 +690,7 @@ impl Daemon {
         }
     }
 
-    fn status(&self, now: weft_core::Instant) -> DaemonStatus<'_> {
+    fn status(&mut self, now: weft_core::Instant) -> DaemonStatus<'_> {
         DaemonStatus {
             node: self.node.status(now),
             listen: self.cfg.listen.to_string(),

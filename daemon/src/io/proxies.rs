@@ -95,11 +95,15 @@ impl Daemon {
             }
             let now = self.clock.now();
             let payload = self.proxies.buf[..n].to_vec();
-            if self
-                .node
-                .send_datagram(now, from.port(), remote, &payload, None)
-                .is_err()
-            {
+            let sent = if remote.node.is_multicast() {
+                let opts = self.mc_send.get(&from.port()).copied().unwrap_or_default();
+                self.node
+                    .send_group(now, from.port(), remote, &payload, opts.hops, opts.loopback)
+            } else {
+                self.node
+                    .send_datagram(now, from.port(), remote, &payload, None)
+            };
+            if sent.is_err() {
                 self.counters.proxy_send_failed += 1;
             }
             self.drain_node();

@@ -10,7 +10,7 @@ type RecordKey = (StateKind, NodeId, u32);
 
 #[derive(Debug)]
 struct Pending {
-    version: u64,
+    version: u128,
     record: Vec<u8>,
     last_sent: Option<Instant>,
 }
@@ -131,7 +131,7 @@ impl FloodQueue {
 mod tests {
     use super::*;
 
-    fn id(origin: u32, version: u64) -> StateId {
+    fn id(origin: u32, version: u128) -> StateId {
         StateId {
             kind: StateKind::LinkState,
             origin: NodeId(origin),

@@ -34,6 +34,7 @@ impl Node {
         for a in adverts {
             self.push_advert(idx, &a);
         }
+        self.membership_full_sync(idx);
     }
 
     pub(super) fn push_advert(&mut self, idx: usize, advert: &LinkStateAdvert) {
@@ -80,9 +81,9 @@ impl Node {
                     }
                 }
                 StateKind::Membership => {
-                    // Group membership records arrive with the multicast work; until then
-                    // they are acknowledged (so senders stop resending) and counted.
-                    self.counters.unsupported += 1;
+                    if let Some(id) = self.on_membership(idx, bytes) {
+                        acks.push(id);
+                    }
                 }
             }
         }

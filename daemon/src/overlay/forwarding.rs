@@ -53,6 +53,7 @@ impl Node {
             debug!(reachable = hops.len(), "routes changed");
             self.first_hops = hops;
             self.sessions.routes_changed = true;
+            self.forget_unreachable_members();
             self.events.push_back(NodeEvent::RoutesChanged);
         }
     }
@@ -106,6 +107,10 @@ impl Node {
                 return None;
             }
         };
+        if header.dst.node.is_multicast() {
+            self.forward_multicast(now, origin, packet, header);
+            return None;
+        }
         if header.dst.node == self.cfg.id {
             self.deliver_local(now, &packet);
             return None;
@@ -217,6 +222,9 @@ impl Node {
             return Err(SendError::TooLarge);
         }
         let src = Endpoint::new(self.cfg.id, src_port);
+        if dst.node.is_multicast() {
+            return self.send_group(now, src_port, dst, payload, 1, true);
+        }
         if dst.node == self.cfg.id {
             self.events.push_back(NodeEvent::Datagram {
                 src,
@@ -237,6 +245,65 @@ impl Node {
             proto: Proto::Datagram,
             class: Class::BestEffort,
             ttl: ttl.unwrap_or(self.cfg.default_ttl).max(1),
+            src,
+            dst,
+        };
+        for (offset, len) in pieces(payload.len(), piece) {
+            let mut packet = Vec::with_capacity(RoutedHeader::LEN + FragmentHeader::LEN + len);
+            let mut w = Writer::new(&mut packet);
+            header.encode(&mut w);
+            FragmentHeader {
+                id,
+                offset: offset as u16,
+                total: payload.len() as u16,
+            }
+            .encode(&mut w);
+            w.bytes(&payload[offset..offset + len]);
+            self.forward(now, Origin::Local, packet);
+        }
+        self.after_input(now);
+        Ok(())
+    }
+
+    /// Sends a datagram to a group. `hops` is the application's multicast TTL: 0 keeps it on
+    /// this host; any other value reaches the whole overlay (every overlay host is one hop
+    /// away, as most multicast programs assume with their default TTL of 1). With `loopback`
+    /// (IP_MULTICAST_LOOP, on by default) this host's members get a copy too.
+    pub fn send_group(
+        &mut self,
+        now: Instant,
+        src_port: u16,
+        dst: Endpoint,
+        payload: &[u8],
+        hops: u8,
+        loopback: bool,
+    ) -> Result<(), SendError> {
+        if payload.len() > MAX_DATAGRAM {
+            return Err(SendError::TooLarge);
+        }
+        let src = Endpoint::new(self.cfg.id, src_port);
+        if loopback {
+            self.events.push_back(NodeEvent::Datagram {
+                src,
+                dst,
+                payload: payload.to_vec(),
+            });
+        }
+        if hops == 0 {
+            return Ok(());
+        }
+        let next = self
+            .mc_next_id
+            .entry(dst.node)
+            .or_insert(self.next_datagram_id);
+        let id = *next;
+        *next = next.wrapping_add(1);
+        let piece = self.cfg.routed_mtu() - RoutedHeader::LEN - FragmentHeader::LEN;
+        let header = RoutedHeader {
+            flags: 0,
+            proto: Proto::Datagram,
+            class: Class::BestEffort,
+            ttl: self.cfg.default_ttl,
             src,
             dst,
         };

@@ -7,6 +7,7 @@ pub mod flood;
 mod flooding;
 mod forwarding;
 pub mod fragment;
+mod multicast;
 pub mod neighbor;
 pub mod node;
 pub mod routing;
@@ -14,5 +15,6 @@ pub mod sessions;
 pub mod status;
 pub mod wire;
 
+pub use multicast::MulticastCounters;
 pub use node::{NeighborConfig, Node, NodeConfig, NodeEvent, SendError, Transmit};
 pub use sessions::{OpenError, SessionId};

@@ -68,6 +68,8 @@ pub struct Neighbor {
     pub state: LinkState,
     pub last_heard: Option<Instant>,
     pub next_hello: Instant,
+    /// While the neighbour is silent for more than 1.5 hello periods: when to probe next.
+    pub next_probe: Option<Instant>,
     hello_seq: u32,
     /// (their `sent_us`, when we received it) of their latest hello, echoed in ours.
     last_hello_rx: Option<(u64, Instant)>,
@@ -91,6 +93,8 @@ pub struct Neighbor {
     pub packets_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Multicast copies sent on this link.
+    pub mcast_out: u64,
 }
 
 pub enum HelloOutcome {
@@ -114,6 +118,7 @@ impl Neighbor {
             state: LinkState::Down,
             last_heard: None,
             next_hello: first_hello,
+            next_probe: None,
             hello_seq: 0,
             last_hello_rx: None,
             last_rx_seq: None,
@@ -131,6 +136,7 @@ impl Neighbor {
             packets_out: 0,
             bytes_in: 0,
             bytes_out: 0,
+            mcast_out: 0,
         }
     }
 
@@ -168,6 +174,7 @@ impl Neighbor {
 
     pub fn heard(&mut self, now: Instant, bytes: usize) {
         self.last_heard = Some(now);
+        self.next_probe = None;
         self.packets_in += 1;
         self.bytes_in += bytes as u64;
     }

@@ -10,7 +10,7 @@ use crate::overlay::neighbor::{LinkState, Metric, Neighbor};
 use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
 use crate::overlay::sessions::{SessionId, SessionTable};
 use crate::overlay::status::Counters;
-use crate::overlay::wire::{self, Hello, RoutedHeader};
+use crate::overlay::wire::{self, Hello, RoutedHeader, HELLO_PROBE};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -138,6 +138,13 @@ pub struct Node {
     pub(super) next_housekeeping: Instant,
     pub(super) started: Instant,
     pub(super) counters: Counters,
+    pub(super) mc: weft_multicast::Multicast,
+    /// Shortest-path trees per source (for multicast), valid for one link-state generation.
+    pub(super) spt_cache: std::cell::RefCell<(u64, HashMap<NodeId, ShortestPathTree>)>,
+    pub(super) mc_order: HashMap<(Endpoint, NodeId), crate::overlay::multicast::Reorder>,
+    /// Datagram ids per group: consecutive, so reliable groups can restore order.
+    pub(super) mc_next_id: HashMap<NodeId, u32>,
+    pub(super) mc_counters: crate::overlay::multicast::MulticastCounters,
 }
 
 impl Node {
@@ -155,7 +162,6 @@ impl Node {
         cfg.session.mode = cfg.recovery;
         let mut neighbors = Vec::new();
         let mut by_addr = HashMap::new();
-        let spread = cfg.hello_interval.as_nanos() as u64 / (cfg.neighbors.len() as u64 + 1);
         for (i, n) in cfg.neighbors.iter().enumerate() {
             let emulator = cfg.emulation.then(|| {
                 Emulator::new(
@@ -164,9 +170,9 @@ impl Node {
                         .wrapping_add(i as u64),
                 )
             });
-            let first = now + Duration::from_nanos(spread * i as u64);
+            // Every neighbour's hello falls due on the same tick: one wake-up sends them all.
             by_addr.insert(n.addr, neighbors.len());
-            neighbors.push(Neighbor::new(n.addr, n.id, first, emulator));
+            neighbors.push(Neighbor::new(n.addr, n.id, now, emulator));
         }
         let mut node = Node {
             lsdb: LinkStateDb::new(cfg.id, first_seq),
@@ -186,6 +192,11 @@ impl Node {
             next_housekeeping: now + HOUSEKEEPING,
             started: now,
             counters: Counters::default(),
+            mc: weft_multicast::Multicast::new(cfg.id, first_seq),
+            spt_cache: Default::default(),
+            mc_order: HashMap::new(),
+            mc_next_id: HashMap::new(),
+            mc_counters: Default::default(),
             cfg,
         };
         node.originate(false);
@@ -256,16 +267,24 @@ impl Node {
                     a.handle_timeout(now);
                 }
             }
+            if let Some(probe_at) = self.probe_due(idx) {
+                if now >= probe_at {
+                    self.neighbors[idx].next_probe = Some(now + self.cfg.hello_interval / 4);
+                    self.send_hello(now, idx, true);
+                }
+            }
+            let nbr = &mut self.neighbors[idx];
             if now >= nbr.next_hello {
                 nbr.next_hello = if now - nbr.next_hello > self.cfg.hello_interval {
                     now + self.cfg.hello_interval
                 } else {
                     nbr.next_hello + self.cfg.hello_interval
                 };
-                self.send_hello(now, idx);
+                self.send_hello(now, idx, false);
             }
         }
         self.session_timeouts(now);
+        self.mc_order_timeouts(now);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.reassembler.expire(now);
@@ -277,8 +296,11 @@ impl Node {
     /// The earliest time `handle_timeout` must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.next_housekeeping;
-        for n in &self.neighbors {
+        for (i, n) in self.neighbors.iter().enumerate() {
             t = t.min(n.next_hello);
+            if let Some(p) = self.probe_due(i) {
+                t = t.min(p);
+            }
             if n.state != LinkState::Down {
                 if let Some(h) = n.last_heard {
                     t = t.min(h + self.cfg.dead_interval);
@@ -298,6 +320,9 @@ impl Node {
             t = t.min(d);
         }
         if let Some(d) = self.sessions.next_deadline() {
+            t = t.min(d);
+        }
+        if let Some(d) = self.mc_next_deadline() {
             t = t.min(d);
         }
         Some(t)
@@ -462,7 +487,12 @@ impl Node {
         self.neighbors[idx].heard(now, data.len());
         match header.kind {
             PacketKind::Hello => match Hello::decode(body) {
-                Ok(h) => self.on_hello(now, idx, &h),
+                Ok(h) => {
+                    self.on_hello(now, idx, &h);
+                    if header.flags & HELLO_PROBE != 0 {
+                        self.send_hello(now, idx, false);
+                    }
+                }
                 Err(_) => self.counters.malformed += 1,
             },
             PacketKind::State => self.on_state(now, idx, body),
@@ -504,7 +534,7 @@ impl Node {
             self.set_link_state(now, idx, after);
             // Answer at once so the other side completes its two-way check without waiting
             // for the next periodic hello.
-            self.send_hello(now, idx);
+            self.send_hello(now, idx, false);
         }
         if after == LinkState::Up {
             let cost = self.neighbors[idx].cost(self.cfg.metric);
@@ -564,16 +594,30 @@ impl Node {
         }
     }
 
-    fn send_hello(&mut self, now: Instant, idx: usize) {
+    fn send_hello(&mut self, now: Instant, idx: usize, probe: bool) {
         if self.neighbors[idx].cut {
             return;
         }
         let hello = self.neighbors[idx].make_hello(now);
         let mut buf = Vec::with_capacity(HEADER_LEN + Hello::LEN);
         let mut w = Writer::new(&mut buf);
-        Header::new(PacketKind::Hello, self.cfg.id, self.incarnation).encode(&mut w);
+        let mut header = Header::new(PacketKind::Hello, self.cfg.id, self.incarnation);
+        if probe {
+            header.flags |= HELLO_PROBE;
+        }
+        header.encode(&mut w);
         hello.encode(&mut w);
         self.send_to(idx, buf);
+    }
+
+    /// When to probe a neighbour that has gone quiet (None while it is heard normally).
+    fn probe_due(&self, idx: usize) -> Option<Instant> {
+        let n = &self.neighbors[idx];
+        if n.state == LinkState::Down || n.cut {
+            return None;
+        }
+        let quiet_from = n.last_heard? + self.cfg.hello_interval * 3 / 2;
+        Some(n.next_probe.unwrap_or(quiet_from).max(quiet_from))
     }
 
     pub(super) fn send_to(&mut self, idx: usize, payload: Vec<u8>) {

@@ -26,6 +26,7 @@ pub struct NeighborStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub flood_pending: usize,
+    pub mcast_out: u64,
     /// The hop-by-hop reliable link toward this neighbour.
     pub arq: Option<ArqStatus>,
 }
@@ -113,13 +114,27 @@ pub struct NodeStatus {
     pub known_nodes: Vec<NodeId>,
     pub listeners: Vec<u16>,
     pub sessions: Vec<SessionSummary>,
+    pub multicast: weft_multicast::MulticastStatus,
+    pub multicast_counters: crate::overlay::multicast::MulticastCounters,
     pub counters: Counters,
 }
 
 impl Node {
+    /// Drop and event counters (what `status` reports, without building the rest).
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters;
+        c.reassembly = self.reassembler.counters;
+        c
+    }
+
+    /// Each configured neighbour's link state, in configuration order.
+    pub fn neighbor_states(&self) -> Vec<LinkState> {
+        self.neighbors.iter().map(|n| n.state).collect()
+    }
+
     // ----- status -------------------------------------------------------------------------
 
-    pub fn status(&self, now: Instant) -> NodeStatus {
+    pub fn status(&mut self, now: Instant) -> NodeStatus {
         let neighbors = self
             .neighbors
             .iter()
@@ -139,6 +154,7 @@ impl Node {
                 bytes_in: n.bytes_in,
                 bytes_out: n.bytes_out,
                 flood_pending: n.flood.len(),
+                mcast_out: n.mcast_out,
                 arq: n.arq.as_ref().map(|a| a.stats().into()),
             })
             .collect();
@@ -167,6 +183,8 @@ impl Node {
             known_nodes: self.known_nodes(),
             listeners: self.listeners(),
             sessions: self.session_summaries(),
+            multicast: self.mc_status(),
+            multicast_counters: self.mc_counters(),
             counters,
         }
     }

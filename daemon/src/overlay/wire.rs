@@ -5,7 +5,7 @@
 //! ```text
 //! Hello:     seq u32 | sent_us u64 | echo_us u64 | echo_hold_us u32 | peer_incarnation u32
 //! State:     count u16 | count × (kind u8 | len u16 | record bytes)
-//! StateAck:  count u16 | count × (kind u8 | origin u32 | key u32 | version u64)
+//! StateAck:  count u16 | count × (kind u8 | origin u32 | key u32 | version u128)
 //! Routed:    flags u8 | proto u8 | class u8 | ttl u8 | src u32 | src_port u16 | dst u32 | dst_port u16
 //!            then for datagrams: id u32 | offset u16 | total u16, then payload
 //! ```
@@ -73,7 +73,9 @@ pub struct StateId {
     pub origin: NodeId,
     /// Second key (the group for memberships; 0 for link state).
     pub key: u32,
-    pub version: u64,
+    /// Ordered per (kind, origin, key): link-state sequence numbers, or a membership's
+    /// (epoch, seq) as `epoch << 32 | seq`.
+    pub version: u128,
 }
 
 /// A batch of encoded records, each tagged with its kind.
@@ -95,7 +97,7 @@ pub fn decode_state(body: &[u8]) -> Result<Vec<(StateKind, &[u8])>, DecodeError>
     Ok(out)
 }
 
-pub const STATE_ID_LEN: usize = 17;
+pub const STATE_ID_LEN: usize = 25;
 
 pub fn encode_acks(ids: &[StateId], w: &mut Writer<'_>) {
     w.u16(ids.len() as u16);
@@ -103,7 +105,8 @@ pub fn encode_acks(ids: &[StateId], w: &mut Writer<'_>) {
         w.u8(id.kind as u8)
             .u32(id.origin.0)
             .u32(id.key)
-            .u64(id.version);
+            .u64((id.version >> 64) as u64)
+            .u64(id.version as u64);
     }
 }
 
@@ -116,7 +119,7 @@ pub fn decode_acks(body: &[u8]) -> Result<Vec<StateId>, DecodeError> {
             kind: StateKind::from_u8(r.u8()?)?,
             origin: NodeId(r.u32()?),
             key: r.u32()?,
-            version: r.u64()?,
+            version: ((r.u64()? as u128) << 64) | r.u64()? as u128,
         });
     }
     Ok(out)
@@ -171,7 +174,7 @@ impl LinkStateAdvert {
             kind: StateKind::LinkState,
             origin: self.origin,
             key: 0,
-            version: self.seq,
+            version: self.seq as u128,
         }
     }
 }
@@ -194,6 +197,10 @@ pub enum Class {
 }
 
 pub const FLAG_CE: u8 = 0x01;
+
+/// Outer-header flag on a hello: "answer at once" (sent while a neighbour is silent, so a
+/// few lost hellos on a lossy link do not look like a dead neighbour).
+pub const HELLO_PROBE: u8 = 0x01;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoutedHeader {
