@@ -90,10 +90,11 @@ fn iperf3_udp_across_a_three_node_chain() {
     let o = Overlay::ready_chain(3, "");
     let port = free_port();
     let mut server = o.shim(3, "iperf3");
-    server.args(["-s", "-p", &port.to_string()]);
+    server.args(["-s", "-p", &port.to_string(), "--forceflush"]);
     let server = Bg::spawn(server, &o.dir, "iperf3-server");
     o.wait_listener(3, port);
-    for extra in [&[][..], &["-R"][..]] {
+    for (test, extra) in [&[][..], &["-R"][..]].into_iter().enumerate() {
+        weft_tests::shim::iperf3_ready(&server, test + 1);
         let mut client = o.shim(1, "iperf3");
         client
             .args(["-c", &o.ip(3), "-p", &port.to_string()])
