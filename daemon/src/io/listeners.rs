@@ -6,11 +6,11 @@
 use super::streams::{socketpair, Phase};
 use super::Daemon;
 use crate::overlay::SessionId;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use mio::unix::SourceFd;
-use mio::{Interest, Token};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -97,8 +97,8 @@ impl Listeners {
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
-        let gone = n == 0
-            || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
+        let gone =
+            n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
         if gone {
             self.claims.remove(&proxy_port).map(|c| c.session)
         } else {
@@ -181,7 +181,10 @@ impl Daemon {
     /// Readiness on the kernel connection of an unclaimed session.
     pub(super) fn claim_event(&mut self, proxy_port: u16) {
         if let Some(id) = self.listeners.abandoned(proxy_port) {
-            debug!(proxy_port, "injected connection dropped before it was claimed");
+            debug!(
+                proxy_port,
+                "injected connection dropped before it was claimed"
+            );
             let now = self.clock.now();
             self.node.session_abort(now, id);
         }
