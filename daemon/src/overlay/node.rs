@@ -160,6 +160,12 @@ impl Node {
         cfg.arq.mss = cfg.routed_mtu();
         cfg.session.mss = cfg.routed_mtu() - RoutedHeader::LEN;
         cfg.session.mode = cfg.recovery;
+        if cfg.recovery == RecoveryMode::HopByHop {
+            // Over repaired links the session's window reacts to CE marks from relays, not to
+            // loss; starting it at ten segments would throttle a stream whose rate needs more
+            // than ten segments per end-to-end round trip (links and relays pace the real rate).
+            cfg.session.initial_window_packets = cfg.session.initial_window_packets.max(64);
+        }
         let mut neighbors = Vec::new();
         let mut by_addr = HashMap::new();
         for (i, n) in cfg.neighbors.iter().enumerate() {

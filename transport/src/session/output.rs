@@ -152,6 +152,12 @@ impl Session {
             self.counters.retransmits += 1;
             self.counters.bytes_retransmitted += len;
             self.note_sent_payload(now, len);
+            // Resending the oldest unacknowledged segment restarts the timer (as Linux does):
+            // its answer takes a round trip, and a timer still running from before the loss
+            // would expire first, time out spuriously and collapse the window.
+            if start == self.send.una() {
+                self.rto_at = Some(now + self.rto());
+            }
             return Some(self.emit(&seg, len as usize));
         }
         // Nothing to repair: a forced retransmission has no object any more.
