@@ -45,7 +45,7 @@ done
 for n in 1 2; do
     for _ in $(seq 100); do
         "$bin/weft" --socket "$work/node$n.sock" status --json 2>/dev/null |
-            python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["routes"] else 1)' && break
+            python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["routes"] else 1)' 2>/dev/null && break
         sleep 0.1
     done
 done
@@ -59,7 +59,7 @@ pids+=($!)
 # The shimmed server registers its listener with node 2's daemon.
 for _ in $(seq 100); do
     "$bin/weft" --socket "$work/node2.sock" status --json |
-        python3 -c "import json,sys; sys.exit(0 if $port_overlay in json.load(sys.stdin)['listeners'] else 1)" && break
+        python3 -c "import json,sys; sys.exit(0 if $port_overlay in json.load(sys.stdin)['listeners'] else 1)" 2>/dev/null && break
     sleep 0.1
 done
 

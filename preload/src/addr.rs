@@ -166,6 +166,25 @@ pub unsafe fn write_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a program passes, parsing never panics, and what parses re-encodes to
+        /// the same address.
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..40), len in 0u32..64) {
+            let mut ss: sockaddr_storage = unsafe { std::mem::zeroed() };
+            let n = bytes.len().min(std::mem::size_of::<sockaddr_storage>());
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), &mut ss as *mut _ as *mut u8, n) };
+            let len = len.min(n as u32);
+            if let Some(a) = unsafe { parse(&ss as *const _ as *const sockaddr, len) } {
+                if let Some(v4) = a.v4() {
+                    let (enc, elen) = encode(a.family, v4);
+                    prop_assert_eq!(parse_storage(&enc, elen).and_then(|b| b.v4()), Some(v4));
+                }
+            }
+        }
+    }
 
     #[test]
     fn v4_and_mapped_round_trip() {

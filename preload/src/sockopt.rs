@@ -324,6 +324,29 @@ pub unsafe fn put_bytes(src: &[u8], val: *mut c_void, len: *mut socklen_t) -> Ou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any option value a program passes is taken or refused, never a panic; reading back
+        /// never writes past the caller's length.
+        #[test]
+        fn set_and_get_never_overrun(
+            level in prop_oneof![Just(libc::IPPROTO_TCP), Just(libc::IPPROTO_IP), Just(libc::IPPROTO_IPV6), Just(libc::IPPROTO_UDP), any::<c_int>()],
+            name in 0..40i32,
+            value in proptest::collection::vec(any::<u8>(), 0..24),
+            room in 0u32..40,
+        ) {
+            let mut o = Opts::default();
+            let _ = unsafe { o.set(level, name, value.as_ptr() as *const c_void, value.len() as socklen_t) };
+            let mut out = [0xA5u8; 64];
+            let mut len = room as socklen_t;
+            let r = unsafe { o.get(level, name, out.as_mut_ptr() as *mut c_void, &mut len) };
+            if r == Outcome::Done {
+                prop_assert!(len <= room);
+            }
+            prop_assert!(out[room as usize..].iter().all(|&b| b == 0xA5));
+        }
+    }
 
     fn get_int(
         o: &Opts,

@@ -29,40 +29,54 @@ struct View {
     prefixes: [AtomicU64; MAX_PREFIXES],
 }
 
-static VIEW: View = View {
-    seq: AtomicU64::new(0),
-    present: AtomicBool::new(false),
-    node: AtomicU32::new(0),
-    proxy_ip: AtomicU32::new(0),
-    refreshed_ms: AtomicU64::new(0),
-    count: AtomicUsize::new(0),
-    nodes: [const { AtomicU32::new(0) }; MAX_NODES],
-    prefix_count: AtomicUsize::new(0),
-    prefixes: [const { AtomicU64::new(0) }; MAX_PREFIXES],
-};
+static VIEW: View = View::new();
 
-/// Runs `f` as a consistent read.
-fn read<R>(f: impl Fn(&View) -> R) -> R {
-    loop {
-        let before = VIEW.seq.load(Ordering::Acquire);
-        if before & 1 == 1 {
-            std::hint::spin_loop();
-            continue;
+impl View {
+    const fn new() -> View {
+        View {
+            seq: AtomicU64::new(0),
+            present: AtomicBool::new(false),
+            node: AtomicU32::new(0),
+            proxy_ip: AtomicU32::new(0),
+            refreshed_ms: AtomicU64::new(0),
+            count: AtomicUsize::new(0),
+            nodes: [const { AtomicU32::new(0) }; MAX_NODES],
+            prefix_count: AtomicUsize::new(0),
+            prefixes: [const { AtomicU64::new(0) }; MAX_PREFIXES],
         }
-        let r = f(&VIEW);
-        fence(Ordering::Acquire);
-        if VIEW.seq.load(Ordering::Relaxed) == before {
-            return r;
+    }
+
+    /// Runs `f` as a consistent read.
+    fn read<R>(&self, f: impl Fn(&View) -> R) -> R {
+        loop {
+            let before = self.seq.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let r = f(self);
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == before {
+                return r;
+            }
         }
+    }
+
+    /// Runs `f` as the (single) writer. Callers hold the control lock.
+    fn write(&self, f: impl FnOnce(&View)) {
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::Release);
+        f(self);
+        self.seq.fetch_add(1, Ordering::Release);
     }
 }
 
-/// Runs `f` as the (single) writer. Callers hold the control lock.
+fn read<R>(f: impl Fn(&View) -> R) -> R {
+    VIEW.read(f)
+}
+
 fn write(f: impl FnOnce(&View)) {
-    VIEW.seq.fetch_add(1, Ordering::AcqRel);
-    fence(Ordering::Release);
-    f(&VIEW);
-    VIEW.seq.fetch_add(1, Ordering::Release);
+    VIEW.write(f)
 }
 
 fn store_nodes(v: &View, nodes: impl Iterator<Item = u32>) {
@@ -133,8 +147,12 @@ pub fn refreshed_ms() -> u64 {
 
 /// `None` without a view; else whether `ip` is a node or lies in an overlay prefix.
 pub fn contains(ip: Ipv4Addr) -> Option<bool> {
+    contains_in(&VIEW, ip)
+}
+
+fn contains_in(view: &View, ip: Ipv4Addr) -> Option<bool> {
     let a = u32::from(ip);
-    read(|v| {
+    view.read(|v| {
         if !v.present.load(Ordering::Relaxed) {
             return None;
         }
@@ -162,7 +180,26 @@ pub fn contains(ip: Ipv4Addr) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
     use weft_core::NodeId;
+
+    proptest! {
+        /// Membership matches a plain set, whatever the node list and the probes.
+        #[test]
+        fn membership_matches_a_set(
+            nodes in proptest::collection::vec(any::<u32>(), 0..300),
+            probes in proptest::collection::vec(any::<u32>(), 0..100),
+        ) {
+            let v = Box::new(View::new());
+            v.write(|v| store_nodes(v, nodes.iter().copied()));
+            v.write(|v| v.present.store(true, Ordering::Relaxed));
+            let set: BTreeSet<u32> = nodes.iter().copied().collect();
+            for a in probes.iter().chain(nodes.iter()) {
+                prop_assert_eq!(contains_in(&v, Ipv4Addr::from(*a)), Some(set.contains(a)));
+            }
+        }
+    }
 
     #[test]
     fn nodes_and_prefixes_are_overlay() {

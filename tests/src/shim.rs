@@ -301,3 +301,16 @@ impl Overlay {
         o
     }
 }
+
+/// `iperf3 -s` closes its listener after every test and opens a new one for the next; a
+/// client that comes in between is refused (or lands in the old listener's backlog and is
+/// reset). Start the server with `--forceflush` and wait for its `(test #n)` line before the
+/// n-th client.
+pub fn iperf3_ready(server: &Bg, test: usize) {
+    let line = format!("(test #{test})");
+    wait_for(
+        Duration::from_secs(30),
+        || server.stdout().contains(&line),
+        || format!("iperf3 server never got to {line}: {}", server.stdout()),
+    );
+}

@@ -90,10 +90,11 @@ fn iperf3_udp_across_a_three_node_chain() {
     let o = Overlay::ready_chain(3, "");
     let port = free_port();
     let mut server = o.shim(3, "iperf3");
-    server.args(["-s", "-p", &port.to_string()]);
+    server.args(["-s", "-p", &port.to_string(), "--forceflush"]);
     let server = Bg::spawn(server, &o.dir, "iperf3-server");
     o.wait_listener(3, port);
-    for extra in [&[][..], &["-R"][..]] {
+    for (test, extra) in [&[][..], &["-R"][..]].into_iter().enumerate() {
+        weft_tests::shim::iperf3_ready(&server, test + 1);
         let mut client = o.shim(1, "iperf3");
         client
             .args(["-c", &o.ip(3), "-p", &port.to_string()])
@@ -181,4 +182,23 @@ fn netcat_ncat_and_socat_udp() {
         run_ok(client, &o.dir, "socat-udp-client", LIMIT),
         "through-socat-udp\n"
     );
+}
+
+#[test]
+fn every_datagram_call_sees_overlay_names() {
+    let o = Overlay::ready_chain(3, "");
+    let exe = weft_tests::shim::c_program("dgram_calls");
+    let port = free_port();
+    let mut server = o.shim(3, exe.to_str().unwrap());
+    server.args(["server", &port.to_string()]);
+    let server = Bg::spawn(server, &o.dir, "dgram-server");
+    wait_for(
+        Duration::from_secs(15),
+        || server.stdout().contains("ready"),
+        || format!("server did not start: {}", server.stderr()),
+    );
+    let mut client = o.shim(1, exe.to_str().unwrap());
+    client.args(["client", &o.ip(3), &port.to_string(), &o.ip(1)]);
+    let out = run_ok(client, &o.dir, "dgram-client", LIMIT);
+    assert!(out.ends_with("0 failures\n"), "{out}");
 }

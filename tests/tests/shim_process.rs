@@ -3,7 +3,7 @@
 //! an environment that dropped the shim, and Ctrl-C in the middle of iperf3 on either side.
 
 use std::time::Duration;
-use weft_tests::shim::{c_program, free_port, run_ok, Bg, PYTHON};
+use weft_tests::shim::{c_program, free_port, iperf3_ready, run_ok, Bg, PYTHON};
 use weft_tests::{require_tool, wait_for, Overlay};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -177,7 +177,8 @@ fn wait_sessions_gone(o: &Overlay, nodes: &[usize]) {
     }
 }
 
-fn iperf3_completes(o: &Overlay, port: u16) {
+fn iperf3_completes(o: &Overlay, port: u16, server: &Bg, test: usize) {
+    iperf3_ready(server, test);
     let mut client = o.shim(1, "iperf3");
     client.args(["-c", &o.ip(3), "-p", &port.to_string(), "-t", "1"]);
     let out = run_ok(client, &o.dir, "iperf3-after", LIMIT);
@@ -191,22 +192,16 @@ fn ctrl_c_in_iperf3_leaves_the_daemons_healthy() {
     let port = free_port();
     let start_server = || {
         let mut s = o.shim(3, "iperf3");
-        s.args(["-s", "-p", &port.to_string()]);
+        s.args(["-s", "-p", &port.to_string(), "--forceflush"]);
         let s = Bg::spawn(s, &o.dir, "iperf3-server");
         o.wait_listener(3, port);
         s
     };
-    let start_client = || {
+    let start_client = |server: &Bg, test: usize| {
+        iperf3_ready(server, test);
         let mut c = o.shim(1, "iperf3");
-        c.args([
-            "-c",
-            &o.ip(3),
-            "-p",
-            &port.to_string(),
-            "-t",
-            "60",
-            "--forceflush",
-        ]);
+        c.args(["-c", &o.ip(3), "-p", &port.to_string()])
+            .args(["-t", "60", "--forceflush"]);
         let c = Bg::spawn(c, &o.dir, "iperf3-client");
         wait_for(
             Duration::from_secs(20),
@@ -218,20 +213,20 @@ fn ctrl_c_in_iperf3_leaves_the_daemons_healthy() {
 
     // Ctrl-C on the client side.
     let mut server = start_server();
-    let mut client = start_client();
+    let mut client = start_client(&server, 1);
     client.signal(libc::SIGINT);
     client.wait(Duration::from_secs(30));
     wait_sessions_gone(&o, &[1, 2, 3]);
-    iperf3_completes(&o, port);
+    iperf3_completes(&o, port, &server, 2);
 
     // Ctrl-C on the server side: the client must notice and end, not hang.
-    let mut client = start_client();
+    let mut client = start_client(&server, 3);
     server.signal(libc::SIGINT);
     server.wait(Duration::from_secs(30));
     client.wait(Duration::from_secs(60));
     wait_sessions_gone(&o, &[1, 2, 3]);
-    let _server = start_server();
-    iperf3_completes(&o, port);
+    let server = start_server();
+    iperf3_completes(&o, port, &server, 1);
 }
 
 const HOLDER: &str = r#"

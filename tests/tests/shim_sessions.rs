@@ -238,3 +238,59 @@ fn debug_logging_reports_decisions_without_recursing() {
     );
     assert!(log.lines().all(|l| l.starts_with("weft-shim[")), "{log}");
 }
+
+const NEVER_ACCEPTS: &str = r#"
+import socket, sys, time
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(('0.0.0.0', int(sys.argv[1])))
+l.listen()
+print('ready', flush=True)
+sys.stdin.readline()
+l.close()  # with the overlay client still in its backlog
+print('closed', flush=True)
+time.sleep(60)
+"#;
+
+const WAITS_FOR_DATA: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print('connected', flush=True)
+s.settimeout(30)
+try:
+    print('read', s.recv(10), flush=True)
+except OSError as e:
+    print('error', type(e).__name__, flush=True)
+"#;
+
+#[test]
+fn a_listener_closed_with_a_client_in_its_backlog_releases_it() {
+    let o = Overlay::ready_chain(2, "");
+    let port = free_port();
+    let mut cmd = o.shim(2, PYTHON);
+    cmd.args(["-c", NEVER_ACCEPTS, &port.to_string()])
+        .stdin(std::process::Stdio::piped());
+    let mut server = cmd.spawn().expect("server");
+    o.wait_listener(2, port);
+    let mut cmd = o.shim(1, PYTHON);
+    cmd.args(["-c", WAITS_FOR_DATA, &o.ip(2), &port.to_string()]);
+    let mut client = weft_tests::shim::Bg::spawn(cmd, &o.dir, "client");
+    wait_for(
+        Duration::from_secs(15),
+        || client.stdout().contains("connected"),
+        || format!("client: {} {}", client.stdout(), client.stderr()),
+    );
+    // Let the daemon's injected connection reach the backlog, then close the listener.
+    std::thread::sleep(Duration::from_millis(300));
+    use std::io::Write;
+    let _ = server.stdin.as_mut().expect("stdin").write_all(b"close\n");
+    // Like a kernel client reset by the closing listener: end of file, not a 2-minute wait
+    // (the client's own bound is 30 s).
+    let out = client.success(LIMIT);
+    assert!(
+        out.ends_with("read b''\n") || out.contains("error ConnectionResetError"),
+        "{out}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 use std::time::Duration;
-use weft_tests::shim::{free_port, random_file, run_ok, sha256, Bg, PYTHON};
+use weft_tests::shim::{free_port, iperf3_ready, random_file, run_ok, sha256, Bg, PYTHON};
 use weft_tests::{require_tool, wait_for, Overlay};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -18,11 +18,12 @@ fn iperf3_tcp_across_a_three_node_chain() {
     let o = Overlay::ready_chain(3, "");
     let port = free_port();
     let mut server = o.shim(3, "iperf3");
-    server.args(["-s", "-p", &port.to_string()]);
+    server.args(["-s", "-p", &port.to_string(), "--forceflush"]);
     let server = Bg::spawn(server, &o.dir, "iperf3-server");
     o.wait_listener(3, port);
     let modes: [&[&str]; 4] = [&[], &["-P", "4"], &["-R"], &["--bidir"]];
-    for extra in modes {
+    for (test, extra) in modes.into_iter().enumerate() {
+        iperf3_ready(&server, test + 1);
         let mut client = o.shim(1, "iperf3");
         client
             .args(["-c", &o.ip(3), "-p", &port.to_string(), "-t", "5", "-J"])
@@ -68,6 +69,7 @@ fn iperf3_tcp_across_a_three_node_chain() {
         "{report}"
     );
     // The same server still serves an ordinary kernel client (no shim).
+    iperf3_ready(&server, modes.len() + 1);
     let mut kernel = Command::new("iperf3");
     kernel.args(["-c", &o.ip(3), "-p", &port.to_string(), "-t", "1", "-J"]);
     let j = json(&run_ok(kernel, &o.dir, "iperf3-kernel", LIMIT));

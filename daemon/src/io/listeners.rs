@@ -6,6 +6,8 @@
 use super::streams::{socketpair, Phase};
 use super::Daemon;
 use crate::overlay::SessionId;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -80,6 +82,30 @@ impl Listeners {
             .map(|c| (c.session, c.app_end))
     }
 
+    /// The application closed the kernel connection that stood for an unclaimed session
+    /// (typically: it closed its listener with the connection still in the backlog, and the
+    /// kernel reset it). Returns the session to abort; `None` while it is still waiting.
+    fn abandoned(&mut self, proxy_port: u16) -> Option<SessionId> {
+        let c = self.claims.get(&proxy_port)?;
+        let mut b = [0u8; 1];
+        // SAFETY: a one-byte peek into a local buffer on a socket we own.
+        let n = unsafe {
+            libc::recv(
+                c._kernel.as_raw_fd(),
+                b.as_mut_ptr() as *mut libc::c_void,
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let gone =
+            n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
+        if gone {
+            self.claims.remove(&proxy_port).map(|c| c.session)
+        } else {
+            None
+        }
+    }
+
     /// Sessions whose application never accepted them.
     pub fn expire_claims(&mut self) -> Vec<SessionId> {
         let now = Instant::now();
@@ -152,6 +178,18 @@ fn connectable(addr: SocketAddr) -> Option<SocketAddrV4> {
 }
 
 impl Daemon {
+    /// Readiness on the kernel connection of an unclaimed session.
+    pub(super) fn claim_event(&mut self, proxy_port: u16) {
+        if let Some(id) = self.listeners.abandoned(proxy_port) {
+            debug!(
+                proxy_port,
+                "injected connection dropped before it was claimed"
+            );
+            let now = self.clock.now();
+            self.node.session_abort(now, id);
+        }
+    }
+
     /// A listener accepted a session: hand it to whoever listens on the port.
     pub(super) fn incoming_session(&mut self, id: SessionId, port: u16, remote: Endpoint) {
         let now = self.clock.now();
@@ -191,6 +229,13 @@ impl Daemon {
                 };
                 match inject_connect(self.cfg.proxy_ip, to) {
                     Ok((kernel, proxy_port)) => {
+                        // Watch it: if the application drops it unclaimed, the overlay client
+                        // must hear at once, as a kernel client would, not after the timeout.
+                        let _ = self.poll.registry().register(
+                            &mut SourceFd(&kernel.as_raw_fd()),
+                            Token(super::CLAIM_BASE + proxy_port as usize),
+                            Interest::READABLE,
+                        );
                         debug!(port, proxy_port, %remote, "session waiting for the application's accept");
                         self.listeners.claims.insert(
                             proxy_port,

@@ -32,6 +32,7 @@ const SIGNALS: Token = Token(2);
 const CONN_BASE: usize = 1 << 32;
 const STREAM_BASE: usize = 2 << 32;
 const PROXY_BASE: usize = 3 << 32;
+const CLAIM_BASE: usize = 4 << 32;
 
 /// Where datagrams for a local port go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +224,7 @@ impl Daemon {
                     }
                     LISTENER => self.accept_clients(),
                     SIGNALS => self.read_signals(),
+                    Token(t) if t >= CLAIM_BASE => self.claim_event((t - CLAIM_BASE) as u16),
                     Token(t) if t >= PROXY_BASE => self.read_proxy(t - PROXY_BASE),
                     Token(t) if t >= STREAM_BASE => {
                         self.stream_event(
