@@ -101,7 +101,7 @@ impl ControlClient {
         fd: Option<RawFd>,
     ) -> io::Result<(Reply, Option<OwnedFd>)> {
         let rec = req.encode().map_err(|e| other(e.to_string()))?;
-        fdpass::send_record(self.fd.as_raw_fd(), &rec, fd)?;
+        fdpass::send_record(self.fd.as_raw_fd(), &rec, fd.as_slice())?;
         loop {
             match self.receive()? {
                 (Incoming::Reply(r), fd) => return Ok((r, fd)),
@@ -111,15 +111,15 @@ impl ControlClient {
     }
 
     fn receive(&mut self) -> io::Result<(Incoming, Option<OwnedFd>)> {
-        let rec = fdpass::recv_record(self.fd.as_raw_fd(), &mut self.buf, 0)?;
-        if rec.len == 0 && rec.fd.is_none() {
+        let mut rec = fdpass::recv_record(self.fd.as_raw_fd(), &mut self.buf, 0)?;
+        if rec.is_eof() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the daemon closed the control connection",
             ));
         }
         let msg = Incoming::decode(&self.buf[..rec.len]).map_err(|e| other(e.to_string()))?;
-        Ok((msg, rec.fd))
+        Ok((msg, rec.take_fd()))
     }
 
     /// Waits for the next unsolicited event (`None` on timeout).

@@ -12,13 +12,20 @@
 //! down when it fails (the fd reports `POLLHUP`); the outcome is then available from
 //! [`Request::ConnectStatus`]. All per-socket queries are keyed by the inode of the client's
 //! end (`fstat(fd).st_ino`), so they work from any process that holds the fd.
+//!
+//! Ring mode (`rings: true` in [`Request::Connect`] or [`Request::ClaimAccepted`]): the daemon
+//! moves the session's bytes through a shared-memory region (`crate::ring`) instead of the
+//! socketpair, which then carries only doorbells and credit filler. The reply says whether it
+//! granted that and carries the region's memfd and the daemon's eventfd after any other fd.
+//! Nothing flows before the grant, so the app can start in ring mode at once.
 
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, SocketAddrV4};
 use thiserror::Error;
 use weft_core::{Endpoint, NodeId};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: ring mode (`rings` in `Connect`, `ClaimAccepted` and their replies).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest control record either side sends or accepts (a 65 507-byte datagram plus framing).
 pub const MAX_MESSAGE: usize = 70 * 1024;
 
@@ -51,11 +58,13 @@ pub enum Request {
 
     /// Open an overlay session to `dst`; carries one fd (the daemon's end of a socketpair).
     /// `local_port` is the port the app bound, if any. `inode` names the client's end.
+    /// `rings`: the client wants ring mode (see the module docs).
     Connect {
         dst: Endpoint,
         local_port: Option<u16>,
         filler: u32,
         inode: u64,
+        rings: bool,
     },
     /// Outcome of a connect: `Reply::ConnectStatus`.
     ConnectStatus {
@@ -79,6 +88,7 @@ pub enum Request {
     ClaimAccepted {
         listen_port: u16,
         proxy_port: u16,
+        rings: bool,
     },
 
     /// Receive overlay datagrams for `port` (0: allocate one). With `deliver_to`, datagrams are
@@ -190,19 +200,23 @@ pub enum Reply {
     Status {
         json: String,
     },
-    /// Local endpoint chosen for a connect; the outcome comes later (see module docs).
+    /// Local endpoint chosen for a connect; the outcome comes later (see module docs). With
+    /// `rings`, two fds: the region's memfd, then the daemon's eventfd.
     Connecting {
         local: Endpoint,
+        rings: bool,
     },
     /// `None` while pending, `Some(0)` once established, `Some(errno)` when it failed.
     ConnectStatus {
         result: Option<i32>,
     },
     Session(SessionInfo),
-    /// Answer to `ClaimAccepted`: with one fd (the session) when `peer` is `Some`.
+    /// Answer to `ClaimAccepted`: with one fd (the session) when `peer` is `Some`, then with
+    /// `rings` the region's memfd and the daemon's eventfd.
     Claimed {
         peer: Option<Endpoint>,
         local: Option<Endpoint>,
+        rings: bool,
     },
     Nodes {
         nodes: Vec<NodeId>,
@@ -337,6 +351,7 @@ mod tests {
             local_port: None,
             filler: 212_992,
             inode: 77,
+            rings: true,
         };
         assert_eq!(
             Request::decode(&req.clone().encode().unwrap()).unwrap(),

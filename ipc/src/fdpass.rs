@@ -1,38 +1,54 @@
-//! One control record with at most one file descriptor, over a `SOCK_SEQPACKET` Unix socket.
+//! One control record with a few file descriptors, over a `SOCK_SEQPACKET` Unix socket.
 //! Received descriptors are close-on-exec (`MSG_CMSG_CLOEXEC`), so none leaks into a program
-//! the application execs.
+//! the application execs. A ring session needs three at once (socketpair end, memfd, eventfd),
+//! so a record carries up to [`MAX_FDS`].
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-const CMSG_SPACE_ONE_FD: usize = 64;
+/// Most descriptors one record carries; a sender with more is refused, extra received ones
+/// are closed.
+pub const MAX_FDS: usize = 4;
+
+const CMSG_SPACE_FDS: usize = 64;
 
 #[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_SPACE_ONE_FD]);
+struct CmsgBuf([u8; CMSG_SPACE_FDS]);
 
-/// Sends `data` as one record, with `fd` attached if given. `MSG_NOSIGNAL`: a dead peer is an
-/// `EPIPE` error, never a signal to the application.
-pub fn send_record(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()> {
+/// Sends `data` as one record, with `fds` attached (at most [`MAX_FDS`]). `MSG_NOSIGNAL`: a
+/// dead peer is an `EPIPE` error, never a signal to the application.
+pub fn send_record(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one record",
+        ));
+    }
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    let mut cmsg = CmsgBuf([0; CMSG_SPACE_ONE_FD]);
+    let mut cmsg = CmsgBuf([0; CMSG_SPACE_FDS]);
     // SAFETY: msghdr is plain data; every pointer in it refers to locals that outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        // SAFETY: the control buffer is large and aligned enough for one SCM_RIGHTS fd.
+    if !fds.is_empty() {
+        let payload = std::mem::size_of_val(fds) as u32;
+        // SAFETY: the control buffer is aligned and large enough for MAX_FDS descriptors
+        // (CMSG_SPACE(16) = 32 <= 64), and `fds` holds exactly `payload` bytes.
         unsafe {
-            let space = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
             msg.msg_control = cmsg.0.as_mut_ptr() as *mut libc::c_void;
-            msg.msg_controllen = space;
+            msg.msg_controllen = libc::CMSG_SPACE(payload) as usize;
             let hdr = libc::CMSG_FIRSTHDR(&msg);
             (*hdr).cmsg_level = libc::SOL_SOCKET;
             (*hdr).cmsg_type = libc::SCM_RIGHTS;
-            (*hdr).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(hdr) as *mut RawFd, fd);
+            (*hdr).cmsg_len = libc::CMSG_LEN(payload) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr() as *const u8,
+                libc::CMSG_DATA(hdr),
+                payload as usize,
+            );
         }
     }
     loop {
@@ -59,25 +75,42 @@ pub fn send_record(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<()
 #[derive(Debug)]
 pub struct Record {
     pub len: usize,
-    pub fd: Option<OwnedFd>,
-    /// The record was longer than the buffer (and was cut): treat it as malformed.
+    /// The descriptors that came with the record, in the order they were sent.
+    pub fds: Vec<OwnedFd>,
+    /// The record (or its descriptors) did not fit: treat it as malformed.
     pub truncated: bool,
 }
 
-/// Receives one record into `buf`. `Ok(len == 0, no fd)` at end of stream. Extra descriptors
-/// beyond the first are closed. `flags` may add `MSG_DONTWAIT`.
+impl Record {
+    /// End of stream: nothing at all arrived.
+    pub fn is_eof(&self) -> bool {
+        self.len == 0 && self.fds.is_empty()
+    }
+
+    /// The first descriptor, if any (the others are dropped, i.e. closed).
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        if self.fds.is_empty() {
+            None
+        } else {
+            Some(self.fds.swap_remove(0))
+        }
+    }
+}
+
+/// Receives one record into `buf`. `Ok(len == 0, no fds)` at end of stream. Descriptors
+/// beyond [`MAX_FDS`] are closed. `flags` may add `MSG_DONTWAIT`.
 pub fn recv_record(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Record> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
     };
-    let mut cmsg = CmsgBuf([0; CMSG_SPACE_ONE_FD]);
+    let mut cmsg = CmsgBuf([0; CMSG_SPACE_FDS]);
     // SAFETY: as in send_record.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg.0.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = CMSG_SPACE_ONE_FD;
+    msg.msg_controllen = CMSG_SPACE_FDS;
     let n = loop {
         // SAFETY: msg points at live buffers.
         let n = unsafe { libc::recvmsg(sock, &mut msg, flags | libc::MSG_CMSG_CLOEXEC) };
@@ -89,8 +122,9 @@ pub fn recv_record(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Record
             return Err(err);
         }
     };
-    let mut fd = None;
-    // SAFETY: walking the control messages the kernel wrote into our buffer.
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into our buffer; every
+    // descriptor in an SCM_RIGHTS message is ours to own (and close) from now on.
     unsafe {
         let mut hdr = libc::CMSG_FIRSTHDR(&msg);
         while !hdr.is_null() {
@@ -99,10 +133,9 @@ pub fn recv_record(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Record
                 let count =
                     ((*hdr).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
                 for i in 0..count {
-                    let raw = std::ptr::read_unaligned(data.add(i));
-                    let owned = OwnedFd::from_raw_fd(raw);
-                    if fd.is_none() {
-                        fd = Some(owned);
+                    let owned = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    if fds.len() < MAX_FDS {
+                        fds.push(owned);
                     }
                 }
             }
@@ -112,7 +145,7 @@ pub fn recv_record(sock: RawFd, buf: &mut [u8], flags: i32) -> io::Result<Record
     let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
     Ok(Record {
         len: n,
-        fd,
+        fds,
         truncated,
     })
 }
@@ -138,24 +171,50 @@ mod tests {
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
     }
 
+    fn inode(fd: RawFd) -> u64 {
+        // SAFETY: fstat into a zeroed buffer.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd, &mut st), 0);
+            st.st_ino
+        }
+    }
+
     #[test]
     fn passes_a_descriptor_with_a_record() {
         let (a, b) = seqpacket_pair();
         let (x, _y) = seqpacket_pair();
-        send_record(a.as_raw_fd(), b"hello", Some(x.as_raw_fd())).unwrap();
+        send_record(a.as_raw_fd(), b"hello", &[x.as_raw_fd()]).unwrap();
         let mut buf = [0u8; 16];
-        let rec = recv_record(b.as_raw_fd(), &mut buf, 0).unwrap();
+        let mut rec = recv_record(b.as_raw_fd(), &mut buf, 0).unwrap();
         assert_eq!(&buf[..rec.len], b"hello");
-        let got = rec.fd.expect("fd passed");
+        let got = rec.take_fd().expect("fd passed");
+        assert_eq!(inode(got.as_raw_fd()), inode(x.as_raw_fd()));
         // SAFETY: fcntl on a descriptor we own.
         let flags = unsafe { libc::fcntl(got.as_raw_fd(), libc::F_GETFD) };
         assert!(flags & libc::FD_CLOEXEC != 0);
         assert!(!rec.truncated);
-        send_record(a.as_raw_fd(), b"0123456789abcdefXYZ", None).unwrap();
+        send_record(a.as_raw_fd(), b"0123456789abcdefXYZ", &[]).unwrap();
         let rec = recv_record(b.as_raw_fd(), &mut buf, 0).unwrap();
         assert!(rec.truncated);
         drop(a);
         let rec = recv_record(b.as_raw_fd(), &mut buf, 0).unwrap();
-        assert_eq!(rec.len, 0);
+        assert!(rec.is_eof());
+    }
+
+    #[test]
+    fn passes_several_descriptors_in_order() {
+        let (a, b) = seqpacket_pair();
+        let pairs: Vec<_> = (0..MAX_FDS).map(|_| seqpacket_pair()).collect();
+        let sent: Vec<RawFd> = pairs.iter().map(|(x, _)| x.as_raw_fd()).collect();
+        send_record(a.as_raw_fd(), b"three", &sent).unwrap();
+        let mut buf = [0u8; 16];
+        let rec = recv_record(b.as_raw_fd(), &mut buf, 0).unwrap();
+        assert_eq!(&buf[..rec.len], b"three");
+        let got: Vec<u64> = rec.fds.iter().map(|f| inode(f.as_raw_fd())).collect();
+        let want: Vec<u64> = sent.iter().map(|&f| inode(f)).collect();
+        assert_eq!(got, want);
+        let too_many: Vec<RawFd> = vec![sent[0]; MAX_FDS + 1];
+        assert!(send_record(a.as_raw_fd(), b"x", &too_many).is_err());
     }
 }

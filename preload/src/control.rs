@@ -171,25 +171,21 @@ impl Conn {
         self.pid == sys::getpid() && sys::inode(self.fd) == Some(self.ino)
     }
 
-    fn roundtrip(
-        &mut self,
-        req: Request,
-        fd: Option<RawFd>,
-    ) -> Result<(Reply, Option<OwnedFd>), i32> {
+    fn roundtrip(&mut self, req: Request, fd: Option<RawFd>) -> Result<(Reply, Vec<OwnedFd>), i32> {
         let rec = req.encode().map_err(|_| libc::EINVAL)?;
-        fdpass::send_record(self.fd, &rec, fd)
+        fdpass::send_record(self.fd, &rec, fd.as_slice())
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
         loop {
             let got = fdpass::recv_record(self.fd, &mut self.buf, 0)
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-            if got.len == 0 && got.fd.is_none() {
+            if got.is_eof() {
                 return Err(libc::ECONNRESET);
             }
             if got.truncated {
                 return Err(libc::EPROTO);
             }
             match Incoming::decode(&self.buf[..got.len]) {
-                Ok(Incoming::Reply(r)) => return Ok((r, got.fd)),
+                Ok(Incoming::Reply(r)) => return Ok((r, got.fds)),
                 // The shim never asks for events; skip any.
                 Ok(Incoming::Event(_)) => continue,
                 Err(_) => return Err(libc::EPROTO),
@@ -289,7 +285,7 @@ fn roundtrip_locked(
     link: &mut LockGuard<'_, Link>,
     req: Request,
     fd: Option<RawFd>,
-) -> Result<(Reply, Option<OwnedFd>), i32> {
+) -> Result<(Reply, Vec<OwnedFd>), i32> {
     let conn = connected(link)?;
     match conn.roundtrip(req, fd) {
         Ok((Reply::Error { errno, message }, _)) => {
@@ -312,8 +308,14 @@ pub fn request(req: Request) -> Result<Reply, i32> {
     request_fd(req, None).map(|(r, _)| r)
 }
 
-/// One request with an fd attached, and its reply with any fd on it.
+/// One request with an fd attached, and its reply with its first fd, if any.
 pub fn request_fd(req: Request, fd: Option<RawFd>) -> Result<(Reply, Option<OwnedFd>), i32> {
+    request_fds(req, fd).map(|(r, fds)| (r, fds.into_iter().next()))
+}
+
+/// One request with an fd attached, and its reply with every fd on it (a ring grant carries
+/// several), in order.
+pub fn request_fds(req: Request, fd: Option<RawFd>) -> Result<(Reply, Vec<OwnedFd>), i32> {
     let mut link = CONTROL.lock();
     roundtrip_locked(&mut link, req, fd)
 }

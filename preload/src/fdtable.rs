@@ -18,8 +18,13 @@ pub const FLAGS_LEN: usize = 1 << 16;
 pub const CANDIDATE: u8 = 1;
 /// Has an entry in [`Table`].
 pub const TRACKED: u8 = 2;
-/// One of the shim's own descriptors (control socket, log): protected from the program.
+/// One of the shim's own descriptors (control socket, log, ring eventfd): protected from the
+/// program.
 pub const PRIVATE: u8 = 4;
+/// A session in ring mode: its read/write family goes through `rings`.
+pub const RING: u8 = 8;
+/// The eventfd of a ring (with [`PRIVATE`]).
+pub const RING_WAKE: u8 = 16;
 
 static FLAGS: [AtomicU8; FLAGS_LEN] = [const { AtomicU8::new(0) }; FLAGS_LEN];
 
@@ -67,10 +72,27 @@ pub fn mark_private(fd: c_int, on: bool) {
     }
 }
 
+pub fn mark_ring(fd: c_int, on: bool) {
+    if on {
+        update(fd, RING, 0)
+    } else {
+        update(fd, 0, RING)
+    }
+}
+
+pub fn mark_ring_wake(fd: c_int, on: bool) {
+    if on {
+        update(fd, RING_WAKE, 0)
+    } else {
+        update(fd, 0, RING_WAKE)
+    }
+}
+
 /// One of the shim's own descriptors, still open (checked by inode: the program may have
 /// closed it behind our back and reused the number).
 pub fn is_private(fd: c_int) -> bool {
-    flags(fd) & PRIVATE != 0 && (crate::control::owns(fd) || crate::log::owns(fd))
+    flags(fd) & PRIVATE != 0
+        && (crate::control::owns(fd) || crate::log::owns(fd) || crate::rings::owns_wake(fd))
 }
 
 /// An epoll registration recorded before a transplant.

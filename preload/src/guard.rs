@@ -88,6 +88,12 @@ impl HookResult for libc::ssize_t {
     }
 }
 
+impl HookResult for *mut libc::FILE {
+    fn failed(self) -> bool {
+        self.is_null()
+    }
+}
+
 /// Restores errno when dropped: hooks must not change it on success.
 pub struct KeepErrno(i32);
 
@@ -146,10 +152,11 @@ pub fn program_sigmask() -> libc::sigset_t {
 }
 
 /// Signals blocked and cancellation disabled for as long as any one lives on this thread.
-struct Quiet;
+pub struct Quiet;
 
 impl Quiet {
-    fn new() -> Quiet {
+    #[allow(clippy::new_without_default)] // blocking signals is an action, not a default
+    pub fn new() -> Quiet {
         if QUIET_DEPTH.with(|d| d.replace(d.get() + 1)) == 0 {
             // SAFETY: plain libc calls on locals.
             unsafe {

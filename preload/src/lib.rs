@@ -23,6 +23,7 @@ pub mod log;
 pub mod multicast;
 pub mod real;
 pub mod release;
+pub mod rings;
 pub mod sockopt;
 pub mod state;
 pub mod stream;
@@ -53,6 +54,7 @@ mod init {
         log::init();
         control::init();
         exec::init();
+        crate::rings::init();
         // SAFETY: registering plain extern "C" handlers.
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         crate::hooks::set_ready();
@@ -69,6 +71,9 @@ mod init {
             QUIET.block();
             control::acquire_for_fork();
             state::shared_lock().acquire_for_fork();
+            // Parent and child would share the rings: both continue on plain socketpair
+            // bytes. Under the state lock, so no ring can be installed after the sweep.
+            crate::rings::detach_all(false);
         }
     }
 
@@ -87,6 +92,7 @@ mod init {
         // SAFETY: releasing what prepare took; the locks are held by this (only) thread.
         unsafe {
             state::set_owner(sys::getpid());
+            crate::rings::after_fork_child();
             control::forget_in_child();
             state::shared_lock().release_after_fork();
             control::release_after_fork();

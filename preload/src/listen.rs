@@ -136,18 +136,25 @@ fn claim(
     let listen_port = sys::local_addr(listener)
         .and_then(|(a, l)| addr::parse_storage(&a, l))?
         .port;
+    let rings = crate::rings::wanted_for(nfd);
     let req = Request::ClaimAccepted {
         listen_port,
         proxy_port: from.port(),
+        rings,
     };
-    let (peer, local, session) = match control::request_fd(req, None) {
+    let (peer, local, session, ring_fds) = match control::request_fds(req, None) {
         Ok((
             Reply::Claimed {
                 peer: Some(peer),
                 local,
+                rings,
             },
-            Some(session),
-        )) => (peer, local, session),
+            fds,
+        )) if !fds.is_empty() => {
+            let mut fds = fds.into_iter();
+            let session = fds.next()?;
+            (peer, local, session, rings.then(|| fds.collect::<Vec<_>>()))
+        }
         Ok(_) => return None,
         Err(e) => {
             debug!("claim of {from} on port {listen_port} failed: errno {e}");
@@ -159,7 +166,16 @@ fn claim(
         Some(Kind::Listener { carry, .. }) => carry.clone(),
         _ => Carry::default(),
     };
-    stream::apply_buffers(&carry, session.as_raw_fd(), None);
+    if ring_fds.is_some() {
+        // The daemon made the send buffer small for ring mode; the program's size is kept.
+        let ring_carry = Carry {
+            sndbuf: None,
+            ..carry.clone()
+        };
+        stream::apply_buffers(&ring_carry, session.as_raw_fd(), None);
+    } else {
+        stream::apply_buffers(&carry, session.as_raw_fd(), None);
+    }
     let opts = Opts::snapshot(listener, domain);
     let cloexec = if flags & libc::SOCK_CLOEXEC != 0 {
         libc::O_CLOEXEC
@@ -195,7 +211,13 @@ fn claim(
         remote: Some(peer),
         opts,
     };
-    let released = state::lock().table.set(nfd, Kind::Stream(Box::new(s)));
+    let released = {
+        let mut st = state::lock();
+        if let Some(fds) = ring_fds {
+            stream::install_ring(nfd, fds, true, &carry);
+        }
+        st.table.set(nfd, Kind::Stream(Box::new(s)))
+    };
     release::release(released);
     Some(peer.socket_addr())
 }

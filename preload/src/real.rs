@@ -102,6 +102,19 @@ real_fns! {
     execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
     posix_spawn(pid: *mut pid_t, path: *const c_char, acts: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
     posix_spawnp(pid: *mut pid_t, file: *const c_char, acts: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut c_char, envp: *const *mut c_char) -> c_int;
+    read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    readv(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t;
+    writev(fd: c_int, iov: *const libc::iovec, cnt: c_int) -> ssize_t;
+    recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t;
+    __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t;
+    sendfile(out: c_int, input: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
+    sendfile64(out: c_int, input: c_int, offset: *mut libc::off64_t, count: size_t) -> ssize_t;
+    shutdown(fd: c_int, how: c_int) -> c_int;
+    fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE;
+    splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: c_uint) -> ssize_t;
 }
 
 /// `fcntl` is variadic in C: call it as such (the third argument is an int or a pointer).
@@ -123,6 +136,18 @@ pub unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     f(fd, cmd, arg)
 }
 
+/// `ioctl` is variadic in C: call it as such (the third argument is an int or a pointer).
+///
+/// # Safety
+/// Same contract as `ioctl(2)`.
+pub unsafe fn ioctl(fd: c_int, req: c_ulong, arg: *mut c_void) -> c_int {
+    // SAFETY: glibc's ioctl is `int ioctl(int, unsigned long, ...)`.
+    let f: unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int =
+        std::mem::transmute(IOCTL.required());
+    f(fd, req, arg)
+}
+
+pub static IOCTL: Slot = Slot::new("ioctl\0");
 pub static FCNTL: Slot = Slot::new("fcntl\0");
 pub static FCNTL64: Slot = Slot::new("fcntl64\0");
 
@@ -161,6 +186,7 @@ pub static CLOSEFROM: Slot = Slot::new("closefrom\0");
 
 pub fn resolve_extra() {
     FCNTL.resolve();
+    IOCTL.resolve();
     FCNTL64.resolve();
     CLOSE_RANGE.resolve();
     CLOSEFROM.resolve();

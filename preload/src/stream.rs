@@ -15,6 +15,7 @@ use crate::log::debug;
 use crate::sockopt::{Opts, TcpState};
 use crate::{control, real, state, sys};
 use libc::c_int;
+use std::os::fd::OwnedFd;
 use weft_core::Endpoint;
 use weft_ipc::{Reply, Request, SessionInfo};
 
@@ -272,6 +273,29 @@ pub fn apply_buffers(carry: &Carry, app: c_int, daemon: Option<c_int>) {
     }
 }
 
+/// Puts the session now on `fd` into ring mode with the memfd and eventfd the daemon granted;
+/// when that fails the fd stays a plain session (with the send buffer plain mode needs).
+pub fn install_ring(fd: c_int, fds: Vec<OwnedFd>, established: bool, carry: &Carry) {
+    let mut fds = fds.into_iter();
+    let (Some(memfd), Some(wake)) = (fds.next(), fds.next()) else {
+        restore_sndbuf(fd, carry);
+        return;
+    };
+    if let Err(e) = crate::rings::install(fd, memfd, wake, established, carry.sndbuf, carry.rcvbuf)
+    {
+        debug!("fd {fd}: ring refused (errno {e}); plain session");
+        restore_sndbuf(fd, carry);
+    }
+}
+
+/// Plain mode after asking for rings: the send buffer goes back to what the program wanted.
+fn restore_sndbuf(fd: c_int, carry: &Carry) {
+    let size = carry
+        .sndbuf
+        .unwrap_or_else(crate::rings::default_sndbuf_request);
+    sys::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, size);
+}
+
 /// A socket can become a session only while the kernel has not started anything on it
 /// (`TCP_CLOSE`): otherwise the kernel's own answer (`EISCONN`, `EALREADY`) stands.
 fn is_fresh_tcp(fd: c_int) -> bool {
@@ -350,7 +374,25 @@ fn transplant(
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    apply_buffers(&carry, app, Some(daemon_end));
+    let rings = crate::rings::wanted_for(fd);
+    if rings {
+        // Ring mode: the socket carries only doorbells and credit filler, and its send buffer
+        // must be small so a little filler makes it unwritable; the program's sizes are kept
+        // for reporting and for after a detach.
+        let ring_carry = Carry {
+            sndbuf: None,
+            ..carry.clone()
+        };
+        apply_buffers(&ring_carry, app, Some(daemon_end));
+        sys::set_sockopt_int(
+            app,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            crate::rings::APP_SNDBUF,
+        );
+    } else {
+        apply_buffers(&carry, app, Some(daemon_end));
+    }
     copy_socket_options(fd, app);
     let filler = match fill(app) {
         Ok(n) => n,
@@ -361,18 +403,19 @@ fn transplant(
         }
     };
     let inode = sys::inode(app).unwrap_or(0);
-    let reply = control::request_fd(
+    let reply = control::request_fds(
         Request::Connect {
             dst,
             local_port,
             filler,
             inode,
+            rings,
         },
         Some(daemon_end),
     );
     sys::close(daemon_end);
-    let local = match reply {
-        Ok((Reply::Connecting { local }, _)) => local,
+    let (local, ring_fds) = match reply {
+        Ok((Reply::Connecting { local, rings }, fds)) => (local, rings.then_some(fds)),
         Ok(_) => {
             sys::close(app);
             return fail(libc::EPROTO);
@@ -427,7 +470,16 @@ fn transplant(
         remote: Some(dst),
         opts,
     };
-    let released = state::lock().table.set(fd, Kind::Stream(Box::new(stream)));
+    let released = {
+        let mut st = state::lock();
+        // Under the state lock: a fork's detach sweep runs under it too.
+        if let Some(fds) = ring_fds {
+            install_ring(fd, fds, false, &carry);
+        } else if rings {
+            restore_sndbuf(fd, &carry);
+        }
+        st.table.set(fd, Kind::Stream(Box::new(stream)))
+    };
     crate::release::release(released);
     match held {
         Some(held) => wait_outcome(fd, inode, timeout_ms, &held),

@@ -88,6 +88,8 @@ pub fn cat(socket: &Path, a: CatArgs) -> Result<i32, String> {
         local_port: a.from_port,
         filler: 0,
         inode: inode(&our_fd),
+        // Plain bytes: the CLI reads its socket with std, not through ring hooks.
+        rings: false,
     };
     drop(our_fd);
     let (reply, _) = c

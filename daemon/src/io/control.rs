@@ -173,8 +173,8 @@ pub struct Connection {
     pub kind: Option<weft_ipc::ClientKind>,
     /// Sockets this client joined groups for (their memberships end with the client).
     pub mc_sockets: std::collections::BTreeSet<weft_multicast::SocketId>,
-    /// Replies (with an optional fd) that did not fit; sent in order when writable.
-    outbox: VecDeque<(Vec<u8>, Option<OwnedFd>)>,
+    /// Replies (with their fds) that did not fit; sent in order when writable.
+    outbox: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
 }
 
 impl Connection {
@@ -190,8 +190,8 @@ impl Connection {
     }
 
     /// Queues or sends a reply (replies are never dropped while the connection lives).
-    pub fn reply(&mut self, record: Vec<u8>, fd: Option<OwnedFd>) -> io::Result<()> {
-        self.outbox.push_back((record, fd));
+    pub fn reply(&mut self, record: Vec<u8>, fds: Vec<OwnedFd>) -> io::Result<()> {
+        self.outbox.push_back((record, fds));
         self.flush()
     }
 
@@ -200,7 +200,7 @@ impl Connection {
         if !self.outbox.is_empty() {
             return Ok(false);
         }
-        match fdpass::send_record(self.fd.as_raw_fd(), record, fd) {
+        match fdpass::send_record(self.fd.as_raw_fd(), record, fd.as_slice()) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e),
@@ -208,9 +208,9 @@ impl Connection {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        while let Some((rec, fd)) = self.outbox.front() {
-            match fdpass::send_record(self.fd.as_raw_fd(), rec, fd.as_ref().map(|f| f.as_raw_fd()))
-            {
+        while let Some((rec, fds)) = self.outbox.front() {
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            match fdpass::send_record(self.fd.as_raw_fd(), rec, &raw) {
                 Ok(()) => {
                     self.outbox.pop_front();
                 }

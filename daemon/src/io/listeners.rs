@@ -205,7 +205,13 @@ impl Daemon {
             }
         };
         let inode = super::streams::inode_of(theirs.as_raw_fd()).unwrap_or(0);
-        if let Err(e) = self.attach_stream(id, ours, inode, Phase::Established, 0) {
+        // A shimmed listener's session waits for its claim, which says whether the app wants
+        // ring mode; the CLI takes plain bytes at once.
+        let phase = match delivery {
+            ListenDelivery::Control => Phase::Established,
+            ListenDelivery::Inject(_) => Phase::Unclaimed,
+        };
+        if let Err(e) = self.attach_stream(id, ours, inode, phase, 0) {
             warn!("attach incoming session: {e}");
             return self.node.session_abort(now, id);
         }

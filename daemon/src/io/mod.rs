@@ -6,6 +6,7 @@ pub mod control;
 mod groups;
 mod listeners;
 mod proxies;
+mod rings;
 pub mod streams;
 pub mod udp;
 
@@ -33,6 +34,7 @@ const CONN_BASE: usize = 1 << 32;
 const STREAM_BASE: usize = 2 << 32;
 const PROXY_BASE: usize = 3 << 32;
 const CLAIM_BASE: usize = 4 << 32;
+const RING_BASE: usize = 5 << 32;
 
 /// Where datagrams for a local port go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,7 @@ struct DaemonStatus<'a> {
     datagram_ports: Vec<u16>,
     datagram_proxies: usize,
     daemon_counters: &'a DaemonCounters,
+    rings: rings::RingCounters,
 }
 
 #[derive(Serialize)]
@@ -108,8 +111,9 @@ pub struct Daemon {
     outcomes: HashMap<u64, streams::Outcome>,
     listeners: listeners::Listeners,
     scratch: Vec<u8>,
-    /// An fd to attach to the reply being built (set by `handle_request`).
-    reply_fd: Option<std::os::fd::OwnedFd>,
+    /// Fds to attach to the reply being built (set by `handle_request`).
+    reply_fds: Vec<std::os::fd::OwnedFd>,
+    ring_counters: rings::RingCounters,
     /// Per local port: how its datagrams to groups travel.
     mc_send: HashMap<u16, groups::SendOptions>,
     proxies: proxies::Proxies,
@@ -190,7 +194,8 @@ impl Daemon {
             outcomes: HashMap::new(),
             listeners: listeners::Listeners::default(),
             scratch: vec![0; 64 * 1024],
-            reply_fd: None,
+            reply_fds: Vec::new(),
+            ring_counters: Default::default(),
             mc_send: HashMap::new(),
             proxies: proxies::Proxies::default(),
         })
@@ -206,7 +211,12 @@ impl Daemon {
         );
         let mut events = Events::with_capacity(256);
         while !self.stop {
-            let timeout = self.node.poll_timeout().map(|t| self.clock.until(t));
+            // Streams left with work (a busy ring yields after a few passes) must not wait.
+            let timeout = if self.dirty_streams.is_empty() {
+                self.node.poll_timeout().map(|t| self.clock.until(t))
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(format!("epoll: {e}"));
@@ -224,6 +234,7 @@ impl Daemon {
                     }
                     LISTENER => self.accept_clients(),
                     SIGNALS => self.read_signals(),
+                    Token(t) if t >= RING_BASE => self.ring_event((t - RING_BASE) as u64),
                     Token(t) if t >= CLAIM_BASE => self.claim_event((t - CLAIM_BASE) as u16),
                     Token(t) if t >= PROXY_BASE => self.read_proxy(t - PROXY_BASE),
                     Token(t) if t >= STREAM_BASE => {
@@ -413,12 +424,13 @@ impl Daemon {
             let Some(conn) = self.conns.get(&id) else {
                 return;
             };
-            let rec = match fdpass::recv_record(conn.fd.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return self.drop_client(id),
-            };
-            if rec.len == 0 && rec.fd.is_none() {
+            let mut rec =
+                match fdpass::recv_record(conn.fd.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(_) => return self.drop_client(id),
+                };
+            if rec.is_eof() {
                 return self.drop_client(id);
             }
             let reply = if rec.truncated {
@@ -426,24 +438,24 @@ impl Daemon {
                 ipc_err(libc::EMSGSIZE, "control message too large")
             } else {
                 match Request::decode(&buf[..rec.len]) {
-                    Ok(req) => self.handle_request(id, req, rec.fd),
+                    Ok(req) => self.handle_request(id, req, rec.take_fd()),
                     Err(e) => {
                         self.counters.control_malformed += 1;
                         ipc_err(libc::EPROTO, e.to_string())
                     }
                 }
             };
-            let fd = self.reply_fd.take();
-            self.send_reply(id, reply, fd);
+            let fds = std::mem::take(&mut self.reply_fds);
+            self.send_reply(id, reply, fds);
         }
     }
 
-    fn send_reply(&mut self, id: usize, reply: Reply, fd: Option<std::os::fd::OwnedFd>) {
+    fn send_reply(&mut self, id: usize, reply: Reply, fds: Vec<std::os::fd::OwnedFd>) {
         let Ok(rec) = reply.encode() else { return };
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        if conn.reply(rec, fd).is_err() {
+        if conn.reply(rec, fds).is_err() {
             return self.drop_client(id);
         }
         self.update_client_interest(id);
@@ -580,23 +592,44 @@ impl Daemon {
                 local_port,
                 filler,
                 inode,
+                rings,
             } => {
                 let Some(fd) = fd else {
                     return ipc_err(libc::EINVAL, "connect needs a socketpair end");
                 };
                 match self.node.connect(now, local_port, dst) {
                     Ok((sid, local)) => {
-                        if let Err(e) = self.attach_stream(
+                        let attached = self.attach_stream(
                             sid,
                             fd,
                             inode,
                             streams::Phase::Connecting,
                             filler as usize,
-                        ) {
-                            self.node.session_abort(now, sid);
-                            return ipc_err(libc::EIO, e.to_string());
+                        );
+                        let key = match attached {
+                            Ok(key) => key,
+                            Err(e) => {
+                                self.node.session_abort(now, sid);
+                                return ipc_err(libc::EIO, e.to_string());
+                            }
+                        };
+                        // The app's end is not ours to size: it set SO_SNDBUF itself. No
+                        // ring (memory, descriptors): the session runs plain.
+                        let granted = rings
+                            && match self.attach_ring(key, None) {
+                                Ok(fds) => {
+                                    self.reply_fds.extend(fds);
+                                    true
+                                }
+                                Err(e) => {
+                                    warn!(session = sid, "no ring for a connect: {e}");
+                                    false
+                                }
+                            };
+                        Reply::Connecting {
+                            local,
+                            rings: granted,
                         }
-                        Reply::Connecting { local }
                     }
                     Err(crate::overlay::OpenError::PortInUse) => {
                         ipc_err(libc::EADDRINUSE, "local port in use")
@@ -647,18 +680,27 @@ impl Daemon {
             Request::ClaimAccepted {
                 listen_port: _,
                 proxy_port,
+                rings,
             } => match self.listeners.claim(proxy_port) {
                 Some((sid, app_end)) => {
                     let (local, peer) = match self.remote_of(sid) {
                         Some((l, r)) => (Some(l), Some(r)),
                         None => (None, None),
                     };
-                    self.reply_fd = Some(app_end);
-                    Reply::Claimed { peer, local }
+                    let ring_fds = self.start_claimed(sid, app_end.as_raw_fd(), rings);
+                    let granted = ring_fds.is_some();
+                    self.reply_fds.push(app_end);
+                    self.reply_fds.extend(ring_fds.into_iter().flatten());
+                    Reply::Claimed {
+                        peer,
+                        local,
+                        rings: granted,
+                    }
                 }
                 None => Reply::Claimed {
                     peer: None,
                     local: None,
+                    rings: false,
                 },
             },
             Request::Join {
@@ -709,6 +751,7 @@ impl Daemon {
                 .collect(),
             datagram_ports: self.ports.keys().copied().collect(),
             datagram_proxies: self.proxies.count(),
+            rings: self.ring_counters(),
             daemon_counters: &self.counters,
         }
     }

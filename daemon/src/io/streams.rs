@@ -6,7 +6,12 @@
 //! Connect outcome protocol (see `weft_ipc::control`): the client filled its end with `filler`
 //! bytes before handing ours over; we read them away when the session is established (its fd
 //! turns writable), or read everything, close our end and remember the errno when it fails.
+//!
+//! A stream in ring mode (`rings.rs`) moves its bytes through shared memory instead; this file
+//! keeps what both modes share (phases, filler, failure, release) and the plain pump, which a
+//! detached ring stream falls back to.
 
+use super::rings::{self, RingLink};
 use super::{Daemon, STREAM_BASE};
 use crate::overlay::SessionId;
 use mio::unix::SourceFd;
@@ -17,6 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant as StdInstant};
 use tracing::debug;
 use weft_core::Endpoint;
+use weft_ipc::ring::Consumer;
 use weft_transport::session::{SessionError, SessionEvent};
 
 const CHUNK: usize = 64 * 1024;
@@ -26,6 +32,9 @@ const OUTCOME_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Connecting,
+    /// An incoming session injected into a shimmed listener, not yet claimed by `accept`:
+    /// nothing moves until the claim says whether the app wants ring mode.
+    Unclaimed,
     Established,
 }
 
@@ -35,19 +44,27 @@ pub struct AppStream {
     /// Inode of the application's end (what the shim queries by).
     pub inode: u64,
     pub phase: Phase,
-    filler_left: usize,
+    /// Bytes to read from the socket and drop before anything else: connect filler, or the
+    /// credit filler a detached ring stream left behind.
+    pub(super) filler_left: usize,
     /// Edge-triggered readiness we have not yet exhausted.
-    app_readable: bool,
-    app_writable: bool,
+    pub(super) app_readable: bool,
+    pub(super) app_writable: bool,
     /// The application half-closed (we sent FIN).
-    app_eof: bool,
+    pub(super) app_eof: bool,
     /// Bytes taken from the session not yet written to the application.
-    staged: Vec<u8>,
-    staged_at: usize,
+    pub(super) staged: Vec<u8>,
+    pub(super) staged_at: usize,
     /// We half-closed toward the application after the peer's FIN.
-    fin_delivered: bool,
+    pub(super) fin_delivered: bool,
     /// Every holder of the application's end has closed it.
-    app_closed: bool,
+    pub(super) app_closed: bool,
+    /// Ring mode, while it lasts.
+    pub(super) ring: Option<Box<RingLink>>,
+    /// After a detach: TX bytes sealed in the ring, owed to the session before socket data.
+    pub(super) tx_leftover: Option<Consumer>,
+    /// The ring had already carried the app's end of stream to the session.
+    pub(super) tx_leftover_fin_sent: bool,
 }
 
 /// Outcome of streams we no longer hold (failed connects, resets), by inode.
@@ -132,7 +149,7 @@ pub fn errno_of(e: SessionError) -> i32 {
 }
 
 impl Daemon {
-    /// Binds a session to the daemon's end of a socketpair.
+    /// Binds a session to the daemon's end of a socketpair; returns the stream's key.
     pub(super) fn attach_stream(
         &mut self,
         id: SessionId,
@@ -140,7 +157,7 @@ impl Daemon {
         inode: u64,
         phase: Phase,
         filler: usize,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         set_nonblocking(fd.as_raw_fd());
         let key = self.next_stream;
         self.next_stream += 1;
@@ -164,20 +181,53 @@ impl Daemon {
                 staged_at: 0,
                 fin_delivered: false,
                 app_closed: false,
+                ring: None,
+                tx_leftover: None,
+                tx_leftover_fin_sent: false,
             },
         );
         self.stream_by_session.insert(id, key);
         self.stream_by_inode.insert(inode, key);
         self.dirty_streams.insert(key);
-        Ok(())
+        Ok(key)
     }
 
-    fn detach_stream(&mut self, key: u64) -> Option<AppStream> {
+    /// `accept` in a shimmed app claimed an injected session: it starts moving, through
+    /// rings if the app asked for them and they could be set up. Returns the fds to pass.
+    pub(super) fn start_claimed(
+        &mut self,
+        id: SessionId,
+        app_end: RawFd,
+        rings: bool,
+    ) -> Option<[OwnedFd; 2]> {
+        let key = *self.stream_by_session.get(&id)?;
+        let s = self.streams.get_mut(&key)?;
+        if s.phase != Phase::Unclaimed {
+            return None;
+        }
+        s.phase = Phase::Established;
+        self.dirty_streams.insert(key);
+        if !rings {
+            return None;
+        }
+        match self.attach_ring(key, Some(app_end)) {
+            Ok(fds) => Some(fds),
+            Err(e) => {
+                debug!(session = id, "no ring for a claimed session: {e}");
+                None
+            }
+        }
+    }
+
+    pub(super) fn detach_stream(&mut self, key: u64) -> Option<AppStream> {
         let s = self.streams.remove(&key)?;
         let _ = self
             .poll
             .registry()
             .deregister(&mut SourceFd(&s.fd.as_raw_fd()));
+        if let Some(link) = &s.ring {
+            self.forget_ring(link);
+        }
         self.stream_by_session.remove(&s.id);
         self.stream_by_inode.remove(&s.inode);
         self.dirty_streams.remove(&key);
@@ -186,10 +236,14 @@ impl Daemon {
 
     /// The session failed or was reset: the application sees end of file (and EPIPE on
     /// write); the shim's SO_ERROR reports `errno`.
-    fn fail_stream(&mut self, key: u64, errno: i32) {
-        let Some(s) = self.detach_stream(key) else {
+    pub(super) fn fail_stream(&mut self, key: u64, errno: i32) {
+        let Some(mut s) = self.detach_stream(key) else {
             return;
         };
+        if let Some(mut link) = s.ring.take() {
+            // Ring waiters in the app wake to the reset (our end closes below).
+            link.reset(errno);
+        }
         // Read away filler and unsent data first: closing with unread bytes would turn the
         // application's view into ECONNRESET instead of a clean end of file.
         let mut buf = vec![0u8; CHUNK];
@@ -257,18 +311,29 @@ impl Daemon {
 
     fn service_stream(&mut self, key: u64) {
         let now = self.clock.now();
-        let Some(mut s) = self.streams.get_mut(&key) else {
+        let Some(s) = self.streams.get_mut(&key) else {
             return;
         };
-        let (id, fd) = (s.id, s.fd.as_raw_fd());
-        if s.phase == Phase::Connecting {
+        if s.phase != Phase::Established {
+            // A detach (a fork during a non-blocking connect) must not wait for the outcome.
+            if s.ring.as_ref().is_some_and(|r| r.detach_requested()) {
+                self.detach_ring(key);
+            }
+            let Some(s) = self.streams.get_mut(&key) else {
+                return;
+            };
             if s.app_closed {
                 // Closed before the handshake finished: abandon the attempt.
+                let id = s.id;
                 self.detach_stream(key);
                 self.node.session_release(now, id);
             }
             return;
         }
+        let Some(mut s) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let (id, fd) = (s.id, s.fd.as_raw_fd());
         // The handshake is done: take the filler away, which makes the app's fd writable.
         while s.filler_left > 0 {
             let want = s.filler_left.min(self.scratch.len());
@@ -276,6 +341,10 @@ impl Daemon {
                 Ok(n) if n > 0 => s.filler_left -= n,
                 _ => break,
             }
+        }
+        if s.ring.is_some() {
+            self.service_ring(key);
+            return;
         }
         // Session → application.
         while !s.app_closed && s.app_writable {
@@ -310,7 +379,11 @@ impl Daemon {
             unsafe { libc::shutdown(fd, libc::SHUT_WR) };
             s.fin_delivered = true;
         }
-        // Application → session.
+        // Application → session: what a detached ring still holds goes first, and the socket
+        // is read only once the filler before its data is gone.
+        if !rings::forward_leftover(&mut self.node, now, s) || s.filler_left > 0 {
+            return;
+        }
         while s.app_readable && !s.app_eof {
             let cap = self.node.session_send_capacity(id).min(self.scratch.len());
             if cap == 0 {
@@ -360,7 +433,7 @@ impl Daemon {
         if let Some(&key) = self.stream_by_inode.get(&inode) {
             return Some(match self.streams[&key].phase {
                 Phase::Connecting => None,
-                Phase::Established => Some(0),
+                Phase::Unclaimed | Phase::Established => Some(0),
             });
         }
         self.outcomes.get(&inode).map(|o| Some(o.errno))

@@ -3,9 +3,9 @@
 //! log) survive a program that closes everything (`close_range(3, ~0)`, daemonising loops).
 
 use super::hook;
-use crate::fdtable::{self, EpollReg, Kind, CANDIDATE, PRIVATE, TRACKED};
+use crate::fdtable::{self, EpollReg, Kind, CANDIDATE, PRIVATE, RING, TRACKED};
 use crate::guard::{errno, set_errno, KeepErrno};
-use crate::{control, log, real, release, state};
+use crate::{control, log, real, release, rings, state};
 use libc::{c_int, c_uint, c_ulong};
 
 hook! {
@@ -13,6 +13,9 @@ hook! {
         let flags = fdtable::flags(fd);
         if flags == 0 {
             return real::close(fd);
+        }
+        if flags & RING != 0 {
+            rings::forget(fd);
         }
         if flags & PRIVATE != 0 {
             if fdtable::is_private(fd) {
@@ -40,6 +43,8 @@ hook! {
     }
 
     fn dup(fd: c_int) -> c_int {
+        // Two numbers for one socket: the rings cannot follow both.
+        rings::detach(fd);
         let new = real::dup(fd);
         if new >= 0 {
             after_dup(fd, new);
@@ -52,6 +57,8 @@ hook! {
             return real::dup2(old, new);
         }
         protect_private(new);
+        rings::detach(old);
+        rings::forget(new);
         let rc = real::dup2(old, new);
         if rc >= 0 {
             after_dup(old, new);
@@ -62,6 +69,8 @@ hook! {
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         if old != new {
             protect_private(new);
+            rings::detach(old);
+            rings::forget(new);
         }
         let rc = real::dup3(old, new, flags);
         if rc >= 0 {
@@ -71,6 +80,9 @@ hook! {
     }
 
     fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            rings::detach(fd);
+        }
         let rc = real::fcntl(fd, cmd, arg);
         if rc >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
             after_dup(fd, rc);
@@ -79,6 +91,9 @@ hook! {
     }
 
     fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+        if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+            rings::detach(fd);
+        }
         let rc = real::fcntl64(fd, cmd, arg);
         if rc >= 0 && (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC) {
             after_dup(fd, rc);
@@ -131,6 +146,9 @@ fn protect_private(new: c_int) {
         if log::owns(new) {
             log::relocate(new);
         }
+        if rings::owns_wake(new) {
+            rings::relocate_wake(new);
+        }
     }
 }
 
@@ -161,6 +179,9 @@ unsafe fn close_range_hook(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     for fd in lo..=hi.min(fdtable::FLAGS_LEN as c_int - 1) {
         if fdtable::flags(fd) & CANDIDATE != 0 {
             fdtable::mark_candidate(fd, false);
+        }
+        if fdtable::flags(fd) & RING != 0 {
+            rings::forget(fd);
         }
     }
     // Close around our own descriptors.

@@ -2,6 +2,7 @@
 //! (or goes straight to libc when the shim is not ready or this thread is already inside it)
 //! and hands over to the module that owns the concept.
 
+pub mod data;
 pub mod fd;
 pub mod msg;
 pub mod net;

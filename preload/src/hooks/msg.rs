@@ -2,16 +2,19 @@
 //! recvmsg, recvmmsg (proxy sources → overlay endpoints). Addresses only: the payload never
 //! passes through the shim.
 
-use super::hook;
+use super::{data, hook};
 use crate::dgram::{self, Dest};
 use crate::guard::{fail, KeepErrno};
-use crate::{addr, real};
+use crate::{addr, real, rings};
 use libc::{
     c_int, c_uint, c_void, mmsghdr, msghdr, size_t, sockaddr, sockaddr_storage, socklen_t, ssize_t,
 };
 
 hook! {
     fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t {
+        if rings::is_ring(fd) {
+            return data::ring_sendto(fd, buf, n, flags);
+        }
         match dgram::destination(fd, addr, len) {
             Dest::Keep => real::sendto(fd, buf, n, flags, addr, len),
             Dest::Strip => real::sendto(fd, buf, n, flags, std::ptr::null(), 0),
@@ -21,6 +24,12 @@ hook! {
     }
 
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+        data::revoke_passed(msg);
+        if !msg.is_null() && rings::is_ring(fd) {
+            if let Some(r) = data::ring_sendmsg(fd, msg, flags) {
+                return r;
+            }
+        }
         if msg.is_null() || (*msg).msg_name.is_null() {
             return real::sendmsg(fd, msg, flags);
         }
@@ -43,10 +52,21 @@ hook! {
     }
 
     fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int {
+        rings::detach(fd);
+        for i in 0..(vlen as usize).min(libc::UIO_MAXIOV as usize) {
+            if !msgs.is_null() {
+                data::revoke_passed(&(*msgs.add(i)).msg_hdr);
+            }
+        }
         sendmmsg_hook(fd, msgs, vlen, flags)
     }
 
     fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t {
+        if rings::is_ring(fd) {
+            if let Some(r) = data::ring_recvfrom(fd, buf, n, flags, addr, len) {
+                return r;
+            }
+        }
         if addr.is_null() || len.is_null() || (*len as i32) < 0 {
             return real::recvfrom(fd, buf, n, flags, addr, len);
         }
@@ -60,6 +80,11 @@ hook! {
     }
 
     fn __recvfrom_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t {
+        if rings::is_ring(fd) && n <= buflen {
+            if let Some(r) = data::ring_recvfrom(fd, buf, n, flags, addr, len) {
+                return r;
+            }
+        }
         if addr.is_null() || len.is_null() || (*len as i32) < 0 {
             return real::__recvfrom_chk(fd, buf, n, buflen, flags, addr, len);
         }
@@ -73,6 +98,11 @@ hook! {
     }
 
     fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+        if !msg.is_null() && rings::is_ring(fd) {
+            if let Some(r) = data::ring_recvmsg(fd, msg, flags) {
+                return r;
+            }
+        }
         if msg.is_null() || (*msg).msg_name.is_null() || ((*msg).msg_namelen as i32) < 0 {
             return real::recvmsg(fd, msg, flags);
         }
@@ -94,6 +124,7 @@ hook! {
     }
 
     fn recvmmsg(fd: c_int, msgs: *mut mmsghdr, vlen: c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int {
+        rings::detach(fd);
         recvmmsg_hook(fd, msgs, vlen, flags, timeout)
     }
 }

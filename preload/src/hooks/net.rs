@@ -203,6 +203,9 @@ unsafe fn getsockopt_hook(
     if !state::in_owner() {
         return real::getsockopt(fd, level, name, val, len);
     }
+    if let Some(rc) = ring_sndbuf(fd, level, name, val, len) {
+        return rc;
+    }
     if fdtable::flags(fd) & TRACKED != 0 {
         if let Some(s) = stream::get(fd) {
             return session_getsockopt(fd, s, level, name, val, len);
@@ -221,6 +224,27 @@ unsafe fn getsockopt_hook(
         }
     }
     rc
+}
+
+/// `SO_SNDBUF` of a ring fd: what the program set (as the kernel would report it), not the
+/// minimal buffer ring mode runs with.
+unsafe fn ring_sndbuf(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> Option<c_int> {
+    if level != libc::SOL_SOCKET || name != libc::SO_SNDBUF || !crate::rings::is_ring(fd) {
+        return None;
+    }
+    if val.is_null() || len.is_null() || (*len as usize) < std::mem::size_of::<c_int>() {
+        return None;
+    }
+    let v = crate::rings::reported_sndbuf(fd)?;
+    std::ptr::write_unaligned(val as *mut c_int, v);
+    *len = std::mem::size_of::<c_int>() as socklen_t;
+    Some(0)
 }
 
 /// The answer a session inherited from elsewhere would give before the shim knows it: an
@@ -323,6 +347,18 @@ unsafe fn setsockopt_hook(
     let flags = fdtable::flags(fd);
     if !state::in_owner() {
         return real::setsockopt(fd, level, name, val, len);
+    }
+    let buffer = level == libc::SOL_SOCKET && (name == libc::SO_SNDBUF || name == libc::SO_RCVBUF);
+    if buffer
+        && crate::rings::is_ring(fd)
+        && len as usize >= std::mem::size_of::<c_int>()
+        && !val.is_null()
+        && crate::rings::set_buffer(fd, name, std::ptr::read_unaligned(val as *const c_int))
+            .is_some()
+    {
+        // Ring mode keeps the socket's own send buffer minimal (credit filler); the size is
+        // reported back and applied if the socket ever leaves ring mode.
+        return 0;
     }
     if flags & (TRACKED | CANDIDATE) == 0 {
         let rc = real::setsockopt(fd, level, name, val, len);

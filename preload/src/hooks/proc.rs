@@ -27,6 +27,8 @@ pub unsafe extern "C" fn execve(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
+    // Descriptors that survive the exec reach a program that may not load the shim.
+    crate::rings::detach_all(true);
     with_env(envp, |env| real::execve(path, argv, env))
 }
 
@@ -38,6 +40,7 @@ pub unsafe extern "C" fn execvpe(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
+    crate::rings::detach_all(true);
     with_env(envp, |env| real::execvpe(file, argv, env))
 }
 
@@ -52,6 +55,8 @@ pub unsafe extern "C" fn posix_spawn(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
+    // The file actions may hand any descriptor to the child.
+    crate::rings::detach_all(false);
     with_env(envp as *const *const c_char, |env| {
         real::posix_spawn(pid, path, acts, attr, argv, env as *const *mut c_char)
     })
@@ -68,6 +73,7 @@ pub unsafe extern "C" fn posix_spawnp(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
+    crate::rings::detach_all(false);
     with_env(envp as *const *const c_char, |env| {
         real::posix_spawnp(pid, file, acts, attr, argv, env as *const *mut c_char)
     })
