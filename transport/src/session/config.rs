@@ -38,6 +38,9 @@ pub struct SessionConfig {
     /// Loss rate (fraction of segments) the path may show, without queueing delay, before
     /// losses count as congestion (`cc::LossClassifier`); 0 = every loss is congestion.
     pub random_loss_tolerance: f64,
+    /// Zero bytes `poll_transmit` puts before each segment, for the caller to fill with its
+    /// own header (0 by default).
+    pub headroom: usize,
     /// Spread each window over an RTT instead of bursting it. On.
     pub pacing: bool,
     /// An active open gives up after this long (SYN retransmitted with exponential backoff
@@ -81,6 +84,7 @@ impl Default for SessionConfig {
             cc: Algorithm::Cubic,
             initial_window_packets: 10,
             random_loss_tolerance: 0.10,
+            headroom: 0,
             pacing: true,
             connect_timeout: Duration::from_secs(20),
             user_timeout: Duration::from_secs(30),
