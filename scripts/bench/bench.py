@@ -62,6 +62,8 @@ LOSS_LEVELS = [("0%", 0, 0), ("0.5%", 0.5, 0), ("1%", 1, 0), ("2%", 2, 0), ("5%"
 LATENCY_RATE = 50
 LATENCY_SIZE = 200
 FAILOVER_RATE = 1000
+# How long a weft overlay may take to finish the previous cell's sessions before a restart.
+WEFT_QUIET_S = 3
 # Fairness shares leave out the first seconds in which both flows deliver (slow start).
 FAIRNESS_WARMUP_NS = 2_000_000_000
 
@@ -99,7 +101,7 @@ class Bench:
             arms += [a for a in WEFT_ARMS if a in args.arms]
         self.arm_names = arms
         self.results = {"clean": [], "loss_goodput": [], "latency": [], "failover": [],
-                        "fairness": [], "validity": []}
+                        "fairness": [], "validity": [], "weft_drains": []}
         (out / "raw").mkdir(parents=True, exist_ok=True)
 
     # ----- set-up per topology -------------------------------------------------------------
@@ -128,6 +130,7 @@ class Bench:
                     print(f"bench: {name} unavailable: {e}", flush=True)
                     continue
                 overlays.append(overlay)
+                em.overlays.append(overlay)
                 arms[name] = Arm(name, overlay)
         return arms, overlays
 
@@ -159,6 +162,25 @@ class Bench:
         return cell
 
     def start_cell(self, em, rep):
+        """Wait until the previous cell's traffic is gone, then zero the counters and reseed
+        every link. Kernel TCP: a FIN retransmitted over a lossy path can take seconds. weft:
+        a session keeps delivering what the program had written into it after the program
+        stopped; an overlay still busy after WEFT_QUIET_S is restarted (and counted)."""
+        for overlay in em.overlays:
+            if not overlay.daemons:
+                continue
+            started = time.monotonic()
+            busy = overlay.wait_quiet(timeout=WEFT_QUIET_S)
+            drain = {"recovery": overlay.recovery, "seconds": time.monotonic() - started,
+                     "restarted": bool(busy), "busy": busy, "limit_s": WEFT_QUIET_S}
+            self.results["weft_drains"].append(drain)
+            if busy:
+                print(f"bench: weft ({overlay.recovery}) still busy after {WEFT_QUIET_S} s: "
+                      f"{busy}; restarting it", flush=True)
+                overlay.restart()
+        busy = em.wait_tcp_quiet(timeout=15)
+        if busy:
+            print(f"bench: kernel TCP still open from the previous cell: {busy}", flush=True)
         em.ctl("reset")
         em.ctl(f"reseed {self.args.seed * 1000 + rep}")
 
@@ -455,6 +477,8 @@ def parse_args():
     ap.add_argument("--arms", default=",".join(KERNEL_ARMS + WEFT_ARMS))
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
                     help="comma-separated subset of " + ",".join(ALL_SCENARIOS))
+    ap.add_argument("--levels", help="comma-separated loss levels of scenario (b), e.g. 0%%,2%%"
+                    " (default: the profile's)")
     ap.add_argument("--kernel-only", action="store_true", help="skip weft arms even if built")
     ap.add_argument("--weft-addressing", choices=["link", "node"], default="link",
                     help="weftd neighbours by link address (default) or node address")
@@ -468,6 +492,12 @@ def parse_args():
     args = ap.parse_args()
     args.arms = args.arms.split(",")
     args.scenarios = args.scenarios.split(",")
+    if args.levels:
+        args.levels = args.levels.split(",")
+        known = [lv[0] for lv in LOSS_LEVELS]
+        unknown = [lv for lv in args.levels if lv not in known]
+        if unknown:
+            ap.error(f"--levels: unknown {unknown}; known: {known}")
     return args
 
 
@@ -479,6 +509,8 @@ def main():
     profile = dict(PROFILES[name])
     if args.repeats:
         profile["repeats"] = args.repeats
+    if args.levels:
+        profile["levels"] = args.levels
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "bench-out" / f"{stamp}-{name}"
     out.mkdir(parents=True, exist_ok=True)
@@ -490,7 +522,7 @@ def main():
     signal.signal(signal.SIGHUP, on_term)
     bench = Bench(args, profile, out)
     if not WeftOverlay.available(args.weft_bin):
-        print(f"weft arms: not built yet ({args.weft_bin}/weftd or weft missing); "
+        print(f"weft arms: not built yet (weftd, weft or libweft.so missing in {args.weft_bin}); "
               "running the kernel arms only", flush=True)
     elif args.kernel_only:
         print("weft arms: skipped (--kernel-only)", flush=True)

@@ -64,6 +64,8 @@ class Emulator:
             argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True
         )
         lab.emulators.append(self)
+        # Weft overlays running on this emulator's namespaces (the bench registers them).
+        self.overlays = []
         self.plan = self._wait_ready(timeout=30)
         self.nodes = {n["name"]: n for n in self.plan["nodes"]}
 
@@ -119,6 +121,29 @@ class Emulator:
 
     def pid(self):
         return self.proc.pid
+
+    def tcp_connections(self):
+        """Kernel TCP sockets in any state that can still send (not LISTEN or TIME-WAIT),
+        per namespace that has some."""
+        busy = {}
+        for node in self.nodes:
+            out = subprocess.run(
+                ["ip", "netns", "exec", self.namespace(node), "ss", "-Htan", "state",
+                 "connected", "exclude", "time-wait"],
+                capture_output=True, text=True, timeout=10,
+            )
+            lines = [line for line in out.stdout.splitlines() if line.strip()]
+            if lines:
+                busy[node] = lines
+        return busy
+
+    def wait_tcp_quiet(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = self.tcp_connections()
+            if not busy or time.monotonic() > deadline:
+                return busy
+            time.sleep(0.2)
 
     def close(self):
         if self.proc.poll() is None:
@@ -329,6 +354,37 @@ class WeftOverlay:
                 return True
             time.sleep(0.05)
         return False
+
+    def busy(self):
+        """What still moves on this overlay: sessions not yet finished and bytes queued or in
+        flight on hop-by-hop links, per node; empty when quiet."""
+        busy = {}
+        for node in self.daemons:
+            status = self.status(node)
+            if status is None:
+                busy[node] = "no status"
+                continue
+            open_sessions = [x for x in status.get("sessions", [])
+                             if x.get("state") not in ("timewait", "closed")]
+            backlog = sum((n.get("arq") or {}).get("queued_bytes", 0)
+                          + (n.get("arq") or {}).get("in_flight_bytes", 0)
+                          for n in status.get("neighbors", []))
+            if open_sessions or backlog:
+                busy[node] = f"{len(open_sessions)} open sessions, {backlog} B on links"
+        return busy
+
+    def wait_quiet(self, timeout):
+        """Until nothing moves (see `busy`); returns what still did at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = self.busy()
+            if not busy or time.monotonic() > deadline:
+                return busy
+            time.sleep(0.2)
+
+    def restart(self):
+        self.stop()
+        self.start()
 
     def wrap(self, node, argv):
         """Run `argv` unmodified over weft from `node`'s namespace."""

@@ -142,6 +142,16 @@ def validity(results):
             f"p99 {fmt(median([x - expected for x in p99 if x is not None]), 3)} ms (median over "
             f"cells; includes the probe processes' own scheduling); min ≥ configured: "
             f"{'PASS' if not early else 'FAIL ' + str(early)}")
+    drains = results.get("weft_drains", [])
+    if drains:
+        restarts = [d for d in drains if d["restarted"]]
+        waits = [d["seconds"] for d in drains if not d["restarted"] and d["seconds"] > 0.5]
+        lines.append(
+            f"- Every cell starts on quiet links: the previous cell's kernel TCP connections "
+            f"closed, and its weft sessions finished (a weft session keeps delivering what the "
+            f"program wrote into it after the program is done): waited for weft "
+            f"{len(waits)} times (median {fmt(median(waits), 1)} s), restarted an overlay still "
+            f"busy after {drains[0].get('limit_s', '?')} s {len(restarts)} times")
     weft_cells = [c for c in cells
                   if c["arms"] and all(a.startswith("weft") for a in c["arms"])]
     leaks = [c for c in weft_cells if c["tcp_packets"]]
@@ -354,6 +364,8 @@ def idle_section(results):
 def weft_internals(results):
     """What the daemons' status said about each weft cell: why a figure is what it is."""
     cells = []
+    for r in results.get("clean", []):
+        cells.append((f"clean {r['topology']}", r))
     for r in results.get("loss_goodput", []):
         cells.append((f"goodput {r['level']}", r))
     for r in results.get("latency", []):
