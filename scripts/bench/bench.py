@@ -14,6 +14,7 @@ Writes results.json, results.md and PNG plots to the output folder.
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import platform
@@ -46,8 +47,8 @@ PROFILES = {
                   failover_total_s=8, cut_at_s=2, heal_after_s=4, fairness_s=8,
                   shim_s=2, shim_repeats=1, idle_s=3,
                   scenarios=["loss", "shim", "idle"], levels=["1%"]),
-    "quick": dict(repeats=1, clean_s=4, goodput_s=5, latency_s=20, warmup_ms=2000,
-                  failover_total_s=10, cut_at_s=3, heal_after_s=4, fairness_s=15,
+    "quick": dict(repeats=1, clean_s=4, goodput_s=5, latency_s=15, warmup_ms=2000,
+                  failover_total_s=10, cut_at_s=3, heal_after_s=4, fairness_s=12,
                   shim_s=3, shim_repeats=3, idle_s=10,
                   scenarios=ALL_SCENARIOS, levels=None),
     "full": dict(repeats=5, clean_s=5, goodput_s=7, latency_s=25, warmup_ms=3000,
@@ -310,6 +311,11 @@ class Bench:
                                            keep_raw_as=self.out / f"raw/failover-rep{rep}-{name}.txt.gz")
                 r["bulk"], timeline = finish_bulk(self.lab, bulk)
                 r["bulk"]["longest_stall_ms"] = stall_after(timeline, cut)
+                if timeline:
+                    raw_bulk = f"raw/failover-bulk-rep{rep}-{name}.json.gz"
+                    with gzip.open(self.out / raw_bulk, "wt") as f:
+                        json.dump(timeline, f)
+                    r["bulk"]["raw"] = raw_bulk
                 if "weft" in r["bulk"]:
                     r["weft"] = r["bulk"].pop("weft")
                 self.check_cell(em, "failover", f"rep {rep} {name}", [name])
