@@ -64,7 +64,7 @@ LATENCY_RATE = 50
 LATENCY_SIZE = 200
 FAILOVER_RATE = 1000
 # How long a weft overlay may take to finish the previous cell's sessions before a restart.
-WEFT_QUIET_S = 3
+WEFT_QUIET_S = 2
 # Fairness shares leave out the first seconds in which both flows deliver (slow start).
 FAIRNESS_WARMUP_NS = 2_000_000_000
 
@@ -574,7 +574,10 @@ def main():
             latest.unlink()
         latest.symlink_to(out.name)
     print(f"bench: done in {fmt_time(time.time() - started)}; results in {out}")
-    return 1 if interrupted else 0
+    problems = report.breakage(bench.results)
+    for p in problems:
+        print(f"bench: BROKEN: {p}")
+    return 1 if interrupted or problems else 0
 
 
 if __name__ == "__main__":

@@ -455,6 +455,37 @@ def goals(results):
     return lines + ["| goal | measured | status |", "|---|---|---|", *rows]
 
 
+def breakage(results):
+    """What makes a run invalid rather than merely slow: arms that could not run, cells without
+    data, emulator faults, traffic that bypassed weft, a corrupted verified stream. Missed
+    goals are results, not breakage."""
+    meta = results.get("meta", {})
+    problems = []
+    if meta.get("weft_available") and not meta.get("weft_used"):
+        pass  # --kernel-only
+    elif meta.get("weft_problem"):
+        problems.append(f"weft arms failed to start: {meta['weft_problem']}")
+    for r in results.get("clean", []) + results.get("loss_goodput", []):
+        if goodput_of(r) is None:
+            problems.append(f"goodput cell {r.get('topology') or r.get('level')} {r['arm']}: "
+                            f"{r.get('error', 'no result')}")
+    for r in results.get("latency", []):
+        if not latency_field("count")(r):
+            problems.append(f"latency cell {r['level']} {r['arm']}: no messages received")
+    for r in results.get("failover", []):
+        bulk = r.get("bulk") or {}
+        if bulk.get("corrupt_from") is not None:
+            problems.append(f"failover {r['arm']}: bulk stream corrupt from byte "
+                            f"{bulk['corrupt_from']}")
+    for c in results.get("validity", []):
+        if c["faults"] or c["device_errors"]:
+            problems.append(f"emulator faults in {c['scenario']} {c['label']}")
+        if c["arms"] and all(a.startswith("weft") for a in c["arms"]) and c["tcp_packets"]:
+            problems.append(f"kernel TCP on the links in weft-only cell {c['scenario']} "
+                            f"{c['label']}")
+    return problems
+
+
 def render(results):
     meta = results.get("meta", {})
     lines = [f"# weft benchmark: {meta.get('profile', '?')} run of {meta.get('started', '?')}", ""]
@@ -472,6 +503,9 @@ def render(results):
         lines += ["", f"**weft arms failed to start:** {meta['weft_problem']}"]
     if meta.get("interrupted"):
         lines += ["", f"**Run interrupted:** {meta['interrupted']}; tables are partial."]
+    problems = breakage(results)
+    if problems:
+        lines += ["", "**Run invalid:**"] + [f"- {p}" for p in problems]
     lines.append("")
     for section in [goals, validity, clean_table, loss_goodput_table, latency_table,
                     failover_table, fairness_table, shim_section, idle_section, weft_internals]:
