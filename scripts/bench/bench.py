@@ -492,8 +492,10 @@ def parse_args():
                     help="folder holding weftd and weft (default target/release)")
     ap.add_argument("--rt-priority", type=int, default=50,
                     help="SCHED_FIFO priority of the emulator (0 = normal scheduling)")
-    ap.add_argument("--sut-nice", type=int, default=0,
-                    help="nice value for iperf3, msglat and weftd in every arm (e.g. -10)")
+    ap.add_argument("--sut-nice", type=int, default=-10,
+                    help="nice value for iperf3, msglat and weftd in every arm (default -10: "
+                    "other work on a shared machine delays the measured programs of every "
+                    "arm alike less; 0 = inherit)")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args()
     args.arms = args.arms.split(",")
