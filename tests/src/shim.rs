@@ -73,6 +73,42 @@ impl Overlay {
     }
 }
 
+/// Ring mode (the default) is off in this process's shimmed programs: `WEFT_RINGS=0` in the
+/// environment, which every program started from here inherits.
+pub fn rings_off() -> bool {
+    std::env::var("WEFT_RINGS").is_ok_and(|v| v == "0")
+}
+
+/// Runs every other test of this test binary again with `WEFT_RINGS=0`, so each shim test
+/// runs with rings on (the default) and off in one `cargo test`. `this_test` is the name of
+/// the calling test (skipped in the re-run). Does nothing when this run is already rings-off.
+pub fn rerun_with_rings_off(this_test: &str) {
+    if rings_off() {
+        eprintln!("WEFT_RINGS=0 already: this run is the rings-off one");
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = Command::new(&exe)
+        .args(["--skip", this_test])
+        .env("WEFT_RINGS", "0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot re-run {}: {e}", exe.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "with WEFT_RINGS=0 the tests of {} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        exe.display(),
+        out.status
+    );
+    assert!(
+        stdout.contains("test result: ok"),
+        "the rings-off re-run ran no tests:\n{stdout}"
+    );
+}
+
 static NEXT_LOG: AtomicUsize = AtomicUsize::new(0);
 
 /// A program running in the background, its stdout and stderr in files under `dir` (kept with

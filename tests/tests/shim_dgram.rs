@@ -202,3 +202,9 @@ fn every_datagram_call_sees_overlay_names() {
     let out = run_ok(client, &o.dir, "dgram-client", LIMIT);
     assert!(out.ends_with("0 failures\n"), "{out}");
 }
+
+/// Every test above again, with ring mode off in the shimmed programs.
+#[test]
+fn all_again_with_rings_off() {
+    weft_tests::shim::rerun_with_rings_off("all_again_with_rings_off");
+}

@@ -143,3 +143,9 @@ fn everyday_tools_on_kernel_addresses_are_untouched() {
     }
     assert_eq!(got, "hello over the kernel\n");
 }
+
+/// Every test above again, with ring mode off in the shimmed programs.
+#[test]
+fn all_again_with_rings_off() {
+    weft_tests::shim::rerun_with_rings_off("all_again_with_rings_off");
+}

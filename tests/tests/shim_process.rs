@@ -321,3 +321,9 @@ fn a_killed_program_leaves_nothing_registered() {
     );
     wait_sessions_gone(&o, &[1, 2]);
 }
+
+/// Every test above again, with ring mode off in the shimmed programs.
+#[test]
+fn all_again_with_rings_off() {
+    weft_tests::shim::rerun_with_rings_off("all_again_with_rings_off");
+}

@@ -294,3 +294,9 @@ fn a_listener_closed_with_a_client_in_its_backlog_releases_it() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Every test above again, with ring mode off in the shimmed programs.
+#[test]
+fn all_again_with_rings_off() {
+    weft_tests::shim::rerun_with_rings_off("all_again_with_rings_off");
+}

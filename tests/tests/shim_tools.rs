@@ -231,3 +231,9 @@ fn python_asyncio_echo_server_and_client() {
         .filter(|l| l.starts_with("peer"))
         .all(|l| l == format!("peer {}", o.ip(1))));
 }
+
+/// Every test above again, with ring mode off in the shimmed programs.
+#[test]
+fn all_again_with_rings_off() {
+    weft_tests::shim::rerun_with_rings_off("all_again_with_rings_off");
+}

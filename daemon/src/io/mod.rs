@@ -109,6 +109,9 @@ pub struct Daemon {
     stream_by_inode: HashMap<u64, u64>,
     next_stream: u64,
     dirty_streams: std::collections::BTreeSet<u64>,
+    /// Sessions whose application closed while the peer may still be sending: data that
+    /// arrives for them resets the session, as a closed TCP socket answers with RST.
+    released_sessions: std::collections::HashSet<crate::overlay::SessionId>,
     outcomes: HashMap<u64, streams::Outcome>,
     listeners: listeners::Listeners,
     scratch: Vec<u8>,
@@ -193,6 +196,7 @@ impl Daemon {
             stream_by_inode: HashMap::new(),
             next_stream: 0,
             dirty_streams: Default::default(),
+            released_sessions: Default::default(),
             outcomes: HashMap::new(),
             listeners: listeners::Listeners::default(),
             scratch: vec![0; 64 * 1024],

@@ -45,6 +45,9 @@ pub struct RingLink {
     fin_sent: bool,
     /// RX carries the end of stream (the peer finished).
     rx_closed: bool,
+    /// A doorbell the app is owed found its socket full: rung again once it is writable (the
+    /// app counts on one byte per arm it sees taken).
+    doorbell_pending: bool,
 }
 
 /// Figures for `weft status`.
@@ -185,7 +188,16 @@ fn forward_tx(
 impl RingLink {
     /// Counts and writes a doorbell if the app sleeps on an empty RX. `Err`: the app is gone.
     fn ring_doorbell(&mut self, fd: RawFd, counters: &mut RingCounters) -> Result<(), ()> {
-        if self.end.after_rx_publish() == Wakeup::Needed && send_doorbell(fd)? {
+        if self.end.after_rx_publish() == Wakeup::Needed {
+            self.doorbell_pending = true;
+        }
+        self.flush_doorbell(fd, counters)
+    }
+
+    /// Writes the owed doorbell, if any and if the socket takes it.
+    fn flush_doorbell(&mut self, fd: RawFd, counters: &mut RingCounters) -> Result<(), ()> {
+        if self.doorbell_pending && send_doorbell(fd)? {
+            self.doorbell_pending = false;
             self.end.doorbell_written();
             counters.doorbells += 1;
         }
@@ -209,14 +221,10 @@ impl RingLink {
             if pending == 0 {
                 if node.session_peer_finished(id) {
                     if self.end.close_rx()? == Wakeup::Needed {
-                        match send_doorbell(fd) {
-                            Ok(true) => {
-                                self.end.doorbell_written();
-                                counters.doorbells += 1;
-                            }
-                            Ok(false) => {}
-                            Err(()) => *app_gone = true,
-                        }
+                        self.doorbell_pending = true;
+                    }
+                    if self.flush_doorbell(fd, counters).is_err() {
+                        *app_gone = true;
                     }
                     self.rx_closed = true;
                 }
@@ -261,6 +269,9 @@ impl RingLink {
         counters: &mut RingCounters,
     ) -> Result<Next, RingError> {
         reset_eventfd(self.wake.as_raw_fd());
+        if self.flush_doorbell(s.fd, counters).is_err() {
+            s.app_closed = true;
+        }
         for _ in 0..ROUNDS {
             if self.end.app_requested_detach() {
                 return Ok(Next::Detach);
@@ -384,6 +395,7 @@ impl Daemon {
                 socket_readable: false,
                 fin_sent: false,
                 rx_closed: false,
+                doorbell_pending: false,
             }));
         }
         self.ring_counters.attached += 1;
@@ -438,7 +450,7 @@ impl Daemon {
             Ok(Next::Detach) => self.detach_ring(key),
             Ok(Next::Release) => {
                 self.detach_stream(key);
-                self.node.session_release(now, side.id);
+                self.release_session(now, side.id);
                 debug!(session = side.id, "application closed its ring stream");
             }
             Err(e) => {

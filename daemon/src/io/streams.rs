@@ -275,9 +275,28 @@ impl Daemon {
         self.dirty_streams.insert(key);
     }
 
+    /// The application is gone: the session finishes (or resets if unread data is left), and
+    /// data arriving later resets it (see `released_sessions`).
+    pub(super) fn release_session(&mut self, now: weft_core::Instant, id: SessionId) {
+        self.node.session_release(now, id);
+        self.released_sessions.insert(id);
+    }
+
     /// What the node said about sessions: mark their streams for service.
     pub(super) fn session_event(&mut self, id: SessionId, event: SessionEvent) {
         let Some(&key) = self.stream_by_session.get(&id) else {
+            match event {
+                SessionEvent::Closed | SessionEvent::Failed(_) => {
+                    self.released_sessions.remove(&id);
+                }
+                SessionEvent::Readable if self.released_sessions.contains(&id) => {
+                    // Nobody will read it, and the peer would wait for window forever.
+                    let now = self.clock.now();
+                    self.released_sessions.remove(&id);
+                    self.node.session_abort(now, id);
+                }
+                _ => {}
+            }
             return;
         };
         match event {
@@ -326,7 +345,7 @@ impl Daemon {
                 // Closed before the handshake finished: abandon the attempt.
                 let id = s.id;
                 self.detach_stream(key);
-                self.node.session_release(now, id);
+                self.release_session(now, id);
             }
             return;
         }
@@ -417,7 +436,7 @@ impl Daemon {
             // Everything the application wrote is in the session: let it finish (or reset it
             // if unread data was left, as closing a TCP socket would).
             self.detach_stream(key);
-            self.node.session_release(now, id);
+            self.release_session(now, id);
             debug!(session = id, "application closed its stream");
         }
     }

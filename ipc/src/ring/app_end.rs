@@ -21,6 +21,11 @@ pub struct AppEnd {
     rx: Consumer,
     doorbells_drained: u64,
     filler_written: u64,
+    /// RX_ARMED was last set by us and not yet seen taken.
+    rx_armed: bool,
+    /// Arms of ours the daemon took: each owes exactly one doorbell (or none, when its write
+    /// found the socket full of earlier ones).
+    rx_takes: u64,
 }
 
 impl std::fmt::Debug for AppEnd {
@@ -43,6 +48,9 @@ impl AppEnd {
             rx,
             doorbells_drained,
             filler_written,
+            // Regions start armed, as if by us.
+            rx_armed: true,
+            rx_takes: doorbells_drained,
         }
     }
 
@@ -112,7 +120,12 @@ impl AppEnd {
         if owed > MAX_OUTSTANDING_SIGNALS {
             return Err(RingError::Corrupt("doorbell count out of range"));
         }
-        arm(&self.rx.ring.header().wait.consumer_waiting);
+        let flag = &self.rx.ring.header().wait.consumer_waiting;
+        if self.rx_armed && flag.load(Ordering::SeqCst) == 0 {
+            self.rx_takes = self.rx_takes.wrapping_add(1);
+        }
+        arm(flag);
+        self.rx_armed = true;
         self.check_open()?;
         if self.rx.readable()? > 0 || self.rx.producer_end()? != ProducerEnd::Open {
             return Ok(RxWaitDecision::Retry);
@@ -120,6 +133,30 @@ impl AppEnd {
         Ok(RxWaitDecision::Sleep {
             drain_doorbells: owed,
         })
+    }
+
+    /// Doorbells owed for arms taken before the last [`prepare_rx_sleep`](Self::prepare_rx_sleep)
+    /// that are in the socket now and not drained: `Some(n)` once all of them are counted,
+    /// `None` while one is still on its way (the daemon took the arm and has not counted the
+    /// byte yet). A consumer that read the data a doorbell was rung for before the byte
+    /// landed would otherwise leave the fd readable with nothing to read, which breaks a
+    /// program that selects and then reads a blocking socket. Doorbells rung for the current
+    /// arm are never included.
+    pub fn settled_doorbells(&self) -> Option<u64> {
+        let written = self
+            .memory
+            .region_header()
+            .daemon
+            .rx_doorbells_written
+            .load(Ordering::SeqCst);
+        if written.wrapping_sub(self.rx_takes) > MAX_OUTSTANDING_SIGNALS {
+            // Fewer written than taken (wrapping): one is in flight.
+            return None;
+        }
+        let owed = self.rx_takes.wrapping_sub(self.doorbells_drained);
+        (owed <= MAX_OUTSTANDING_SIGNALS)
+            .then_some(owed)
+            .or(Some(0))
     }
 
     /// Reports doorbell bytes read out of the socket.

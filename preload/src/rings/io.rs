@@ -83,9 +83,35 @@ pub fn drain_owed_doorbells(fd: c_int, end: &mut weft_ipc::ring::AppEnd) {
     if let Ok(RxWaitDecision::Sleep { drain_doorbells }) = end.prepare_rx_sleep() {
         let n = drain(fd, drain_doorbells);
         let _ = end.doorbells_drained(n);
+        drop_late_doorbells(fd, end);
         return;
     }
     // Data or a reset raced in: nothing is owed that the wait step would not drain.
+}
+
+/// How long (in yields) to wait for a doorbell the daemon has decided to ring but not yet
+/// counted: it is between two instructions of its loop, so this is short unless it was
+/// descheduled right there.
+const LATE_DOORBELL_SPINS: u32 = 2000;
+
+/// RX is empty and armed: drops doorbells rung for data we already read, including one still
+/// on its way, so a readable fd always means something to read (see
+/// `AppEnd::settled_doorbells`).
+fn drop_late_doorbells(fd: c_int, end: &mut weft_ipc::ring::AppEnd) {
+    for _ in 0..LATE_DOORBELL_SPINS {
+        match end.settled_doorbells() {
+            Some(0) => return,
+            Some(n) => {
+                let got = drain(fd, n);
+                if end.doorbells_drained(got).is_err() || got == n {
+                    return;
+                }
+            }
+            None => {}
+        }
+        // SAFETY: plain syscall.
+        unsafe { libc::sched_yield() };
+    }
 }
 
 /// Reads and drops exactly `count` bytes, waiting for them (a detach's doorbells: the last
@@ -255,6 +281,7 @@ impl RingSock {
                 Ok(RxWaitDecision::Sleep { drain_doorbells }) => {
                     let n = drain(fd, drain_doorbells);
                     self.end.doorbells_drained(n).map_err(|_| libc::EIO)?;
+                    drop_late_doorbells(fd, &mut self.end);
                     return Ok(Step::Wait);
                 }
                 Err(_) => return Err(libc::ECONNRESET),
