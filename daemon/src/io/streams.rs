@@ -301,7 +301,12 @@ impl Daemon {
         };
         match event {
             SessionEvent::Connected => {
-                if let Some(s) = self.streams.get_mut(&key) {
+                // An unclaimed incoming session stays so until `accept` claims it.
+                if let Some(s) = self
+                    .streams
+                    .get_mut(&key)
+                    .filter(|s| s.phase == Phase::Connecting)
+                {
                     s.phase = Phase::Established;
                 }
             }
