@@ -41,6 +41,7 @@ export WEFT_BENCH_BIN="$PWD/target/$profile"
 # SIGTERM; `netemu cleanup` below catches what a SIGKILLed run would leave.
 status=0
 /usr/bin/python3 scripts/bench/bench.py "$@" || status=$?
+/usr/bin/python3 scripts/bench/rings.py $([[ " $* " == *" --smoke "* ]] && echo --smoke) || status=$?
 # A driver killed outright: its emulator got SIGTERM from the kernel (--exit-with-parent) and
 # is tearing down; give it time, then remove (killing what runs inside) whatever is left.
 for _ in $(seq 50); do
