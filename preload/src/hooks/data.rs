@@ -194,6 +194,9 @@ unsafe fn send_then_plain(
 }
 
 /// A vectored send on a ring fd; the part the ring did not take goes through `plain`.
+///
+/// # Safety
+/// `iov` describes readable buffers of the program's, as for `writev(2)`.
 pub unsafe fn send_vectored(
     fd: c_int,
     iov: &[iovec],
@@ -239,6 +242,9 @@ fn tail(iov: &[iovec], mut skip: usize) -> Vec<iovec> {
 }
 
 /// `sendto` on a ring fd (a connected stream ignores the address, as TCP does).
+///
+/// # Safety
+/// `buf` holds `n` readable bytes, as for `send(2)`.
 pub unsafe fn ring_sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
     let iov = [iovec {
         iov_base: buf as *mut c_void,
@@ -250,6 +256,9 @@ pub unsafe fn ring_sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int
 }
 
 /// `recvfrom` on a ring fd: a stream reports no source address.
+///
+/// # Safety
+/// The contract of `recvfrom(2)` for `buf`, `addr` and `len`.
 pub unsafe fn ring_recvfrom(
     fd: c_int,
     buf: *mut c_void,
@@ -265,7 +274,10 @@ pub unsafe fn ring_recvfrom(
     Some(r)
 }
 
-/// `sendmsg` on a ring fd without ancillary data (with it, the caller detaches first).
+/// `sendmsg` on a ring fd without ancillary data (with it, the fd leaves ring mode first).
+///
+/// # Safety
+/// `msg` is a valid `msghdr`, as for `sendmsg(2)`.
 pub unsafe fn ring_sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> Option<ssize_t> {
     if (*msg).msg_controllen != 0 {
         rings::detach(fd);
@@ -281,6 +293,9 @@ pub unsafe fn ring_sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) ->
 }
 
 /// `recvmsg` on a ring fd: no name, no ancillary data, no flags (a stream has none).
+///
+/// # Safety
+/// `msg` is a valid `msghdr`, as for `recvmsg(2)`.
 pub unsafe fn ring_recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> Option<ssize_t> {
     let v = iovecs((*msg).msg_iov, (*msg).msg_iovlen as c_int)?;
     let r = io::recv(fd, v, flags).ret(crate::guard::errno())?;
@@ -294,6 +309,9 @@ pub unsafe fn ring_recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> O
 
 /// Descriptors about to leave this process in an `SCM_RIGHTS` message: their rings are
 /// revoked first (the receiver reads the socket plainly).
+///
+/// # Safety
+/// `msg` is null or a valid `msghdr` whose control buffer is as long as it says.
 pub unsafe fn revoke_passed(msg: *const libc::msghdr) {
     if msg.is_null() || (*msg).msg_control.is_null() || (*msg).msg_controllen == 0 {
         return;

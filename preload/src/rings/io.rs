@@ -84,9 +84,8 @@ pub fn drain_owed_doorbells(fd: c_int, end: &mut weft_ipc::ring::AppEnd) {
         let n = drain(fd, drain_doorbells);
         let _ = end.doorbells_drained(n);
         drop_late_doorbells(fd, end);
-        return;
     }
-    // Data or a reset raced in: nothing is owed that the wait step would not drain.
+    // Otherwise data or a reset raced in: nothing is owed that the wait step would not drain.
 }
 
 /// How long (in yields) to wait for a doorbell the daemon has decided to ring but not yet
