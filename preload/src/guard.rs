@@ -151,6 +151,30 @@ pub fn program_sigmask() -> libc::sigset_t {
     }
 }
 
+/// Cancellation disabled for as long as it lives (no system call): for short sections that
+/// hold a lock across cancellable calls, where blocking signals as well ([`Quiet`]) would cost
+/// two system calls per section. A signal handler may run inside such a section; what it may
+/// do there is the section's owner's business (see `rings::io`).
+pub struct NoCancel(libc::c_int);
+
+impl NoCancel {
+    #[allow(clippy::new_without_default)] // disabling cancellation is an action, not a default
+    pub fn new() -> NoCancel {
+        let mut old = 0;
+        // SAFETY: plain libc call on a local.
+        unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) };
+        NoCancel(old)
+    }
+}
+
+impl Drop for NoCancel {
+    fn drop(&mut self) {
+        let mut ignored = 0;
+        // SAFETY: restoring the state saved by `new`.
+        unsafe { pthread_setcancelstate(self.0, &mut ignored) };
+    }
+}
+
 /// Signals blocked and cancellation disabled for as long as any one lives on this thread.
 pub struct Quiet;
 

@@ -11,7 +11,33 @@ use libc::{c_char, c_int, c_uint, c_ulong, c_void, iovec, size_t, ssize_t};
 /// The largest iovec array the kernel accepts (`UIO_MAXIOV`).
 const IOV_MAX: c_int = 1024;
 
-hook! {
+/// Like `hook!`, for calls whose first argument is the descriptor: on a ring fd the body runs
+/// even when this thread is already inside the shim (a signal handler that interrupted a hook),
+/// because the real call on a ring fd would read or write the socket behind the rings' back.
+macro_rules! ring_hook {
+    ($(
+        fn $name:ident($fd:ident : $fdty:ty $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty $body:block
+    )*) => {$(
+        /// # Safety
+        /// The contract of the libc function of the same name.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($fd: $fdty $(, $arg: $ty)*) -> $ret {
+            let inside = crate::hooks::enter();
+            if inside.is_none() && !(crate::hooks::is_ready() && rings::is_ring($fd)) {
+                return crate::real::$name($fd $(, $arg)*);
+            }
+            let entry_errno = crate::guard::errno();
+            #[allow(clippy::redundant_closure_call)]
+            let result: $ret = (|| -> $ret { $body })();
+            if !crate::guard::HookResult::failed(result) {
+                crate::guard::set_errno(entry_errno);
+            }
+            result
+        }
+    )*};
+}
+
+ring_hook! {
     fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
         if rings::is_ring(fd) {
             if let Some(r) = recv_one(fd, buf, n, 0) {
@@ -86,6 +112,9 @@ hook! {
         real::writev(fd, iov, cnt)
     }
 
+}
+
+hook! {
     fn sendfile(out: c_int, input: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t {
         if rings::is_ring(input) {
             rings::detach(input);

@@ -17,6 +17,10 @@ pub fn set_ready() {
     READY.store(true, Ordering::Release);
 }
 
+pub fn is_ready() -> bool {
+    READY.load(Ordering::Acquire)
+}
+
 /// Inside the shim for this call, or `None`: go straight to libc.
 pub fn enter() -> Option<Entered> {
     if !READY.load(Ordering::Acquire) {

@@ -4,7 +4,7 @@
 //! with signals quiet; a wait runs outside it, with the kernel's own semantics.
 
 use super::{abandon, slot, RingSock};
-use crate::guard::{errno, set_errno, Entered, Quiet};
+use crate::guard::{errno, set_errno, Entered, NoCancel};
 use crate::interrupt::{SignalsHeld, Wait};
 use crate::stream::{self, ConnectState};
 use crate::{real, sys};
@@ -348,13 +348,23 @@ impl RingSock {
 
 /// Runs `step` on `fd`'s ring under its lock with signals quiet. A ring that turns out reset
 /// (or whose daemon vanished) is abandoned: the fd continues as a plain socket.
+///
+/// Signals are not blocked (that would cost two system calls per call, most of a small
+/// write's cost): a handler that interrupts a step and uses a ring fd itself gets the ring
+/// like any caller, except on the very fd whose step it interrupted, where it fails with
+/// `EAGAIN` instead of deadlocking on the lock its own thread holds. Cancellation is off, so
+/// a cancellation point inside a step cannot leave the lock held.
 fn locked<R>(
     fd: c_int,
     step: impl FnOnce(&mut RingSock) -> Result<R, i32>,
 ) -> Option<Result<R, i32>> {
     let slot = slot::of(fd)?;
+    if HELD.with(|h| h.get()) == fd {
+        return Some(Err(libc::EAGAIN));
+    }
     let _inside = Entered::hold();
-    let _quiet = Quiet::new();
+    let _no_cancel = NoCancel::new();
+    let held = HeldFd::new(fd);
     let mut g = slot.lock();
     let ring = g.ring()?;
     let result = step(ring);
@@ -364,7 +374,29 @@ fn locked<R>(
         }
         return None;
     }
+    drop(g);
+    drop(held);
     Some(result)
+}
+
+thread_local! {
+    /// The ring fd whose step this thread is in (-1: none).
+    static HELD: std::cell::Cell<c_int> = const { std::cell::Cell::new(-1) };
+}
+
+/// Marks this thread as inside a step on `fd` (restoring the previous mark when dropped).
+struct HeldFd(c_int);
+
+impl HeldFd {
+    fn new(fd: c_int) -> HeldFd {
+        HeldFd(HELD.with(|h| h.replace(fd)))
+    }
+}
+
+impl Drop for HeldFd {
+    fn drop(&mut self) {
+        HELD.with(|h| h.set(self.0));
+    }
 }
 
 /// The daemon's end is gone while the region still says open: continue as a plain socket.
