@@ -5,7 +5,9 @@
  * with stdio, fdopen + fread, the parent closes its copy) or dups the fd (reading on the new
  * number). Prints one line at the end; exits non-zero on the first deviation.
  * usage: ring_stream send PORT TOTAL
- *        ring_stream recv IP PORT TOTAL REVOKE_AT fork|dup|none */
+ *        ring_stream recv IP PORT TOTAL REVOKE_AT fork|dup|scm|exec|none
+ * (scm: the fd travels through an SCM_RIGHTS message to this process and reading goes on on
+ * the received number; exec: the program re-executes itself, which reads on the inherited fd.) */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -23,6 +25,7 @@
 #include <unistd.h>
 
 static uint64_t total_bytes;
+static const char *self_exe;
 
 static uint64_t splitmix(uint64_t x) {
     x += 0x9e3779b97f4a7c15ULL;
@@ -197,6 +200,42 @@ static int recv_all(const char *ip, int port, uint64_t total, uint64_t revoke_at
                 if (waitpid(pid, &st, 0) < 0) die("waitpid");
                 printf("parent read %llu before the fork\n", (unsigned long long)revoke_at);
                 return WIFEXITED(st) ? WEXITSTATUS(st) : 3;
+            } else if (strcmp(mode, "exec") == 0) {
+                char fds[16], offs[32], tots[32];
+                snprintf(fds, sizeof fds, "%d", fd);
+                snprintf(offs, sizeof offs, "%llu", (unsigned long long)off);
+                snprintf(tots, sizeof tots, "%llu", (unsigned long long)total);
+                fflush(stdout);
+                execl(self_exe, self_exe, "cont", fds, offs, tots, (char *)NULL);
+                die("exec");
+            } else if (strcmp(mode, "scm") == 0) {
+                int pair[2];
+                if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) die("socketpair");
+                char c = 'f';
+                struct iovec iov = {&c, 1};
+                union {
+                    struct cmsghdr h;
+                    char space[CMSG_SPACE(sizeof(int))];
+                } u;
+                struct msghdr m = {0};
+                m.msg_iov = &iov;
+                m.msg_iovlen = 1;
+                m.msg_control = u.space;
+                m.msg_controllen = sizeof u.space;
+                struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+                h->cmsg_level = SOL_SOCKET;
+                h->cmsg_type = SCM_RIGHTS;
+                h->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(h), &fd, sizeof(int));
+                if (sendmsg(pair[0], &m, 0) != 1) die("sendmsg SCM_RIGHTS");
+                close(fd);
+                m.msg_controllen = sizeof u.space;
+                if (recvmsg(pair[1], &m, 0) != 1) die("recvmsg SCM_RIGHTS");
+                h = CMSG_FIRSTHDR(&m);
+                if (!h || h->cmsg_type != SCM_RIGHTS) die("no descriptor passed");
+                memcpy(&fd, CMSG_DATA(h), sizeof(int));
+                close(pair[0]);
+                close(pair[1]);
             } else if (strcmp(mode, "dup") == 0) {
                 int nfd = dup(fd);
                 if (nfd < 0) die("dup");
@@ -234,6 +273,23 @@ int main(int argc, char **argv) {
         close(fd);
         printf("sender done\n");
         return 0;
+    }
+    self_exe = argv[0];
+    if (argc == 5 && strcmp(argv[1], "cont") == 0) {
+        /* After an exec: read on the inherited fd from the given offset. */
+        int fd = atoi(argv[2]);
+        uint64_t off = strtoull(argv[3], NULL, 10), total = strtoull(argv[4], NULL, 10);
+        static unsigned char buf[65536];
+        for (;;) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) die("read after exec");
+            if (n == 0) break;
+            check(buf, off, (size_t)n, "exec");
+            off += (uint64_t)n;
+        }
+        printf("exec ok %llu\n", (unsigned long long)off);
+        return off == total ? 0 : 1;
     }
     if (argc == 7 && strcmp(argv[1], "recv") == 0) {
         return recv_all(argv[2], atoi(argv[3]), strtoull(argv[4], NULL, 10),

@@ -1,6 +1,7 @@
 //! Ring mode (shared-memory rings between the shim and the daemon) as programs see it: every
 //! read/write-family call on a stream, revocation to plain socketpair bytes in the middle of a
-//! transfer (fork with the child reading through stdio, dup), and `WEFT_RINGS=0`. Every byte
+//! transfer (fork with the child reading through stdio, dup, SCM_RIGHTS, exec), and
+//! `WEFT_RINGS=0`. Every byte
 //! is checked at its offset by `tests/c/ring_stream.c`, so a lost, doubled or reordered byte
 //! fails the test.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 use weft_tests::shim::{c_program, free_port, run_ok, Bg};
 use weft_tests::Overlay;
 
-const LIMIT: Duration = Duration::from_secs(300);
+const LIMIT: Duration = Duration::from_secs(120);
 
 /// Rings counters of node `n`'s daemon (`attached`, `detached`, ...).
 fn rings(o: &Overlay, n: usize) -> (u64, u64) {
@@ -73,6 +74,24 @@ fn a_dup_mid_transfer_continues_on_plain_bytes() {
     let out = transfer(&o, total, 20 << 20, "dup", true);
     assert!(out.contains(&format!("reader ok {total}")), "{out}");
     assert_eq!(rings(&o, 1).1, 1, "dup did not revoke ring mode");
+}
+
+#[test]
+fn a_session_passed_with_scm_rights_mid_transfer_continues_on_plain_bytes() {
+    let o = Overlay::ready_chain(2, "");
+    let total: u64 = 64 << 20;
+    let out = transfer(&o, total, 20 << 20, "scm", true);
+    assert!(out.contains(&format!("reader ok {total}")), "{out}");
+    assert_eq!(rings(&o, 1).1, 1, "SCM_RIGHTS did not revoke ring mode");
+}
+
+#[test]
+fn an_exec_mid_transfer_hands_the_stream_to_the_new_program() {
+    let o = Overlay::ready_chain(2, "");
+    let total: u64 = 64 << 20;
+    let out = transfer(&o, total, 20 << 20, "exec", true);
+    assert!(out.contains(&format!("exec ok {total}")), "{out}");
+    assert_eq!(rings(&o, 1).1, 1, "exec did not revoke ring mode");
 }
 
 #[test]

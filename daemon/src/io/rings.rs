@@ -216,7 +216,8 @@ impl RingLink {
         app_gone: &mut bool,
     ) -> Result<usize, RingError> {
         let mut moved = 0;
-        while !self.rx_closed {
+        // A detach request makes every RX wait step answer Retry: leave it to the caller.
+        while !self.rx_closed && !self.end.app_requested_detach() {
             let pending = node.session_readable(id);
             if pending == 0 {
                 if node.session_peer_finished(id) {

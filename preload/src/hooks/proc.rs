@@ -1,5 +1,6 @@
-//! execve, execvpe, posix_spawn, posix_spawnp: put the shim back into an environment that
-//! dropped it. No re-entrancy guard here: in a vfork child the guard's memory is the parent's,
+//! execve, execvpe, execv, execvp, execl, execlp, execle, posix_spawn, posix_spawnp: revoke
+//! ring mode on descriptors the new program inherits, and put the shim back into an
+//! environment that dropped it. No re-entrancy guard here: in a vfork child the guard's memory is the parent's,
 //! and a successful exec never returns to clear it.
 
 use crate::exec::{self, MAX_ENV, SCRATCH};
@@ -77,4 +78,49 @@ pub unsafe extern "C" fn posix_spawnp(
     with_env(envp as *const *const c_char, |env| {
         real::posix_spawnp(pid, file, acts, attr, argv, env as *const *mut c_char)
     })
+}
+
+extern "C" {
+    static environ: *const *const c_char;
+    fn weft_execl();
+    fn weft_execlp();
+    fn weft_execle();
+}
+
+/// # Safety
+/// The contract of libc\'s `execv`.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    execve(path, argv, environ)
+}
+
+/// # Safety
+/// The contract of libc\'s `execvp`.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    execvpe(file, argv, environ)
+}
+
+/// Exports `$name` as a jump to the C function `$target` with every register and the stack
+/// untouched, so a C-variadic call arrives as the caller made it (Rust cannot define
+/// C-variadic functions on stable).
+macro_rules! variadic_forward {
+    ($($name:ident => $target:ident),* $(,)?) => {$(
+        /// # Safety
+        /// The contract of the libc function of the same name.
+        #[no_mangle]
+        #[unsafe(naked)]
+        pub unsafe extern "C" fn $name() {
+            #[cfg(target_arch = "x86_64")]
+            core::arch::naked_asm!("jmp {0}", sym $target);
+            #[cfg(target_arch = "aarch64")]
+            core::arch::naked_asm!("b {0}", sym $target);
+        }
+    )*};
+}
+
+variadic_forward! {
+    execl => weft_execl,
+    execlp => weft_execlp,
+    execle => weft_execle,
 }

@@ -222,6 +222,9 @@ fn default_sndbuf() -> c_int {
     read
 }
 
+/// How long a detach waits for the daemon's answer.
+const DETACH_TIMEOUT_MS: u64 = 30_000;
+
 /// Revokes ring mode on `fd` (the program is about to do something the shim cannot follow).
 /// Blocks until the daemon has taken over; afterwards `fd` is a plain socketpair end whose
 /// bytes continue exactly where the rings left off.
@@ -292,7 +295,14 @@ fn finish_detach(fd: c_int, mut ring: Box<RingSock>) {
 
 /// Waits for the daemon's `DETACHED`, then drops exactly the doorbells that precede the data.
 fn await_detach(fd: c_int, ring: &mut RingSock) {
+    // Signals are held meanwhile: a daemon that never answers must not leave the program
+    // unkillable. Past this, the fd continues as a plain socket without the hand-over.
+    let deadline = crate::sys::monotonic_ms() + DETACH_TIMEOUT_MS;
     loop {
+        if crate::sys::monotonic_ms() > deadline {
+            debug!("fd {fd}: the daemon did not take over in time; plain socket from here");
+            return;
+        }
         match ring.end.detach_outcome() {
             Ok(Some(d)) => {
                 io::discard_exactly(fd, d.discard_doorbells);
@@ -312,6 +322,11 @@ fn await_detach(fd: c_int, ring: &mut RingSock) {
         match crate::sys::poll_one(fd, libc::POLLIN, 100) {
             Ok(ev) if ev & (libc::POLLHUP | libc::POLLERR) != 0 && ev & libc::POLLIN == 0 => {
                 return; // the daemon is gone
+            }
+            // A doorbell not counted yet keeps the fd readable: let the daemon run.
+            Ok(ev) if ev & libc::POLLIN != 0 => {
+                // SAFETY: plain syscall.
+                unsafe { libc::usleep(200) };
             }
             _ => {}
         }
