@@ -8,7 +8,9 @@
 //!   ([`stream`]); listeners stay kernel sockets and overlay sessions are injected and claimed
 //!   at `accept` ([`listen`]); datagrams go through daemon proxy addresses with names rewritten
 //!   ([`dgram`]); TCP options are emulated ([`sockopt`]).
-//! - Hooks only classify, transplant and rename ([`hooks`]); data never passes through here.
+//! - Stream bytes move through shared-memory rings to the daemon ([`rings`]), the socketpair
+//!   keeping readiness; everything else the hooks only classify, transplant and rename
+//!   ([`hooks`]).
 //! - Static and Go binaries bypass LD_PRELOAD entirely (see README.md).
 
 pub mod addr;

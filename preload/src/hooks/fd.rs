@@ -58,9 +58,10 @@ hook! {
         }
         protect_private(new);
         rings::detach(old);
-        rings::forget(new);
         let rc = real::dup2(old, new);
         if rc >= 0 {
+            // What `new` was is closed now: its ring goes with it.
+            rings::forget(new);
             after_dup(old, new);
         }
         rc
@@ -70,10 +71,10 @@ hook! {
         if old != new {
             protect_private(new);
             rings::detach(old);
-            rings::forget(new);
         }
         let rc = real::dup3(old, new, flags);
         if rc >= 0 {
+            rings::forget(new);
             after_dup(old, new);
         }
         rc
