@@ -98,6 +98,13 @@ fn register_port(port: u16, deliver_to: SocketAddrV4) -> Result<(), i32> {
             *state::lock().dgram_ports.entry(port).or_insert(0) += 1;
             Ok(())
         }
+        // Another program on this node holds the port (the kernel let both bind it, as with
+        // SO_REUSEADDR): this socket still sends from it, and unicast for the port goes to
+        // the other one, as the kernel would pick one socket too.
+        Err(libc::EADDRINUSE) => {
+            debug!("port {port} is registered by another program: sharing it");
+            Ok(())
+        }
         Ok(_) => Err(libc::EPROTO),
         Err(e) => Err(e),
     }

@@ -154,6 +154,11 @@ impl Bg {
         read(&self.out)
     }
 
+    /// Everything the program wrote to stdout so far, as bytes (datagram payloads).
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.out).unwrap_or_default()
+    }
+
     pub fn stderr(&self) -> String {
         read(&self.err)
     }
@@ -313,4 +318,91 @@ pub fn iperf3_ready(server: &Bg, test: usize) {
         || server.stdout().contains(&line),
         || format!("iperf3 server never got to {line}: {}", server.stdout()),
     );
+}
+
+// ----- multicast ----------------------------------------------------------------------------
+
+impl Overlay {
+    /// The nodes (by number) that node `n` knows as members of `group`.
+    pub fn group_members(&self, n: usize, group: &str) -> Vec<usize> {
+        let st = self.status(n);
+        let mut members: Vec<usize> = st["multicast"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["group"] == group)
+            .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
+            .filter_map(|m| m["node"].as_str().and_then(|a| self.node_number(a)))
+            .collect();
+        members.sort_unstable();
+        members
+    }
+
+    /// Waits until node `n` knows exactly `want` as the members of `group`.
+    pub fn wait_group_members(&self, n: usize, group: &str, want: &[usize]) {
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        wait_for(
+            Duration::from_secs(20),
+            || self.group_members(n, group) == want,
+            || {
+                format!(
+                    "node {n} sees members {:?} of {group}, not {want:?}",
+                    self.group_members(n, group)
+                )
+            },
+        );
+    }
+
+    /// The node number of an overlay address of this overlay.
+    pub fn node_number(&self, addr: &str) -> Option<usize> {
+        (1..=self.nodes).find(|&k| self.ip(k) == addr)
+    }
+
+    /// Multicast copies node `from` has sent to each neighbour, by neighbour number.
+    pub fn mcast_out(&self, from: usize) -> Vec<(usize, u64)> {
+        self.status(from)["neighbors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|nb| {
+                let to = nb["node"].as_str().and_then(|a| self.node_number(a))?;
+                Some((to, nb["mcast_out"].as_u64().unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// Multicast copies sent over every directed link `(from, to)`.
+    pub fn mcast_links(&self) -> std::collections::BTreeMap<(usize, usize), u64> {
+        (1..=self.nodes)
+            .flat_map(|from| {
+                self.mcast_out(from)
+                    .into_iter()
+                    .map(move |(to, n)| ((from, to), n))
+            })
+            .collect()
+    }
+
+    /// Hops on node `from`'s route to node `to`.
+    pub fn hops(&self, from: usize, to: usize) -> usize {
+        self.path(from, to).len().saturating_sub(1)
+    }
+}
+
+/// The datagram ids in a stream of iperf2 UDP payloads of `len` bytes each (the first four
+/// bytes of each, big-endian; iperf2 marks its last datagram with the negated id).
+pub fn iperf2_ids(stream: &[u8], len: usize) -> Vec<i32> {
+    stream
+        .chunks(len)
+        .filter(|c| c.len() >= 4)
+        .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The `Sent N datagrams` figure of an iperf2 UDP client.
+pub fn iperf2_sent(client_output: &str) -> Option<u64> {
+    client_output.lines().find_map(|l| {
+        let rest = l.split("Sent ").nth(1)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }
