@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# weft against kernel TCP (CUBIC, Reno, BBR) and against itself on the same emulated paths.
+# weft against kernel TCP (CUBIC, Reno, BBR) and against itself on the same emulated paths,
+# plus the shim's loopback throughput and the daemon's idle cost, in one run.
 #
 #   scripts/bench.sh            full run: 5 repeats, about 50 minutes
 #   scripts/bench.sh --quick    1 repeat, under 10 minutes
-#   scripts/bench.sh --smoke    CI smoke: 4 hops at 1 % loss, under a minute
+#   scripts/bench.sh --smoke    CI smoke: 4 hops at 1 % loss (kernel and weft arms), the shim
+#                               section and the idle section, about a minute
 #
-# Extra options go to scripts/bench/bench.py (--help lists them). Needs root, iproute2,
-# iperf3 and /usr/bin/python3 with matplotlib (Debian: iperf3 iproute2 python3-matplotlib).
-# Results: bench-out/<time>-<profile>/{results.md,results.json,*.png}; bench-out/latest links
-# to the newest. The weft arms run when target/release/weftd and weft exist (build them with
-# `cargo build --release -p weft-daemon -p weft-preload`); otherwise the run says so and
-# measures the kernel arms only.
+# Extra options go to scripts/bench/bench.py (--help lists them), e.g. `--scenarios
+# failover,fairness --arms cubic,weft-hbh`. Needs root, iproute2, iperf3 and /usr/bin/python3
+# with matplotlib (Debian: iperf3 iproute2 python3-matplotlib). Builds the workspace in release
+# mode first (netemu, msglat, weftd, weft, libweft.so). Results: bench-out/<time>-<profile>/
+# {results.md,results.json,*.png,raw/,logs/}; bench-out/latest links to the newest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +25,7 @@ done
 /usr/bin/python3 -c 'import matplotlib' 2>/dev/null \
     || echo "bench.sh: python3-matplotlib missing: tables only, no plots" >&2
 
-cargo build --release --quiet -p weft-netemu
+cargo build --release --quiet --workspace
 /usr/bin/python3 scripts/bench/stats.py >/dev/null
 
 # bench.py stops everything it started and removes its namespaces on exit, Ctrl-C and

@@ -7,8 +7,10 @@
 //!
 //! The link model ([`model`]) is sans-I/O and unit-tested on its own; [`engine`] is the packet
 //! loop; [`emulator`] builds and removes a [`topology`]; [`control`] is the run-time protocol.
-//! [`probe`] holds the message-latency probe behind the `msglat` binary.
+//! [`probe`] holds the message-latency probe behind the `msglat` binary, [`bulk`] its
+//! verified bulk transfer.
 
+pub mod bulk;
 pub mod control;
 pub mod emulator;
 pub mod engine;

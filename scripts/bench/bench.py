@@ -14,6 +14,7 @@ Writes results.json, results.md and PNG plots to the output folder.
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import platform
@@ -27,26 +28,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import idle  # noqa: E402
 import lab  # noqa: E402
+import loopback  # noqa: E402
 import report  # noqa: E402
 from lab import RELEASE, ROOT, BenchError, Emulator, Lab, WeftOverlay  # noqa: E402
 from workloads import (  # noqa: E402
-    KERNEL_ARMS, RECOVERY, WEFT_ARMS, Arm, PortAllocator, finish_stream, goodput, outage,
-    start_stream,
+    KERNEL_ARMS, RECOVERY, WEFT_ARMS, Arm, PortAllocator, finish_bulk, finish_stream, goodput,
+    outage, stall_after, start_bulk, start_stream, window_rates,
 )
+from stats import jain  # noqa: E402
 
 TOPOLOGIES = ROOT / "topologies"
 
+ALL_SCENARIOS = ["clean", "loss", "failover", "fairness", "shim", "idle"]
 PROFILES = {
     "smoke": dict(repeats=1, clean_s=3, goodput_s=4, latency_s=8, warmup_ms=1000,
                   failover_total_s=8, cut_at_s=2, heal_after_s=4, fairness_s=8,
-                  scenarios=["loss"], levels=["1%"]),
-    "quick": dict(repeats=1, clean_s=4, goodput_s=5, latency_s=20, warmup_ms=2000,
-                  failover_total_s=10, cut_at_s=3, heal_after_s=4, fairness_s=15,
-                  scenarios=["clean", "loss", "failover", "fairness"], levels=None),
+                  shim_s=2, shim_repeats=1, idle_s=3,
+                  scenarios=["loss", "shim", "idle"], levels=["1%"]),
+    "quick": dict(repeats=1, clean_s=4, goodput_s=5, latency_s=15, warmup_ms=2000,
+                  failover_total_s=10, cut_at_s=3, heal_after_s=4, fairness_s=12,
+                  shim_s=3, shim_repeats=3, idle_s=10,
+                  scenarios=ALL_SCENARIOS, levels=None),
     "full": dict(repeats=5, clean_s=5, goodput_s=7, latency_s=25, warmup_ms=3000,
                  failover_total_s=14, cut_at_s=4, heal_after_s=6, fairness_s=20,
-                 scenarios=["clean", "loss", "failover", "fairness"], levels=None),
+                 shim_s=5, shim_repeats=5, idle_s=20,
+                 scenarios=ALL_SCENARIOS, levels=None),
 }
 
 # (label, loss % per link, burst %) in Spines' (loss, burst) parameterisation.
@@ -55,6 +63,10 @@ LOSS_LEVELS = [("0%", 0, 0), ("0.5%", 0.5, 0), ("1%", 1, 0), ("2%", 2, 0), ("5%"
 LATENCY_RATE = 50
 LATENCY_SIZE = 200
 FAILOVER_RATE = 1000
+# How long a weft overlay may take to finish the previous cell's sessions before a restart.
+WEFT_QUIET_S = 2
+# Fairness shares leave out the first seconds in which both flows deliver (slow start).
+FAIRNESS_WARMUP_NS = 2_000_000_000
 
 
 class Progress:
@@ -90,7 +102,7 @@ class Bench:
             arms += [a for a in WEFT_ARMS if a in args.arms]
         self.arm_names = arms
         self.results = {"clean": [], "loss_goodput": [], "latency": [], "failover": [],
-                        "fairness": [], "validity": []}
+                        "fairness": [], "validity": [], "weft_drains": []}
         (out / "raw").mkdir(parents=True, exist_ok=True)
 
     # ----- set-up per topology -------------------------------------------------------------
@@ -119,6 +131,7 @@ class Bench:
                     print(f"bench: {name} unavailable: {e}", flush=True)
                     continue
                 overlays.append(overlay)
+                em.overlays.append(overlay)
                 arms[name] = Arm(name, overlay)
         return arms, overlays
 
@@ -150,6 +163,25 @@ class Bench:
         return cell
 
     def start_cell(self, em, rep):
+        """Wait until the previous cell's traffic is gone, then zero the counters and reseed
+        every link. Kernel TCP: a FIN retransmitted over a lossy path can take seconds. weft:
+        a session keeps delivering what the program had written into it after the program
+        stopped; an overlay still busy after WEFT_QUIET_S is restarted (and counted)."""
+        for overlay in em.overlays:
+            if not overlay.daemons:
+                continue
+            started = time.monotonic()
+            busy = overlay.wait_quiet(timeout=WEFT_QUIET_S)
+            drain = {"recovery": overlay.recovery, "seconds": time.monotonic() - started,
+                     "restarted": bool(busy), "busy": busy, "limit_s": WEFT_QUIET_S}
+            self.results["weft_drains"].append(drain)
+            if busy:
+                print(f"bench: weft ({overlay.recovery}) still busy after {WEFT_QUIET_S} s: "
+                      f"{busy}; restarting it", flush=True)
+                overlay.restart()
+        busy = em.wait_tcp_quiet(timeout=15)
+        if busy:
+            print(f"bench: kernel TCP still open from the previous cell: {busy}", flush=True)
         em.ctl("reset")
         em.ctl(f"reseed {self.args.seed * 1000 + rep}")
 
@@ -209,6 +241,7 @@ class Bench:
         bytes is under 1 % of the link, so the streams do not disturb each other, and every
         arm sees the same loss realisation at the same time."""
         self.start_cell(em, rep)
+        observers = {name: arm.observe(["s", "d"]) for name, arm in arms.items() if arm.is_weft}
         handles = {}
         for name, arm in arms.items():
             handles[name] = start_stream(self.lab, em, arm, "s", "d", self.ports.take(),
@@ -224,6 +257,8 @@ class Bench:
             r, _ = finish_stream(self.lab, handle, keep_raw_as=self.out / raw_name)
             r.update(level=label, loss_pct=loss_pct, burst_pct=burst_pct, rep=rep, arm=name,
                      raw=raw_name)
+            if name in observers:
+                r["weft"] = observers[name].finish()
             self.results["latency"].append(r)
             rec = r.get("receiver", {})
             summaries.append(f"{name} p99 {rec.get('latency', {}).get('p99_ms', float('nan')):.1f}")
@@ -253,22 +288,36 @@ class Bench:
     # ----- (c) failover ----------------------------------------------------------------------
 
     def failover(self, progress):
+        """A saturating verified bulk transfer and a 1 kHz probe stream s -> d at the same time;
+        the emulator cuts s-a (both directions) and heals it later."""
         em = self.emulator("diamond")
         wanted = ["cubic"] + [a for a in WEFT_ARMS if a in self.arm_names]
         arms, overlays = self.arms_for(em, wanted)
+        total = self.p["failover_total_s"]
         for rep in range(self.p["repeats"]):
             order = list(arms)
             random.Random(self.args.seed * 13 + rep).shuffle(order)
             for name in order:
+                arm = arms[name]
                 self.start_cell(em, rep)
-                handle = start_stream(self.lab, em, arms[name], "s", "d", self.ports.take(),
-                                      FAILOVER_RATE, LATENCY_SIZE, self.p["failover_total_s"], 0)
+                bulk = start_bulk(self.lab, em, arm, "s", "d", self.ports.take(), total)
+                probe = start_stream(self.lab, em, arm, "s", "d", self.ports.take(),
+                                     FAILOVER_RATE, LATENCY_SIZE, total, 0)
                 time.sleep(self.p["cut_at_s"])
                 cut = em.ctl("down s-a")["t_ns"]
                 time.sleep(self.p["heal_after_s"])
                 heal = em.ctl("up s-a")["t_ns"]
-                r, samples = finish_stream(self.lab, handle,
+                r, samples = finish_stream(self.lab, probe,
                                            keep_raw_as=self.out / f"raw/failover-rep{rep}-{name}.txt.gz")
+                r["bulk"], timeline = finish_bulk(self.lab, bulk)
+                r["bulk"]["longest_stall_ms"] = stall_after(timeline, cut)
+                if timeline:
+                    raw_bulk = f"raw/failover-bulk-rep{rep}-{name}.json.gz"
+                    with gzip.open(self.out / raw_bulk, "wt") as f:
+                        json.dump(timeline, f)
+                    r["bulk"]["raw"] = raw_bulk
+                if "weft" in r["bulk"]:
+                    r["weft"] = r["bulk"].pop("weft")
                 self.check_cell(em, "failover", f"rep {rep} {name}", [name])
                 r.update(outage(samples, cut, heal))
                 sent = r.get("sender", {}).get("sent")
@@ -277,10 +326,12 @@ class Bench:
                          lost_bytes=None if sent is None or received is None
                          else (sent - received) * LATENCY_SIZE)
                 self.results["failover"].append(r)
-                o = r["outage_ms"]
+                o, b = r["outage_ms"], r["bulk"]
                 progress.step(f"failover rep {rep + 1} {name}",
-                              f"outage {'no recovery' if o is None else f'{o:.0f} ms'}, "
-                              f"lost {r['lost_bytes']} B")
+                              f"probe outage {'no recovery' if o is None else f'{o:.0f} ms'}, "
+                              f"lost {r['lost_bytes']} B; bulk stall "
+                              f"{fmt_ms(b.get('longest_stall_ms'))}, lost {b.get('bytes_lost')} B"
+                              f" of {b.get('bytes_written')}")
         for o in overlays:
             o.stop()
         em.close()
@@ -295,28 +346,67 @@ class Bench:
         return pairs
 
     def fairness(self, progress):
+        """Two verified bulk flows s -> d at once over one 10 Mbit/s, 10 ms link; each flow's
+        share of what both got over the window in which both were delivering."""
         em = self.emulator("chain1")
         em.ctl("set * delay_ms=10 jitter_ms=0 loss_pct=0 rate_mbit=10 queue_bytes=50000")
         wanted = sorted({a for pair in self.fairness_pairs() for a in pair})
         arms, overlays = self.arms_for(em, wanted)
+        seconds = self.p["fairness_s"]
         for rep in range(self.p["repeats"]):
             for pair in self.fairness_pairs():
                 if not all(a in arms for a in pair):
                     continue
                 self.start_cell(em, rep)
-                flows = run_pair(self, em, [arms[a] for a in pair], self.p["fairness_s"])
+                handles = [start_bulk(self.lab, em, arms[a], "s", "d", self.ports.take(),
+                                      seconds, bin_ms=10) for a in pair]
+                finished = [finish_bulk(self.lab, h) for h in handles]
                 self.check_cell(em, "fairness", f"rep {rep} {'+'.join(pair)}", list(pair))
-                rates = [f.get("goodput_mbps") for f in flows]
-                total = sum(r for r in rates if r) or None
-                r = {"rep": rep, "pair": list(pair), "flows": flows,
-                     "shares": [None if not total or x is None else x / total for x in rates]}
+                flows = [f for f, _ in finished]
+                window = window_rates([t for _, t in finished], FAIRNESS_WARMUP_NS)
+                rates, window_s = window if window else ([None] * len(pair), None)
+                for f, rate in zip(flows, rates):
+                    f["window_mbps"] = rate
+                total = sum(x for x in rates if x) or None
+                r = {"rep": rep, "pair": list(pair), "flows": flows, "window_s": window_s,
+                     "shares": [None if not total or x is None else x / total for x in rates],
+                     "jain": jain(rates)}
                 self.results["fairness"].append(r)
                 progress.step(f"fairness rep {rep + 1} {' vs '.join(pair)}",
-                              ", ".join(f"{a} {x if x is None else round(x, 2)} Mbit/s"
-                                        for a, x in zip(pair, rates)))
+                              ", ".join(f"{a} {fmt_mbps(x)}" for a, x in zip(pair, rates))
+                              + f" over {window_s or 0:.1f} s")
         for o in overlays:
             o.stop()
         em.close()
+
+    # ----- no emulator: the shim on loopback, the daemon at idle -----------------------------
+
+    def shim(self, progress):
+        if not self.weft:
+            return
+        try:
+            r = loopback.shim_throughput(self.lab, self.args.weft_bin, self.p["shim_s"],
+                                         self.p["shim_repeats"], self.ports.take_pair())
+        except BenchError as e:
+            r = {"error": str(e)}
+        self.results["shim"] = r
+        progress.step("shim: iperf3 over the overlay vs kernel loopback",
+                      r.get("error") or f"{fmt_mbps(r['overlay_bps'] and r['overlay_bps'] / 1e6)}"
+                      f" vs {fmt_mbps(r['kernel_bps'] and r['kernel_bps'] / 1e6)}, "
+                      f"ratio {r['ratio'] or 0:.3f}")
+
+    def idle(self, progress):
+        if not self.weft:
+            return
+        try:
+            r = idle.measure(str(self.args.weft_bin), 10, self.p["idle_s"],
+                             settle=min(3.0, self.p["idle_s"]))
+        except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
+            r = {"error": str(e)}
+        self.results["idle"] = r
+        progress.step("idle: weftd with 10 neighbours",
+                      r.get("error") or f"{r['cpu_pct']:.2f} % of a core, "
+                      f"{r['bytes_per_s_mean']:.0f} B/s per neighbour")
 
     # ----- driver ------------------------------------------------------------------------------
 
@@ -330,6 +420,8 @@ class Bench:
             "loss": n_levels * r * (n_arms + 1),
             "failover": r * (1 + len([a for a in WEFT_ARMS if a in self.arm_names])),
             "fairness": r * len(self.fairness_pairs()),
+            "shim": 1 if self.weft else 0,
+            "idle": 1 if self.weft else 0,
         }
         return sum(counts[s] for s in self.scenarios())
 
@@ -342,24 +434,12 @@ class Bench:
             getattr(self, scenario)(progress)
 
 
-def run_pair(bench, em, pair, seconds):
-    """Two iperf3 flows s -> d at the same time."""
-    import threading
+def fmt_mbps(x):
+    return "–" if x is None else f"{x:.2f} Mbit/s"
 
-    flows = [None, None]
-    ports = [bench.ports.take() for _ in pair]
 
-    def one(i, arm):
-        flows[i] = goodput(bench.lab, em, arm, "s", "d", seconds, ports[i])
-
-    threads = [threading.Thread(target=one, args=(i, arm)) for i, arm in enumerate(pair)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for f, arm in zip(flows, pair):
-        f["arm"] = arm.name
-    return flows
+def fmt_ms(x):
+    return "–" if x is None else f"{x:.0f} ms"
 
 
 def summarise_goodput(r):
@@ -401,7 +481,10 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeats", type=int, help="override the profile's repeat count")
     ap.add_argument("--arms", default=",".join(KERNEL_ARMS + WEFT_ARMS))
-    ap.add_argument("--scenarios", default="clean,loss,failover,fairness")
+    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
+                    help="comma-separated subset of " + ",".join(ALL_SCENARIOS))
+    ap.add_argument("--levels", help="comma-separated loss levels of scenario (b), e.g. 0%%,2%%"
+                    " (default: the profile's)")
     ap.add_argument("--kernel-only", action="store_true", help="skip weft arms even if built")
     ap.add_argument("--weft-addressing", choices=["link", "node"], default="link",
                     help="weftd neighbours by link address (default) or node address")
@@ -409,12 +492,20 @@ def parse_args():
                     help="folder holding weftd and weft (default target/release)")
     ap.add_argument("--rt-priority", type=int, default=50,
                     help="SCHED_FIFO priority of the emulator (0 = normal scheduling)")
-    ap.add_argument("--sut-nice", type=int, default=0,
-                    help="nice value for iperf3, msglat and weftd in every arm (e.g. -10)")
+    ap.add_argument("--sut-nice", type=int, default=-10,
+                    help="nice value for iperf3, msglat and weftd in every arm (default -10: "
+                    "other work on a shared machine delays the measured programs of every "
+                    "arm alike less; 0 = inherit)")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args()
     args.arms = args.arms.split(",")
     args.scenarios = args.scenarios.split(",")
+    if args.levels:
+        args.levels = args.levels.split(",")
+        known = [lv[0] for lv in LOSS_LEVELS]
+        unknown = [lv for lv in args.levels if lv not in known]
+        if unknown:
+            ap.error(f"--levels: unknown {unknown}; known: {known}")
     return args
 
 
@@ -426,6 +517,8 @@ def main():
     profile = dict(PROFILES[name])
     if args.repeats:
         profile["repeats"] = args.repeats
+    if args.levels:
+        profile["levels"] = args.levels
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "bench-out" / f"{stamp}-{name}"
     out.mkdir(parents=True, exist_ok=True)
@@ -437,7 +530,7 @@ def main():
     signal.signal(signal.SIGHUP, on_term)
     bench = Bench(args, profile, out)
     if not WeftOverlay.available(args.weft_bin):
-        print(f"weft arms: not built yet ({args.weft_bin}/weftd or weft missing); "
+        print(f"weft arms: not built yet (weftd, weft or libweft.so missing in {args.weft_bin}); "
               "running the kernel arms only", flush=True)
     elif args.kernel_only:
         print("weft arms: skipped (--kernel-only)", flush=True)
@@ -483,7 +576,10 @@ def main():
             latest.unlink()
         latest.symlink_to(out.name)
     print(f"bench: done in {fmt_time(time.time() - started)}; results in {out}")
-    return 1 if interrupted else 0
+    problems = report.breakage(bench.results)
+    for p in problems:
+        print(f"bench: BROKEN: {p}")
+    return 1 if interrupted or problems else 0
 
 
 if __name__ == "__main__":

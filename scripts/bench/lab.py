@@ -64,6 +64,8 @@ class Emulator:
             argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True
         )
         lab.emulators.append(self)
+        # Weft overlays running on this emulator's namespaces (the bench registers them).
+        self.overlays = []
         self.plan = self._wait_ready(timeout=30)
         self.nodes = {n["name"]: n for n in self.plan["nodes"]}
 
@@ -119,6 +121,29 @@ class Emulator:
 
     def pid(self):
         return self.proc.pid
+
+    def tcp_connections(self):
+        """Kernel TCP sockets in any state that can still send (not LISTEN or TIME-WAIT),
+        per namespace that has some."""
+        busy = {}
+        for node in self.nodes:
+            out = subprocess.run(
+                ["ip", "netns", "exec", self.namespace(node), "ss", "-Htan", "state",
+                 "connected", "exclude", "time-wait"],
+                capture_output=True, text=True, timeout=10,
+            )
+            lines = [line for line in out.stdout.splitlines() if line.strip()]
+            if lines:
+                busy[node] = lines
+        return busy
+
+    def wait_tcp_quiet(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = self.tcp_connections()
+            if not busy or time.monotonic() > deadline:
+                return busy
+            time.sleep(0.2)
 
     def close(self):
         if self.proc.poll() is None:
@@ -238,9 +263,10 @@ def in_ns(emulator, node, argv):
 
 
 class WeftOverlay:
-    """One weftd per namespace, written against the planned command line:
-    weftd --node IP --listen IP:PORT --neighbor IP:PORT ... --socket PATH --recovery MODE.
-    Overlay links are UDP between the link addresses of neighbouring namespaces."""
+    """One weftd per namespace of an emulator:
+    weftd --node <node IP> --listen 0.0.0.0:PORT --neighbor <peer link IP>:PORT... --socket PATH
+    --recovery MODE. Overlay links are UDP between the link addresses of neighbouring
+    namespaces, so they cross the same emulated links as kernel TCP."""
 
     def __init__(self, lab, emulator, recovery, port, addressing="link", bin_dir=RELEASE):
         self.lab = lab
@@ -252,13 +278,15 @@ class WeftOverlay:
         self.addressing = addressing
         self.daemons = {}
         self.sockets = {}
+        self.ready_s = None
 
     @staticmethod
     def available(bin_dir=RELEASE):
-        return (Path(bin_dir) / "weftd").exists() and (Path(bin_dir) / "weft").exists()
+        return all((Path(bin_dir) / f).exists() for f in ("weftd", "weft", "libweft.so"))
 
-    def start(self, timeout=20.0):
+    def start(self, timeout=30.0):
         em = self.emulator
+        started = time.monotonic()
         for node in em.nodes:
             sock = Path(f"/run/{em.prefix}-{node}-{self.recovery}.weft.sock")
             self.sockets[node] = sock
@@ -275,6 +303,8 @@ class WeftOverlay:
             self.daemons[node] = self.lab.spawn(
                 in_ns(em, node, argv), f"weftd-{self.recovery}-{node}"
             )
+        # Ready when every daemon answers and has a route to every other node.
+        addresses = {em.address(n) for n in em.nodes}
         deadline = time.monotonic() + timeout
         pending = set(em.nodes)
         while pending and time.monotonic() < deadline:
@@ -284,18 +314,77 @@ class WeftOverlay:
                         f"weftd ({self.recovery}) on {node} exited "
                         f"{self.daemons[node].returncode}; see {self.daemons[node].log_file.name}"
                     )
-                status = subprocess.run(
-                    in_ns(em, node, [self.weft, "--socket",
-                                     str(self.sockets[node]), "status", "--json"]),
-                    capture_output=True, timeout=10,
-                )
-                if status.returncode == 0:
+                status = self.status(node)
+                if status is None:
+                    continue
+                routed = {str(r.get("dst")) for r in status.get("routes", [])}
+                if addresses - {em.address(node)} <= routed:
                     pending.discard(node)
-            time.sleep(0.1)
+            if pending:
+                time.sleep(0.05)
         if pending:
-            raise BenchError(f"weftd ({self.recovery}) not answering on {sorted(pending)}")
-        # Give link state a moment to flood; the bench cannot read the route table format yet.
-        time.sleep(1.0)
+            raise BenchError(f"weftd ({self.recovery}): no full route table on {sorted(pending)} "
+                             f"after {timeout:.0f} s")
+        self.ready_s = time.monotonic() - started
+
+    def status(self, node):
+        """`weft status --json` of `node`'s daemon, or None if it does not answer. The control
+        socket is a path, reachable from any network namespace."""
+        try:
+            out = subprocess.run(
+                [self.weft, "--socket", str(self.sockets[node]), "status", "--json"],
+                capture_output=True, text=True, timeout=10,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        if out.returncode != 0:
+            return None
+        try:
+            return json.loads(out.stdout)
+        except json.JSONDecodeError:
+            return None
+
+    def wait_listener(self, node, port, timeout=10.0):
+        """Until `node`'s daemon lists `port` as a registered listener (a shimmed server's
+        kernel socket listens before the shim has registered it with the daemon)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status(node)
+            if status and port in status.get("listeners", []):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def busy(self):
+        """What still moves on this overlay: sessions not yet finished and bytes queued or in
+        flight on hop-by-hop links, per node; empty when quiet."""
+        busy = {}
+        for node in self.daemons:
+            status = self.status(node)
+            if status is None:
+                busy[node] = "no status"
+                continue
+            open_sessions = [x for x in status.get("sessions", [])
+                             if x.get("state") not in ("timewait", "closed")]
+            backlog = sum((n.get("arq") or {}).get("queued_bytes", 0)
+                          + (n.get("arq") or {}).get("in_flight_bytes", 0)
+                          for n in status.get("neighbors", []))
+            if open_sessions or backlog:
+                busy[node] = f"{len(open_sessions)} open sessions, {backlog} B on links"
+        return busy
+
+    def wait_quiet(self, timeout):
+        """Until nothing moves (see `busy`); returns what still did at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = self.busy()
+            if not busy or time.monotonic() > deadline:
+                return busy
+            time.sleep(0.2)
+
+    def restart(self):
+        self.stop()
+        self.start()
 
     def wrap(self, node, argv):
         """Run `argv` unmodified over weft from `node`'s namespace."""

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """PNG plots from a results folder, made from the raw data only:
-latency-cdf.png (one-way latency CDF per loss level, all arms, pooled over repeats) and
-goodput-vs-loss.png (median goodput with interquartile bars, log scale).
+latency-cdf.png (one-way latency CDF per loss level, all arms, pooled over repeats),
+goodput-vs-loss.png (median goodput with interquartile bars, log scale) and failover.png
+(bulk goodput and probe latency around the cut, first repeat).
 Needs matplotlib (Debian: python3-matplotlib); run with /usr/bin/python3."""
 
 import gzip
@@ -123,10 +124,63 @@ def goodput_vs_loss(folder, results):
     return path
 
 
+def failover_timeline(folder, results):
+    """Per arm (first repeat): bulk delivery rate and probe one-way latency around the cut."""
+    rows = [r for r in results.get("failover", []) if r.get("rep") == 0]
+    if not rows:
+        return None
+    arms = [a for a in ARM_ORDER if any(r["arm"] == a for r in rows)]
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    bin_ms = 50
+    for arm in arms:
+        r = next(x for x in rows if x["arm"] == arm)
+        cut, heal = r["cut_ns"], r["heal_ns"]
+        bulk_raw = (r.get("bulk") or {}).get("raw")
+        if bulk_raw and (folder / bulk_raw).exists():
+            with gzip.open(folder / bulk_raw, "rt") as f:
+                t = json.load(f)
+            per = max(1, int(bin_ms * 1e6 // t["bin_ns"]))
+            xs, ys = [], []
+            for i in range(0, len(t["bins"]), per):
+                start = t["start_ns"] + i * t["bin_ns"]
+                xs.append((start - cut) / 1e9)
+                ys.append(sum(t["bins"][i:i + per]) * 8 / (per * t["bin_ns"] / 1e9) / 1e6)
+            axes[0].step(xs, ys, where="post", label=ARM_LABEL[arm], color=COLOURS[arm],
+                         linewidth=1.2)
+        probe_raw = folder / f"raw/failover-rep0-{arm}.txt.gz"
+        if probe_raw.exists():
+            pts = []
+            with gzip.open(probe_raw, "rt") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 3:
+                        pts.append(((int(parts[1]) - cut) / 1e9, (int(parts[2]) - int(parts[1])) / 1e6))
+            axes[1].scatter([p[0] for p in pts], [p[1] for p in pts], s=1.5, color=COLOURS[arm],
+                            label=ARM_LABEL[arm])
+        heal_s = (heal - cut) / 1e9
+    for ax in axes:
+        ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
+        ax.axvline(heal_s, color="black", linestyle=":", linewidth=0.8)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(f"bulk goodput (Mbit/s, {bin_ms} ms bins)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(ScalarFormatter())
+    axes[1].set_ylabel("1 kHz probe one-way latency (ms)")
+    axes[1].set_xlabel("send / delivery time relative to the cut of s–a (s); dotted: heal")
+    fig.suptitle("Diamond failover: bulk transfer and probe, cut at 0")
+    fig.tight_layout()
+    path = folder / "failover.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main():
     folder = Path(sys.argv[1])
     results = json.loads((folder / "results.json").read_text())
-    made = [p for p in (latency_cdf(folder, results), goodput_vs_loss(folder, results)) if p]
+    made = [p for p in (latency_cdf(folder, results), goodput_vs_loss(folder, results),
+                        failover_timeline(folder, results)) if p]
     print("plots: " + ", ".join(str(p) for p in made) if made else "plots: no data")
 
 

@@ -142,6 +142,16 @@ def validity(results):
             f"p99 {fmt(median([x - expected for x in p99 if x is not None]), 3)} ms (median over "
             f"cells; includes the probe processes' own scheduling); min ≥ configured: "
             f"{'PASS' if not early else 'FAIL ' + str(early)}")
+    drains = results.get("weft_drains", [])
+    if drains:
+        restarts = [d for d in drains if d["restarted"]]
+        waits = [d["seconds"] for d in drains if not d["restarted"] and d["seconds"] > 0.5]
+        lines.append(
+            f"- Every cell starts on quiet links: the previous cell's kernel TCP connections "
+            f"closed, and its weft sessions finished (a weft session keeps delivering what the "
+            f"program wrote into it after the program is done): waited for weft "
+            f"{len(waits)} times (median {fmt(median(waits), 1)} s), restarted an overlay still "
+            f"busy after {drains[0].get('limit_s', '?')} s {len(restarts)} times")
     weft_cells = [c for c in cells
                   if c["arms"] and all(a.startswith("weft") for a in c["arms"])]
     leaks = [c for c in weft_cells if c["tcp_packets"]]
@@ -161,29 +171,38 @@ def validity(results):
     return lines
 
 
+def per_gb(ns, r):
+    return ns / r["bytes"] if r.get("bytes") and ns is not None else None
+
+
 def clean_table(results):
     rows = results.get("clean", [])
     if not rows:
         return []
     lines = ["## (a) Clean paths (no delay, loss or rate limit): goodput and CPU", "",
              "| path | arm | goodput Mbit/s, median [IQR] | vs CUBIC (paired) | "
-             "app + daemon CPU s/GB | emulator CPU s/GB |",
-             "|---|---|---|---|---|---|"]
+             "CPU s/GB: iperf3 | weftd (all) | emulator | total |",
+             "|---|---|---|---|---|---|---|---|"]
     for topo in ["chain1", "chain4"]:
         sub = [r for r in rows if r["topology"] == topo]
         for arm in arms_present(sub):
             mine = [r for r in sub if r["arm"] == arm]
             gp = [goodput_of(r) for r in mine]
-            cpu = [(r["app_cpu_ns"] + r["daemon_cpu_ns"]) / r["bytes"] if r.get("bytes") else None
-                   for r in mine]
-            emu = [r["emulator_cpu_ns"] / r["bytes"] if r.get("bytes") else None for r in mine]
+            app = median([per_gb(r.get("app_cpu_ns"), r) for r in mine])
+            daemons = median([per_gb(r.get("daemon_cpu_ns"), r) for r in mine])
+            emu = median([per_gb(r.get("emulator_cpu_ns"), r) for r in mine])
+            total = median([per_gb(r.get("app_cpu_ns", 0) + r.get("daemon_cpu_ns", 0)
+                                   + r.get("emulator_cpu_ns", 0), r) for r in mine])
             ratio = "–" if arm == "cubic" else fmt_ratio(paired(sub, arm, "cubic", goodput_of))
             hops = "1 hop" if topo == "chain1" else "4 hops"
+            weftd = fmt(daemons, 2) if arm.startswith("weft") else "–"
             lines.append(f"| {hops} | {ARM_LABEL[arm]} | {fmt_iqr(gp, 1)} | {ratio} | "
-                         f"{fmt(median(cpu), 2)} | {fmt(median(emu), 2)} |")
-    lines += ["", "CPU s/GB = CPU seconds per GB of goodput (`/proc/<pid>/task/*/schedstat`). "
-              "Kernel TCP's receive and forwarding work runs inside the emulator's `write()` "
-              "into the TUN device, so it shows up in the emulator column for every arm."]
+                         f"{fmt(app, 2)} | {weftd} | {fmt(emu, 2)} | {fmt(total, 2)} |")
+    lines += ["", "CPU seconds per GB of goodput, from `/proc/<pid>/task/*/schedstat`: the two "
+              "iperf3 processes (for weft arms including the shim), every weftd of the path, "
+              "and the emulator. Kernel TCP's receive and forwarding work, and the delivery of "
+              "weft's UDP into the daemons' sockets, run inside the emulator's `write()` into "
+              "the TUN device, so they show up in the emulator column; compare totals."]
     return lines
 
 
@@ -236,13 +255,27 @@ def latency_table(results):
     return lines
 
 
+def failover_lost(r):
+    """Bytes lost by the probe and the bulk transfer together; None if either is unknown or the
+    bulk stream did not verify."""
+    bulk = r.get("bulk") or {}
+    if r.get("lost_bytes") is None or bulk.get("bytes_lost") is None:
+        return None
+    if bulk.get("corrupt_from") is not None:
+        return None
+    return r["lost_bytes"] + bulk["bytes_lost"]
+
+
 def failover_table(results):
     rows = results.get("failover", [])
     if not rows:
         return []
-    lines = ["## (c) Cut of the diamond's active link s–a under a 1 kHz probe stream", "",
-             "| arm | outage ms (first post-cut delivery − cut) | longest gap ms | bytes lost |",
-             "|---|---|---|---|"]
+    lines = ["## (c) Cut of the diamond's active link s–a during a bulk transfer and a 1 kHz "
+             "probe", "",
+             "| arm | probe outage ms (first post-cut delivery − cut) | probe longest gap ms | "
+             "probe bytes lost | bulk Mbit/s | bulk longest stall ms | bulk bytes lost "
+             "(written − delivered) |",
+             "|---|---|---|---|---|---|---|"]
     for arm in arms_present(rows):
         mine = [r for r in rows if r["arm"] == arm]
         outages = [r["outage_ms"] for r in mine]
@@ -255,9 +288,22 @@ def failover_table(results):
             if never:
                 outage += f" ({never} repeats never recovered)"
         label = ARM_LABEL[arm] + (" (static routes)" if arm in ("cubic", "reno", "bbr") else "")
-        lost = [r["lost_bytes"] for r in mine]
-        lines.append(f"| {label} | {outage} | {fmt_iqr([r['max_gap_ms'] for r in mine], 0)} | "
-                     f"{fmt(median(lost), 0)} |")
+        bulk = [r.get("bulk") or {} for r in mine]
+        corrupt = [b for b in bulk if b.get("corrupt_from") is not None]
+        lost = fmt(max((b.get("bytes_lost") or 0) for b in bulk), 0) if bulk else "–"
+        if corrupt:
+            lost += f" (CORRUPT stream in {len(corrupt)} repeats)"
+        lines.append(
+            f"| {label} | {outage} | {fmt_iqr([r['max_gap_ms'] for r in mine], 0)} | "
+            f"{fmt(max((r['lost_bytes'] or 0) for r in mine), 0)} | "
+            f"{fmt_iqr([b.get('goodput_mbps') for b in bulk], 1)} | "
+            f"{fmt_iqr([b.get('longest_stall_ms') for b in bulk], 0)} | {lost} |")
+    lines += ["", "The bulk transfer (`msglat bulk-send`, as fast as the path takes it) and the "
+              "probe (200-byte messages at 1 kHz) run together from s to d over the same path; "
+              "the emulator cuts s–a in both directions and heals it later. The bulk receiver "
+              "checks every byte against the sender's pattern; bytes lost = written − "
+              "delivered when both ends closed (worst repeat). Stall: the longest 1 ms-binned "
+              "silence of the bulk receiver from the cut on."]
     return lines
 
 
@@ -265,17 +311,95 @@ def fairness_table(results):
     rows = results.get("fairness", [])
     if not rows:
         return []
-    lines = ["## (d) Two flows sharing one 10 Mbit/s, 10 ms link (queue 50 kB)", "",
-             "| flows | share of first | share of second | Jain's index |", "|---|---|---|---|"]
+    lines = ["## (d) Two bulk flows sharing one 10 Mbit/s, 10 ms link (queue 50 kB)", "",
+             "| flows | share of first | share of second | sum Mbit/s | Jain's index |",
+             "|---|---|---|---|---|"]
     for pair in dict.fromkeys(tuple(r["pair"]) for r in rows):
         mine = [r for r in rows if tuple(r["pair"]) == pair]
         first = [r["shares"][0] for r in mine]
         second = [r["shares"][1] for r in mine]
-        jains = [jain([f.get("goodput_mbps") for f in r["flows"]]) for r in mine]
+        sums = [sum(f.get("window_mbps") or 0 for f in r["flows"]) for r in mine]
         lines.append(f"| {ARM_LABEL[pair[0]]} + {ARM_LABEL[pair[1]]} | "
                      f"{fmt_iqr([None if x is None else x * 100 for x in first], 1)} % | "
                      f"{fmt_iqr([None if x is None else x * 100 for x in second], 1)} % | "
-                     f"{fmt(median(jains), 3)} |")
+                     f"{fmt(median(sums), 2)} | {fmt(median([r.get('jain') for r in mine]), 3)} |")
+    lines += ["", "Shares over the window in which both flows were delivering, without its first "
+              "2 s (slow start), from the receivers' 10 ms timelines."]
+    return lines
+
+
+def shim_section(results):
+    r = results.get("shim")
+    if not r:
+        return []
+    if r.get("error"):
+        return ["## Shim on loopback (no emulator)", "", f"failed: {r['error']}"]
+    return ["## Shim on loopback (no emulator)", "",
+            "| iperf3 TCP, one machine | goodput Gbit/s (median) | CPU s/GB |", "|---|---|---|",
+            f"| kernel loopback | {fmt(r['kernel_bps'] and r['kernel_bps'] / 1e9, 2)} | "
+            f"{fmt(r.get('kernel_cpu_s_per_gb'), 2)} |",
+            f"| weft, 1 clean hop, both ends under the shim | "
+            f"{fmt(r['overlay_bps'] and r['overlay_bps'] / 1e9, 2)} | "
+            f"{fmt(r.get('overlay_cpu_s_per_gb'), 2)} |",
+            f"| ratio overlay / kernel | {fmt(r.get('ratio'), 3)} | |", "",
+            f"Two daemons on a private 127.T.0.0/16 slice; {r['repeats']} interleaved runs of "
+            f"{r['seconds']} s each. CPU: both iperf3 processes (+ both weftd for the overlay)."]
+
+
+def idle_section(results):
+    r = results.get("idle")
+    if not r:
+        return []
+    if r.get("error"):
+        return ["## weftd at idle", "", f"failed: {r['error']}"]
+    return ["## weftd at idle (no emulator)", "",
+            f"| weftd with {r['neighbours']} neighbours ({r['up']} up), {r['seconds']:.0f} s | "
+            "value |", "|---|---|",
+            f"| CPU (schedstat) | {r['cpu_pct']:.2f} % of one core |",
+            f"| control traffic sent per neighbour | {r['bytes_per_s_max']:.0f} B/s max, "
+            f"{r['bytes_per_s_mean']:.0f} B/s mean (UDP payload) |",
+            f"| packets sent per neighbour | {r['packets_per_s_mean']:.1f} /s |"]
+
+
+def weft_internals(results):
+    """What the daemons' status said about each weft cell: why a figure is what it is."""
+    cells = []
+    for r in results.get("clean", []):
+        cells.append((f"clean {r['topology']}", r))
+    for r in results.get("loss_goodput", []):
+        cells.append((f"goodput {r['level']}", r))
+    for r in results.get("latency", []):
+        cells.append((f"latency {r['level']}", r))
+    for r in results.get("failover", []):
+        cells.append(("failover", r))
+    for r in results.get("fairness", []):
+        for f in r["flows"]:
+            cells.append((f"fairness vs {r['pair'][1]}", f))
+    cells = [(label, r) for label, r in cells if r.get("weft")]
+    if not cells:
+        return []
+    lines = ["## weft internals per cell (from `weft status --json`)", "",
+             "| cell | arm | link packets | link retransmissions | lost by SACK / timer | "
+             "link timeouts | congestion events | max cwnd kB | max srtt ms | "
+             "session retx / timeouts / CE cuts | rerouted | back-pressure drops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in cells:
+        w = r["weft"]
+        arq, top, nodes = w["arq"], w["arq_max"], w["node_counters"]
+        senders = [x for x in w["sessions"] if x.get("node") == "s"]
+        lines.append(
+            f"| {label} | {ARM_LABEL.get(r.get('arm'), r.get('arm'))} | {arq['packets_sent']} | "
+            f"{arq['retransmissions']} | {arq['losses_by_sack']} / {arq['losses_by_timer']} | "
+            f"{arq['timeouts']} | {arq['congestion_events']} | "
+            f"{fmt((top.get('cwnd') or 0) / 1000, 0)} | {fmt(top.get('srtt_ms'), 0)} | "
+            f"{sum(x.get('retransmits') or 0 for x in senders)} / "
+            f"{sum(x.get('timeouts') or 0 for x in senders)} / "
+            f"{sum(x.get('ce_reductions') or 0 for x in senders)} | "
+            f"{nodes['rerouted']} | {nodes['dropped_backpressure']} |")
+    lines += ["", "Link columns sum every ARQ link of every daemon over the cell; max cwnd and "
+              "srtt are the largest seen on any link; session columns sum the sessions whose "
+              "sending end is s (sampled every 0.5 s, so a session shorter than that may be "
+              "missing). The latency cells share the path with the other arms' streams."]
     return lines
 
 
@@ -311,9 +435,11 @@ def goals(results):
     if mine:
         worst = max((r["outage_ms"] if r["outage_ms"] is not None else float("inf"))
                     for r in mine)
-        lost = max((r["lost_bytes"] or 0) for r in mine)
-        add("failover outage < 500 ms with 0 bytes lost (weft hop-by-hop, worst repeat)",
-            f"{fmt(worst, 0)} ms, {lost} B", worst < 500 and lost == 0)
+        losses = [failover_lost(r) for r in mine]
+        lost = None if None in losses else max(losses)
+        add("failover outage < 500 ms with 0 bytes lost, probe + bulk (weft hop-by-hop, "
+            "worst repeat)", f"{fmt(worst, 0)} ms, {'unknown' if lost is None else lost} B",
+            worst < 500 and lost == 0)
     else:
         add("failover outage < 500 ms with 0 bytes lost", "–", None)
     shares = [r["shares"][0] for r in fair if r["pair"] == ["weft-hbh", "cubic"]]
@@ -327,6 +453,37 @@ def goals(results):
         lines += ["**Invalid for weft:** kernel TCP crossed the links while only weft arms ran, "
                   "so traffic bypassed the overlay (shim not intercepting?).", ""]
     return lines + ["| goal | measured | status |", "|---|---|---|", *rows]
+
+
+def breakage(results):
+    """What makes a run invalid rather than merely slow: arms that could not run, cells without
+    data, emulator faults, traffic that bypassed weft, a corrupted verified stream. Missed
+    goals are results, not breakage."""
+    meta = results.get("meta", {})
+    problems = []
+    if meta.get("weft_available") and not meta.get("weft_used"):
+        pass  # --kernel-only
+    elif meta.get("weft_problem"):
+        problems.append(f"weft arms failed to start: {meta['weft_problem']}")
+    for r in results.get("clean", []) + results.get("loss_goodput", []):
+        if goodput_of(r) is None:
+            problems.append(f"goodput cell {r.get('topology') or r.get('level')} {r['arm']}: "
+                            f"{r.get('error', 'no result')}")
+    for r in results.get("latency", []):
+        if not latency_field("count")(r):
+            problems.append(f"latency cell {r['level']} {r['arm']}: no messages received")
+    for r in results.get("failover", []):
+        bulk = r.get("bulk") or {}
+        if bulk.get("corrupt_from") is not None:
+            problems.append(f"failover {r['arm']}: bulk stream corrupt from byte "
+                            f"{bulk['corrupt_from']}")
+    for c in results.get("validity", []):
+        if c["faults"] or c["device_errors"]:
+            problems.append(f"emulator faults in {c['scenario']} {c['label']}")
+        if c["arms"] and all(a.startswith("weft") for a in c["arms"]) and c["tcp_packets"]:
+            problems.append(f"kernel TCP on the links in weft-only cell {c['scenario']} "
+                            f"{c['label']}")
+    return problems
 
 
 def render(results):
@@ -346,9 +503,12 @@ def render(results):
         lines += ["", f"**weft arms failed to start:** {meta['weft_problem']}"]
     if meta.get("interrupted"):
         lines += ["", f"**Run interrupted:** {meta['interrupted']}; tables are partial."]
+    problems = breakage(results)
+    if problems:
+        lines += ["", "**Run invalid:**"] + [f"- {p}" for p in problems]
     lines.append("")
-    for section in [validity, clean_table, loss_goodput_table, latency_table, failover_table,
-                    fairness_table, goals]:
+    for section in [goals, validity, clean_table, loss_goodput_table, latency_table,
+                    failover_table, fairness_table, shim_section, idle_section, weft_internals]:
         part = section(results)
         if part:
             lines += part + [""]

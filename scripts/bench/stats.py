@@ -74,6 +74,19 @@ def pooled_quantile(histograms, q):
     return max(merged) / 1000
 
 
+def longest_empty_run(bins, first):
+    """Longest run of zero bins from index `first` up to the last non-zero bin (a delivery
+    stall that ended); None if nothing was delivered from `first` on."""
+    last = max((i for i, b in enumerate(bins) if b), default=None)
+    if last is None or first > last:
+        return None
+    run = best = 0
+    for b in bins[first:last + 1]:
+        run = run + 1 if b == 0 else 0
+        best = max(best, run)
+    return best
+
+
 def self_test():
     assert quantile([1, 2, 3, 4], 0.5) == 2.5
     assert median([5]) == 5
@@ -91,6 +104,9 @@ def self_test():
     assert pooled_quantile([[(10, 50)], [(10, 48), (2000, 2)]], 0.99) == 2.0
     assert pooled_quantile([[(10, 50)], [(10, 48), (2000, 2)]], 0.5) == 0.01
     assert pooled_quantile([[]], 0.99) is None
+    assert longest_empty_run([5, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 0], 0) == 3
+    assert longest_empty_run([5, 0, 0, 3, 0, 0, 0, 2], 5) == 2
+    assert longest_empty_run([5, 0, 0], 1) is None
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import subprocess
 import time
 
 from lab import RELEASE, BenchError, in_ns
+from observe import Observer
+from stats import longest_empty_run
 
 KERNEL_ARMS = ["cubic", "reno", "bbr"]
 WEFT_ARMS = ["weft-hbh", "weft-e2e"]
@@ -32,6 +34,17 @@ class Arm:
 
     def daemon_cpu_ns(self):
         return self.overlay.cpu_ns() if self.overlay else 0
+
+    def wait_server(self, emulator, node, port):
+        """Until a server started through this arm on `node` accepts connections on `port`:
+        the kernel socket listens and, over weft, the daemon has registered it."""
+        if not wait_listening(emulator, node, port):
+            return False
+        return self.overlay.wait_listener(node, port) if self.overlay else True
+
+    def observe(self, watch):
+        """An Observer of this arm's overlay for one cell, or None for kernel arms."""
+        return Observer(self.overlay, watch) if self.overlay else None
 
 
 def wait_listening(emulator, node, port, tcp=True, timeout=10.0):
@@ -58,19 +71,28 @@ class PortAllocator:
             self.next = 20001
         return self.next
 
+    def take_pair(self):
+        """Two consecutive ports; returns the first."""
+        first = self.take()
+        if first == 60000:
+            first = self.take()
+        self.take()
+        return first
 
-def goodput(lab, em, arm, src, dst, seconds, port):
+
+def goodput(lab, em, arm, src, dst, seconds, port, observe=True):
     """One iperf3 transfer src -> dst. Goodput is what the receiver got."""
     server = lab.spawn(
         arm.wrap(em, dst, ["iperf3", "-s", "-1", "-p", str(port)]), f"iperf3-s-{arm.name}"
     )
-    if not wait_listening(em, dst, port):
+    if not arm.wait_server(em, dst, port):
         lab.stop(server)
         return {"ok": False, "error": "iperf3 server did not listen"}
     argv = ["iperf3", "-c", em.address(dst), "-p", str(port), "-t", str(seconds), "-J",
             "--connect-timeout", "10000"]
     if arm.cc:
         argv += ["-C", arm.cc]
+    observer = arm.observe([src, dst]) if observe else None
     daemon_cpu_before = arm.daemon_cpu_ns()
     json_path = lab.log_path(f"iperf3-{arm.name}.json")
     with open(json_path, "w") as out:
@@ -79,6 +101,8 @@ def goodput(lab, em, arm, src, dst, seconds, port):
     _, server_cpu = lab.finish(server, timeout=15)
     daemon_cpu = arm.daemon_cpu_ns() - daemon_cpu_before
     result = {"ok": False, "app_cpu_ns": client_cpu + server_cpu, "daemon_cpu_ns": daemon_cpu}
+    if observer:
+        result["weft"] = observer.finish()
     try:
         report = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -124,7 +148,8 @@ def start_stream(lab, em, arm, src, dst, port, rate, size, seconds, warmup_ms, u
     wrap = (lambda node, argv: in_ns(em, node, argv)) if arm is None else (
         lambda node, argv: arm.wrap(em, node, argv))
     receiver = lab.spawn(wrap(dst, receiver_argv), f"msglat-recv-{tag}")
-    if not wait_listening(em, dst, port, tcp=not udp):
+    ready = wait_listening(em, dst, port, tcp=False) if udp else arm.wait_server(em, dst, port)
+    if not ready:
         lab.stop(receiver)
         raise BenchError(f"msglat receiver ({tag}) did not listen")
     sender = lab.spawn(wrap(src, sender_argv), f"msglat-send-{tag}")
@@ -148,6 +173,90 @@ def finish_stream(lab, handle, keep_raw_as=None):
             shutil.copyfileobj(src, dst)
     handle["raw"].unlink(missing_ok=True)
     return result, samples
+
+
+def start_bulk(lab, em, arm, src, dst, port, seconds, bin_ms=1):
+    """A verified saturating transfer src -> dst (msglat bulk-send/bulk-recv)."""
+    msglat = str(RELEASE / "msglat")
+    recv_json = lab.log_path(f"bulk-recv-{arm.name}.json")
+    send_json = lab.log_path(f"bulk-send-{arm.name}.json")
+    receiver = lab.spawn(arm.wrap(em, dst, [msglat, "bulk-recv", "--listen", f"0.0.0.0:{port}",
+                                            "--idle-timeout-s", "60", "--bin-ms", str(bin_ms),
+                                            "--json", str(recv_json)]),
+                         f"bulk-recv-{arm.name}")
+    if not arm.wait_server(em, dst, port):
+        lab.stop(receiver)
+        raise BenchError(f"bulk receiver ({arm.name}) did not listen")
+    argv = [msglat, "bulk-send", "--to", f"{em.address(dst)}:{port}", "--duration-s",
+            str(seconds), "--json", str(send_json)]
+    if arm.cc:
+        argv += ["--cc", arm.cc]
+    observer = arm.observe([src, dst])
+    sender = lab.spawn(arm.wrap(em, src, argv), f"bulk-send-{arm.name}")
+    return {"arm": arm, "receiver": receiver, "sender": sender, "recv_json": recv_json,
+            "send_json": send_json, "seconds": seconds, "observer": observer}
+
+
+def finish_bulk(lab, handle):
+    """(result, timeline): bytes written, bytes delivered (verified) and their difference;
+    the receive timeline {start_ns, bin_ns, bins} for the caller's windows."""
+    arm = handle["arm"]
+    code_s, _ = lab.finish(handle["sender"], timeout=handle["seconds"] + 90)
+    code_r, _ = lab.finish(handle["receiver"], timeout=30)
+    result = {"arm": arm.name}
+    if handle["observer"]:
+        result["weft"] = handle["observer"].finish()
+    try:
+        sent = json.loads(handle["send_json"].read_text())
+        received = json.loads(handle["recv_json"].read_text())
+    except (OSError, json.JSONDecodeError):
+        result.update(ok=False, error=f"bulk exit sender {code_s} receiver {code_r}")
+        return result, None
+    seconds = (received.get("end_ns", 0) - received.get("accepted_ns", 0)) / 1e9
+    result.update(
+        ok=code_s == 0 and code_r == 0 and received.get("first_mismatch") is None,
+        bytes_written=sent.get("bytes_written"),
+        bytes_delivered=received.get("bytes"),
+        bytes_lost=(sent.get("bytes_written") or 0) - (received.get("bytes") or 0),
+        corrupt_from=received.get("first_mismatch"),
+        send_error=sent.get("error"),
+        stopped=received.get("stopped"),
+        goodput_mbps=received.get("bytes", 0) * 8 / seconds / 1e6 if seconds > 0 else None,
+    )
+    return result, received.get("timeline")
+
+
+def stall_after(timeline, t_ns):
+    """Longest delivery stall (ms) of a bulk timeline from `t_ns` on."""
+    if not timeline:
+        return None
+    bin_ns = timeline["bin_ns"]
+    empty = longest_empty_run(timeline["bins"], max(0, (t_ns - timeline["start_ns"]) // bin_ns))
+    return None if empty is None else empty * bin_ns / 1e6
+
+
+def window_rates(timelines, warmup_ns):
+    """Mbit/s of each flow over the window all of them were delivering, from `warmup_ns` after
+    the last first delivery to the first last delivery; None if there is no such window."""
+    spans = []
+    for t in timelines:
+        if not t:
+            return None
+        nonzero = [i for i, b in enumerate(t["bins"]) if b]
+        if not nonzero:
+            return None
+        spans.append((t["start_ns"] + nonzero[0] * t["bin_ns"],
+                      t["start_ns"] + (nonzero[-1] + 1) * t["bin_ns"]))
+    lo = max(a for a, _ in spans) + warmup_ns
+    hi = min(b for _, b in spans)
+    if hi <= lo:
+        return None
+    rates = []
+    for t in timelines:
+        total = sum(b for i, b in enumerate(t["bins"])
+                    if lo <= t["start_ns"] + i * t["bin_ns"] < hi)
+        rates.append(total * 8 / ((hi - lo) / 1e9) / 1e6)
+    return rates, (hi - lo) / 1e9
 
 
 def read_raw(path):

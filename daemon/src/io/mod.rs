@@ -93,6 +93,7 @@ pub struct Daemon {
     node: Node,
     udp: OverlaySocket,
     udp_backlog: VecDeque<Transmit>,
+    udp_wants_write: bool,
     listener: Listener,
     signals: SignalFd,
     conns: HashMap<usize, Connection>,
@@ -175,6 +176,7 @@ impl Daemon {
             node,
             udp,
             udp_backlog: VecDeque::new(),
+            udp_wants_write: false,
             listener,
             signals,
             conns: HashMap::new(),
@@ -253,6 +255,7 @@ impl Daemon {
             self.drain_node();
             self.service_streams();
             self.housekeeping();
+            self.flush_udp();
         }
         info!("weftd stopping");
         Ok(())
@@ -282,8 +285,10 @@ impl Daemon {
             }
             let now = self.clock.now();
             for i in 0..n {
-                let (from, data) = self.udp.received(i);
-                self.node.handle_datagram(now, from, data);
+                let (from, datagrams) = self.udp.received(i);
+                for data in datagrams {
+                    self.node.handle_datagram(now, from, data);
+                }
             }
             self.drain_node();
         }
@@ -311,15 +316,21 @@ impl Daemon {
             }
             self.udp_backlog.drain(..sent.min(self.udp_backlog.len()));
         }
-        let interest = if self.udp_backlog.is_empty() {
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
-        let _ =
-            self.poll
-                .registry()
-                .reregister(&mut SourceFd(&self.udp.as_raw_fd()), UDP, interest);
+        // Ask for writability only while something waits for it (one epoll_ctl per change).
+        let want_write = !self.udp_backlog.is_empty();
+        if want_write != self.udp_wants_write {
+            self.udp_wants_write = want_write;
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self.poll.registry().reregister(
+                &mut SourceFd(&self.udp.as_raw_fd()),
+                UDP,
+                interest,
+            );
+        }
     }
 
     /// Moves everything the node produced to where it goes.
@@ -328,7 +339,9 @@ impl Daemon {
         while let Some(t) = self.node.poll_transmit(now) {
             self.udp_backlog.push_back(t);
         }
-        if !self.udp_backlog.is_empty() {
+        // Sends are batched until the end of the loop iteration (fewer, larger sendmmsg and
+        // GSO runs), unless enough piled up to fill a batch now.
+        if self.udp_backlog.len() >= udp::BATCH * 4 {
             self.flush_udp();
         }
         while let Some(ev) = self.node.poll_event() {

@@ -1,5 +1,8 @@
-//! The daemon's overlay UDP socket, with batched receive (`recvmmsg`) and send (`sendmmsg`):
-//! one system call moves many packets, which is most of the daemon's per-packet cost.
+//! The daemon's overlay UDP socket, with batched receive (`recvmmsg`) and send (`sendmmsg`),
+//! and with UDP segmentation offload both ways where the kernel has it: runs of same-sized
+//! packets to one neighbour leave as one GSO send (`UDP_SEGMENT`), and the kernel may hand
+//! several received packets over as one coalesced buffer (`UDP_GRO`). Per-packet system call
+//! and stack cost is most of what a daemon spends per packet.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -7,12 +10,28 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub const BATCH: usize = 32;
 const SLOT: usize = 65_536;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Most segments one GSO send carries (the kernel allows 64 or more).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest payload of one GSO send (one IP datagram's worth).
+const GSO_MAX_BYTES: usize = 65_000;
+const CMSG_SPACE: usize = 32;
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Cmsg([u8; CMSG_SPACE]);
 
 pub struct OverlaySocket {
     fd: OwnedFd,
     bufs: Vec<u8>,
     lens: [usize; BATCH],
+    /// Segment size of a coalesced (GRO) receive, 0 when the slot holds one datagram.
+    segs: [usize; BATCH],
     addrs: [libc::sockaddr_in; BATCH],
+    cmsgs: [Cmsg; BATCH],
+    gso: bool,
 }
 
 fn to_sockaddr(a: &SocketAddrV4) -> libc::sockaddr_in {
@@ -33,14 +52,22 @@ fn from_sockaddr(a: &libc::sockaddr_in) -> SocketAddr {
     ))
 }
 
-fn set_buffer(fd: RawFd, opt: libc::c_int, force: libc::c_int, bytes: libc::c_int) {
+fn set_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: setsockopt with a valid int option value.
     unsafe {
-        let p = &bytes as *const libc::c_int as *const libc::c_void;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, len) != 0 {
-            libc::setsockopt(fd, libc::SOL_SOCKET, opt, p, len);
-        }
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+fn set_buffer(fd: RawFd, opt: libc::c_int, force: libc::c_int, bytes: libc::c_int) {
+    if !set_int(fd, libc::SOL_SOCKET, force, bytes) {
+        set_int(fd, libc::SOL_SOCKET, opt, bytes);
     }
 }
 
@@ -76,18 +103,24 @@ impl OverlaySocket {
         }
         set_buffer(raw, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, 8 << 20);
         set_buffer(raw, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, 8 << 20);
+        // Coalesced receives are optional: without them every datagram arrives on its own.
+        set_int(raw, SOL_UDP, UDP_GRO, 1);
         Ok(OverlaySocket {
             fd,
             bufs: vec![0; SLOT * BATCH],
             lens: [0; BATCH],
+            segs: [0; BATCH],
             addrs: [to_sockaddr(&SocketAddrV4::new(0.into(), 0)); BATCH],
+            cmsgs: [Cmsg([0; CMSG_SPACE]); BATCH],
+            gso: std::env::var_os("WEFT_NO_GSO").is_none(),
         })
     }
 
-    /// Receives up to `BATCH` datagrams; returns how many (0 when none are waiting).
+    /// Receives up to `BATCH` buffers; returns how many (0 when none are waiting).
     pub fn recv_batch(&mut self) -> io::Result<usize> {
         // SAFETY: every iovec points into `bufs` at a distinct SLOT-sized slice, every
-        // msg_name at a distinct sockaddr_in; all outlive the call.
+        // msg_name at a distinct sockaddr_in, every msg_control at a distinct cmsg buffer;
+        // all outlive the call.
         unsafe {
             let mut iovs: [libc::iovec; BATCH] = std::mem::zeroed();
             let mut msgs: [libc::mmsghdr; BATCH] = std::mem::zeroed();
@@ -100,6 +133,8 @@ impl OverlaySocket {
                     &mut self.addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
                 msgs[i].msg_hdr.msg_namelen =
                     std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                msgs[i].msg_hdr.msg_control = self.cmsgs[i].0.as_mut_ptr() as *mut libc::c_void;
+                msgs[i].msg_hdr.msg_controllen = CMSG_SPACE;
             }
             let n = libc::recvmmsg(
                 self.fd.as_raw_fd(),
@@ -115,50 +150,99 @@ impl OverlaySocket {
                     _ => Err(e),
                 };
             }
-            for (len, msg) in self.lens.iter_mut().zip(&msgs).take(n as usize) {
-                *len = msg.msg_len as usize;
+            for (i, msg) in msgs.iter().enumerate().take(n as usize) {
+                self.lens[i] = msg.msg_len as usize;
+                self.segs[i] = 0;
+                let mut hdr = libc::CMSG_FIRSTHDR(&msg.msg_hdr);
+                while !hdr.is_null() {
+                    if (*hdr).cmsg_level == SOL_UDP && (*hdr).cmsg_type == UDP_GRO {
+                        let size = std::ptr::read_unaligned(libc::CMSG_DATA(hdr) as *const u16);
+                        self.segs[i] = size as usize;
+                    }
+                    hdr = libc::CMSG_NXTHDR(&msg.msg_hdr, hdr);
+                }
             }
-
             Ok(n as usize)
         }
     }
 
-    /// Datagram `i` of the last batch.
-    pub fn received(&self, i: usize) -> (SocketAddr, &[u8]) {
-        (
-            from_sockaddr(&self.addrs[i]),
-            &self.bufs[i * SLOT..i * SLOT + self.lens[i]],
-        )
+    /// The datagrams in buffer `i` of the last batch (several when the kernel coalesced them).
+    pub fn received(&self, i: usize) -> (SocketAddr, impl Iterator<Item = &[u8]> + '_) {
+        let buf = &self.bufs[i * SLOT..i * SLOT + self.lens[i]];
+        let seg = if self.segs[i] == 0 {
+            buf.len().max(1)
+        } else {
+            self.segs[i]
+        };
+        (from_sockaddr(&self.addrs[i]), buf.chunks(seg))
     }
 
-    /// Sends as many of `packets` as the socket takes; returns how many were sent (the rest
-    /// should wait for writability).
+    /// Sends as many of `packets` as the socket takes; returns how many packets were consumed
+    /// (the rest should wait for writability). Runs of packets to one destination with one
+    /// size (the last may be shorter) go out as one segmented send.
     pub fn send_batch<'a>(
-        &self,
+        &mut self,
         packets: impl Iterator<Item = (SocketAddr, &'a [u8])>,
     ) -> io::Result<usize> {
-        let mut addrs: Vec<libc::sockaddr_in> = Vec::with_capacity(BATCH);
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
-        for (dst, payload) in packets.take(BATCH) {
+        // Group into sends: (destination, segment size, first iovec, iovec count).
+        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH * 4);
+        let mut groups: Vec<(libc::sockaddr_in, usize, usize, usize)> = Vec::with_capacity(BATCH);
+        let mut last_len = 0usize;
+        let mut group_bytes = 0usize;
+        for (dst, payload) in packets {
             let SocketAddr::V4(v4) = dst else { continue };
-            addrs.push(to_sockaddr(&v4));
+            let sa = to_sockaddr(&v4);
+            let extend = self.gso
+                && groups.last().is_some_and(|g| {
+                    g.0.sin_addr.s_addr == sa.sin_addr.s_addr
+                        && g.0.sin_port == sa.sin_port
+                        && payload.len() <= g.1
+                        && last_len == g.1
+                        && g.3 < GSO_MAX_SEGMENTS
+                        && group_bytes + payload.len() <= GSO_MAX_BYTES
+                });
+            if extend {
+                if let Some(g) = groups.last_mut() {
+                    g.3 += 1;
+                }
+                group_bytes += payload.len();
+            } else {
+                if groups.len() == BATCH {
+                    break;
+                }
+                groups.push((sa, payload.len(), iovs.len(), 1));
+                group_bytes = payload.len();
+            }
+            last_len = payload.len();
             iovs.push(libc::iovec {
                 iov_base: payload.as_ptr() as *mut libc::c_void,
                 iov_len: payload.len(),
             });
         }
-        if iovs.is_empty() {
+        if groups.is_empty() {
             return Ok(0);
         }
-        // SAFETY: msgs reference addrs/iovs, which are not resized while msgs lives.
+        let mut cmsgs = vec![Cmsg([0; CMSG_SPACE]); groups.len()];
+        // SAFETY: every mmsghdr references iovecs, addresses and control buffers that live
+        // until sendmmsg returns and are not moved meanwhile.
         unsafe {
-            let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(iovs.len());
-            for i in 0..iovs.len() {
+            let mut msgs: Vec<libc::mmsghdr> = Vec::with_capacity(groups.len());
+            for (k, g) in groups.iter_mut().enumerate() {
                 let mut m: libc::mmsghdr = std::mem::zeroed();
-                m.msg_hdr.msg_iov = &mut iovs[i];
-                m.msg_hdr.msg_iovlen = 1;
-                m.msg_hdr.msg_name = &mut addrs[i] as *mut libc::sockaddr_in as *mut libc::c_void;
+                m.msg_hdr.msg_iov = iovs.as_mut_ptr().add(g.2);
+                m.msg_hdr.msg_iovlen = g.3;
+                m.msg_hdr.msg_name = &mut g.0 as *mut libc::sockaddr_in as *mut libc::c_void;
                 m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                if g.3 > 1 {
+                    m.msg_hdr.msg_control = cmsgs[k].0.as_mut_ptr() as *mut libc::c_void;
+                    m.msg_hdr.msg_controllen =
+                        libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as usize;
+                    let hdr = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+                    (*hdr).cmsg_level = SOL_UDP;
+                    (*hdr).cmsg_type = UDP_SEGMENT;
+                    (*hdr).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(hdr) as *mut u16, g.1 as u16);
+                }
                 msgs.push(m);
             }
             let n = libc::sendmmsg(
@@ -169,14 +253,19 @@ impl OverlaySocket {
             );
             if n < 0 {
                 let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+                    // The device cannot segment: stop trying and resend these one by one.
+                    Some(libc::EIO) if groups[0].3 > 1 => {
+                        self.gso = false;
+                        Ok(0)
+                    }
                     // A neighbour's port being closed (ICMP) must not stop the daemon.
-                    _ if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(1),
+                    Some(libc::ECONNREFUSED) => Ok(groups[0].3),
                     _ => Err(e),
                 };
             }
-            Ok(n as usize)
+            Ok(groups.iter().take(n as usize).map(|g| g.3).sum())
         }
     }
 }

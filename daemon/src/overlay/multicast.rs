@@ -9,9 +9,10 @@ use crate::overlay::neighbor::LinkState;
 use crate::overlay::node::{Node, NodeEvent};
 use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
 use crate::overlay::wire::{Class, FragmentHeader, RoutedHeader, StateId, StateKind};
+use ahash::AHashMap as HashMap;
 use serde::Serialize;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_core::{Endpoint, Header, Instant, NodeId, PacketKind, Reader, Writer, HEADER_LEN};
 use weft_multicast::{

@@ -11,7 +11,8 @@ use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
 use crate::overlay::sessions::{SessionId, SessionTable};
 use crate::overlay::status::Counters;
 use crate::overlay::wire::{self, Hello, RoutedHeader, HELLO_PROBE};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use ahash::AHashMap as HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 use thiserror::Error;
@@ -160,6 +161,7 @@ impl Node {
         cfg.arq.mss = cfg.routed_mtu();
         cfg.session.mss = cfg.routed_mtu() - RoutedHeader::LEN;
         cfg.session.mode = cfg.recovery;
+        cfg.session.headroom = RoutedHeader::LEN;
         if cfg.recovery == RecoveryMode::HopByHop {
             // Over repaired links the session's window reacts to CE marks from relays, not to
             // loss; starting it at ten segments would throttle a stream whose rate needs more

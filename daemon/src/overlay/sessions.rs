@@ -9,10 +9,11 @@
 use crate::overlay::forwarding::{flow_of, Origin};
 use crate::overlay::node::{Node, NodeEvent};
 use crate::overlay::wire::{Class, Proto, RoutedHeader};
+use ahash::AHashMap as HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use thiserror::Error;
 use tracing::debug;
 use weft_core::{Endpoint, Instant, Writer};
@@ -489,9 +490,21 @@ impl Node {
                 let packet = match e.stalled.take() {
                     Some(p) => p,
                     None => match e.session.poll_transmit(now) {
-                        Some(seg) => {
+                        Some(mut seg) => {
+                            // The session left room for the routing header in front.
                             let (local, remote) = (e.session.local(), e.session.remote());
-                            self.routed(local, remote, class, &seg)
+                            let header = RoutedHeader {
+                                flags: 0,
+                                proto: Proto::Session,
+                                class,
+                                ttl: self.cfg.default_ttl,
+                                src: local,
+                                dst: remote,
+                            };
+                            let mut head = Vec::with_capacity(RoutedHeader::LEN);
+                            header.encode(&mut Writer::new(&mut head));
+                            seg[..RoutedHeader::LEN].copy_from_slice(&head);
+                            seg
                         }
                         None => break,
                     },

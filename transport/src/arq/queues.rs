@@ -2,7 +2,8 @@
 //! with back-pressure per flow: a flow over its byte limit is refused and told when it drains
 //! below the low-water mark; every other flow keeps its own room.
 
-use std::collections::{HashMap, VecDeque};
+use ahash::AHashMap as HashMap;
+use std::collections::VecDeque;
 
 use super::FlowId;
 

@@ -37,7 +37,13 @@ pub struct SessionConfig {
     pub initial_window_packets: u64,
     /// Loss rate (fraction of segments) the path may show, without queueing delay, before
     /// losses count as congestion (`cc::LossClassifier`); 0 = every loss is congestion.
+    /// Default 20 %: an end-to-end path adds up the random loss of all its links (2 % on
+    /// each of 4 links is 7.8 % each way), and a session that halves on every one of those
+    /// could not carry a stream at all; queueing delay still marks real congestion.
     pub random_loss_tolerance: f64,
+    /// Zero bytes `poll_transmit` puts before each segment, for the caller to fill with its
+    /// own header (0 by default).
+    pub headroom: usize,
     /// Spread each window over an RTT instead of bursting it. On.
     pub pacing: bool,
     /// An active open gives up after this long (SYN retransmitted with exponential backoff
@@ -80,7 +86,8 @@ impl Default for SessionConfig {
             mode: RecoveryMode::HopByHop,
             cc: Algorithm::Cubic,
             initial_window_packets: 10,
-            random_loss_tolerance: 0.10,
+            random_loss_tolerance: 0.20,
+            headroom: 0,
             pacing: true,
             connect_timeout: Duration::from_secs(20),
             user_timeout: Duration::from_secs(30),

@@ -14,7 +14,8 @@ use weft_core::Instant;
 const SACK_BLOCKS_WITH_DATA: usize = 4;
 
 impl Session {
-    /// One segment (header + payload ≤ mss) to send now, or None (window, pacing, nothing).
+    /// One segment (header + payload ≤ mss) to send now, or None (window, pacing, nothing),
+    /// preceded by `SessionConfig::headroom` zero bytes.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
         if self.rst_pending {
             return Some(self.emit_reset(now));
@@ -53,7 +54,11 @@ impl Session {
 
     /// Encodes `seg` followed by `payload` bytes of the send stream at `seg.seq`.
     fn emit(&mut self, seg: &Segment<'_>, payload: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(seg.header_len() + payload);
+        // Zeroed headroom for the caller's own header (the daemon's routing header), so the
+        // segment needs no second copy on its way out.
+        let headroom = self.cfg.headroom;
+        let mut out = Vec::with_capacity(headroom + seg.header_len() + payload);
+        out.resize(headroom, 0);
         seg.encode(&mut out);
         if payload > 0 {
             self.send.copy_bytes(seg.seq, payload, &mut out);

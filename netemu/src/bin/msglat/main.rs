@@ -3,7 +3,10 @@
 //! Run `msglat recv` in the destination namespace, then `msglat send` in the source one. Both
 //! read CLOCK_MONOTONIC, which every namespace of the host shares, so one-way latency is a
 //! plain subtraction. Only std/libc sockets are used so the tool runs unmodified under an
-//! LD_PRELOAD shim.
+//! LD_PRELOAD shim. `bulk-send`/`bulk-recv` move a verified byte stream as fast as the path
+//! allows and time its delivery.
+
+mod bulk;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -80,6 +83,37 @@ enum Cmd {
         /// Write every arrival as "seq send_ns recv_ns" lines.
         #[arg(long)]
         raw: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Send a verifiable byte stream as fast as the connection takes it.
+    BulkSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 10.0)]
+        duration_s: f64,
+        /// TCP congestion control for this connection (e.g. cubic, reno, bbr).
+        #[arg(long)]
+        cc: Option<String>,
+        #[arg(long, default_value_t = 30.0)]
+        connect_timeout_s: f64,
+        /// After the last write, wait this long for the receiver to close.
+        #[arg(long, default_value_t = 60.0)]
+        linger_s: f64,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Receive one bulk stream to its end: exact byte count, verification, timeline.
+    BulkRecv {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 60.0)]
+        start_timeout_s: f64,
+        #[arg(long, default_value_t = 30.0)]
+        idle_timeout_s: f64,
+        /// Width of the timeline's bins in ms.
+        #[arg(long, default_value_t = 1.0)]
+        bin_ms: f64,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -426,6 +460,40 @@ fn main() -> ExitCode {
                 }
                 write_json(&json, &value)
             })
+        }
+        Cmd::BulkSend {
+            to,
+            duration_s,
+            cc,
+            connect_timeout_s,
+            linger_s,
+            json,
+        } => bulk::send(
+            to,
+            seconds(duration_s),
+            cc,
+            seconds(connect_timeout_s),
+            seconds(linger_s),
+        )
+        .and_then(|v| write_json(&json, &v)),
+        Cmd::BulkRecv {
+            listen,
+            start_timeout_s,
+            idle_timeout_s,
+            bin_ms,
+            json,
+        } => {
+            if !(bin_ms > 0.0 && bin_ms <= 60_000.0) {
+                eprintln!("msglat: --bin-ms: must be in (0, 60000]");
+                return ExitCode::from(2);
+            }
+            bulk::recv(
+                listen,
+                seconds(start_timeout_s),
+                seconds(idle_timeout_s),
+                Duration::from_secs_f64(bin_ms / 1e3),
+            )
+            .and_then(|v| write_json(&json, &v))
         }
     };
     match result {
