@@ -335,6 +335,7 @@ impl Overlay {
             .filter_map(|m| m["node"].as_str().and_then(|a| self.node_number(a)))
             .collect();
         members.sort_unstable();
+        members.dedup();
         members
     }
 
