@@ -258,6 +258,47 @@ fn send_and_collect(
     (sent, ids)
 }
 
+/// (datagrams received, datagrams it counted) from an iperf2 UDP server's `lost/total` report.
+fn iperf2_server_received(report: &str) -> Option<(u64, u64)> {
+    report.lines().rev().find_map(|l| {
+        let field = l.split_whitespace().find(|f| {
+            f.split_once('/')
+                .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+        })?;
+        let (lost, total) = field.split_once('/')?;
+        let (lost, total): (u64, u64) = (lost.parse().ok()?, total.parse().ok()?);
+        Some((total.saturating_sub(lost), total))
+    })
+}
+
+/// Datagrams the kernel dropped because the UDP sockets of process `pid` had full receive
+/// buffers (the `drops` column of `/proc/net/udp`): delivered by the overlay, not read in
+/// time by the program.
+fn socket_buffer_drops(pid: i32) -> u64 {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (inode, drops) = (f.get(9)?, f.last()?);
+            inodes
+                .contains(&inode.to_string())
+                .then(|| drops.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 /// The kernel's count of UDP datagrams dropped for a full receive buffer (all programs on
 /// the machine: a diagnostic, printed, never asserted).
 fn udp_receive_buffer_errors() -> u64 {
@@ -320,6 +361,19 @@ fn socat_python_and_iperf2_share_a_group_and_each_link_carries_each_packet_once(
         // A second socket on node 4, same group and port: it gets its own copy.
         (4, Receiver::Python(python(&o, 4, group, port, None))),
     ];
+    // iperf2's own receiver binds to the group address (a third kind of member socket).
+    let mut server = o.shim(5, "iperf");
+    server.args([
+        "-s",
+        "-u",
+        "-B",
+        group,
+        "-p",
+        &port.to_string(),
+        "-l",
+        &LEN.to_string(),
+    ]);
+    let server = Bg::spawn(server, &o.dir, "iperf2-server-node5");
     o.wait_group_members(SENDER, group, &[2, 4, 5, 6]);
     let before = o.mcast_links();
     let drops_before = udp_receive_buffer_errors();
@@ -330,21 +384,64 @@ fn socat_python_and_iperf2_share_a_group_and_each_link_carries_each_packet_once(
     let mut short = Vec::new();
     for ((n, r), ids) in receivers.iter().zip(&ids) {
         let (got, _) = tally(ids, sent);
-        let kind = match r {
-            Receiver::Socat(_) => "socat UDP4-RECVFROM fork",
-            Receiver::Python(_) => "python (ip_mreqn before bind)",
-        };
         let ratio = got as f64 / sent as f64;
-        println!(
-            "  node {n} {kind}: {got}/{sent} datagrams ({:.2} %)",
-            100.0 * ratio
-        );
-        if ratio < 0.999 {
-            short.push(format!(
-                "node {n} {kind}: {got}/{sent}\n{}",
-                r.bg().stderr()
-            ));
+        match r {
+            Receiver::Python(bg) => {
+                println!(
+                    "  node {n} python (ip_mreqn before bind): {got}/{sent} datagrams ({:.2} %)",
+                    100.0 * ratio
+                );
+                if ratio < 0.999 {
+                    short.push(format!("node {n} python: {got}/{sent}\n{}", bg.stderr()));
+                }
+            }
+            // socat forks a process per datagram, so under CPU contention its socket buffer
+            // can overflow before the parent gets to read: those datagrams reached the
+            // receiver's socket (the overlay delivered them) and the kernel dropped them.
+            Receiver::Socat(bg) => {
+                let bytes = bg.stdout_bytes().len();
+                assert_eq!(
+                    bytes % LEN,
+                    0,
+                    "node {n} socat wrote {bytes} bytes: torn datagrams"
+                );
+                let dropped = socket_buffer_drops(bg.pid());
+                let delivered = (got + dropped) as f64 / sent as f64;
+                println!(
+                    "  node {n} socat UDP4-RECVFROM fork: read {got}/{sent} datagrams ({:.2} %); \
+                     its socket buffer overflowed for {dropped}; delivered {:.2} %",
+                    100.0 * ratio,
+                    100.0 * delivered
+                );
+                // Reading at least half shows the forked children receive through the shim.
+                if delivered < 0.999 || ratio < 0.5 {
+                    short.push(format!(
+                        "node {n} socat: {got}/{sent} (+{dropped} buffer drops)\n{}",
+                        bg.stderr()
+                    ));
+                }
+            }
         }
+    }
+    let report = settled(Duration::from_secs(1), Duration::from_secs(10), || {
+        server.stdout()
+    });
+    match iperf2_server_received(&report) {
+        Some((got, total)) => {
+            let ratio = got as f64 / sent as f64;
+            println!(
+                "  node 5 iperf2 server bound to {group}: {got}/{sent} datagrams ({:.2} %, it \
+                 counted {total})",
+                100.0 * ratio
+            );
+            if ratio < 0.999 {
+                short.push(format!("node 5 iperf2 server: {got}/{sent}\n{report}"));
+            }
+        }
+        None => short.push(format!(
+            "node 5 iperf2 server printed no report:\n{report}\n{}",
+            server.stderr()
+        )),
     }
     println!("  (kernel UDP receive-buffer drops on this machine meanwhile: {kernel_drops})");
     assert!(
