@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use weft_tests::shim::{free_port, iperf2_ids, iperf2_sent, Bg, PYTHON};
+use weft_tests::shim::{
+    free_port, iperf2_ids, iperf2_sent, iperf2_server_received, iperf2_tally, settled,
+    socket_buffer_drops, udp_receive_buffer_errors, Bg, PYTHON,
+};
 use weft_tests::{monotonic_ns, require_tool, wait_for, weft_bin, Overlay};
 
 /// Node 1 sends over the tree 1─2, 1─3, 2─4, 2─5, 3─6; the cross links 3─4 and 5─6 are
@@ -222,23 +225,6 @@ impl Receiver {
     }
 }
 
-/// Waits until `value` has not changed for `quiet` (at most `limit`); returns it.
-fn settled<T: PartialEq>(quiet: Duration, limit: Duration, mut value: impl FnMut() -> T) -> T {
-    let deadline = Instant::now() + limit;
-    let mut last = value();
-    let mut since = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let v = value();
-        if v != last {
-            last = v;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet || Instant::now() >= deadline {
-            return last;
-        }
-    }
-}
-
 /// Runs iperf2 to the group and returns (datagrams iperf2 sent, each receiver's ids
 /// once the receivers have settled).
 fn send_and_collect(
@@ -251,88 +237,10 @@ fn send_and_collect(
 ) -> (u64, Vec<Vec<i32>>) {
     let out = iperf2(o, SENDER, group, port, rate, seconds).success(LIMIT);
     let sent = iperf2_sent(&out).unwrap_or_else(|| panic!("no `Sent N datagrams` in:\n{out}"));
-    let sent = iperf2_datagrams(sent);
     let ids = settled(Duration::from_secs(2), Duration::from_secs(30), || {
         receivers.iter().map(|(_, r)| r.ids()).collect::<Vec<_>>()
     });
     (sent, ids)
-}
-
-/// (datagrams received, datagrams it counted) from an iperf2 UDP server's `lost/total` report.
-fn iperf2_server_received(report: &str) -> Option<(u64, u64)> {
-    report.lines().rev().find_map(|l| {
-        let field = l.split_whitespace().find(|f| {
-            f.split_once('/')
-                .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
-        })?;
-        let (lost, total) = field.split_once('/')?;
-        let (lost, total): (u64, u64) = (lost.parse().ok()?, total.parse().ok()?);
-        Some((total.saturating_sub(lost), total))
-    })
-}
-
-/// Datagrams the kernel dropped because the UDP sockets of process `pid` had full receive
-/// buffers (the `drops` column of `/proc/net/udp`): delivered by the overlay, not read in
-/// time by the program.
-fn socket_buffer_drops(pid: i32) -> u64 {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-        })
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (inode, drops) = (f.get(9)?, f.last()?);
-            inodes
-                .contains(&inode.to_string())
-                .then(|| drops.parse::<u64>().ok())?
-        })
-        .sum()
-}
-
-/// The kernel's count of UDP datagrams dropped for a full receive buffer (all programs on
-/// the machine: a diagnostic, printed, never asserted).
-fn udp_receive_buffer_errors() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The datagrams iperf2 sent when it reports `Sent N datagrams`: it numbers them 1..N-1
-/// (the count starts at 0) and marks the last one by negating its id.
-fn iperf2_datagrams(sent: u64) -> u64 {
-    sent.saturating_sub(1)
-}
-
-/// How many of iperf2's datagrams 1..=`datagrams` a receiver got, and whether they came in
-/// order (ids never going back).
-fn tally(ids: &[i32], datagrams: u64) -> (u64, bool) {
-    let ids: Vec<u64> = ids.iter().map(|i| u64::from(i.unsigned_abs())).collect();
-    let in_order = ids.windows(2).all(|w| w[0] <= w[1]);
-    let mut distinct: Vec<u64> = ids
-        .into_iter()
-        .filter(|&i| (1..=datagrams).contains(&i))
-        .collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    (distinct.len() as u64, in_order)
 }
 
 #[test]
@@ -383,7 +291,7 @@ fn socat_python_and_iperf2_share_a_group_and_each_link_carries_each_packet_once(
     let kernel_drops = udp_receive_buffer_errors() - drops_before;
     let mut short = Vec::new();
     for ((n, r), ids) in receivers.iter().zip(&ids) {
-        let (got, _) = tally(ids, sent);
+        let (got, _) = iperf2_tally(ids, sent);
         let ratio = got as f64 / sent as f64;
         match r {
             Receiver::Python(bg) => {
@@ -551,7 +459,7 @@ fn reliable_group_delivers_everything_in_order_through_two_percent_loss_per_link
     let (sent, ids) = send_and_collect(&o, group, port, "2M", 4, &receivers);
     println!("iperf2 sent {sent} datagrams to reliable {group}:{port}, 2 % loss on every link");
     for ((n, r), ids) in receivers.iter().zip(&ids) {
-        let (got, in_order) = tally(ids, sent);
+        let (got, in_order) = iperf2_tally(ids, sent);
         println!(
             "  node {n}: {got}/{sent} datagrams, {}",
             if in_order { "in order" } else { "OUT OF ORDER" }
