@@ -6,6 +6,8 @@
 #   scripts/bench.sh --quick    1 repeat, under 10 minutes
 #   scripts/bench.sh --smoke    CI smoke: 4 hops at 1 % loss (kernel and weft arms), the shim
 #                               section and the idle section, about a minute
+#   --cargo-profile NAME        build and run target/NAME instead of target/release (must be
+#                               the first option; scripts/test.sh reuses its `ci` build)
 #
 # Extra options go to scripts/bench/bench.py (--help lists them), e.g. `--scenarios
 # failover,fairness --arms cubic,weft-hbh`. Needs root, iproute2, iperf3 and /usr/bin/python3
@@ -25,7 +27,14 @@ done
 /usr/bin/python3 -c 'import matplotlib' 2>/dev/null \
     || echo "bench.sh: python3-matplotlib missing: tables only, no plots" >&2
 
-cargo build --release --quiet --workspace
+profile=release
+if [[ "${1:-}" == "--cargo-profile" ]]; then
+    [[ -n "${2:-}" ]] || { echo "bench.sh: --cargo-profile needs a name" >&2; exit 2; }
+    profile=$2
+    shift 2
+fi
+cargo build --profile "$profile" --quiet --workspace
+export WEFT_BENCH_BIN="$PWD/target/$profile"
 /usr/bin/python3 scripts/bench/stats.py >/dev/null
 
 # bench.py stops everything it started and removes its namespaces on exit, Ctrl-C and
@@ -38,6 +47,6 @@ for _ in $(seq 50); do
     ip netns list 2>/dev/null | grep -qE '^wb[0-9]+' || break
     sleep 0.2
 done
-target/release/netemu cleanup --orphans --family wb >/dev/null 2>&1 || true
-target/release/netemu cleanup --orphans >/dev/null 2>&1 || true
+"$WEFT_BENCH_BIN/netemu" cleanup --orphans --family wb >/dev/null 2>&1 || true
+"$WEFT_BENCH_BIN/netemu" cleanup --orphans >/dev/null 2>&1 || true
 exit $status

@@ -28,3 +28,8 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 # assertions and overflow checks on.
 cargo build --profile ci --workspace --all-targets
 cargo test --profile ci --workspace --no-fail-fast
+
+# The benchmark's smoke run: every arm (kernel CUBIC/Reno/BBR, weft hop-by-hop and end-to-end)
+# over the namespace emulator, the shim on loopback and the idle daemon, on the build above.
+# It fails when an arm cannot measure or the emulator misbehaves; missed goals are figures.
+scripts/bench.sh --cargo-profile ci --smoke --no-plots --out target/bench-smoke

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASE = ROOT / "target" / "release"
+# bench.sh --cargo-profile NAME builds into target/NAME and points here (CI reuses its `ci` build).
+RELEASE = Path(os.environ.get("WEFT_BENCH_BIN") or ROOT / "target" / "release")
 
 
 class BenchError(Exception):
