@@ -53,6 +53,7 @@ mod init {
         log::init();
         control::init();
         exec::init();
+        crate::multicast::init();
         // SAFETY: registering plain extern "C" handlers.
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         crate::hooks::set_ready();
