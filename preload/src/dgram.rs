@@ -24,19 +24,24 @@ fn registered_port(fd: c_int) -> Option<u16> {
         return None;
     }
     match state::lock().table.get(fd) {
-        Some(Kind::Dgram { port, .. }) => Some(*port),
+        Some(Kind::Dgram { port, .. }) => *port,
         _ => None,
     }
 }
 
 /// Registers the socket's port with the daemon (binding it to the wildcard first if it is not
 /// bound, as a first `sendto` would); returns the port.
-fn ensure_registered(fd: c_int, domain: c_int) -> Result<u16, i32> {
+pub(crate) fn ensure_registered(fd: c_int, domain: c_int) -> Result<u16, i32> {
     if let Some(port) = registered_port(fd) {
         return Ok(port);
     }
     let local = |fd| sys::local_addr(fd).and_then(|(ss, len)| addr::parse_storage(&ss, len));
     let mut a = local(fd).ok_or(libc::EINVAL)?;
+    if a.port == 0 {
+        // A group member gets its delivery address rather than the wildcard.
+        crate::multicast::before_implicit_bind(fd, domain)?;
+        a = local(fd).ok_or(libc::EINVAL)?;
+    }
     if a.port == 0 {
         let (ss, len) = addr::wildcard(domain);
         // SAFETY: a valid wildcard sockaddr of its length.
@@ -59,14 +64,23 @@ fn ensure_registered(fd: c_int, domain: c_int) -> Result<u16, i32> {
         "datagram fd {fd} registered on port {} (deliver to {deliver_ip})",
         a.port
     );
-    let released = state::lock().table.set(
+    let mut st = state::lock();
+    if let Some(Kind::Dgram { port, owner, .. }) = st.table.get_mut(fd) {
+        // A multicast member or sender: keep what it holds.
+        *port = Some(a.port);
+        *owner = sys::getpid();
+        return Ok(a.port);
+    }
+    let released = st.table.set(
         fd,
         Kind::Dgram {
-            port: a.port,
+            port: Some(a.port),
             owner: sys::getpid(),
             remote: None,
+            groups: None,
         },
     );
+    drop(st);
     release::release(released);
     Ok(a.port)
 }
@@ -84,13 +98,20 @@ fn register_port(port: u16, deliver_to: SocketAddrV4) -> Result<(), i32> {
             *state::lock().dgram_ports.entry(port).or_insert(0) += 1;
             Ok(())
         }
+        // Another program on this node holds the port (the kernel let both bind it, as with
+        // SO_REUSEADDR): this socket still sends from it, and unicast for the port goes to
+        // the other one, as the kernel would pick one socket too.
+        Err(libc::EADDRINUSE) => {
+            debug!("port {port} is registered by another program: sharing it");
+            Ok(())
+        }
         Ok(_) => Err(libc::EPROTO),
         Err(e) => Err(e),
     }
 }
 
 /// The kernel address that stands for `remote` (cached: proxies are stable per remote).
-fn proxy_for(remote: Endpoint) -> Result<SocketAddrV4, i32> {
+pub(crate) fn proxy_for(remote: Endpoint) -> Result<SocketAddrV4, i32> {
     if let Some(a) = state::lock().proxy_of.get(&remote) {
         return Ok(*a);
     }
@@ -197,6 +218,9 @@ pub unsafe fn destination(fd: c_int, addr: *const sockaddr, len: socklen_t) -> D
     let Some(dst) = sa.v4() else {
         return Dest::Keep;
     };
+    if dst.ip().is_multicast() {
+        return crate::multicast::destination(fd, sa.family, dst);
+    }
     if !control::is_overlay(*dst.ip()) || !state::in_owner() {
         return Dest::Keep;
     }

@@ -124,12 +124,17 @@ pub enum Kind {
         owner: libc::pid_t,
         carry: Carry,
     },
-    /// A kernel UDP socket registered for overlay datagrams.
+    /// A kernel UDP socket the overlay serves: registered for overlay datagrams, and/or a
+    /// multicast member or sender.
     Dgram {
-        port: u16,
+        /// The port registered with the daemon for overlay datagrams, once it is.
+        port: Option<u16>,
+        /// The process that registered the port (only it unregisters).
         owner: libc::pid_t,
         /// The overlay endpoint it is `connect()`ed to (through a proxy), if any.
         remote: Option<weft_core::Endpoint>,
+        /// Group memberships and multicast send options, if the program used any.
+        groups: Option<Box<crate::multicast::SocketGroups>>,
     },
     /// An unnamed AF_UNIX socket the daemon does not know (probed once).
     Foreign,
@@ -231,13 +236,17 @@ mod tests {
     fn shared_state_lives_until_the_last_fd() {
         let mut t = Table::new();
         let dgram = || Kind::Dgram {
-            port: 9,
+            port: Some(9),
             owner: 1,
             remote: None,
+            groups: None,
         };
         assert!(t.set(40_000, dgram()).is_none());
         assert!(t.share(40_000, 40_001).is_none());
-        assert!(matches!(t.get(40_001), Some(Kind::Dgram { port: 9, .. })));
+        assert!(matches!(
+            t.get(40_001),
+            Some(Kind::Dgram { port: Some(9), .. })
+        ));
         assert!(t.detach(40_000).is_none(), "40_001 still holds it");
         assert!(matches!(t.detach(40_001), Some(Kind::Dgram { .. })));
         assert!(t.get(40_001).is_none());

@@ -57,6 +57,7 @@ mod init {
         control::init();
         exec::init();
         crate::rings::init();
+        crate::multicast::init();
         // SAFETY: registering plain extern "C" handlers.
         unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
         crate::hooks::set_ready();

@@ -14,7 +14,18 @@ pub fn release(kind: Option<Kind>) {
             debug!("listener on port {port} closed: unlisten");
             let _ = control::request(Request::Unlisten { port });
         }
-        Some(Kind::Dgram { port, owner, .. }) if owner == sys::getpid() => {
+        Some(Kind::Dgram {
+            port,
+            owner,
+            groups,
+            ..
+        }) => {
+            if let Some(g) = groups {
+                crate::multicast::release(&g);
+            }
+            let Some(port) = port.filter(|_| owner == sys::getpid()) else {
+                return;
+            };
             let last = {
                 let mut st = state::lock();
                 match st.dgram_ports.get_mut(&port) {

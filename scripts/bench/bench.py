@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import idle  # noqa: E402
+import latency_local  # noqa: E402
 import lab  # noqa: E402
 import loopback  # noqa: E402
 import report  # noqa: E402
@@ -41,19 +42,22 @@ from stats import jain  # noqa: E402
 
 TOPOLOGIES = ROOT / "topologies"
 
-ALL_SCENARIOS = ["clean", "loss", "failover", "fairness", "shim", "idle"]
+ALL_SCENARIOS = ["clean", "loss", "failover", "fairness", "shim", "idle", "overlay_latency"]
 PROFILES = {
     "smoke": dict(repeats=1, clean_s=3, goodput_s=4, latency_s=8, warmup_ms=1000,
                   failover_total_s=8, cut_at_s=2, heal_after_s=4, fairness_s=8,
                   shim_s=2, shim_repeats=1, idle_s=3,
                   scenarios=["loss", "shim", "idle"], levels=["1%"]),
-    "quick": dict(repeats=1, clean_s=4, goodput_s=5, latency_s=15, warmup_ms=2000,
+    "quick": dict(repeats=1, clean_s=4, goodput_s=5, latency_s=12, warmup_ms=2000,
                   failover_total_s=10, cut_at_s=3, heal_after_s=4, fairness_s=12,
-                  shim_s=3, shim_repeats=3, idle_s=10,
-                  scenarios=ALL_SCENARIOS, levels=None),
+                  shim_s=3, shim_repeats=3, idle_s=10, overlay_latency_s=20,
+                  overlay_latency_repeats=1,
+                  # overlay_latency (about a minute) only in the full run: quick stays < 10 min.
+                  scenarios=[s for s in ALL_SCENARIOS if s != "overlay_latency"], levels=None),
     "full": dict(repeats=5, clean_s=5, goodput_s=7, latency_s=25, warmup_ms=3000,
                  failover_total_s=14, cut_at_s=4, heal_after_s=6, fairness_s=20,
-                 shim_s=5, shim_repeats=5, idle_s=20,
+                 shim_s=5, shim_repeats=5, idle_s=20, overlay_latency_s=30,
+                 overlay_latency_repeats=3,
                  scenarios=ALL_SCENARIOS, levels=None),
 }
 
@@ -408,6 +412,25 @@ class Bench:
                       r.get("error") or f"{r['cpu_pct']:.2f} % of a core, "
                       f"{r['bytes_per_s_mean']:.0f} B/s per neighbour")
 
+    def overlay_latency(self, progress):
+        """Issue 3's comparison on weft's own link emulation (no namespaces): 1 KB messages at
+        20/s over 4 hops of 20 ms and 2 % loss, hop-by-hop vs end-to-end-only recovery."""
+        if not self.weft:
+            return
+        try:
+            r = latency_local.measure(str(self.args.weft_bin), self.p["overlay_latency_s"],
+                                      repeats=self.p["overlay_latency_repeats"])
+        except (subprocess.SubprocessError, OSError, KeyError, ValueError) as e:
+            r = {"error": str(e)}
+        self.results["overlay_latency"] = r
+
+        def p99(mode):
+            vals = [x["latency"].get("p99_ms") for x in r.get(mode, [])]
+            return sorted(v for v in vals if v is not None)
+
+        progress.step("overlay latency: hop-by-hop vs end-to-end on weft's own emulation",
+                      r.get("error") or f"p99 {p99('hop-by-hop')} vs {p99('end-to-end')} ms")
+
     # ----- driver ------------------------------------------------------------------------------
 
     def total_cells(self):
@@ -422,6 +445,7 @@ class Bench:
             "fairness": r * len(self.fairness_pairs()),
             "shim": 1 if self.weft else 0,
             "idle": 1 if self.weft else 0,
+            "overlay_latency": 1 if self.weft else 0,
         }
         return sum(counts[s] for s in self.scenarios())
 

@@ -47,6 +47,40 @@ def run_mode(bin_dir, mode, seconds, rate, size, port):
             subprocess.run([weft, "overlay", "down", SPEC, "--dir", state], stdout=subprocess.DEVNULL)
 
 
+def measure(bin_dir, seconds=30, rate=20, size=1024, repeats=1, port_base=9500, log=None):
+    """Both modes, alternating for `repeats` rounds: {"hop-by-hop": [...], "end-to-end": [...],
+    "params": {...}}, each entry msglat's receiver JSON."""
+    results = {"hop-by-hop": [], "end-to-end": [],
+               "params": dict(seconds=seconds, rate=rate, size=size, repeats=repeats)}
+    for r in range(repeats):
+        for i, mode in enumerate(["hop-by-hop", "end-to-end"] if r % 2 == 0 else ["end-to-end", "hop-by-hop"]):
+            if log:
+                log(f"round {r + 1}/{repeats}: {mode}")
+            results[mode].append(run_mode(bin_dir, mode, seconds, rate, size, port_base + r * 2 + i))
+    return results
+
+
+def table(results):
+    """Markdown lines: hop-by-hop vs end-to-end-only side by side, medians over rounds."""
+    p = results["params"]
+
+    def med(mode, key):
+        vals = [x["latency"].get(key) if key != "jitter_ms" else x.get(key) for x in results[mode]]
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else float("nan")
+
+    keys = [("p50_ms", "p50 (ms)"), ("p90_ms", "p90 (ms)"), ("p99_ms", "p99 (ms)"), ("max_ms", "max (ms)"), ("jitter_ms", "RFC 3550 jitter (ms)")]
+    lines = [f"| {p['size']} B at {p['rate']}/s, 4 hops × (20 ms, 2 % loss each way), {p['seconds']} s × {p['repeats']} | hop-by-hop | end-to-end-only | ratio e2e / hbh |",
+             "|---|---|---|---|"]
+    for key, label in keys:
+        h, e = med("hop-by-hop", key), med("end-to-end", key)
+        lines.append(f"| one-way {label} | {h:.1f} | {e:.1f} | {e / h:.2f}× |" if h else f"| {label} | {h} | {e} | |")
+    row = lambda key: [sum(x.get(key, 0) for x in results[m]) for m in ("hop-by-hop", "end-to-end")]
+    sent, received, lost = row("sent"), row("received"), row("lost")
+    lines.append(f"| messages received / sent (lost) | {received[0]} / {sent[0]} ({lost[0]}) | {received[1]} / {sent[1]} ({lost[1]}) | |")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=30)
@@ -55,26 +89,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release"))
     a = ap.parse_args()
-    results = {"hop-by-hop": [], "end-to-end": []}
-    for r in range(a.repeats):
-        for i, mode in enumerate(["hop-by-hop", "end-to-end"] if r % 2 == 0 else ["end-to-end", "hop-by-hop"]):
-            print(f"  round {r + 1}/{a.repeats}: {mode} ...", file=sys.stderr, flush=True)
-            results[mode].append(run_mode(a.bin, mode, a.seconds, a.rate, a.size, 9500 + r * 2 + i))
-
-    def med(mode, key):
-        vals = [x["latency"].get(key) if key != "jitter_ms" else x.get(key) for x in results[mode]]
-        vals = [v for v in vals if v is not None]
-        return statistics.median(vals) if vals else float("nan")
-
-    keys = [("p50_ms", "p50 (ms)"), ("p90_ms", "p90 (ms)"), ("p99_ms", "p99 (ms)"), ("max_ms", "max (ms)"), ("jitter_ms", "RFC 3550 jitter (ms)")]
-    print(f"\n| {a.size} B at {a.rate}/s, 4 hops × (20 ms, 2 % loss each way), {a.seconds} s × {a.repeats} | hop-by-hop | end-to-end-only | ratio e2e / hbh |")
-    print("|---|---|---|---|")
-    for key, label in keys:
-        h, e = med("hop-by-hop", key), med("end-to-end", key)
-        print(f"| one-way {label} | {h:.1f} | {e:.1f} | {e / h:.2f}× |" if h else f"| {label} | {h} | {e} | |")
-    row = lambda key: [sum(x.get(key, 0) for x in results[m]) for m in ("hop-by-hop", "end-to-end")]
-    sent, received, lost = row("sent"), row("received"), row("lost")
-    print(f"| messages received / sent (lost) | {received[0]} / {sent[0]} ({lost[0]}) | {received[1]} / {sent[1]} ({lost[1]}) | |")
+    results = measure(a.bin, a.seconds, a.rate, a.size, a.repeats,
+                      log=lambda m: print(f"  {m} ...", file=sys.stderr, flush=True))
+    print()
+    print("\n".join(table(results)))
 
 
 if __name__ == "__main__":

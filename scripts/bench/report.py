@@ -361,6 +361,19 @@ def idle_section(results):
             f"| packets sent per neighbour | {r['packets_per_s_mean']:.1f} /s |"]
 
 
+def overlay_latency_section(results):
+    r = results.get("overlay_latency")
+    if not r:
+        return []
+    title = "## Latency under loss on weft's own link emulation (issue 3)"
+    if r.get("error"):
+        return [title, "", f"failed: {r['error']}"]
+    import latency_local
+    return [title, "", *latency_local.table(r), "",
+            "Five daemons on 127.0.0.1–5 (no namespaces), receive-side emulation in the daemons; "
+            "msglat under the shim over one session from node 1 to node 5; modes alternate."]
+
+
 def weft_internals(results):
     """What the daemons' status said about each weft cell: why a figure is what it is."""
     cells = []
@@ -477,6 +490,8 @@ def breakage(results):
         if bulk.get("corrupt_from") is not None:
             problems.append(f"failover {r['arm']}: bulk stream corrupt from byte "
                             f"{bulk['corrupt_from']}")
+    if (results.get("overlay_latency") or {}).get("error"):
+        problems.append(f"overlay latency: {results['overlay_latency']['error']}")
     for c in results.get("validity", []):
         if c["faults"] or c["device_errors"]:
             problems.append(f"emulator faults in {c['scenario']} {c['label']}")
@@ -508,7 +523,8 @@ def render(results):
         lines += ["", "**Run invalid:**"] + [f"- {p}" for p in problems]
     lines.append("")
     for section in [goals, validity, clean_table, loss_goodput_table, latency_table,
-                    failover_table, fairness_table, shim_section, idle_section, weft_internals]:
+                    failover_table, fairness_table, shim_section, idle_section, overlay_latency_section,
+                    weft_internals]:
         part = section(results)
         if part:
             lines += part + [""]

@@ -190,6 +190,11 @@ impl Bg {
         read(&self.out)
     }
 
+    /// Everything the program wrote to stdout so far, as bytes (datagram payloads).
+    pub fn stdout_bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.out).unwrap_or_default()
+    }
+
     pub fn stderr(&self) -> String {
         read(&self.err)
     }
@@ -349,4 +354,182 @@ pub fn iperf3_ready(server: &Bg, test: usize) {
         || server.stdout().contains(&line),
         || format!("iperf3 server never got to {line}: {}", server.stdout()),
     );
+}
+
+// ----- multicast ----------------------------------------------------------------------------
+
+impl Overlay {
+    /// The nodes (by number) that node `n` knows as members of `group`.
+    pub fn group_members(&self, n: usize, group: &str) -> Vec<usize> {
+        let st = self.status(n);
+        let mut members: Vec<usize> = st["multicast"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["group"] == group)
+            .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
+            .filter_map(|m| m["node"].as_str().and_then(|a| self.node_number(a)))
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+
+    /// Waits until node `n` knows exactly `want` as the members of `group`.
+    pub fn wait_group_members(&self, n: usize, group: &str, want: &[usize]) {
+        let mut want = want.to_vec();
+        want.sort_unstable();
+        wait_for(
+            Duration::from_secs(20),
+            || self.group_members(n, group) == want,
+            || {
+                format!(
+                    "node {n} sees members {:?} of {group}, not {want:?}",
+                    self.group_members(n, group)
+                )
+            },
+        );
+    }
+
+    /// The node number of an overlay address of this overlay.
+    pub fn node_number(&self, addr: &str) -> Option<usize> {
+        (1..=self.nodes).find(|&k| self.ip(k) == addr)
+    }
+
+    /// Multicast copies node `from` has sent to each neighbour, by neighbour number.
+    pub fn mcast_out(&self, from: usize) -> Vec<(usize, u64)> {
+        self.status(from)["neighbors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|nb| {
+                let to = nb["node"].as_str().and_then(|a| self.node_number(a))?;
+                Some((to, nb["mcast_out"].as_u64().unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// Multicast copies sent over every directed link `(from, to)`.
+    pub fn mcast_links(&self) -> std::collections::BTreeMap<(usize, usize), u64> {
+        (1..=self.nodes)
+            .flat_map(|from| {
+                self.mcast_out(from)
+                    .into_iter()
+                    .map(move |(to, n)| ((from, to), n))
+            })
+            .collect()
+    }
+
+    /// Hops on node `from`'s route to node `to`.
+    pub fn hops(&self, from: usize, to: usize) -> usize {
+        self.path(from, to).len().saturating_sub(1)
+    }
+}
+
+/// The datagram ids in a stream of iperf2 UDP payloads of `len` bytes each (the first four
+/// bytes of each, big-endian; iperf2 marks its last datagram with the negated id).
+pub fn iperf2_ids(stream: &[u8], len: usize) -> Vec<i32> {
+    stream
+        .chunks(len)
+        .filter(|c| c.len() >= 4)
+        .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The datagrams an iperf2 UDP client sent, from its `Sent N datagrams` line: it numbers
+/// them 1..N-1 (its count starts at 0) and marks the last one by negating its id.
+pub fn iperf2_sent(client_output: &str) -> Option<u64> {
+    client_output.lines().find_map(|l| {
+        let rest = l.split("Sent ").nth(1)?;
+        let n: u64 = rest.split_whitespace().next()?.parse().ok()?;
+        Some(n.saturating_sub(1))
+    })
+}
+
+/// Waits until `value` has not changed for `quiet` (at most `limit`); returns it.
+pub fn settled<T: PartialEq>(quiet: Duration, limit: Duration, mut value: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + limit;
+    let mut last = value();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let v = value();
+        if v != last {
+            last = v;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet || Instant::now() >= deadline {
+            return last;
+        }
+    }
+}
+
+/// (datagrams received, datagrams it counted) from an iperf2 UDP server's `lost/total` report.
+pub fn iperf2_server_received(report: &str) -> Option<(u64, u64)> {
+    report.lines().rev().find_map(|l| {
+        let field = l.split_whitespace().find(|f| {
+            f.split_once('/')
+                .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+        })?;
+        let (lost, total) = field.split_once('/')?;
+        let (lost, total): (u64, u64) = (lost.parse().ok()?, total.parse().ok()?);
+        Some((total.saturating_sub(lost), total))
+    })
+}
+
+/// Datagrams the kernel dropped because the UDP sockets of process `pid` had full receive
+/// buffers (the `drops` column of `/proc/net/udp`): delivered by the overlay, not read in
+/// time by the program.
+pub fn socket_buffer_drops(pid: i32) -> u64 {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (inode, drops) = (f.get(9)?, f.last()?);
+            inodes
+                .contains(&inode.to_string())
+                .then(|| drops.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+/// The kernel's count of UDP datagrams dropped for a full receive buffer (all programs on
+/// the machine: a diagnostic, printed, never asserted).
+pub fn udp_receive_buffer_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many of iperf2's datagrams 1..=`datagrams` a receiver got, and whether they came in
+/// order (ids never going back).
+pub fn iperf2_tally(ids: &[i32], datagrams: u64) -> (u64, bool) {
+    let ids: Vec<u64> = ids.iter().map(|i| u64::from(i.unsigned_abs())).collect();
+    let in_order = ids.windows(2).all(|w| w[0] <= w[1]);
+    let mut distinct: Vec<u64> = ids
+        .into_iter()
+        .filter(|&i| (1..=datagrams).contains(&i))
+        .collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    (distinct.len() as u64, in_order)
 }

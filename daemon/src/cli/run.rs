@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// Deliver this multicast group reliably to the program's sockets (hop-by-hop repair,
+    /// per-source order): a group (239.1.2.3), a prefix (239.1.0.0/16, 239.1) or `*`.
+    /// Repeatable; added to WEFT_RELIABLE_GROUPS.
+    #[arg(long = "reliable-group", value_name = "GROUP")]
+    reliable_groups: Vec<String>,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -39,15 +44,74 @@ pub fn run(socket: &Path, a: RunArgs) -> Result<i32, String> {
         _ => shim.display().to_string(),
     };
     let (prog, args) = a.command.split_first().ok_or("no program given")?;
-    let err = std::process::Command::new(prog)
-        .args(args)
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args)
         .env("LD_PRELOAD", preload)
-        .env("WEFT_SOCKET", &socket)
-        .exec();
+        .env("WEFT_SOCKET", &socket);
+    if let Some(groups) = reliable_groups(&a.reliable_groups)? {
+        cmd.env(RELIABLE_GROUPS_ENV, groups);
+    }
+    let err = cmd.exec();
     eprintln!("weft run: {prog}: {err}");
     Ok(if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
     })
+}
+
+/// What the shim reads to make joins of these groups reliable.
+pub const RELIABLE_GROUPS_ENV: &str = "WEFT_RELIABLE_GROUPS";
+
+/// `--reliable-group` values appended to any inherited `WEFT_RELIABLE_GROUPS`; `None` when
+/// there are none. A value that is no group or prefix is a usage error.
+fn reliable_groups(given: &[String]) -> Result<Option<String>, String> {
+    for g in given {
+        if !is_group_spec(g) {
+            return Err(format!(
+                "--reliable-group: `{g}` is not a multicast group or prefix (e.g. 239.1.2.3, 239.1.0.0/16, 239.1, *)"
+            ));
+        }
+    }
+    if given.is_empty() {
+        return Ok(None);
+    }
+    let mut all: Vec<String> = std::env::var(RELIABLE_GROUPS_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .into_iter()
+        .collect();
+    all.extend(given.iter().cloned());
+    Ok(Some(all.join(",")))
+}
+
+/// A group, a CIDR prefix, leading octets (`239.1`, `239.1.*`) or `*`.
+fn is_group_spec(s: &str) -> bool {
+    let s = s.trim();
+    if s == "*" {
+        return true;
+    }
+    if let Some((a, len)) = s.split_once('/') {
+        return a.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
+    }
+    let body = s.trim_end_matches('*').trim_end_matches('.');
+    let octets: Vec<&str> = body.split('.').collect();
+    !body.is_empty() && octets.len() <= 4 && octets.iter().all(|o| o.parse::<u8>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_specs() {
+        for ok in ["239.1.2.3", "239.1.0.0/16", "239.1", "239.1.*", "*"] {
+            assert!(is_group_spec(ok), "{ok}");
+        }
+        for bad in ["", "239.1.2.3.4", "239.1.0.0/33", "group", "300.1"] {
+            assert!(!is_group_spec(bad), "{bad}");
+        }
+        assert_eq!(reliable_groups(&[]), Ok(None));
+        assert!(reliable_groups(&["nope".into()]).is_err());
+    }
 }

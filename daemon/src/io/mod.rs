@@ -736,6 +736,9 @@ impl Daemon {
                 hops,
                 loopback,
             } => {
+                // What the program sent before changing its options already waits on the
+                // group proxies: it leaves with the options it was sent under.
+                self.drain_group_proxies();
                 self.mc_send
                     .insert(port, groups::SendOptions { hops, loopback });
                 Reply::Ok

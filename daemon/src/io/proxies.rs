@@ -110,6 +110,15 @@ impl Daemon {
         }
     }
 
+    /// Reads every group proxy now (before a program's send options change).
+    pub(super) fn drain_group_proxies(&mut self) {
+        for k in 0..self.proxies.list.len() {
+            if self.proxies.list[k].remote.node.is_multicast() {
+                self.read_proxy(k);
+            }
+        }
+    }
+
     /// An overlay datagram for a port registered with `deliver_to`: from the sender's proxy.
     pub(super) fn deliver_via_proxy(&mut self, src: Endpoint, to: SocketAddrV4, payload: &[u8]) {
         let k = match self.proxy_for(src) {

@@ -294,7 +294,7 @@ impl Node {
         }
         let next = self
             .mc_next_id
-            .entry(dst.node)
+            .entry((src, dst.node))
             .or_insert(self.next_datagram_id);
         let id = *next;
         *next = next.wrapping_add(1);

@@ -21,6 +21,10 @@ use weft_multicast::{
 
 /// A reliable group's receiver waits this long for a missing datagram before giving up on it.
 const ORDER_HOLD: Duration = Duration::from_secs(2);
+/// A reliable group's receiver holds the first datagrams of a source this long before
+/// choosing where the source's order starts: relays forward out of order, so the first
+/// datagram to arrive may be the second sent while the first is being repaired upstream.
+const START_HOLD: Duration = Duration::from_millis(200);
 
 /// Trees of every source, computed on demand from the link-state database and kept until the
 /// database changes.
@@ -77,8 +81,21 @@ pub(super) fn membership_id(rec: &MembershipRecord) -> StateId {
 /// Per (source, group) delivery order for reliable groups.
 #[derive(Default)]
 pub(super) struct Reorder {
+    /// The id to deliver next; `None` during the start hold.
     next: Option<u32>,
+    /// The first datagram of this source arrived then, with this id.
+    first: Option<(Instant, u32)>,
     held: BTreeMap<u32, (Instant, Endpoint, Vec<u8>)>,
+}
+
+impl Reorder {
+    /// When the start hold ends, if it has not yet.
+    fn start_deadline(&self) -> Option<Instant> {
+        match (self.next, self.first) {
+            (None, Some((at, _))) => Some(at + START_HOLD),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -309,10 +326,12 @@ impl Node {
         // Reliable group: deliver in the source's order (ids count per destination).
         let key = (header.src, header.dst.node);
         let r = self.mc_order.entry(key).or_default();
-        let next = *r.next.get_or_insert(frag.id);
-        if frag.id.wrapping_sub(next) >= 1 << 31 {
-            // Older than what was delivered: a late copy (or a duplicate after a reroute).
-            return;
+        r.first.get_or_insert((now, frag.id));
+        if let Some(next) = r.next {
+            if frag.id.wrapping_sub(next) >= 1 << 31 {
+                // Older than what was delivered: a late copy (or a duplicate after a reroute).
+                return;
+            }
         }
         r.held.insert(frag.id, (now, header.dst, payload));
         self.release_in_order(key, now);
@@ -322,6 +341,21 @@ impl Node {
         let Some(r) = self.mc_order.get_mut(&key) else {
             return;
         };
+        if r.next.is_none() {
+            let Some((at, first_id)) = r.first else {
+                return;
+            };
+            if now < at + START_HOLD {
+                return;
+            }
+            // The order starts at the oldest id held, counted from the first one seen.
+            let start = r
+                .held
+                .keys()
+                .copied()
+                .min_by_key(|id| id.wrapping_sub(first_id).wrapping_add(1 << 31));
+            r.next = start;
+        }
         loop {
             let Some(next) = r.next else { return };
             if let Some((_, dst, payload)) = r.held.remove(&next) {
@@ -369,7 +403,12 @@ impl Node {
     pub(super) fn mc_next_deadline(&self) -> Option<Instant> {
         self.mc_order
             .values()
-            .flat_map(|r| r.held.values().map(|(t, _, _)| *t + ORDER_HOLD))
+            .flat_map(|r| {
+                r.held
+                    .values()
+                    .map(|(t, _, _)| *t + ORDER_HOLD)
+                    .chain(r.start_deadline())
+            })
             .min()
     }
 }

@@ -144,7 +144,9 @@ pub struct Node {
     pub(super) spt_cache: std::cell::RefCell<(u64, HashMap<NodeId, ShortestPathTree>)>,
     pub(super) mc_order: HashMap<(Endpoint, NodeId), crate::overlay::multicast::Reorder>,
     /// Datagram ids per group: consecutive, so reliable groups can restore order.
-    pub(super) mc_next_id: HashMap<NodeId, u32>,
+    /// Next datagram id per (local source endpoint, group): receivers order per source
+    /// endpoint, so each needs its own gap-free sequence.
+    pub(super) mc_next_id: HashMap<(Endpoint, NodeId), u32>,
     pub(super) mc_counters: crate::overlay::multicast::MulticastCounters,
 }
 

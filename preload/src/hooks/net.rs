@@ -31,7 +31,10 @@ hook! {
     }
 
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-        let rc = real::bind(fd, addr, len);
+        let rc = match multicast::bind(fd, addr, len) {
+            Some(rc) => rc,
+            None => real::bind(fd, addr, len),
+        };
         if rc == 0 && state::in_owner() {
             if let Some(a) = addr::parse(addr, len) {
                 dgram::after_bind(fd, &a);
@@ -86,6 +89,16 @@ unsafe fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_in
                 .filter(|d| control::is_overlay(*d.ip()))
                 .map(Endpoint::from);
             return stream::reconnect(fd, s, dst);
+        }
+    }
+    if let Some(group) = parsed
+        .and_then(|a| a.v4())
+        .filter(|d| d.ip().is_multicast())
+    {
+        if let Some(family) = parsed.map(|a| a.family) {
+            if let Some(rc) = multicast::connect(fd, family, group) {
+                return rc;
+            }
         }
     }
     let overlay = parsed
@@ -158,6 +171,12 @@ unsafe fn names(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, which: Whic
             return session_name(fd, s, which, addr, len);
         }
     }
+    if which == Which::Local {
+        if let Some((shown, shown_len)) = multicast::shown_local(fd, &ss, sl) {
+            addr::copy_out(&shown, shown_len, addr, len);
+            return 0;
+        }
+    }
     let rewritten = match which {
         Which::Peer => dgram::overlay_peer(fd, &ss, sl),
         Which::Local => dgram::overlay_local(fd, &ss, sl),
@@ -204,6 +223,9 @@ unsafe fn getsockopt_hook(
         return real::getsockopt(fd, level, name, val, len);
     }
     if let Some(rc) = ring_sndbuf(fd, level, name, val, len) {
+        return rc;
+    }
+    if let Some(rc) = multicast::getsockopt(fd, level, name, val, len) {
         return rc;
     }
     if fdtable::flags(fd) & TRACKED != 0 {

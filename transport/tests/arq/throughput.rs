@@ -445,3 +445,36 @@ fn clean_gigabit_link_is_filled() {
         stats.packets_sent
     );
 }
+
+/// A 10 Mbit/s link (the benchmark's) with 5 % loss each way: with the default tolerance the
+/// random loss neither throttles the link nor times it out.
+#[test]
+fn five_percent_loss_on_a_10_mbit_link_is_filled() {
+    for seed in seeds(2) {
+        let cfg = ArqConfig::default();
+        let forward = Channel {
+            loss: 0.05,
+            ..rate_limited(10_000_000, 50_000)
+        };
+        let back = Channel {
+            delay: ms(10),
+            loss: 0.05,
+            ..Channel::default()
+        };
+        let mut sim = Sim::new(seed, [cfg.clone(), cfg], [forward, back]);
+        let mut bulk = Bulk {
+            flows: vec![(1, 1350)],
+            next_id: 0,
+        };
+        let (start, end) = (at_ms(2_000), at_ms(12_000));
+        sim.run(end, |sim| bulk.step(sim));
+        let goodput = mbit_per_s(received_bytes(&sim, start, end).values().sum(), end - start);
+        let stats = sim.nodes[0].arq.stats();
+        println!("10 Mbit/s, 5 % loss, seed {seed}: {goodput:.2} Mbit/s, {stats:?}");
+        assert!(
+            goodput >= 8.0,
+            "seed {seed}: {goodput:.2} Mbit/s on a 10 Mbit/s link with 5 % loss: {stats:?}"
+        );
+        assert_eq!(stats.timeouts, 0, "seed {seed}: {stats:?}");
+    }
+}
