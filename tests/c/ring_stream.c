@@ -4,10 +4,12 @@
  * byte, switching calls as it goes, and at REVOKE_AT bytes either forks (the child reads on
  * with stdio, fdopen + fread, the parent closes its copy) or dups the fd (reading on the new
  * number). Prints one line at the end; exits non-zero on the first deviation.
- * usage: ring_stream send PORT TOTAL
- *        ring_stream recv IP PORT TOTAL REVOKE_AT fork|dup|scm|exec|none
+ * usage: ring_stream send PORT TOTAL [epoll]
+ *        ring_stream recv IP PORT TOTAL REVOKE_AT fork|dup|scm|exec|epoll|none
  * (scm: the fd travels through an SCM_RIGHTS message to this process and reading goes on on
- * the received number; exec: the program re-executes itself, which reads on the inherited fd.) */
+ * the received number; exec: the program re-executes itself, which reads on the inherited fd;
+ * epoll: no revocation, a non-blocking fd read to EAGAIN on each edge-triggered EPOLLIN. The
+ * sender's `epoll` writes non-blocking to EAGAIN and waits for edge-triggered EPOLLOUT.) */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -16,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
@@ -57,7 +61,30 @@ static void check(const unsigned char *b, uint64_t off, size_t n, const char *wh
     }
 }
 
-static int send_all(int fd, uint64_t total) {
+static int edge_epoll(int fd, uint32_t events) {
+    int ep = epoll_create1(0);
+    if (ep < 0) die("epoll_create1");
+    struct epoll_event ev = {.events = events | EPOLLET, .data.fd = fd};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) die("epoll_ctl");
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) die("O_NONBLOCK");
+    return ep;
+}
+
+static void wait_edge(int ep) {
+    struct epoll_event ev;
+    for (;;) {
+        int n = epoll_wait(ep, &ev, 1, 30000);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) die("epoll_wait");
+        if (n == 0) {
+            printf("no edge-triggered event in 30 s\n");
+            exit(1);
+        }
+        return;
+    }
+}
+
+static int send_all(int fd, uint64_t total, int ep) {
     static unsigned char buf[65536 + 64];
     static const size_t sizes[] = {1400, 65536, 64, 7, 20000, 1};
     uint64_t off = 0;
@@ -96,6 +123,10 @@ static int send_all(int fd, uint64_t total) {
         }
         if (w < 0) {
             if (errno == EINTR) continue;
+            if (ep >= 0 && errno == EAGAIN) {
+                wait_edge(ep);
+                continue;
+            }
             die("send");
         }
         off += (uint64_t)w;
@@ -172,6 +203,7 @@ static int recv_all(const char *ip, int port, uint64_t total, uint64_t revoke_at
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) die("connect");
     static unsigned char buf[70000];
     static const size_t wants[] = {65536, 1400, 64, 1, 9000, 33333};
+    int ep = strcmp(mode, "epoll") == 0 ? edge_epoll(fd, EPOLLIN) : -1;
     uint64_t off = 0;
     unsigned k = 0;
     int revoked = 0;
@@ -245,9 +277,13 @@ static int recv_all(const char *ip, int port, uint64_t total, uint64_t revoke_at
         }
         size_t want = wants[k % 6];
         if (want > sizeof buf - 8) want = sizeof buf - 8;
-        ssize_t n = read_some(fd, buf, want, off, k);
+        ssize_t n = ep >= 0 ? read(fd, buf, want) : read_some(fd, buf, want, off, k);
         if (n < 0) {
             if (errno == EINTR) continue;
+            if (ep >= 0 && errno == EAGAIN) {
+                wait_edge(ep);
+                continue;
+            }
             die("read");
         }
         if (n == 0) break;
@@ -260,7 +296,7 @@ static int recv_all(const char *ip, int port, uint64_t total, uint64_t revoke_at
 }
 
 int main(int argc, char **argv) {
-    if (argc == 4 && strcmp(argv[1], "send") == 0) {
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "send") == 0) {
         int l = socket(AF_INET, SOCK_STREAM, 0);
         int one = 1;
         setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -269,7 +305,8 @@ int main(int argc, char **argv) {
         if (listen(l, 4) != 0) die("listen");
         int fd = accept(l, NULL, NULL);
         if (fd < 0) die("accept");
-        send_all(fd, strtoull(argv[3], NULL, 10));
+        int ep = argc == 5 && strcmp(argv[4], "epoll") == 0 ? edge_epoll(fd, EPOLLOUT) : -1;
+        send_all(fd, strtoull(argv[3], NULL, 10), ep);
         close(fd);
         printf("sender done\n");
         return 0;

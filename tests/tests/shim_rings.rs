@@ -25,6 +25,19 @@ fn rings(o: &Overlay, n: usize) -> (u64, u64) {
 /// Streams `total` bytes from node 2 to node 1; the receiver revokes ring mode at
 /// `revoke_at` bytes as `mode` says. Returns the receiver's output.
 fn transfer(o: &Overlay, total: u64, revoke_at: u64, mode: &str, rings_on: bool) -> String {
+    transfer_with(o, total, revoke_at, mode, "blocking", rings_on)
+}
+
+/// [`transfer`] with the sender's mode (`blocking`, or `epoll`: non-blocking writes and
+/// edge-triggered `EPOLLOUT`).
+fn transfer_with(
+    o: &Overlay,
+    total: u64,
+    revoke_at: u64,
+    mode: &str,
+    sender_mode: &str,
+    rings_on: bool,
+) -> String {
     // Compiled once: `c_program` is per process, and these tests run in parallel threads.
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     let exe = EXE.get_or_init(|| c_program("ring_stream"));
@@ -33,7 +46,7 @@ fn transfer(o: &Overlay, total: u64, revoke_at: u64, mode: &str, rings_on: bool)
     let flag = if rings_on { "1" } else { "0" };
     let mut sender = o.shim(2, exe);
     sender
-        .args(["send", &port.to_string(), &total.to_string()])
+        .args(["send", &port.to_string(), &total.to_string(), sender_mode])
         .env("WEFT_RINGS", flag);
     let mut sender = Bg::spawn(sender, &o.dir, "ring-sender");
     o.wait_listener(2, port);
@@ -99,6 +112,19 @@ fn every_read_call_in_ring_mode_sees_the_stream_in_order() {
     let o = Overlay::ready_chain(2, "");
     let total: u64 = 64 << 20;
     let out = transfer(&o, total, u64::MAX, "none", true);
+    assert!(out.contains(&format!("reader ok {total}")), "{out}");
+    let (attached, detached) = rings(&o, 1);
+    assert!(
+        attached >= 1 && detached == 0,
+        "attached {attached} detached {detached}"
+    );
+}
+
+#[test]
+fn edge_triggered_epoll_sees_every_readiness_change_of_a_ring_fd() {
+    let o = Overlay::ready_chain(2, "");
+    let total: u64 = 64 << 20;
+    let out = transfer_with(&o, total, u64::MAX, "epoll", "epoll", true);
     assert!(out.contains(&format!("reader ok {total}")), "{out}");
     let (attached, detached) = rings(&o, 1);
     assert!(
