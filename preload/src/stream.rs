@@ -274,17 +274,22 @@ pub fn apply_buffers(carry: &Carry, app: c_int, daemon: Option<c_int>) {
 }
 
 /// Puts the session now on `fd` into ring mode with the memfd and eventfd the daemon granted;
-/// when that fails the fd stays a plain session (with the send buffer plain mode needs).
+/// when that fails the session is shut down (the daemon already runs it in ring mode).
 pub fn install_ring(fd: c_int, fds: Vec<OwnedFd>, established: bool, carry: &Carry) {
     let mut fds = fds.into_iter();
-    let (Some(memfd), Some(wake)) = (fds.next(), fds.next()) else {
-        restore_sndbuf(fd, carry);
-        return;
+    let installed = match (fds.next(), fds.next()) {
+        (Some(memfd), Some(wake)) => {
+            crate::rings::install(fd, memfd, wake, established, carry.sndbuf, carry.rcvbuf)
+        }
+        _ => Err(libc::EPROTO),
     };
-    if let Err(e) = crate::rings::install(fd, memfd, wake, established, carry.sndbuf, carry.rcvbuf)
-    {
-        debug!("fd {fd}: ring refused (errno {e}); plain session");
+    if let Err(e) = installed {
+        // The daemon moves this session's bytes through the region now: without it the
+        // socket would stay silent. End the session visibly instead (EOF, EPIPE).
+        debug!("fd {fd}: ring region unusable (errno {e}); session shut down");
         restore_sndbuf(fd, carry);
+        // SAFETY: shutdown on the session's own fd.
+        unsafe { real::shutdown(fd, libc::SHUT_RDWR) };
     }
 }
 
