@@ -19,6 +19,7 @@
 //! and writes them through glibc internals the shim cannot see). `WEFT_RINGS=0` turns it off.
 
 pub mod io;
+mod signals;
 mod slot;
 
 use crate::fdtable::{self, PRIVATE, RING, RING_WAKE};
@@ -280,7 +281,7 @@ pub unsafe fn after_fork_child() {
 /// signals quiet. Whatever goes wrong, `fd` ends up a plain socket.
 fn finish_detach(fd: c_int, mut ring: Box<RingSock>) {
     let clean = ring.end.request_detach().is_ok();
-    io::wake_daemon(ring.wake);
+    signals::wake_daemon(ring.wake);
     if clean {
         await_detach(fd, &mut ring);
     } else {
@@ -305,7 +306,7 @@ fn await_detach(fd: c_int, ring: &mut RingSock) {
         }
         match ring.end.detach_outcome() {
             Ok(Some(d)) => {
-                io::discard_exactly(fd, d.discard_doorbells);
+                signals::discard_exactly(fd, d.discard_doorbells);
                 return;
             }
             Ok(None) => {}
@@ -313,12 +314,12 @@ fn await_detach(fd: c_int, ring: &mut RingSock) {
         }
         if let Ok(RegionStatus::Reset { .. }) = ring.end.status() {
             // The session failed meanwhile: only doorbells are in the socket; drop them.
-            io::drain_owed_doorbells(fd, &mut ring.end);
+            signals::drain_owed_doorbells(fd, &mut ring.end);
             return;
         }
         // Doorbells counted so far are all in the socket and precede everything else: drop
         // them so the next readable event is the daemon's answer.
-        io::drain_owed_doorbells(fd, &mut ring.end);
+        signals::drain_owed_doorbells(fd, &mut ring.end);
         match crate::sys::poll_one(fd, libc::POLLIN, 100) {
             Ok(ev) if ev & (libc::POLLHUP | libc::POLLERR) != 0 && ev & libc::POLLIN == 0 => {
                 return; // the daemon is gone
@@ -346,7 +347,7 @@ fn restore_buffers(fd: c_int, ring: &RingSock) {
 /// The region was reset (the session failed) or the daemon vanished: drop the doorbells and
 /// continue as a plain socket, which then reports end of file and `EPIPE` as plain mode does.
 fn abandon(fd: c_int, mut ring: Box<RingSock>) {
-    io::drain_owed_doorbells(fd, &mut ring.end);
+    signals::drain_owed_doorbells(fd, &mut ring.end);
     fdtable::mark_ring(fd, false);
     debug!("fd {fd}: ring session reset; plain socket from here");
     drop(ring);
