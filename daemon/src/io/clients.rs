@@ -1,0 +1,349 @@
+//! Control clients of the event loop: accepting connections on the control socket, reading
+//! their requests, answering them (with passed fds), and dropping what a client leaves behind.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok(Some(fd)) => {
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    let conn = Connection::new(fd);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut SourceFd(&conn.fd.as_raw_fd()),
+                        Token(CONN_BASE + id),
+                        Interest::READABLE,
+                    ) {
+                        warn!("register client: {e}");
+                        continue;
+                    }
+                    debug!(
+                        id,
+                        pid = conn.cred.pid,
+                        uid = conn.cred.uid,
+                        "client connected"
+                    );
+                    self.conns.insert(id, conn);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("accept on control socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn read_client(&mut self, id: usize) {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        for _ in 0..64 {
+            let Some(conn) = self.conns.get(&id) else {
+                return;
+            };
+            let mut rec =
+                match fdpass::recv_record(conn.fd.as_raw_fd(), &mut buf, libc::MSG_DONTWAIT) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(_) => return self.drop_client(id),
+                };
+            if rec.is_eof() {
+                return self.drop_client(id);
+            }
+            let reply = if rec.truncated {
+                self.counters.control_malformed += 1;
+                ipc_err(libc::EMSGSIZE, "control message too large")
+            } else {
+                match Request::decode(&buf[..rec.len]) {
+                    Ok(req) => self.handle_request(id, req, rec.take_fd()),
+                    Err(e) => {
+                        self.counters.control_malformed += 1;
+                        ipc_err(libc::EPROTO, e.to_string())
+                    }
+                }
+            };
+            let fds = std::mem::take(&mut self.reply_fds);
+            self.send_reply(id, reply, fds);
+        }
+    }
+
+    pub(super) fn send_reply(&mut self, id: usize, reply: Reply, fds: Vec<std::os::fd::OwnedFd>) {
+        let Ok(rec) = reply.encode() else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.reply(rec, fds).is_err() {
+            return self.drop_client(id);
+        }
+        self.update_client_interest(id);
+    }
+
+    pub(super) fn flush_client(&mut self, id: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.flush().is_err() {
+            return self.drop_client(id);
+        }
+        self.update_client_interest(id);
+    }
+
+    pub(super) fn update_client_interest(&mut self, id: usize) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let interest = if conn.wants_write() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = self.poll.registry().reregister(
+            &mut SourceFd(&conn.fd.as_raw_fd()),
+            Token(CONN_BASE + id),
+            interest,
+        );
+    }
+
+    /// Forgets a client and releases everything it held.
+    pub(super) fn drop_client(&mut self, id: usize) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+        self.ports.retain(|_, owner| owner.conn() != id);
+        for port in self.listeners.drop_client(id) {
+            self.node.unlisten(port);
+        }
+        self.release_memberships(conn.mc_sockets.iter().copied());
+        debug!(id, pid = conn.cred.pid, "client gone");
+    }
+
+    pub(super) fn handle_request(
+        &mut self,
+        id: usize,
+        req: Request,
+        fd: Option<std::os::fd::OwnedFd>,
+    ) -> Reply {
+        let now = self.clock.now();
+        match req {
+            Request::Hello { kind, pid } => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.kind = Some(kind);
+                    debug!(id, ?kind, pid, "hello");
+                }
+                Reply::Welcome(Welcome {
+                    node: self.node.id(),
+                    proxy_ip: self.cfg.proxy_ip,
+                    nodes: self.node.known_nodes(),
+                    prefixes: Vec::new(),
+                })
+            }
+            Request::Nodes => Reply::Nodes {
+                nodes: self.node.known_nodes(),
+            },
+            Request::Status => match serde_json::to_string(&self.status(now)) {
+                Ok(json) => Reply::Status { json },
+                Err(e) => ipc_err(libc::EIO, e.to_string()),
+            },
+            Request::Link { peer, action } => match self.node.link_command(now, &peer, &action) {
+                Ok(()) => Reply::Ok,
+                Err(e) => ipc_err(libc::EINVAL, e),
+            },
+            Request::BindDatagram { port, deliver_to } => {
+                let port = if port == 0 {
+                    match (49152..=65535u16).find(|p| !self.ports.contains_key(p)) {
+                        Some(p) => p,
+                        None => return ipc_err(libc::EADDRINUSE, "no free port"),
+                    }
+                } else {
+                    port
+                };
+                if self.ports.contains_key(&port) {
+                    return ipc_err(libc::EADDRINUSE, format!("port {port} is in use"));
+                }
+                let owner = match deliver_to {
+                    None => PortOwner::Control(id),
+                    Some(to) => PortOwner::Deliver { conn: id, to },
+                };
+                self.ports.insert(port, owner);
+                Reply::Bound { port }
+            }
+            Request::UnbindDatagram { port } => {
+                if self.ports.get(&port).is_some_and(|o| o.conn() == id) {
+                    self.ports.remove(&port);
+                }
+                Reply::Ok
+            }
+            Request::ProxyFor { remote } => match self.proxy_for(remote) {
+                Ok((_, addr)) => Reply::Proxy { addr },
+                Err(e) => ipc_err(e.raw_os_error().unwrap_or(libc::EIO), e.to_string()),
+            },
+            Request::ResolveProxy { proxy_port } => Reply::Resolved {
+                remote: self.proxies.remote_of(proxy_port),
+            },
+            Request::SendDatagram {
+                src_port,
+                dst,
+                ttl,
+                payload,
+            } => {
+                match self.node.send_datagram(
+                    now,
+                    src_port,
+                    dst,
+                    &payload,
+                    (ttl > 0).then_some(ttl),
+                ) {
+                    Ok(()) => Reply::Ok,
+                    Err(SendError::NoRoute) => {
+                        ipc_err(libc::EHOSTUNREACH, format!("no route to {}", dst.node))
+                    }
+                    Err(SendError::TooLarge) => ipc_err(libc::EMSGSIZE, "datagram too large"),
+                }
+            }
+            Request::Connect {
+                dst,
+                local_port,
+                filler,
+                inode,
+                rings,
+            } => {
+                let Some(fd) = fd else {
+                    return ipc_err(libc::EINVAL, "connect needs a socketpair end");
+                };
+                match self.node.connect(now, local_port, dst) {
+                    Ok((sid, local)) => {
+                        let attached = self.attach_stream(
+                            sid,
+                            fd,
+                            inode,
+                            streams::Phase::Connecting,
+                            filler as usize,
+                        );
+                        let key = match attached {
+                            Ok(key) => key,
+                            Err(e) => {
+                                self.node.session_abort(now, sid);
+                                return ipc_err(libc::EIO, e.to_string());
+                            }
+                        };
+                        // The app's end is not ours to size: it set SO_SNDBUF itself. No
+                        // ring (memory, descriptors): the session runs plain.
+                        let granted = rings
+                            && match self.attach_ring(key, None) {
+                                Ok(fds) => {
+                                    self.reply_fds.extend(fds);
+                                    true
+                                }
+                                Err(e) => {
+                                    warn!(session = sid, "no ring for a connect: {e}");
+                                    false
+                                }
+                            };
+                        Reply::Connecting {
+                            local,
+                            rings: granted,
+                        }
+                    }
+                    Err(crate::overlay::OpenError::PortInUse) => {
+                        ipc_err(libc::EADDRINUSE, "local port in use")
+                    }
+                    Err(crate::overlay::OpenError::NoPorts) => {
+                        ipc_err(libc::EADDRNOTAVAIL, "no free local port")
+                    }
+                }
+            }
+            Request::ConnectStatus { inode } => match self.connect_status(inode) {
+                Some(result) => Reply::ConnectStatus { result },
+                None => ipc_err(libc::EBADF, "no such overlay socket"),
+            },
+            Request::SessionInfo { inode } => match self
+                .stream_session(inode)
+                .and_then(|sid| self.node.session_stats(sid))
+            {
+                Some((local, remote, st)) => Reply::Session(weft_ipc::SessionInfo {
+                    local: Some(local),
+                    remote: Some(remote),
+                    established: st.state == weft_transport::session::SessionState::Established,
+                    rtt_us: st.rtt.as_micros().min(u32::MAX as u128) as u32,
+                    rttvar_us: st.rttvar.as_micros().min(u32::MAX as u128) as u32,
+                    cwnd_bytes: st.cwnd.min(u32::MAX as u64) as u32,
+                    mss: st.mss as u32,
+                    total_retrans: st.retransmits.min(u32::MAX as u64) as u32,
+                    bytes_sent: st.bytes_sent,
+                    bytes_received: st.bytes_received,
+                }),
+                None => ipc_err(libc::EBADF, "no such overlay socket"),
+            },
+            Request::Listen { port, delivery } => {
+                if port == 0 {
+                    return ipc_err(libc::EINVAL, "listen needs a port");
+                }
+                if self.listeners.add(port, id, delivery) {
+                    // The first listener on the port: the node starts accepting.
+                    let _ = self.node.listen(port);
+                }
+                Reply::Ok
+            }
+            Request::Unlisten { port } => {
+                if self.listeners.remove(port, id) {
+                    self.node.unlisten(port);
+                }
+                Reply::Ok
+            }
+            Request::ClaimAccepted {
+                listen_port: _,
+                proxy_port,
+                rings,
+            } => match self.listeners.claim(proxy_port) {
+                Some((sid, app_end)) => {
+                    let (local, peer) = match self.remote_of(sid) {
+                        Some((l, r)) => (Some(l), Some(r)),
+                        None => (None, None),
+                    };
+                    let ring_fds = self.start_claimed(sid, app_end.as_raw_fd(), rings);
+                    let granted = ring_fds.is_some();
+                    self.reply_fds.push(app_end);
+                    self.reply_fds.extend(ring_fds.into_iter().flatten());
+                    Reply::Claimed {
+                        peer,
+                        local,
+                        rings: granted,
+                    }
+                }
+                None => Reply::Claimed {
+                    peer: None,
+                    local: None,
+                    rings: false,
+                },
+            },
+            Request::Join {
+                group,
+                source,
+                deliver_to,
+                reliable,
+            } => self.join(id, group, source, deliver_to, reliable),
+            Request::Leave {
+                group,
+                source,
+                deliver_to,
+            } => self.leave(id, group, source, deliver_to),
+            Request::MulticastSend {
+                port,
+                hops,
+                loopback,
+            } => {
+                // What the program sent before changing its options already waits on the
+                // group proxies: it leaves with the options it was sent under.
+                self.drain_group_proxies();
+                self.mc_send
+                    .insert(port, groups::SendOptions { hops, loopback });
+                Reply::Ok
+            }
+        }
+    }
+}
