@@ -26,7 +26,7 @@ bin="$root/target/release"
 weft="$bin/weft"
 topo="$root/scripts/overlays/demo.topo"
 dir="$(mktemp -d /tmp/weft-demo.XXXXXX)"
-cleanup() { "$weft" overlay down "$topo" --dir "$dir/overlay" >/dev/null 2>&1 || true; rm -rf "$dir"; }
+cleanup() { kill $(jobs -p) 2>/dev/null || true; "$weft" overlay down "$topo" --dir "$dir/overlay" >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT INT TERM
 
 say "starting 5 daemons: $(grep -v '^#' "$topo" | awk '{printf "%s-%s ", $1, $2}')(2% loss on every link)"
@@ -51,10 +51,11 @@ echo "sent $in_sum, received $out_sum ($(stat -c %s "$dir/out.bin") bytes) in $(
 [ "$in_sum" = "$out_sum" ] && echo "=> identical, although every link dropped 2% of packets"
 
 # Unmodified programs: `weft run` preloads the shim; WEFT_SOCKET picks the node's daemon.
+# (Background jobs call it inline, so that $! is the program itself: `weft run` execs it.)
 on() { local n=$1; shift; WEFT_SOCKET="$(sock "$n")" "$weft" run -- "$@"; }
 
 say "unmodified iperf3 over the overlay: server on node 5, client on node 1 (3 lossy hops)"
-on 5 iperf3 -s -1 -p 5201 > "$dir/iperf3-server.txt" 2>&1 &
+WEFT_SOCKET="$(sock 5)" "$weft" run -- iperf3 -s -1 -p 5201 > "$dir/iperf3-server.txt" 2>&1 &
 server=$!
 for _ in $(seq 50); do grep -q "Server listening" "$dir/iperf3-server.txt" && break; sleep 0.1; done
 on 1 iperf3 -c 127.0.0.5 -p 5201 -t 3 > "$dir/iperf3-client.txt" 2>&1 || cat "$dir/iperf3-client.txt"
@@ -66,7 +67,7 @@ echo "=> iperf3 believes it used TCP to 127.0.0.5; the bytes crossed the overlay
 say "unmodified curl downloads 20 MB from python's http.server over the overlay"
 mkdir -p "$dir/www"
 head -c 20000000 /dev/urandom > "$dir/www/file.bin"
-(cd "$dir/www" && on 5 "$python" -m http.server 8080 --bind 127.0.0.5 > "$dir/http.txt" 2>&1) &
+WEFT_SOCKET="$(sock 5)" "$weft" run -- "$python" -u -m http.server 8080 --bind 127.0.0.5 --directory "$dir/www" > "$dir/http.txt" 2>&1 &
 http=$!
 for _ in $(seq 50); do grep -q "Serving HTTP" "$dir/http.txt" 2>/dev/null && break; sleep 0.2; done
 on 1 curl -sS -o "$dir/got.bin" -w 'curl: %{size_download} bytes in %{time_total} s\n' \
@@ -97,7 +98,10 @@ except socket.timeout:
 print(f"node {sys.argv[1]}: {len(got)} datagrams from the group: {', '.join(got)}")
 PY
 receivers=()
-for n in 3 4 5; do on "$n" "$python" "$dir/mrecv.py" "$n" & receivers+=($!); done
+for n in 3 4 5; do
+    WEFT_SOCKET="$(sock "$n")" "$weft" run -- "$python" "$dir/mrecv.py" "$n" &
+    receivers+=($!)
+done
 sleep 1.5   # the joins flood through the overlay
 on 1 "$python" -c '
 import socket, time
