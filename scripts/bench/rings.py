@@ -9,7 +9,6 @@ messages/s at 64-byte writes, and CPU seconds per GB of sender + receiver + daem
 """
 
 import argparse
-import fcntl
 import json
 import os
 import signal
@@ -21,42 +20,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-LOCK_DIR = Path("/tmp/weft-tests")
 SIZES = [(64, "msgs"), (1400, "bytes"), (65536, "bytes")]
 MODES = [("socketpair", "0"), ("rings", "1")]
 
 
-class BenchError(Exception):
-    pass
-
-
-def schedstat_ns(pid):
-    """CPU time of every live thread of `pid` (0 if it is gone)."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def claim_subnet():
-    """A 127.T.0.0/16 slice no test or other bench holds: (T, lock file)."""
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    for t in range(251, 255):
-        f = open(LOCK_DIR / f"subnet-{t}.lock", "w")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return t, f
-        except OSError:
-            f.close()
-    raise BenchError("no free 127.T subnet (251-254)")
+sys.path.insert(0, str(HERE))
+from lab import BenchError, schedstat_ns  # noqa: E402
+from loopback import claim_subnet  # noqa: E402
 
 
 def wait(predicate, what, limit=20.0):
