@@ -114,6 +114,10 @@ pub trait CongestionControl: Debug + Send {
     );
     /// A loss or congestion mark on a packet sent at `sent`.
     fn on_congestion_event(&mut self, now: Instant, sent: Instant);
+    /// Congestion marks on packets sent at `sent`, answered in proportion to how much traffic
+    /// was marked (see [`crate::marks`]): the window becomes `window · factor`, at most once
+    /// per round, like a congestion event.
+    fn on_congestion_marks(&mut self, now: Instant, sent: Instant, factor: f64);
     /// A retransmission timeout fired: collapse to the minimum window.
     fn on_timeout(&mut self, now: Instant);
     fn in_slow_start(&self) -> bool;
@@ -122,6 +126,11 @@ pub trait CongestionControl: Debug + Send {
 }
 
 const MIN_WINDOW_PACKETS: u64 = 2;
+
+/// `window · factor`, with the factor kept to a reduction.
+fn scaled(window: u64, factor: f64) -> u64 {
+    (window as f64 * factor.clamp(0.0, 1.0)) as u64
+}
 
 #[derive(Debug, Clone)]
 pub struct NewReno {
@@ -182,6 +191,16 @@ impl CongestionControl for NewReno {
         }
         self.recovery_start = Some(now);
         self.window = (self.window / 2).max(self.mss * MIN_WINDOW_PACKETS);
+        self.ssthresh = self.window;
+        self.bytes_acked = 0;
+    }
+
+    fn on_congestion_marks(&mut self, now: Instant, sent: Instant, factor: f64) {
+        if self.recovery_start.is_some_and(|r| sent <= r) {
+            return;
+        }
+        self.recovery_start = Some(now);
+        self.window = scaled(self.window, factor).max(self.mss * MIN_WINDOW_PACKETS);
         self.ssthresh = self.window;
         self.bytes_acked = 0;
     }
@@ -315,6 +334,19 @@ impl CongestionControl for Cubic {
         self.epoch_start = None;
     }
 
+    fn on_congestion_marks(&mut self, now: Instant, sent: Instant, factor: f64) {
+        if self.recovery_start.is_some_and(|r| sent <= r) {
+            return;
+        }
+        self.recovery_start = Some(now);
+        let w = self.window;
+        self.w_max = w as f64;
+        self.window = scaled(w, factor).max(self.mss * MIN_WINDOW_PACKETS);
+        self.ssthresh = self.window;
+        self.k = ((self.w_max - self.window as f64).max(0.0) / self.mss as f64 / CUBIC_C).cbrt();
+        self.epoch_start = None;
+    }
+
     fn on_timeout(&mut self, now: Instant) {
         self.on_congestion_event(now, now);
         self.window = self.mss * MIN_WINDOW_PACKETS;
@@ -345,6 +377,7 @@ impl CongestionControl for Unlimited {
     }
     fn on_ack(&mut self, _: Instant, _: Instant, _: u64, _: &RttEstimator, _: bool) {}
     fn on_congestion_event(&mut self, _: Instant, _: Instant) {}
+    fn on_congestion_marks(&mut self, _: Instant, _: Instant, _: f64) {}
     fn on_timeout(&mut self, _: Instant) {}
     fn in_slow_start(&self) -> bool {
         false
@@ -356,6 +389,9 @@ impl CongestionControl for Unlimited {
         "none"
     }
 }
+
+/// The finest pacing interval a sender relies on its I/O loop to honour.
+pub const PACING_GRANULARITY: Duration = Duration::from_millis(1);
 
 /// Spreads a window's worth of packets over an RTT instead of sending them in one burst.
 /// Token bucket: tokens refill at `gain · window / srtt` bytes per second, capped at `burst`.
@@ -382,6 +418,11 @@ impl Pacer {
     }
 
     /// None if `bytes` may go now; otherwise when they may.
+    ///
+    /// The bucket holds at least [`PACING_GRANULARITY`] of the rate: an I/O loop cannot wake
+    /// more often than its timer allows (epoll counts in milliseconds), so a fixed burst of a
+    /// few packets per wake-up would cap a fast link far below its window (10 packets per
+    /// millisecond is 108 Mbit/s).
     pub fn delay(
         &mut self,
         now: Instant,
@@ -391,16 +432,17 @@ impl Pacer {
         slow_start: bool,
     ) -> Option<Instant> {
         let rate = Self::rate(window, srtt, slow_start);
+        let burst = self.burst.max(rate * PACING_GRANULARITY.as_secs_f64());
         if let Some(last) = self.last {
             self.tokens =
-                (self.tokens + now.saturating_since(last).as_secs_f64() * rate).min(self.burst);
+                (self.tokens + now.saturating_since(last).as_secs_f64() * rate).min(burst);
         }
         self.last = Some(now);
         let need = bytes as f64;
-        if self.tokens >= need || self.tokens >= self.burst {
+        if self.tokens >= need || self.tokens >= burst {
             return None;
         }
-        let wait = (need.min(self.burst) - self.tokens) / rate;
+        let wait = (need.min(burst) - self.tokens) / rate;
         Some(now + Duration::from_secs_f64(wait.max(1e-6)))
     }
 
@@ -490,6 +532,26 @@ mod tests {
             .expect("bucket empty");
         // 1.25 · 10 kB / 10 ms = 1.25 MB/s → 1 kB takes 0.8 ms.
         assert!(next > t(0) && next < t(1), "{next:?}");
+    }
+
+    #[test]
+    fn a_fast_pacer_lets_a_millisecond_of_data_go_per_wake_up() {
+        let mut p = Pacer::new(2 * MSS);
+        let srtt = Duration::from_millis(1);
+        // 1.25 · 800 kB / 1 ms = 1 GB/s: 1 MB per millisecond.
+        let window = 800 * MSS;
+        p.delay(t(0), MSS, window, srtt, false);
+        p.on_sent(2 * MSS);
+        let mut sent = 0;
+        while p.delay(t(1), MSS, window, srtt, false).is_none() {
+            p.on_sent(MSS);
+            sent += 1;
+        }
+        // A bucket of two packets would let two through after a 1 ms sleep.
+        assert!(
+            (990..=1000).contains(&sent),
+            "sent {sent} packets in one wake-up"
+        );
     }
 }
 

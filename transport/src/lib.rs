@@ -3,4 +3,5 @@
 
 pub mod arq;
 pub mod cc;
+pub mod marks;
 pub mod session;

@@ -1,22 +1,50 @@
 //! Routes, forwarding and datagrams. The forwarding decision is a function of (destination,
 //! class): best-effort packets go straight out as `Data`; reliable ones are queued on the next
-//! hop's ARQ in their flow's queue (relays mark CE when a flow's queue is long, so the
+//! hop's ARQ in their flow's queue (relays mark CE when a flow's queue stands long, so the
 //! session that feeds it slows down, and only that one).
 
 use crate::overlay::fragment::{pieces, MAX_DATAGRAM};
 use crate::overlay::neighbor::LinkState;
 use crate::overlay::node::{Node, NodeEvent, SendError, FORGET_UNREACHABLE};
 use crate::overlay::wire::{Class, FragmentHeader, Proto, RoutedHeader, FLAG_CE};
+use ahash::AHashMap as HashMap;
 use tracing::debug;
 use weft_core::{Endpoint, Header, Instant, NodeId, PacketKind, Writer, HEADER_LEN};
 use weft_transport::arq::FlowId;
 
-/// A relay marks congestion on a flow whose queue at the next link holds more than this.
+/// A relay marks congestion on a flow whose standing queue at the next link holds more than
+/// this (see [`ArrivalBursts`]).
 pub const CE_THRESHOLD_BYTES: usize = 64 * 1024;
 /// Hard per-flow limit for packets already admitted upstream (relayed, or rerouted from a
 /// dead link): CE marks keep queues far below it; past it a relay drops and the session's
 /// end-to-end recovery repairs.
 pub const RELAYED_QUEUE_LIMIT_BYTES: usize = 4 << 20;
+
+/// What each (link, flow) queue took at the current instant. The I/O layer hands a receive
+/// batch over at one instant and transmits between batches, so a flow's queue minus what it
+/// took at this instant is what was already waiting: a standing queue, which is what a mark
+/// should report. Counting the batch itself marks every burst of (GRO-coalesced) arrivals on a
+/// fast path, and the session, answering marks meant for real queues, leaves the path idle.
+#[derive(Debug, Default)]
+pub struct ArrivalBursts {
+    at: Option<Instant>,
+    bytes: HashMap<(usize, FlowId), usize>,
+}
+
+impl ArrivalBursts {
+    /// The part of `queued` (the flow's queue at link `link`) that predates `now`.
+    fn standing(&mut self, now: Instant, link: usize, flow: FlowId, queued: usize) -> usize {
+        if self.at != Some(now) {
+            self.at = Some(now);
+            self.bytes.clear();
+        }
+        queued.saturating_sub(self.bytes.get(&(link, flow)).copied().unwrap_or(0))
+    }
+
+    fn record(&mut self, link: usize, flow: FlowId, len: usize) {
+        *self.bytes.entry((link, flow)).or_default() += len;
+    }
+}
 
 /// Where a packet being forwarded comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,10 +174,14 @@ impl Node {
                     self.counters.no_route += 1;
                     return None;
                 };
-                if relayed && a.flow_queued_bytes(flow) > CE_THRESHOLD_BYTES && !header.ce() {
+                let standing = self
+                    .arrivals
+                    .standing(now, idx, flow, a.flow_queued_bytes(flow));
+                if relayed && standing > CE_THRESHOLD_BYTES && !header.ce() {
                     packet[RoutedHeader::FLAGS_OFFSET] |= FLAG_CE;
                     self.counters.ce_marked += 1;
                 }
+                let len = packet.len();
                 let queued = match origin {
                     Origin::Local => a.enqueue(flow, packet),
                     Origin::Relayed(_) | Origin::Rerouted => {
@@ -157,7 +189,10 @@ impl Node {
                     }
                 };
                 match queued {
-                    Ok(()) => None,
+                    Ok(()) => {
+                        self.arrivals.record(idx, flow, len);
+                        None
+                    }
                     Err(refused) if origin == Origin::Local => Some(refused.packet),
 
                     Err(_) => {

@@ -4,7 +4,7 @@
 //! (`sessions.rs`). Receive-side link emulation sits in front of all of it.
 
 use crate::overlay::emulation::{Emulator, LinkParams, Verdict};
-use crate::overlay::forwarding::Origin;
+use crate::overlay::forwarding::{ArrivalBursts, Origin};
 use crate::overlay::fragment::{Reassembler, MAX_DATAGRAM};
 use crate::overlay::neighbor::{LinkState, Metric, Neighbor};
 use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
@@ -130,6 +130,7 @@ pub struct Node {
     pub(super) first_hops: BTreeMap<NodeId, NodeId>,
     pub(super) unreachable_since: HashMap<NodeId, Instant>,
     pub(super) reassembler: Reassembler,
+    pub(super) arrivals: ArrivalBursts,
     pub(super) next_datagram_id: u32,
     pub(super) outbox: VecDeque<Transmit>,
     pub(super) events: VecDeque<NodeEvent>,
@@ -194,6 +195,7 @@ impl Node {
             first_hops: BTreeMap::new(),
             unreachable_since: HashMap::new(),
             reassembler: Reassembler::new(Duration::from_secs(5), 32 << 20),
+            arrivals: ArrivalBursts::default(),
             next_datagram_id: (seed as u32) | 1,
             outbox: VecDeque::new(),
             events: VecDeque::new(),

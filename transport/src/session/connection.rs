@@ -8,6 +8,7 @@ use super::send::SendStream;
 use super::wire::{Flags, Segment};
 use super::{SessionError, SessionEvent, SessionState, SessionStats};
 use crate::cc::{CongestionControl, LossClassifier, Pacer, RttEstimator};
+use crate::marks::MarkResponse;
 use std::collections::VecDeque;
 use std::time::Duration;
 use weft_core::{DecodeError, Endpoint, Instant};
@@ -82,6 +83,7 @@ pub struct Session {
     pub(super) peer_right_edge: u64,
     /// Peer's CE count as last seen.
     pub(super) peer_ce_count: u32,
+    pub(super) marks: MarkResponse,
     /// The SYN (or SYN|ACK) is due.
     pub(super) handshake_pending: bool,
     pub(super) handshake_sends: u32,
@@ -161,6 +163,7 @@ impl Session {
             peer_mss: cfg.mss,
             peer_right_edge: 0,
             peer_ce_count: 0,
+            marks: MarkResponse::default(),
             handshake_pending: true,
             handshake_sends: 0,
             rst_pending: false,

@@ -158,7 +158,7 @@ impl Session {
             || arrival.beyond_window
             || self.recv.fin_received();
         self.ack.unacked_segments += 1;
-        if urgent || self.ack.unacked_segments >= 2 {
+        if urgent || self.ack.unacked_segments >= self.ack_every_segments() {
             self.ack.immediate = true;
         } else if self.ack.deadline.is_none() {
             self.ack.deadline = Some(now + self.cfg.ack_delay);
@@ -167,6 +167,17 @@ impl Session {
             self.events.push_back(SessionEvent::Readable);
         }
         Ok(())
+    }
+
+    /// In-order segments folded into one ack. End to end, acks drive loss detection: one
+    /// per two segments, as TCP does. Over repaired links an ack only returns window and
+    /// carries marks, and each one is a reliable packet on every link back to the sender (with
+    /// that link's own acks): one per two segments was a third of a busy relay's packets.
+    fn ack_every_segments(&self) -> u32 {
+        match self.cfg.mode {
+            RecoveryMode::EndToEndOnly => 2,
+            RecoveryMode::HopByHop => 16,
+        }
     }
 
     fn on_ack(&mut self, now: Instant, seg: &Segment<'_>) {
@@ -241,10 +252,19 @@ impl Session {
             }
         }
         let ce_delta = seg.ce_count.wrapping_sub(self.peer_ce_count);
+        let mut marked = 0;
         if ce_delta != 0 && ce_delta < (1 << 31) {
             self.peer_ce_count = seg.ce_count;
+            marked = u64::from(ce_delta);
+        }
+        let acked_segments = summary.newly_acked_bytes.div_ceil(self.cfg.mss as u64);
+        if let Some(factor) = self
+            .marks
+            .on_ack(now, self.rtt.srtt(), acked_segments, marked)
+        {
             let before = self.cc.window();
-            self.cc.on_congestion_event(now, echo_sent.unwrap_or(now));
+            self.cc
+                .on_congestion_marks(now, echo_sent.unwrap_or(now), factor);
             if self.cc.window() < before {
                 self.counters.ce_reductions += 1;
             }
