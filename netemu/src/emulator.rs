@@ -35,6 +35,12 @@ pub struct Options {
     pub ring_slots: usize,
     /// Kernel queue of each TUN device (its `tx_dropped` counts overflows).
     pub txqueuelen: u32,
+    /// Run the packet thread on this CPU only.
+    pub pin_cpu: Option<usize>,
+    /// Receive packet steering: the kernel work behind each write into a TUN device (the
+    /// destination namespace's whole receive path, TCP included) runs on these CPUs instead
+    /// of in the packet thread's `write()`. Bit i = CPU i.
+    pub steer_cpus: Option<u64>,
 }
 
 static PREFIX_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -56,6 +62,8 @@ impl Options {
             rt_priority: None,
             ring_slots: 8192,
             txqueuelen: 1000,
+            pin_cpu: None,
+            steer_cpus: None,
         }
     }
 }
@@ -158,6 +166,21 @@ impl Emulator {
                 ));
             }
             netns::ip_batch(&node.namespace, &commands).map_err(context(&node.namespace))?;
+            if let Some(mask) = options.steer_cpus {
+                let devices: Vec<&str> = topology
+                    .links
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, link)| {
+                        let lp = &self.plan.links[j];
+                        (link.a == u)
+                            .then_some(lp.a_device.as_str())
+                            .or((link.b == u).then_some(lp.b_device.as_str()))
+                    })
+                    .collect();
+                netns::steer_receive(&node.namespace, &devices, mask)
+                    .map_err(context(format!("{}: receive steering", node.namespace)))?;
+            }
         }
         if self.control.exists() {
             std::fs::remove_file(&self.control).map_err(context(self.control.display()))?;
@@ -193,11 +216,14 @@ impl Emulator {
         }
     }
 
-    /// Forward packets until stopped. Timer slack and the real-time class apply to the
-    /// calling thread, which is the packet thread.
-    pub fn run(&mut self, rt_priority: Option<i32>) -> io::Result<()> {
+    /// Forward packets until stopped. Timer slack, the CPU and the real-time class apply to
+    /// the calling thread, which is the packet thread.
+    pub fn run(&mut self, rt_priority: Option<i32>, pin_cpu: Option<usize>) -> io::Result<()> {
         if let Err(e) = sys::minimal_timer_slack() {
             eprintln!("netemu: cannot set timer slack: {e}");
+        }
+        if let Some(cpu) = pin_cpu {
+            sys::pin_to_cpu(cpu).map_err(context(format!("pin to CPU {cpu}")))?;
         }
         if let Some(priority) = rt_priority {
             sys::set_fifo_priority(priority).map_err(context("SCHED_FIFO"))?;
@@ -273,7 +299,7 @@ impl RunningEmulator {
                 move || match Emulator::setup(&topology, &options, None, Some(thread_stop)) {
                     Ok(mut emulator) => {
                         let _ = ready_tx.send(Ok(emulator.plan().clone()));
-                        emulator.run(options.rt_priority)
+                        emulator.run(options.rt_priority, options.pin_cpu)
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

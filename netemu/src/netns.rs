@@ -59,6 +59,26 @@ pub fn ip_batch(name: &str, commands: &[String]) -> io::Result<()> {
     run_ip(&["-n", name, "-batch", "-"], Some(&script)).map(|_| ())
 }
 
+/// Steer the receive processing of `devices` (in namespace `name`) to the CPUs in `mask`
+/// (RPS). sysfs shows the devices of the namespace it was mounted in, so the write runs under
+/// `ip netns exec`, which mounts a fresh sysfs; device names go as arguments, never as script.
+pub fn steer_receive(name: &str, devices: &[&str], mask: u64) -> io::Result<()> {
+    let script = r#"m=$1; shift; for d; do echo "$m" > "/sys/class/net/$d/queues/rx-0/rps_cpus" || exit 1; done"#;
+    let mask = format!("{mask:x}");
+    let mut args = vec![
+        "netns",
+        "exec",
+        name,
+        "sh",
+        "-c",
+        script,
+        "sh",
+        mask.as_str(),
+    ];
+    args.extend_from_slice(devices);
+    run_ip(&args, None).map(|_| ())
+}
+
 /// Processes whose network namespace is this one.
 pub fn pids(name: &str) -> io::Result<Vec<u32>> {
     let out = run_ip(&["netns", "pids", name], None)?;

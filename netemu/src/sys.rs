@@ -270,6 +270,22 @@ pub fn minimal_timer_slack() -> io::Result<()> {
     check(unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) }).map(|_| ())
 }
 
+/// Run the calling thread on `cpu` only.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("CPU {cpu} out of range"),
+        ));
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET stays in bounds (checked).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: valid set and size; 0 = calling thread.
+    check(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })
+        .map(|_| ())
+}
+
 /// Run the calling thread at SCHED_FIFO `priority` so the system under test cannot starve it.
 pub fn set_fifo_priority(priority: i32) -> io::Result<()> {
     let param = libc::sched_param {

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ceiling  # noqa: E402
 import idle  # noqa: E402
 import latency_local  # noqa: E402
 import lab  # noqa: E402
@@ -42,7 +43,7 @@ from stats import jain  # noqa: E402
 
 TOPOLOGIES = ROOT / "topologies"
 
-ALL_SCENARIOS = ["clean", "loss", "failover", "fairness", "shim", "idle", "overlay_latency"]
+ALL_SCENARIOS = ["clean", "ceiling", "loss", "failover", "fairness", "shim", "idle", "overlay_latency"]
 PROFILES = {
     "smoke": dict(repeats=1, clean_s=3, goodput_s=4, latency_s=8, warmup_ms=1000,
                   failover_total_s=8, cut_at_s=2, heal_after_s=4, fairness_s=8,
@@ -105,15 +106,16 @@ class Bench:
         if self.weft:
             arms += [a for a in WEFT_ARMS if a in args.arms]
         self.arm_names = arms
-        self.results = {"clean": [], "loss_goodput": [], "latency": [], "failover": [],
+        self.results = {"clean": [], "ceiling": [], "ceiling_reference": [], "loss_goodput": [], "latency": [], "failover": [],
                         "fairness": [], "validity": [], "weft_drains": []}
         (out / "raw").mkdir(parents=True, exist_ok=True)
 
     # ----- set-up per topology -------------------------------------------------------------
 
-    def emulator(self, name):
+    def emulator(self, name, extra_args=()):
         return Emulator(self.lab, TOPOLOGIES / f"{name}.toml", seed=self.args.seed,
-                        log_dir=self.lab.logs, rt_priority=self.args.rt_priority)
+                        log_dir=self.lab.logs, rt_priority=self.args.rt_priority,
+                        extra_args=extra_args)
 
     def arms_for(self, em, wanted):
         """Arm objects for this emulator; starts one weft overlay per recovery mode."""
@@ -212,6 +214,51 @@ class Bench:
             for o in overlays:
                 o.stop()
             em.close()
+
+    # ----- the emulator's ceiling ----------------------------------------------------------
+
+    def ceiling_repeats(self):
+        # For information, not a goal: three repeats keep the full run under its hour.
+        return min(self.p["repeats"], 3)
+
+    def ceiling_arms(self):
+        return [a for a in ["cubic", "weft-hbh"] if a in self.arm_names]
+
+    def ceiling(self, progress):
+        """Clean paths again with receive steering (the emulator pinned to CPU 0, the kernel's
+        receive work behind its TUN writes on the other CPUs), then kernel CUBIC through the
+        design's floor, tunfwd.c."""
+        steer = ceiling.steering_cpus()
+        if steer is None:
+            print("bench: one CPU: no receive steering to measure", flush=True)
+        for topo in ["chain1", "chain4"] if steer else []:
+            em = self.emulator(topo, ["--pin-cpu", "0", "--steer-cpus", steer])
+            em.ctl("set * delay_ms=0 jitter_ms=0 loss_pct=0 rate_mbit=0")
+            arms, overlays = self.arms_for(em, self.ceiling_arms())
+            for rep in range(self.ceiling_repeats()):
+                order = list(arms)
+                random.Random(self.args.seed + rep).shuffle(order)
+                for name in order:
+                    self.start_cell(em, rep)
+                    r = goodput(self.lab, em, arms[name], "s", "d", self.p["clean_s"],
+                                self.ports.take())
+                    v = self.check_cell(em, "ceiling", f"{topo} steered {name}", [name])
+                    r.update(topology=topo, rep=rep, arm=name, steered=steer,
+                             emulator_cpu_ns=v["emulator_cpu_ns"])
+                    self.results["ceiling"].append(r)
+                    progress.step(f"ceiling {topo} steered rep {rep + 1} {name}",
+                                  summarise_goodput(r))
+            for o in overlays:
+                o.stop()
+            em.close()
+        exe = ceiling.build_forwarder(self.lab.logs)
+        for rep in range(self.ceiling_repeats()):
+            r = ceiling.reference_goodput(self.lab, exe, self.p["clean_s"], self.ports.take(),
+                                          mtu=1500)
+            r.update(rep=rep)
+            self.results["ceiling_reference"].append(r)
+            progress.step(f"ceiling floor (tunfwd.c, one link) rep {rep + 1}",
+                          summarise_goodput(r))
 
     # ----- (b) lossy 4-hop -------------------------------------------------------------------
 
@@ -440,6 +487,7 @@ class Bench:
                         if self.p["levels"] is None or lv[0] in self.p["levels"]])
         counts = {
             "clean": 2 * r * n_arms,
+            "ceiling": self.ceiling_repeats() * (1 + (2 * len(self.ceiling_arms()) if ceiling.steering_cpus() else 0)),
             "loss": n_levels * r * (n_arms + 1),
             "failover": r * (1 + len([a for a in WEFT_ARMS if a in self.arm_names])),
             "fairness": r * len(self.fairness_pairs()),

@@ -44,7 +44,8 @@ def schedstat_ns(pid):
 class Emulator:
     """A running `netemu run` process and its control socket."""
 
-    def __init__(self, lab, topology, seed, log_dir, rt_priority=50, coalesce_us=0):
+    def __init__(self, lab, topology, seed, log_dir, rt_priority=50, coalesce_us=0,
+                 extra_args=()):
         self.lab = lab
         self.prefix = f"{lab.prefix}{topology.stem.replace('-', '_')}"
         self.control = Path(f"/run/netemu-{self.prefix}.sock")
@@ -60,6 +61,7 @@ class Emulator:
         ]
         if rt_priority:
             argv += ["--rt-priority", str(rt_priority)]
+        argv += list(extra_args)
         self.log = open(log_dir / f"netemu-{self.prefix}.log", "w")
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True

@@ -113,7 +113,7 @@ def validity(results):
     # is about the cells whose delay the results depend on, pooled packet by packet. This
     # VM's vCPUs are sometimes descheduled by the host (steal time) for milliseconds, which
     # shows in single cells with little traffic; those are listed.
-    timed = [c for c in cells if c["scenario"] != "clean" and c["lateness"]["count"]]
+    timed = [c for c in cells if c["scenario"] not in ("clean", "ceiling") and c["lateness"]["count"]]
     pooled = pooled_quantile([c.get("lateness_buckets_us", []) for c in timed], 0.99)
     late = [c for c in timed if c["lateness"]["p99_ms"] >= 1.0]
     lines.append(f"- Emulator lateness (write time − due time) over every packet of the "
@@ -125,7 +125,7 @@ def validity(results):
         lines.append(f"  - {c['scenario']} {c['label']}: p99 {c['lateness']['p99_ms']:.2f} ms "
                      f"over {c['lateness']['count']} packets")
     saturated = [c["lateness"]["p99_ms"] for c in cells
-                 if c["scenario"] == "clean" and c["lateness"]["count"]]
+                 if c["scenario"] in ("clean", "ceiling") and c["lateness"]["count"]]
     if saturated:
         lines.append(f"  - clean (saturating) cells, for information: lateness p99 up to "
                      f"{fmt(max(saturated), 3)} ms")
@@ -203,6 +203,47 @@ def clean_table(results):
               "and the emulator. Kernel TCP's receive and forwarding work, and the delivery of "
               "weft's UDP into the daemons' sockets, run inside the emulator's `write()` into "
               "the TUN device, so they show up in the emulator column; compare totals."]
+    return lines
+
+
+def ceiling_table(results):
+    steered = results.get("ceiling", [])
+    floor = [r for r in results.get("ceiling_reference", []) if goodput_of(r) is not None]
+    if not steered and not floor:
+        return []
+    clean = results.get("clean", [])
+    lines = ["## The emulator's ceiling (clean paths, for information)", "",
+             "| path | forwarder | kernel CUBIC Mbit/s, median [IQR] | weft hop-by-hop | "
+             "weft / CUBIC (paired) | forwarder CPU s/GB (CUBIC) |",
+             "|---|---|---|---|---|---|"]
+
+    def row(hops, label, rows):
+        cubic = [r for r in rows if r.get("arm") == "cubic"]
+        hbh = [r for r in rows if r.get("arm") == "weft-hbh"]
+        if not cubic:
+            return
+        ratio = fmt_ratio(paired(rows, "weft-hbh", "cubic", goodput_of)) if hbh else "–"
+        cpu = median([per_gb(r.get("emulator_cpu_ns"), r) for r in cubic])
+        lines.append(f"| {hops} | {label} | {fmt_iqr([goodput_of(r) for r in cubic], 1)} | "
+                     f"{fmt_iqr([goodput_of(r) for r in hbh], 1) if hbh else '–'} | {ratio} | "
+                     f"{fmt(cpu, 2)} |")
+
+    steer = next((r.get("steered") for r in steered), None)
+    for topo, hops in [("chain1", "1 hop"), ("chain4", "4 hops")]:
+        row(hops, "netemu, as in (a)", [r for r in clean if r["topology"] == topo])
+        row(hops, f"netemu, steered (pinned to CPU 0, receive work on CPU {steer})",
+            [r for r in steered if r["topology"] == topo])
+        if topo == "chain1" and floor:
+            cpu = median([per_gb(r.get("emulator_cpu_ns"), r) for r in floor])
+            lines.append(f"| 1 hop | floor: `tunfwd.c` (read, stamp, write; no model) | "
+                         f"{fmt_iqr([goodput_of(r) for r in floor], 1)} | – | – | "
+                         f"{fmt(cpu, 2)} |")
+    lines += ["", "One thread moves every packet, and each `write()` into a TUN device runs the "
+              "destination namespace's receive path (TCP included) in that thread. `tunfwd.c` "
+              "is the design's floor: what this machine allows any single-threaded TUN-to-TUN "
+              "emulator. Steering (RPS) moves the receive work to other CPUs; its cost then "
+              "lands on whatever runs there, so CPU per GB is only comparable without it. The "
+              "goals use the unsteered cells of (a)."]
     return lines
 
 
@@ -522,7 +563,7 @@ def render(results):
     if problems:
         lines += ["", "**Run invalid:**"] + [f"- {p}" for p in problems]
     lines.append("")
-    for section in [goals, validity, clean_table, loss_goodput_table, latency_table,
+    for section in [goals, validity, clean_table, ceiling_table, loss_goodput_table, latency_table,
                     failover_table, fairness_table, shim_section, idle_section, overlay_latency_section,
                     weft_internals]:
         part = section(results)

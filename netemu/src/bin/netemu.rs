@@ -43,6 +43,13 @@ enum Cmd {
         ring_slots: usize,
         #[arg(long, default_value_t = 1000)]
         txqueuelen: u32,
+        /// Run the packet thread on this CPU only.
+        #[arg(long)]
+        pin_cpu: Option<usize>,
+        /// Steer the kernel's receive work behind every TUN write to these CPUs (RPS), e.g.
+        /// "1" or "1,3": off the packet thread, which then only moves packets.
+        #[arg(long, value_parser = parse_cpu_list)]
+        steer_cpus: Option<u64>,
         /// A control command applied before READY, e.g. "set * loss=1"; repeatable.
         #[arg(long = "exec")]
         exec: Vec<String>,
@@ -94,6 +101,32 @@ fn valid_prefix(prefix: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// "1" or "0,2-3" → a CPU bit mask.
+fn parse_cpu_list(list: &str) -> Result<u64, String> {
+    let mut mask = 0u64;
+    for part in list.split(',') {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let parse = |s: &str| {
+            s.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&c| c < 64)
+                .ok_or_else(|| format!("{part:?}: expected CPU numbers 0-63 like 1 or 0,2-3"))
+        };
+        let (lo, hi) = (parse(lo)?, parse(hi)?);
+        if lo > hi {
+            return Err(format!("{part:?}: range runs backwards"));
+        }
+        for cpu in lo..=hi {
+            mask |= 1 << cpu;
+        }
+    }
+    Ok(mask)
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Run {
@@ -105,6 +138,8 @@ fn main() -> ExitCode {
             rt_priority,
             ring_slots,
             txqueuelen,
+            pin_cpu,
+            steer_cpus,
             exec,
             exit_with_parent,
         } => {
@@ -144,6 +179,8 @@ fn main() -> ExitCode {
             options.rt_priority = rt_priority;
             options.ring_slots = ring_slots;
             options.txqueuelen = txqueuelen;
+            options.pin_cpu = pin_cpu;
+            options.steer_cpus = steer_cpus;
             let mut emulator = match Emulator::setup(&topology, &options, Some(signals), None) {
                 Ok(e) => e,
                 Err(e) => return fail(1, format!("setup failed: {e}")),
@@ -172,7 +209,7 @@ fn main() -> ExitCode {
                 topology.nodes.len(),
                 options.control.display()
             );
-            match emulator.run(options.rt_priority) {
+            match emulator.run(options.rt_priority, options.pin_cpu) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, e),
             }
