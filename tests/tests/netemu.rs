@@ -19,6 +19,10 @@ use weft_netemu::{netns, unique_prefix, Options, RunningEmulator, Topology};
 const SEED: u64 = 20_261_126;
 
 fn start(topology: &str) -> RunningEmulator {
+    start_with(topology, |_| {})
+}
+
+fn start_with(topology: &str, adjust: impl FnOnce(&mut Options)) -> RunningEmulator {
     // Namespaces of earlier runs that were killed before their teardown (their pid is gone).
     let _ = netns::cleanup("netemu", true);
     let topology = Topology::parse(topology).expect("test topology parses");
@@ -28,6 +32,7 @@ fn start(topology: &str) -> RunningEmulator {
     options.seed = SEED;
     // As in the benchmark: the system under test must not delay the packet thread.
     options.rt_priority = Some(50);
+    adjust(&mut options);
     RunningEmulator::spawn(topology, options).unwrap_or_else(|e| {
         panic!("cannot build the emulated topology (needs root, /dev/net/tun and `ip netns`): {e}")
     })
@@ -480,5 +485,31 @@ fn routes_follow_the_plan_across_a_chain() {
             link["name"]
         );
     }
+    finish(emu);
+}
+
+#[test]
+fn receive_steering_applies_to_every_device_and_traffic_still_flows() {
+    let emu = start_with(&pair("delay_ms = 1", "delay_ms = 1"), |o| {
+        o.pin_cpu = Some(0);
+        o.steer_cpus = Some(1);
+    });
+    for link in &emu.plan().links {
+        for (node, device) in [(&link.a, &link.a_device), (&link.b, &link.b_device)] {
+            let namespace = &emu.plan().node(node).expect("planned node").namespace;
+            let path = format!("/sys/class/net/{device}/queues/rx-0/rps_cpus");
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", namespace, "cat", &path])
+                .output()
+                .expect("ip netns exec runs");
+            let text = String::from_utf8_lossy(&out.stdout).replace(',', "");
+            let mask = u64::from_str_radix(text.trim(), 16);
+            assert_eq!(mask, Ok(1), "{namespace} {device}: rps_cpus {text:?}");
+        }
+    }
+    let (sender, receiver) = udp_pair(&emu, "s", "d", 7011);
+    let arrivals = collect(receiver, Duration::from_millis(500));
+    send_probes(&sender, 100, Duration::from_millis(1), 200);
+    assert_eq!(arrivals.recv().expect("receiver thread").len(), 100);
     finish(emu);
 }
