@@ -10,7 +10,7 @@
 #                               the first option; scripts/test.sh reuses its `ci` build)
 #
 # Extra options go to scripts/bench/bench.py (--help lists them), e.g. `--scenarios
-# failover,fairness --arms cubic,weft-hbh`. Needs root, iproute2, iperf3 and /usr/bin/python3
+# failover,fairness --arms cubic,weft-hbh` (add `rings` to that list to keep the rings section). Needs root, iproute2, iperf3 and /usr/bin/python3
 # with matplotlib (Debian: iperf3 iproute2 python3-matplotlib). Builds the workspace in release
 # mode first (netemu, msglat, weftd, weft, libweft.so). Results: bench-out/<time>-<profile>/
 # {results.md,results.json,*.png,raw/,logs/}; bench-out/latest links to the newest.
@@ -40,8 +40,16 @@ export WEFT_BENCH_BIN="$PWD/target/$profile"
 # bench.py stops everything it started and removes its namespaces on exit, Ctrl-C and
 # SIGTERM; `netemu cleanup` below catches what a SIGKILLed run would leave.
 status=0
+if [[ " $* " == *" -h "* || " $* " == *" --help "* ]]; then
+    exec /usr/bin/python3 scripts/bench/bench.py --help
+fi
 /usr/bin/python3 scripts/bench/bench.py "$@" || status=$?
-/usr/bin/python3 scripts/bench/rings.py $([[ " $* " == *" --smoke "* ]] && echo --smoke) || status=$?
+# The rings section (shim to daemon, no emulator) runs unless --scenarios names others only.
+scenarios=$(sed -nE 's/.*--scenarios[ =]([^ ]+).*/\1/p' <<<"$*")
+if [[ -z "$scenarios" || ",$scenarios," == *",rings,"* ]]; then
+    /usr/bin/python3 scripts/bench/rings.py $([[ " $* " == *" --smoke "* ]] && echo --smoke) \
+        || status=$?
+fi
 # A driver killed outright: its emulator got SIGTERM from the kernel (--exit-with-parent) and
 # is tearing down; give it time, then remove (killing what runs inside) whatever is left.
 for _ in $(seq 50); do

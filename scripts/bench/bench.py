@@ -554,7 +554,8 @@ def parse_args():
     ap.add_argument("--repeats", type=int, help="override the profile's repeat count")
     ap.add_argument("--arms", default=",".join(KERNEL_ARMS + WEFT_ARMS))
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
-                    help="comma-separated subset of " + ",".join(ALL_SCENARIOS))
+                    help="comma-separated subset of " + ",".join(ALL_SCENARIOS)
+                    + " (with rings, scripts/bench.sh also runs the rings section)")
     ap.add_argument("--levels", help="comma-separated loss levels of scenario (b), e.g. 0%%,2%%"
                     " (default: the profile's)")
     ap.add_argument("--kernel-only", action="store_true", help="skip weft arms even if built")
