@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use weft_core::Instant;
-use weft_transport::arq::ArqConfig;
+use weft_transport::arq::{ArqConfig, RedundancyConfig};
 use weft_transport::cc::Algorithm;
 
 fn random_channel(rng: &mut ChaCha8Rng) -> Channel {
@@ -58,6 +58,12 @@ fn random_config(rng: &mut ChaCha8Rng, max_ack_delay: Duration) -> ArqConfig {
         pacing: rng.gen_bool(0.7),
         pacing_burst_packets: rng.gen_range(1..16),
         random_loss_tolerance: if rng.gen_bool(0.5) { 0.0 } else { 0.05 },
+        redundancy: RedundancyConfig {
+            enabled: rng.gen_bool(0.7),
+            delay: Duration::from_micros(rng.gen_range(0..30_000)),
+            budget_floor_bytes_per_sec: rng.gen_range(0..1_000_000),
+            budget_fraction: rng.gen_range(0.0..0.5),
+        },
     }
 }
 
