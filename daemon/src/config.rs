@@ -29,7 +29,7 @@ fn parse_recovery(s: &str) -> Result<RecoveryMode, String> {
 /// as fast, and the copy only adds traffic.
 const MAX_REDUNDANCY_DELAY: Duration = Duration::from_millis(100);
 
-/// `off`, `on` (the default delay) or the delay of the copy after its original, e.g. `4ms`.
+/// `off`, `on` (the default delay) or the delay of the copy after its original, e.g. `2ms`.
 fn parse_redundancy(s: &str) -> Result<RedundancyConfig, String> {
     let default = RedundancyConfig::default();
     match s {
@@ -40,7 +40,7 @@ fn parse_redundancy(s: &str) -> Result<RedundancyConfig, String> {
         "on" | "true" => Ok(default),
         _ => {
             let delay = parse_duration(s)
-                .ok_or_else(|| format!("`{s}`: expected off, on or a delay like 4ms"))?;
+                .ok_or_else(|| format!("`{s}`: expected off, on or a delay like 2ms"))?;
             if delay.is_zero() || delay > MAX_REDUNDANCY_DELAY {
                 return Err(format!(
                     "`{s}`: the delay must be above 0 and at most {MAX_REDUNDANCY_DELAY:?}"
@@ -62,7 +62,7 @@ pub struct FileConfig {
     pub emulation: Option<bool>,
     pub metric: Option<String>,
     pub recovery: Option<String>,
-    /// Redundant copies on sparse links: `off`, `on` or the copy's delay (`4ms`).
+    /// Redundant copies on sparse links: `off`, `on` or the copy's delay (`2ms`).
     pub redundancy: Option<String>,
     pub hello_interval: Option<String>,
     pub dead_interval: Option<String>,

@@ -37,7 +37,7 @@ struct Args {
     #[arg(long)]
     recovery: Option<String>,
     /// Redundant copies of packets on sparse links (lower tail latency under loss): off, on
-    /// (default) or the copy's delay after its original (default 4ms).
+    /// (default) or the copy's delay after its original (default 2ms).
     #[arg(long)]
     redundancy: Option<String>,
     /// Hello period (default 100ms).

@@ -7,13 +7,15 @@ use crate::sim::{make_packet, ms, seeds, Channel, Sim};
 use crate::traffic::{assert_exactly_once, run_to_completion, Planned, Traffic};
 use std::time::Duration;
 use weft_core::Instant;
-use weft_transport::arq::{ArqConfig, ArqStats, Refusal};
+use weft_transport::arq::{ArqConfig, ArqStats, RedundancyConfig, Refusal};
 
 /// 4 links × 10 ms: the path delay.
 const PATH_DELAY: Duration = Duration::from_millis(40);
-/// A message is late when it took longer than the path plus this: a copy (4 ms behind its
-/// original) arrives within it, a repair by the link (about one 20 ms RTT) does not.
-const LATE_SLACK: Duration = Duration::from_millis(5);
+/// A message is late when it took longer than the path plus this: a copy (the default delay
+/// behind its original) arrives within it, a repair by the link (about one 20 ms RTT) does not.
+fn late_slack() -> Duration {
+    RedundancyConfig::default().delay + Duration::from_millis(1)
+}
 
 struct StreamOutcome {
     delays: Vec<Duration>,
@@ -49,7 +51,7 @@ fn stream(loss: f64, cfg: &ArqConfig) -> StreamOutcome {
 fn late_fraction(delays: &[Duration]) -> f64 {
     let late = delays
         .iter()
-        .filter(|&&d| d > PATH_DELAY + LATE_SLACK)
+        .filter(|&&d| d > PATH_DELAY + late_slack())
         .count();
     late as f64 / delays.len() as f64
 }
@@ -73,7 +75,7 @@ fn copies_take_the_repair_out_of_a_sparse_streams_tail() {
             loss * 100.0,
             p99(&with.delays),
             p99(&without.delays),
-            PATH_DELAY + LATE_SLACK,
+            PATH_DELAY + late_slack(),
             late_with * 100.0,
             late_without * 100.0,
             percentile(&with.delays, 0.999),
@@ -94,7 +96,7 @@ fn copies_take_the_repair_out_of_a_sparse_streams_tail() {
             "loss {loss}: {late_with} of messages late with copies, {late_without} without"
         );
         assert!(
-            p99(&with.delays) <= PATH_DELAY + LATE_SLACK,
+            p99(&with.delays) <= PATH_DELAY + late_slack(),
             "loss {loss}: p99 {:?} with copies",
             p99(&with.delays)
         );
