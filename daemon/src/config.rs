@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use weft_core::NodeId;
+use weft_transport::arq::RedundancyConfig;
 use weft_transport::session::RecoveryMode;
 
 pub const DEFAULT_PORT: u16 = 7470;
@@ -24,6 +25,32 @@ fn parse_recovery(s: &str) -> Result<RecoveryMode, String> {
     }
 }
 
+/// Longest delay of a redundant copy: beyond it a link's own repair (about one RTT) is usually
+/// as fast, and the copy only adds traffic.
+const MAX_REDUNDANCY_DELAY: Duration = Duration::from_millis(100);
+
+/// `off`, `on` (the default delay) or the delay of the copy after its original, e.g. `2ms`.
+fn parse_redundancy(s: &str) -> Result<RedundancyConfig, String> {
+    let default = RedundancyConfig::default();
+    match s {
+        "off" | "false" => Ok(RedundancyConfig {
+            enabled: false,
+            ..default
+        }),
+        "on" | "true" => Ok(default),
+        _ => {
+            let delay = parse_duration(s)
+                .ok_or_else(|| format!("`{s}`: expected off, on or a delay like 2ms"))?;
+            if delay.is_zero() || delay > MAX_REDUNDANCY_DELAY {
+                return Err(format!(
+                    "`{s}`: the delay must be above 0 and at most {MAX_REDUNDANCY_DELAY:?}"
+                ));
+            }
+            Ok(RedundancyConfig { delay, ..default })
+        }
+    }
+}
+
 /// The file format. Every field is optional; flags override the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +62,8 @@ pub struct FileConfig {
     pub emulation: Option<bool>,
     pub metric: Option<String>,
     pub recovery: Option<String>,
+    /// Redundant copies on sparse links: `off`, `on` or the copy's delay (`2ms`).
+    pub redundancy: Option<String>,
     pub hello_interval: Option<String>,
     pub dead_interval: Option<String>,
     pub mtu: Option<u32>,
@@ -64,6 +93,7 @@ pub struct Flags {
     pub emulation: bool,
     pub metric: Option<String>,
     pub recovery: Option<String>,
+    pub redundancy: Option<String>,
     pub hello_interval: Option<String>,
     pub dead_interval: Option<String>,
     pub mtu: Option<u32>,
@@ -206,6 +236,9 @@ impl DaemonConfig {
         if let Some(s) = pick(&flags.recovery, &file.recovery) {
             node.recovery = field("recovery", parse_recovery(&s))?;
         }
+        if let Some(s) = pick(&flags.redundancy, &file.redundancy) {
+            node.arq.redundancy = field("redundancy", parse_redundancy(&s))?;
+        }
 
         let mut neighbors: Vec<NeighborConfig> = Vec::new();
         for (i, n) in file.neighbors.iter().enumerate() {
@@ -303,6 +336,25 @@ mod tests {
         assert_eq!(c.node.hello_interval, Duration::from_millis(100));
         assert!(c.node.dead_interval <= Duration::from_millis(500));
         assert_eq!(c.node.recovery, RecoveryMode::HopByHop);
+        assert!(c.node.arq.redundancy.enabled, "redundancy is on by default");
+    }
+
+    #[test]
+    fn redundancy_can_be_tuned_or_turned_off() {
+        let resolve = |v: &str| {
+            let mut f = flags();
+            f.redundancy = Some(v.into());
+            DaemonConfig::resolve(&f).map(|c| c.node.arq.redundancy)
+        };
+        assert!(!resolve("off").unwrap().enabled);
+        assert_eq!(resolve("on").unwrap(), RedundancyConfig::default());
+        let tuned = resolve("6ms").unwrap();
+        assert!(tuned.enabled);
+        assert_eq!(tuned.delay, Duration::from_millis(6));
+        for bad in ["0ms", "1s", "sometimes"] {
+            let e = resolve(bad).unwrap_err();
+            assert!(e.starts_with("`redundancy`"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -335,7 +387,7 @@ mod tests {
         let mut f = std::fs::File::create(&good).unwrap();
         writeln!(
             f,
-            "listen = \"127.0.0.3:7000\"\nemulation = true\nmetric = \"hops\"\n[[neighbor]]\naddr = \"127.0.0.4:7000\"\nlink = \"delay=5ms loss=1%\""
+            "listen = \"127.0.0.3:7000\"\nemulation = true\nmetric = \"hops\"\nredundancy = \"off\"\n[[neighbor]]\naddr = \"127.0.0.4:7000\"\nlink = \"delay=5ms loss=1%\""
         )
         .unwrap();
         let c = DaemonConfig::resolve(&Flags {
@@ -346,6 +398,7 @@ mod tests {
         assert_eq!(c.node.neighbors.len(), 1);
         assert_eq!(c.node.neighbors[0].link.delay, Duration::from_millis(5));
         assert_eq!(c.node.metric, Metric::Hops);
+        assert!(!c.node.arq.redundancy.enabled);
 
         let bad = dir.join("bad.toml");
         std::fs::write(

@@ -7,7 +7,8 @@ import threading
 
 # Cumulative per-link ARQ counters; the difference over a cell is what the cell caused.
 ARQ_COUNTERS = ["packets_sent", "retransmissions", "losses_by_sack", "losses_by_timer",
-                "timeouts", "congestion_events", "duplicates"]
+                "timeouts", "congestion_events", "duplicates", "redundant_copies",
+                "redundant_copies_used"]
 # Instantaneous per-link ARQ figures; the cell keeps the largest seen.
 ARQ_GAUGES = ["cwnd", "srtt_ms", "in_flight_bytes", "queued_bytes"]
 NODE_COUNTERS = ["no_route", "dropped_cut", "ttl_expired", "rerouted", "ce_marked",

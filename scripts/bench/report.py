@@ -433,24 +433,28 @@ def weft_internals(results):
     if not cells:
         return []
     lines = ["## weft internals per cell (from `weft status --json`)", "",
-             "| cell | arm | link packets | link retransmissions | lost by SACK / timer | "
-             "link timeouts | congestion events | max cwnd kB | max srtt ms | "
-             "session retx / timeouts / CE cuts | rerouted | back-pressure drops |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| cell | arm | link packets | link retransmissions | copies sent / used | "
+             "lost by SACK / timer | link timeouts | congestion events | max cwnd kB | "
+             "max srtt ms | session retx / timeouts / CE cuts | rerouted | back-pressure drops |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in cells:
         w = r["weft"]
         arq, top, nodes = w["arq"], w["arq_max"], w["node_counters"]
         senders = [x for x in w["sessions"] if x.get("node") == "s"]
         lines.append(
             f"| {label} | {ARM_LABEL.get(r.get('arm'), r.get('arm'))} | {arq['packets_sent']} | "
-            f"{arq['retransmissions']} | {arq['losses_by_sack']} / {arq['losses_by_timer']} | "
+            f"{arq['retransmissions']} | "
+            f"{arq.get('redundant_copies', 0)} / {arq.get('redundant_copies_used', 0)} | "
+            f"{arq['losses_by_sack']} / {arq['losses_by_timer']} | "
             f"{arq['timeouts']} | {arq['congestion_events']} | "
             f"{fmt((top.get('cwnd') or 0) / 1000, 0)} | {fmt(top.get('srtt_ms'), 0)} | "
             f"{sum(x.get('retransmits') or 0 for x in senders)} / "
             f"{sum(x.get('timeouts') or 0 for x in senders)} / "
             f"{sum(x.get('ce_reductions') or 0 for x in senders)} | "
             f"{nodes['rerouted']} | {nodes['dropped_backpressure']} |")
-    lines += ["", "Link columns sum every ARQ link of every daemon over the cell; max cwnd and "
+    lines += ["", "Link columns sum every ARQ link of every daemon over the cell (copies: "
+              "redundant copies on sparse links, and how many of them arrived where the "
+              "original had not); max cwnd and "
               "srtt are the largest seen on any link; session columns sum the sessions whose "
               "sending end is s (sampled every 0.5 s, so a session shorter than that may be "
               "missing). The latency cells share the path with the other arms' streams."]

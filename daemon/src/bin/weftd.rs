@@ -36,6 +36,10 @@ struct Args {
     /// Session recovery: hop-by-hop or end-to-end.
     #[arg(long)]
     recovery: Option<String>,
+    /// Redundant copies of packets on sparse links (lower tail latency under loss): off, on
+    /// (default) or the copy's delay after its original (default 2ms).
+    #[arg(long)]
+    redundancy: Option<String>,
     /// Hello period (default 100ms).
     #[arg(long)]
     hello_interval: Option<String>,
@@ -61,6 +65,7 @@ fn main() {
         emulation: args.emulation,
         metric: args.metric,
         recovery: args.recovery,
+        redundancy: args.redundancy,
         hello_interval: args.hello_interval,
         dead_interval: args.dead_interval,
         mtu: args.mtu,

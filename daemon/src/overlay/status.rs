@@ -39,8 +39,15 @@ pub struct ArqStatus {
     pub queued_bytes: u64,
     pub queued_flows: u64,
     pub packets_sent: u64,
+    /// Payload bytes of new data packets (retransmissions and copies not included).
+    pub bytes_sent: u64,
     pub packets_received: u64,
     pub retransmissions: u64,
+    /// Redundant copies sent on sparse links (not retransmissions).
+    pub redundant_copies: u64,
+    pub redundant_bytes: u64,
+    /// Copies received before their original (the packets they saved a repair).
+    pub redundant_copies_used: u64,
     pub losses_by_sack: u64,
     pub losses_by_timer: u64,
     pub timeouts: u64,
@@ -58,8 +65,12 @@ impl From<weft_transport::arq::ArqStats> for ArqStatus {
             queued_bytes: s.queued_bytes,
             queued_flows: s.queued_flows,
             packets_sent: s.packets_sent,
+            bytes_sent: s.bytes_sent,
             packets_received: s.packets_received,
             retransmissions: s.retransmissions,
+            redundant_copies: s.redundant_copies,
+            redundant_bytes: s.redundant_bytes,
+            redundant_copies_used: s.redundant_copies_used,
             losses_by_sack: s.losses_by_sack,
             losses_by_timer: s.losses_by_timer,
             timeouts: s.timeouts,

@@ -14,6 +14,8 @@
 //! ```text
 //!  u8   flags        bit 0 ACK_NOW: nothing else is queued behind this packet, ack at once;
 //!                    bits 1-3: log2 of how many new packets one ack may cover;
+//!                    bit 4 COPY: a redundant copy of a packet sent before (sparse links,
+//!                    see `redundancy.rs`), counted apart from other duplicates;
 //!                    other bits are ignored
 //!  u64  seq          per-link, per-direction packet number (never reused, never wraps)
 //!  u32  base_gap     seq − base, where base is the oldest sequence number the sender may
@@ -39,18 +41,24 @@
 //! after the requested number of packets or `max_ack_delay`. Acks never acknowledge acks.
 //! SACK is never reneged (what was acked was handed up), so the sender keeps what it learnt.
 
+mod config;
 mod queues;
 mod ranges;
 mod receiver;
+mod redundancy;
 mod sender;
 mod wire;
+
+pub use config::ArqConfig;
+pub use redundancy::RedundancyConfig;
 
 use std::time::Duration;
 use weft_core::{DecodeError, Instant, PacketKind};
 
-use crate::cc::{self, Pacer, RttEstimator};
+use crate::cc::RttEstimator;
 use queues::FlowQueues;
 use receiver::{Arrival, Receiver};
+use redundancy::{LinkLoad, Redundancy};
 use sender::{Blocked, Sender, SenderConfig};
 use wire::{DataHeader, MAX_PIGGYBACK_RANGES, MAX_RANGES};
 
@@ -60,118 +68,6 @@ pub type FlowId = u64;
 /// Bytes a data body adds to its payload at most (header and piggybacked ack).
 pub const DATA_OVERHEAD: usize =
     wire::DATA_HEADER_LEN + wire::ACK_FIXED_LEN + wire::RANGE_LEN * MAX_PIGGYBACK_RANGES;
-
-/// Largest window the sequence bookkeeping supports, in packets.
-const MAX_OUTSTANDING_LIMIT: u64 = 1 << 24;
-
-#[derive(Debug, Clone)]
-pub struct ArqConfig {
-    /// Largest payload (routed packet) per ARQ packet, bytes. 1350 leaves room in a 1500-byte
-    /// MTU for IP/UDP (28), the outer header (16), [`DATA_OVERHEAD`] (71) and a 16-byte
-    /// authentication tag. Also the DRR quantum.
-    pub mss: usize,
-    /// Congestion control: CUBIC by default (TCP-friendly), NewReno, or none (experiments).
-    pub cc: cc::Algorithm,
-    /// Initial window, packets (RFC 6928: 10).
-    pub initial_window_packets: u64,
-    /// Ceiling on the congestion window, bytes. 8 MiB covers 1 Gbit/s at 60 ms RTT.
-    pub max_window_bytes: u64,
-    /// Floor on the retransmission timer. 10 ms: far below TCP's 200 ms because a link RTT is
-    /// short and recovery speed is the point; high enough that scheduling hiccups on a loaded
-    /// host rarely fire it on a LAN link.
-    pub min_rto: Duration,
-    /// Ceiling on the retransmission timer after backoff. 1 s: the daemon declares a silent
-    /// neighbour dead well before, so a longer wait would only delay recovery after a heal.
-    pub max_rto: Duration,
-    /// RTT assumed before the first sample (100 ms, WAN-ish); the daemon should call
-    /// [`ArqLink::seed_rtt`] with its hello RTT as soon as it has one.
-    pub initial_rtt: Duration,
-    /// A flow's queue on this link takes no more packets beyond this many bytes (256 KiB).
-    pub flow_queue_limit_bytes: usize,
-    /// A refused flow is reported writable again once its queue drains to this (limit / 4).
-    pub flow_queue_low_water_bytes: usize,
-    /// Longest an ack is held hoping to cover more packets (2 ms). The peer's retransmission
-    /// timer allows for its own value, so keep it the same on both ends (a larger value here
-    /// than at the peer can fire the peer's timer needlessly).
-    pub max_ack_delay: Duration,
-    /// Most packets between the oldest unacknowledged one and the newest sent (65 536). Also
-    /// the receive window advertised to the peer; each sender keeps to the smaller of its own
-    /// and the peer's, so the ends may differ.
-    pub max_outstanding_packets: u64,
-    /// Spread each window over an RTT instead of sending it in one burst.
-    pub pacing: bool,
-    /// Packets the pacer lets out back to back (10).
-    pub pacing_burst_packets: u64,
-    /// Loss rate (fraction of packets) the link may see without reading it as congestion,
-    /// while it shows no queueing delay either (0.15). 0 makes every loss a congestion
-    /// signal, as in TCP. See `cc::LossClassifier` for why. At 0.05 a link with 5 % random
-    /// loss (the benchmark's worst level) read its own loss as congestion half of the time and
-    /// carried a quarter of its rate; queueing delay still marks every shared bottleneck, so
-    /// the rate threshold is only the backstop for drops without a queue (policers).
-    pub random_loss_tolerance: f64,
-}
-
-impl Default for ArqConfig {
-    fn default() -> Self {
-        let limit = 256 * 1024;
-        ArqConfig {
-            mss: 1350,
-            cc: cc::Algorithm::Cubic,
-            initial_window_packets: 10,
-            max_window_bytes: 8 << 20,
-            min_rto: Duration::from_millis(10),
-            max_rto: Duration::from_secs(1),
-            initial_rtt: Duration::from_millis(100),
-            flow_queue_limit_bytes: limit,
-            flow_queue_low_water_bytes: limit / 4,
-            max_ack_delay: Duration::from_millis(2),
-            max_outstanding_packets: 1 << 16,
-            pacing: true,
-            pacing_burst_packets: 10,
-            random_loss_tolerance: 0.15,
-        }
-    }
-}
-
-impl ArqConfig {
-    /// Largest body [`ArqLink::poll_transmit`] produces.
-    pub fn max_body_len(&self) -> usize {
-        self.mss.max(1) + DATA_OVERHEAD
-    }
-
-    /// The same settings with contradictions resolved, so no setting can break the link.
-    fn sanitized(mut self) -> Self {
-        self.mss = self.mss.max(1);
-        self.initial_window_packets = self.initial_window_packets.max(1);
-        self.max_window_bytes = self.max_window_bytes.max(2 * self.mss as u64);
-        self.max_rto = self.max_rto.max(self.min_rto);
-        self.flow_queue_low_water_bytes = self
-            .flow_queue_low_water_bytes
-            .min(self.flow_queue_limit_bytes);
-        self.max_outstanding_packets = self.max_outstanding_packets.clamp(2, MAX_OUTSTANDING_LIMIT);
-        self.pacing_burst_packets = self.pacing_burst_packets.max(1);
-        if !(0.0..=1.0).contains(&self.random_loss_tolerance) {
-            self.random_loss_tolerance = if self.random_loss_tolerance > 1.0 {
-                1.0
-            } else {
-                0.0
-            };
-        }
-        self
-    }
-
-    fn build_cc(&self) -> Box<dyn cc::CongestionControl> {
-        self.cc.build(
-            self.mss as u64,
-            self.initial_window_packets,
-            self.max_window_bytes,
-        )
-    }
-
-    fn build_pacer(&self) -> Pacer {
-        Pacer::new(self.pacing_burst_packets * self.mss as u64)
-    }
-}
 
 /// `enqueue` refused a packet; it comes back to the caller untouched.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -208,10 +104,18 @@ pub struct ArqStats {
     pub queued_bytes: u64,
     pub queued_packets: u64,
     pub queued_flows: u64,
-    /// New data packets sent (retransmissions not included).
+    /// New data packets sent (retransmissions and redundant copies not included).
     pub packets_sent: u64,
     pub bytes_sent: u64,
     pub retransmissions: u64,
+    /// Redundant copies sent on a sparse link (not retransmissions: see `RedundancyConfig`).
+    pub redundant_copies: u64,
+    /// Payload bytes of those copies (comparable to `bytes_sent`).
+    pub redundant_bytes: u64,
+    /// Copies received before their original, which was lost or late: the packets they saved.
+    pub redundant_copies_used: u64,
+    /// Copies received after their original (suppressed, not counted in `duplicates`).
+    pub redundant_copies_discarded: u64,
     /// Data packets the peer acknowledged.
     pub packets_acked: u64,
     /// Standalone `ReliableAck` bodies sent.
@@ -221,7 +125,7 @@ pub struct ArqStats {
     /// New data packets received and handed up.
     pub packets_received: u64,
     pub bytes_received: u64,
-    /// Received again after the first copy (suppressed).
+    /// Received again (suppressed); redundant copies are counted apart.
     pub duplicates: u64,
     /// Losses found by SACK (a later-sent packet arrived first).
     pub losses_by_sack: u64,
@@ -260,6 +164,7 @@ pub struct ArqLink {
     sender: Sender,
     receiver: Receiver,
     queues: FlowQueues,
+    redundancy: Redundancy,
     /// The pacer held data back until then (cleared whenever `poll_transmit` runs).
     pacing_until: Option<Instant>,
     /// The latest time any call brought (for `take_all`, which is not told the time).
@@ -293,6 +198,7 @@ impl ArqLink {
                 cfg.flow_queue_limit_bytes,
                 cfg.flow_queue_low_water_bytes,
             ),
+            redundancy: Redundancy::new(cfg.redundancy.clone(), now),
             sender,
             pacing_until: None,
             last_now: now,
@@ -370,7 +276,7 @@ impl ArqLink {
         match kind {
             PacketKind::ReliableData => {
                 let frame = wire::decode_data(body).inspect_err(|_| self.drops.malformed += 1)?;
-                self.sender.on_ack(now, &frame.ack);
+                self.on_ack(now, &frame.ack);
                 match self
                     .receiver
                     .on_data(now, &frame.header, frame.payload.len())
@@ -381,7 +287,7 @@ impl ArqLink {
             }
             PacketKind::ReliableAck => {
                 let ack = wire::decode_ack(body).inspect_err(|_| self.drops.malformed += 1)?;
-                self.sender.on_ack(now, &ack);
+                self.on_ack(now, &ack);
                 Ok(None)
             }
             other => {
@@ -405,6 +311,10 @@ impl ArqLink {
     pub fn poll_transmit_into(&mut self, now: Instant, out: &mut Vec<u8>) -> Option<PacketKind> {
         self.observe(now);
         self.pacing_until = None;
+        // A due copy goes first: it is small, time-critical, and outside the window.
+        if self.send_copy(now, out) {
+            return Some(PacketKind::ReliableData);
+        }
         if let Some(len) = self.sender.peek_lost() {
             if self.may_send(now, len) {
                 self.send_retransmission(now, out);
@@ -433,6 +343,38 @@ impl ArqLink {
 
     fn observe(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
+    }
+
+    fn on_ack(&mut self, now: Instant, ack: &wire::AckFrame) {
+        self.sender.on_ack(now, ack);
+        let sender = &self.sender;
+        self.redundancy
+            .forget(|seq| sender.in_flight_len(seq).is_some());
+    }
+
+    fn link_load(&self) -> LinkLoad {
+        LinkLoad {
+            backlog: !self.queues.is_empty() || self.sender.has_lost(),
+            in_flight_bytes: self.sender.in_flight().0,
+            window: self.sender.cc().window(),
+            srtt: self.sender.rtt().srtt(),
+        }
+    }
+
+    /// Sends the redundant copy that is due, if any.
+    fn send_copy(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        let load = self.link_load();
+        let sender = &self.sender;
+        let Some(seq) = self
+            .redundancy
+            .take_due(now, load, |seq| sender.in_flight_len(seq))
+        else {
+            return false;
+        };
+        self.sender.record_copy(now, seq);
+        // Acked at once, whether it arrives first or finds the original (whose ack it covers).
+        self.write_data(now, seq, true, true, out);
+        true
     }
 
     fn may_send(&mut self, now: Instant, len: u64) -> bool {
@@ -467,7 +409,7 @@ impl ArqLink {
             return;
         };
         // A repair is worth an immediate ack: the sender learns at once whether it landed.
-        self.write_data(now, seq, true, out);
+        self.write_data(now, seq, true, false, out);
     }
 
     fn send_new(&mut self, now: Instant, out: &mut Vec<u8>) {
@@ -475,12 +417,15 @@ impl ArqLink {
             return;
         };
         let queue_empty = self.queues.is_empty();
+        let len = held.packet.len() as u64;
         let seq = self.sender.send_new(now, held, queue_empty);
+        let load = self.link_load();
+        self.redundancy.on_new_sent(now, seq, len, load);
         let ack_now = self.nothing_left() && self.ack_is_urgent();
-        self.write_data(now, seq, ack_now, out);
+        self.write_data(now, seq, ack_now, false, out);
     }
 
-    fn write_data(&mut self, now: Instant, seq: u64, ack_now: bool, out: &mut Vec<u8>) {
+    fn write_data(&mut self, now: Instant, seq: u64, ack_now: bool, copy: bool, out: &mut Vec<u8>) {
         let ack = self.receiver.take_ack(now, MAX_PIGGYBACK_RANGES);
         let header = DataHeader {
             ack_now,
@@ -488,6 +433,7 @@ impl ArqLink {
             seq,
             base: self.sender.base(),
             tx_time_us: now.as_micros() as u32,
+            copy,
         };
         wire::encode_data(out, &header, &ack, self.sender.payload(seq));
     }
@@ -497,10 +443,15 @@ impl ArqLink {
         let paced = self
             .pacing_until
             .filter(|_| !self.queues.is_empty() || self.sender.has_lost());
-        weft_core::time::earliest(
-            weft_core::time::earliest(self.sender.loss_timeout(), self.receiver.ack_timeout()),
+        [
+            self.sender.loss_timeout(),
+            self.receiver.ack_timeout(),
             paced,
-        )
+            self.redundancy.next_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the loss timers; afterwards drain `poll_transmit`.
@@ -528,6 +479,7 @@ impl ArqLink {
         all.extend(self.queues.drain_all());
         all.sort_unstable_by_key(|held| held.order);
         self.pacing_until = None;
+        self.redundancy.clear();
         all.into_iter()
             .map(|held| (held.flow, held.packet))
             .collect()
@@ -549,6 +501,7 @@ impl ArqLink {
             .reset_rtt(RttEstimator::new(self.cfg.initial_rtt));
         self.receiver.reset();
         self.pacing_until = None;
+        self.redundancy.clear();
     }
 
     /// An RTT measured elsewhere (hellos); used only until the link has its own sample.
@@ -587,6 +540,10 @@ impl ArqLink {
             packets_sent: s.packets_sent,
             bytes_sent: s.bytes_sent,
             retransmissions: s.retransmissions,
+            redundant_copies: self.redundancy.counters.copies_sent,
+            redundant_bytes: self.redundancy.counters.copy_bytes,
+            redundant_copies_used: r.copies_used,
+            redundant_copies_discarded: r.copies_discarded,
             packets_acked: s.packets_acked,
             acks_sent: self.acks_sent,
             acks_received: s.acks_processed,

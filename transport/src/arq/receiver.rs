@@ -19,8 +19,13 @@ pub(crate) enum Arrival {
 pub(crate) struct ReceiverCounters {
     pub packets: u64,
     pub bytes: u64,
+    /// Duplicates other than redundant copies (those are `copies_discarded`).
     pub duplicates: u64,
     pub beyond_window: u64,
+    /// Redundant copies that arrived first and were handed up (their original was lost or late).
+    pub copies_used: u64,
+    /// Redundant copies that found their original already received.
+    pub copies_discarded: u64,
 }
 
 #[derive(Debug)]
@@ -98,7 +103,13 @@ impl Receiver {
             self.latest_tx = Some((header.tx_time_us, now));
         }
         if seq < self.cumulative || self.above.contains(seq) {
-            self.counters.duplicates += 1;
+            // A duplicate copy is still acked at once: if the original's ack was lost, this
+            // one reaches the sender before its timer would resend a delivered packet.
+            if header.copy {
+                self.counters.copies_discarded += 1;
+            } else {
+                self.counters.duplicates += 1;
+            }
             self.duplicate_hint = Some(seq);
             self.ack_now_since.get_or_insert(now);
             return Arrival::Duplicate;
@@ -115,6 +126,9 @@ impl Receiver {
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
         self.counters.packets += 1;
         self.counters.bytes += len as u64;
+        if header.copy {
+            self.counters.copies_used += 1;
+        }
         self.unacked = self.unacked.saturating_add(1);
         if header.ack_now || !in_sequence || self.unacked >= header.ack_every {
             self.ack_now_since.get_or_insert(now);
@@ -196,6 +210,7 @@ mod tests {
             seq,
             base,
             tx_time_us: seq as u32,
+            copy: false,
         }
     }
 
@@ -253,5 +268,42 @@ mod tests {
         r.take_ack(t(0), 2);
         r.on_data(t(0), &data(2, 0), 1);
         assert_eq!(r.take_ack(t(0), 2).ranges, vec![(10, 11), (2, 3)]);
+    }
+
+    #[test]
+    fn copies_are_counted_apart_from_duplicates() {
+        let mut r = Receiver::new(1000, Duration::from_millis(2));
+        let original = DataHeader {
+            ack_now: true,
+            ..data(0, 0)
+        };
+        let copy = DataHeader {
+            copy: true,
+            tx_time_us: 7,
+            ..original
+        };
+        assert_eq!(r.on_data(t(0), &original, 10), Arrival::New);
+        let ack = r.take_ack(t(0), 8);
+        assert_eq!(ack.cumulative, 1);
+        assert_eq!(r.on_data(t(1), &copy, 10), Arrival::Duplicate);
+        assert!(r.ack_due(t(1)), "covers a lost ack of the original");
+        assert_eq!(r.take_ack(t(1), 8).echo.map(|e| e.tx_time_us), Some(7));
+        assert_eq!(r.counters.copies_discarded, 1);
+        assert_eq!(
+            r.counters.duplicates, 0,
+            "copies are not counted as duplicates"
+        );
+
+        // The original of seq 1 is lost: its copy is handed up and acked at once.
+        let copy = DataHeader {
+            copy: true,
+            ack_now: true,
+            ..data(1, 0)
+        };
+        assert_eq!(r.on_data(t(5), &copy, 10), Arrival::New);
+        assert!(r.ack_due(t(5)));
+        assert_eq!(r.counters.copies_used, 1);
+        assert_eq!(r.counters.packets, 2);
+        assert_eq!(r.take_ack(t(5), 8).cumulative, 2);
     }
 }

@@ -8,6 +8,9 @@ pub(crate) const FLAG_ACK_NOW: u8 = 0x01;
 /// Data flag bits 1–3: log2 of how many packets the receiver may gather into one ack.
 const ACK_EVERY_SHIFT: u32 = 1;
 const ACK_EVERY_MASK: u8 = 0x0e;
+/// Data flag: a redundant copy of a packet already sent (see `arq/redundancy.rs`). Receivers
+/// that predate it ignore it and see an ordinary duplicate.
+const FLAG_COPY: u8 = 0x10;
 /// Ack flag: `echo_time`/`echo_delay` are meaningful.
 const ACK_FLAG_ECHO: u8 = 0x01;
 
@@ -50,6 +53,8 @@ pub(crate) struct DataHeader {
     /// The oldest sequence number the sender may still send; everything below is done.
     pub base: u64,
     pub tx_time_us: u32,
+    /// A redundant copy, sent blind a few ms after the original (counted apart).
+    pub copy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +151,8 @@ impl DataHeader {
     fn encode(&self, w: &mut Writer<'_>) {
         let every_log2 = self.ack_every.max(1).ilog2().min(7) as u8;
         let ack_now = if self.ack_now { FLAG_ACK_NOW } else { 0 };
-        let flags = ack_now | (every_log2 << ACK_EVERY_SHIFT);
+        let copy = if self.copy { FLAG_COPY } else { 0 };
+        let flags = ack_now | copy | (every_log2 << ACK_EVERY_SHIFT);
         let base_gap = u32::try_from(self.seq.saturating_sub(self.base)).unwrap_or(u32::MAX);
         w.u8(flags).u64(self.seq).u32(base_gap).u32(self.tx_time_us);
     }
@@ -168,6 +174,7 @@ impl DataHeader {
             seq,
             base,
             tx_time_us,
+            copy: flags & FLAG_COPY != 0,
         })
     }
 }
@@ -233,6 +240,7 @@ mod tests {
             seq: 77,
             base: 70,
             tx_time_us: 5,
+            copy: true,
         };
         let ack = sample_ack();
         let mut body = Vec::new();
@@ -269,6 +277,7 @@ mod tests {
             seq: 5,
             base: 5,
             tx_time_us: 0,
+            copy: false,
         };
         encode_data(&mut body, &header, &AckFrame::default(), b"");
         let mut huge = body.clone();
@@ -325,7 +334,7 @@ mod tests {
         #[test]
         fn mutated_bodies_never_panic(flips in proptest::collection::vec((0usize..200, any::<u8>()), 1..8), cut in 0usize..200) {
             let mut body = Vec::new();
-            let header = DataHeader { ack_now: false, ack_every: 4, seq: 1 << 40, base: (1 << 40) - 3, tx_time_us: 9 };
+            let header = DataHeader { ack_now: false, ack_every: 4, seq: 1 << 40, base: (1 << 40) - 3, tx_time_us: 9, copy: false };
             encode_data(&mut body, &header, &sample_ack(), &[7; 40]);
             for (at, value) in flips {
                 let len = body.len();

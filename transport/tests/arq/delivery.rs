@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use weft_core::Instant;
-use weft_transport::arq::ArqConfig;
+use weft_transport::arq::{ArqConfig, RedundancyConfig};
 use weft_transport::cc::Algorithm;
 
 fn random_channel(rng: &mut ChaCha8Rng) -> Channel {
@@ -58,6 +58,12 @@ fn random_config(rng: &mut ChaCha8Rng, max_ack_delay: Duration) -> ArqConfig {
         pacing: rng.gen_bool(0.7),
         pacing_burst_packets: rng.gen_range(1..16),
         random_loss_tolerance: if rng.gen_bool(0.5) { 0.0 } else { 0.05 },
+        redundancy: RedundancyConfig {
+            enabled: rng.gen_bool(0.7),
+            delay: Duration::from_micros(rng.gen_range(0..30_000)),
+            budget_floor_bytes_per_sec: rng.gen_range(0..1_000_000),
+            budget_fraction: rng.gen_range(0.0..0.5),
+        },
     }
 }
 
@@ -194,11 +200,13 @@ fn data_loss_only() {
         assert_settled(&sim, "data loss only");
         let stats = sim.nodes[0].arq.stats();
         let lost = sim.channel_counters(0).lost;
-        let duplicates = sim.nodes[1].arq.stats().duplicates;
+        let received = sim.nodes[1].arq.stats();
+        let duplicates = received.duplicates;
         assert_eq!(
-            duplicates + lost,
-            stats.retransmissions,
-            "seed {seed}: every resend either repairs a loss or arrives as a counted duplicate"
+            duplicates + received.redundant_copies_discarded + lost,
+            stats.retransmissions + stats.redundant_copies,
+            "seed {seed}: every resend or copy either repairs a loss or arrives as a counted \
+             duplicate or discarded copy"
         );
         assert!(
             duplicates * 4 <= lost.max(4),

@@ -9,5 +9,6 @@ mod bench;
 mod chain;
 mod delivery;
 mod latency;
+mod redundancy;
 mod robustness;
 mod throughput;

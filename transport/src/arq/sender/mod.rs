@@ -39,6 +39,8 @@ struct Slot {
     transmissions: u32,
     /// Sent while the link had nothing else to send: its ack must not grow the window.
     app_limited: bool,
+    /// When a redundant copy of it left, if one did.
+    copy_sent: Option<Instant>,
 }
 
 /// One transmission, in send order; stale once its packet is acked, lost or sent again.
@@ -301,11 +303,43 @@ impl Sender {
             last_sent: now,
             transmissions: 0,
             app_limited: false,
+            copy_sent: None,
         });
         self.counters.packets_sent += 1;
         self.counters.bytes_sent += len;
         self.transmit(now, seq, queue_empty);
         seq
+    }
+
+    /// Length of `seq` if it is in flight: neither known delivered nor declared lost (a lost
+    /// packet is retransmitted, so a copy would be redundant twice over).
+    pub fn in_flight_len(&self, seq: u64) -> Option<u64> {
+        self.slot(seq)
+            .filter(|slot| slot.state == SlotState::InFlight)
+            .map(|slot| slot.len)
+    }
+
+    /// A redundant copy of `seq` (in flight) left now. It is not a retransmission: window,
+    /// pacer and counters are untouched. The packet's loss timer and time-ordered detection
+    /// run from the copy, the transmission most likely to be acked last; timed from the
+    /// original, the timer would expire just before the copy's ack returns.
+    pub fn record_copy(&mut self, now: Instant, seq: u64) {
+        let Some(slot) = self
+            .slot_mut(seq)
+            .filter(|s| s.state == SlotState::InFlight)
+        else {
+            return;
+        };
+        slot.last_sent = now;
+        slot.transmissions += 1;
+        slot.copy_sent = Some(now);
+        let number = slot.transmissions;
+        self.send_log.push_back(Transmission {
+            at: now,
+            seq,
+            number,
+        });
+        self.compact_send_log();
     }
 
     /// The payload of an unacknowledged packet (empty once it is known delivered).
@@ -394,8 +428,9 @@ impl Sender {
             self.peer_window_end
                 .map_or(window_end, |e| e.max(window_end)),
         );
-        if let Some(echo) = ack.echo {
-            self.on_echo(now, echo);
+        let echoed = ack.echo.and_then(|echo| self.echo_sent_time(now, echo));
+        if let (Some(echo), Some(sent)) = (ack.echo, echoed) {
+            self.on_echo(now, sent, echo);
         }
         let mut progress = false;
         while self.base < ack.cumulative {
@@ -403,7 +438,7 @@ impl Sender {
                 break;
             };
             self.base += 1;
-            progress |= self.on_delivered(now, &slot);
+            progress |= self.on_delivered(now, &slot, echoed);
         }
         self.sacked.remove_below(self.base);
         for &(start, end) in &ack.ranges {
@@ -412,7 +447,7 @@ impl Sender {
                 .insert(start.max(self.base), end, |a, b| fresh.push((a, b)));
             for (a, b) in fresh {
                 for seq in a..b {
-                    progress |= self.mark_sacked(now, seq);
+                    progress |= self.mark_sacked(now, seq, echoed);
                 }
             }
         }
@@ -434,22 +469,21 @@ impl Sender {
         true
     }
 
-    fn on_echo(&mut self, now: Instant, echo: Echo) {
+    /// When the transmission an echo names left (on our clock), if the echo is plausible.
+    fn echo_sent_time(&self, now: Instant, echo: Echo) -> Option<Instant> {
         let now_us = now.as_micros();
-        let age = Duration::from_micros(u64::from((now_us as u32).wrapping_sub(echo.tx_time_us)));
-        let Some(sent) = now_us
-            .checked_sub(age.as_micros() as u64)
-            .map(Instant::from_micros)
-        else {
-            return;
-        };
-        if age > MAX_ECHO_AGE
-            || sent < self.epoch_start
-            || self.last_echo.is_some_and(|e| sent <= e)
-        {
+        let age_us = u64::from((now_us as u32).wrapping_sub(echo.tx_time_us));
+        let sent = now_us.checked_sub(age_us).map(Instant::from_micros)?;
+        (Duration::from_micros(age_us) <= MAX_ECHO_AGE && sent >= self.epoch_start).then_some(sent)
+    }
+
+    /// Samples the RTT from an echo of the transmission that left at `sent`.
+    fn on_echo(&mut self, now: Instant, sent: Instant, echo: Echo) {
+        if self.last_echo.is_some_and(|e| sent <= e) {
             return;
         }
         self.last_echo = Some(sent);
+        let age = now.saturating_since(sent);
         let delay = Duration::from_micros(u64::from(echo.delay_us));
         // RFC 9002 §5.3: subtract the peer's ack delay unless that would undercut the minimum.
         let sample = if age.saturating_sub(delay) >= self.rtt.min_rtt() || !self.rtt.has_sample() {
@@ -461,8 +495,9 @@ impl Sender {
         self.rack = Some((sent, age));
     }
 
-    /// Books a packet as delivered; false if it was already.
-    fn on_delivered(&mut self, now: Instant, slot: &Slot) -> bool {
+    /// Books a packet as delivered; false if it was already. `echoed`: when the transmission
+    /// the acknowledging ack echoes left.
+    fn on_delivered(&mut self, now: Instant, slot: &Slot, echoed: Option<Instant>) -> bool {
         match slot.state {
             SlotState::Sacked => return false,
             SlotState::InFlight => {
@@ -472,13 +507,19 @@ impl Sender {
             SlotState::Lost => {}
         }
         self.counters.packets_acked += 1;
+        // Its first ack echoing the copy means the original or its ack was lost. Without the
+        // copy that loss would have cost a retransmission, which the estimate counts; nothing
+        // needed repair, so it is no congestion signal.
+        if slot.copy_sent.is_some() && slot.copy_sent == echoed {
+            self.losses.on_lost();
+        }
         self.losses.on_delivered();
         self.cc
             .on_ack(now, slot.last_sent, slot.len, &self.rtt, slot.app_limited);
         true
     }
 
-    fn mark_sacked(&mut self, now: Instant, seq: u64) -> bool {
+    fn mark_sacked(&mut self, now: Instant, seq: u64, echoed: Option<Instant>) -> bool {
         let Some(index) = seq
             .checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
@@ -493,6 +534,6 @@ impl Sender {
             ..*slot
         };
         slot.state = SlotState::Sacked;
-        self.on_delivered(now, &before)
+        self.on_delivered(now, &before, echoed)
     }
 }
