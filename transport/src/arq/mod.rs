@@ -389,16 +389,6 @@ impl ArqLink {
     }
 
     /// Nothing else waits to be sent, so the peer's prompt ack is what we wait for next.
-    /// Whether the end of a burst should ask for an ack at once rather than at the peer's
-    /// usual pace (every `ack_every` packets or `max_ack_delay`): after a lone packet, whose
-    /// loss or RTT sample matters now, or when the window is nearly full and the next burst
-    /// waits on acks. A relay streaming bulk in small bursts, one per wake-up, would otherwise
-    /// draw an ack per burst: on a busy host nearly one ack per two data packets.
-    fn ack_is_urgent(&self) -> bool {
-        let (bytes, packets) = self.sender.in_flight();
-        packets <= 2 || bytes.saturating_mul(2) >= self.sender.cc().window()
-    }
-
     fn nothing_left(&mut self) -> bool {
         self.queues.is_empty() && self.sender.peek_lost().is_none()
     }
@@ -421,7 +411,7 @@ impl ArqLink {
         let seq = self.sender.send_new(now, held, queue_empty);
         let load = self.link_load();
         self.redundancy.on_new_sent(now, seq, len, load);
-        let ack_now = self.nothing_left() && self.ack_is_urgent();
+        let ack_now = self.nothing_left();
         self.write_data(now, seq, ack_now, false, out);
     }
 
