@@ -124,6 +124,11 @@ def validity(results):
     for c in late[:5]:
         lines.append(f"  - {c['scenario']} {c['label']}: p99 {c['lateness']['p99_ms']:.2f} ms "
                      f"over {c['lateness']['count']} packets")
+    broken = [r for r in results.get("latency", []) if r.get("error")]
+    lines.append(f"- Latency streams without figures (left out of the tables): {len(broken)}")
+    for r in broken[:8]:
+        lines.append(f"  - {r.get('level')} rep {r.get('rep', 0) + 1} {r.get('arm')}: "
+                     f"{r['error']}")
     saturated = [c["lateness"]["p99_ms"] for c in cells
                  if c["scenario"] in ("clean", "ceiling") and c["lateness"]["count"]]
     if saturated:
