@@ -103,15 +103,7 @@ fn sparse_stream(seed: u64, loss: f64, copies: bool) -> (Vec<Duration>, u64) {
             .map(|ev| ev.at)
             .next()
             .unwrap_or(sim.now);
-        loop {
-            let n = sim
-                .with_node(HOPS, |n, now| n.session_read(now, server, &mut buf))
-                .unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            received += n;
-        }
+        received += read_all(&mut sim, server, &mut buf);
         while arrivals.len() < received / MESSAGE {
             arrivals.push(readable_at);
         }
@@ -154,6 +146,20 @@ fn link_totals(sim: &mut Sim) -> LinkTotals {
         }
     }
     t
+}
+
+/// Everything the far end's session `server` has ready, in bytes.
+fn read_all(sim: &mut Sim, server: SessionId, buf: &mut [u8]) -> usize {
+    let mut total = 0;
+    loop {
+        let n = sim
+            .with_node(HOPS, |n, now| n.session_read(now, server, buf))
+            .unwrap_or(0);
+        if n == 0 {
+            return total;
+        }
+        total += n;
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -231,15 +237,7 @@ fn a_bulk_session_pays_almost_nothing_for_copies() {
             }
             sim.run_for(Duration::from_millis(2));
             sim.observed.clear();
-            loop {
-                let n = sim
-                    .with_node(HOPS, |n, now| n.session_read(now, server, &mut buf))
-                    .unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                received += n;
-            }
+            received += read_all(&mut sim, server, &mut buf);
         }
         assert_eq!(received, total, "seed {seed}: the transfer did not finish");
         let t = link_totals(&mut sim);

@@ -4,6 +4,35 @@ use crate::sim::{ms, parse_packet, seeds, Channel, Sim};
 use crate::traffic::{assert_exactly_once, run_to_completion, Planned, Traffic};
 use std::time::Duration;
 use weft_core::Instant;
+use weft_transport::arq::ArqConfig;
+
+/// 3000 messages of 200 B, one every 20 ms, over one 10 ms link losing 2 % each way; every
+/// message delivered exactly once (checked).
+pub fn sparse_over_one_lossy_link(seed: u64, cfg: ArqConfig) -> (Sim, Traffic) {
+    let lossy = Channel {
+        delay: ms(10),
+        loss: 0.02,
+        ..Channel::default()
+    };
+    let mut sim = Sim::new(seed, [cfg.clone(), cfg], [lossy.clone(), lossy]);
+    let count = 3_000u32;
+    let plan = (0..count)
+        .map(|i| Planned {
+            at: Instant::ZERO + ms(20) * i,
+            from: 0,
+            flow: 1,
+            len: 200,
+        })
+        .collect();
+    let mut traffic = Traffic::new(plan);
+    run_to_completion(
+        &mut sim,
+        &mut traffic,
+        Instant::ZERO + ms(20) * count + Duration::from_secs(30),
+    );
+    assert_exactly_once(&sim, &traffic, &format!("sparse stream, seed {seed}"));
+    (sim, traffic)
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -24,29 +53,7 @@ fn sparse_traffic_p99_within_one_rtt_of_base_delay() {
     let mut delays = Vec::new();
     let mut sent = 0;
     for seed in seeds(8) {
-        let lossy = Channel {
-            delay: ms(10),
-            loss: 0.02,
-            ..Channel::default()
-        };
-        let cfg = crate::chain::without_copies();
-        let mut sim = Sim::new(seed, [cfg.clone(), cfg], [lossy.clone(), lossy]);
-        let count = 3_000;
-        let plan = (0..count)
-            .map(|i| Planned {
-                at: Instant::ZERO + ms(20) * i,
-                from: 0,
-                flow: 1,
-                len: 200,
-            })
-            .collect();
-        let mut traffic = Traffic::new(plan);
-        run_to_completion(
-            &mut sim,
-            &mut traffic,
-            Instant::ZERO + ms(20) * count + Duration::from_secs(30),
-        );
-        assert_exactly_once(&sim, &traffic, "sparse latency");
+        let (sim, traffic) = sparse_over_one_lossy_link(seed, crate::chain::without_copies());
         sent += traffic.accepted[0].len();
         // Skip the first second: the RTT estimate starts from the 100 ms default guess.
         delays.extend(

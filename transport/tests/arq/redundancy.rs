@@ -3,8 +3,8 @@
 //! transfer essentially nothing.
 
 use crate::chain::{percentile, sparse_stream, without_copies, HOPS};
+use crate::latency::sparse_over_one_lossy_link;
 use crate::sim::{make_packet, ms, seeds, Channel, Sim};
-use crate::traffic::{assert_exactly_once, run_to_completion, Planned, Traffic};
 use std::time::Duration;
 use weft_core::Instant;
 use weft_transport::arq::{ArqConfig, ArqStats, RedundancyConfig, Refusal};
@@ -112,28 +112,7 @@ fn copies_take_the_repair_out_of_a_sparse_streams_tail() {
 }
 
 fn sparse_over_one_link(seed: u64, cfg: ArqConfig) -> (ArqStats, ArqStats) {
-    let lossy = Channel {
-        delay: ms(10),
-        loss: 0.02,
-        ..Channel::default()
-    };
-    let mut sim = Sim::new(seed, [cfg.clone(), cfg], [lossy.clone(), lossy]);
-    let count = 3_000u32;
-    let plan = (0..count)
-        .map(|i| Planned {
-            at: Instant::ZERO + ms(20) * i,
-            from: 0,
-            flow: 1,
-            len: 200,
-        })
-        .collect();
-    let mut traffic = Traffic::new(plan);
-    run_to_completion(
-        &mut sim,
-        &mut traffic,
-        Instant::ZERO + ms(20) * count + Duration::from_secs(30),
-    );
-    assert_exactly_once(&sim, &traffic, "sparse with copies");
+    let (sim, _) = sparse_over_one_lossy_link(seed, cfg);
     (sim.nodes[0].arq.stats(), sim.nodes[1].arq.stats())
 }
 
