@@ -2,6 +2,7 @@
 //! configuration plus what the I/O layer needs. Any problem is reported as one line naming the
 //! field, and `weftd` exits with status 2 before starting anything.
 
+use crate::logging::{parse_filter, LogFormat};
 use crate::overlay::emulation::{parse_duration, LinkParams};
 use crate::overlay::neighbor::Metric;
 use crate::overlay::{NeighborConfig, NodeConfig};
@@ -68,7 +69,12 @@ pub struct FileConfig {
     pub dead_interval: Option<String>,
     pub mtu: Option<u32>,
     pub ttl: Option<u8>,
+    /// Log filter: a level or per-module directives (checked, see `logging::parse_filter`).
     pub log: Option<String>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// Address of the Prometheus endpoint, or `off`.
+    pub metrics: Option<String>,
     #[serde(default, rename = "neighbor")]
     pub neighbors: Vec<FileNeighbor>,
 }
@@ -97,9 +103,12 @@ pub struct Flags {
     pub hello_interval: Option<String>,
     pub dead_interval: Option<String>,
     pub mtu: Option<u32>,
+    pub ttl: Option<u8>,
     /// `ADDR` or `ADDR/SPEC` (emulation for packets from that neighbour).
     pub neighbors: Vec<String>,
     pub log: Option<String>,
+    pub log_format: Option<String>,
+    pub metrics: Option<String>,
 }
 
 /// Everything `weftd` needs to run.
@@ -109,7 +118,42 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub socket: PathBuf,
     pub proxy_ip: Ipv4Addr,
-    pub log: String,
+    pub log: LogConfig,
+    /// Where `/metrics` is served (None: off).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// How the daemon logs: a checked filter and a line format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+fn parse_metrics(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Ok(Some(a)),
+        Err(_) => Err(format!(
+            "`{s}` is not an address like 127.0.0.1:9470 (or `off`)"
+        )),
+    }
+}
+
+impl DaemonConfig {
+    /// One line for `--check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "node {}, listen {}, {} neighbours, socket {}, metrics {}",
+            self.node.id,
+            self.listen,
+            self.node.neighbors.len(),
+            self.socket.display(),
+            self.metrics.map_or("off".into(), |m| m.to_string()),
+        )
+    }
 }
 
 fn field<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
@@ -157,22 +201,67 @@ pub fn default_proxy_ip(node: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::new(127, 77, o[2], o[3])
 }
 
-/// Reads the TOML file, turning parser errors into `file:line: field: problem`.
+/// Reads the TOML file, turning parser errors into `file:line: key: problem`.
 pub fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| {
-            text.as_bytes()[..s.start.min(text.len())]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1
-        });
+    parse_file(&text).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+/// Parses the file's text; an error reads `line: key: problem` (or `line: problem` when the
+/// problem already names the key, as an unknown key's does).
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
         let msg = e.message().replace('\n', " ");
-        match line {
-            Some(l) => format!("{}:{l}: {msg}", path.display()),
-            None => format!("{}: {msg}", path.display()),
+        let Some(span) = e.span() else {
+            return format!(" {msg}");
+        };
+        let at = span.start.min(text.len());
+        let line = text.as_bytes()[..at]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        match key_at(text, at) {
+            Some(key) if !msg.contains(&format!("`{key}`")) => format!("{line}: `{key}`: {msg}"),
+            _ => format!("{line}: {msg}"),
         }
+    })
+}
+
+/// The dotted name of the key whose line holds byte `at`: `mtu`, `neighbor[1].addr`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = text[start..end].trim();
+    // The innermost table the line belongs to, with its index for arrays of tables.
+    let mut table: Option<String> = None;
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for l in text[..start].lines().map(str::trim) {
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = Some(format!("{name}[{n}]"));
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(name.trim().to_string());
+        }
+    }
+    let key = if line.starts_with('[') {
+        return Some(
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string(),
+        );
+    } else {
+        let (k, _) = line.split_once('=')?;
+        k.trim().trim_matches('"').to_string()
+    };
+    if key.is_empty() {
+        return None;
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
     })
 }
 
@@ -227,7 +316,7 @@ impl DaemonConfig {
             }
             node.mtu = m as usize;
         }
-        if let Some(t) = file.ttl {
+        if let Some(t) = flags.ttl.or(file.ttl) {
             if t == 0 {
                 return Err("`ttl`: must be at least 1".into());
             }
@@ -305,13 +394,26 @@ impl DaemonConfig {
                 "`proxy_ip`: {proxy_ip} must be a loopback address (127.0.0.0/8)"
             ));
         }
-        let log = pick(&flags.log, &file.log).unwrap_or_else(|| "info".into());
+        let filter = pick(&flags.log, &file.log).unwrap_or_else(|| "info".into());
+        field("log", parse_filter(&filter))?;
+        let format = match pick(&flags.log_format, &file.log_format) {
+            Some(s) => field("log_format", s.parse())?,
+            None => LogFormat::Text,
+        };
+        let metrics = match pick(&flags.metrics, &file.metrics) {
+            Some(s) => field("metrics", parse_metrics(&s))?,
+            None => None,
+        };
+        if metrics.is_some_and(|m| m.port() == 0) {
+            return Err("`metrics`: needs a port (e.g. 127.0.0.1:9470)".into());
+        }
         Ok(DaemonConfig {
             node,
             listen,
             socket,
             proxy_ip,
-            log,
+            log: LogConfig { filter, format },
+            metrics,
         })
     }
 }

@@ -1,8 +1,10 @@
 //! The weft overlay node: a sans-I/O core (`overlay`) and its thin I/O layer.
 
+pub mod args;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod io;
+pub mod logging;
 pub mod overlay;
 pub mod sim;

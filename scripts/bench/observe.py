@@ -10,10 +10,10 @@ ARQ_COUNTERS = ["packets_sent", "retransmissions", "losses_by_sack", "losses_by_
                 "timeouts", "congestion_events", "duplicates", "redundant_copies",
                 "redundant_copies_used"]
 # Instantaneous per-link ARQ figures; the cell keeps the largest seen.
-ARQ_GAUGES = ["cwnd", "srtt_ms", "in_flight_bytes", "queued_bytes"]
+ARQ_GAUGES = ["cwnd_bytes", "srtt_ms", "in_flight_bytes", "queued_bytes"]
 NODE_COUNTERS = ["no_route", "dropped_cut", "ttl_expired", "rerouted", "ce_marked",
                  "dropped_backpressure", "neighbors_declared_dead", "reliable_before_up"]
-SESSION_FIELDS = ["state", "rtt_ms", "cwnd", "bytes_sent", "bytes_received", "retransmits",
+SESSION_FIELDS = ["state", "rtt_ms", "cwnd_bytes", "bytes_sent", "bytes_received", "retransmits",
                   "fast_retransmits", "timeouts", "ce_reductions"]
 
 

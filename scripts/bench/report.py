@@ -452,7 +452,7 @@ def weft_internals(results):
             f"{arq.get('redundant_copies', 0)} / {arq.get('redundant_copies_used', 0)} | "
             f"{arq['losses_by_sack']} / {arq['losses_by_timer']} | "
             f"{arq['timeouts']} | {arq['congestion_events']} | "
-            f"{fmt((top.get('cwnd') or 0) / 1000, 0)} | {fmt(top.get('srtt_ms'), 0)} | "
+            f"{fmt((top.get('cwnd_bytes') or 0) / 1000, 0)} | {fmt(top.get('srtt_ms'), 0)} | "
             f"{sum(x.get('retransmits') or 0 for x in senders)} / "
             f"{sum(x.get('timeouts') or 0 for x in senders)} / "
             f"{sum(x.get('ce_reductions') or 0 for x in senders)} | "

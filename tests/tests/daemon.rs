@@ -327,6 +327,12 @@ fn link_emulation_needs_the_daemon_flag() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("loss"));
     let status = o.status(1);
     let nbr = &status["neighbors"][0];
-    assert_eq!(nbr["emulation"][0]["loss"].as_f64(), Some(0.05));
-    assert_eq!(nbr["emulation"][0]["delay"].as_u64(), Some(10_000));
+    assert_eq!(
+        nbr["emulation"]["params"]["loss_ratio"].as_f64(),
+        Some(0.05)
+    );
+    assert_eq!(
+        nbr["emulation"]["params"]["delay_us"].as_u64(),
+        Some(10_000)
+    );
 }

@@ -7,6 +7,7 @@ pub mod control;
 mod groups;
 mod listeners;
 mod proxies;
+mod reload;
 mod rings;
 pub mod streams;
 pub mod udp;
@@ -69,8 +70,13 @@ struct DaemonCounters {
     proxy_foreign_source: u64,
 }
 
+/// Version of the `weft status --json` document. Bump it when a field changes meaning or
+/// disappears (adding a field does not); docs/status-json.md describes each version.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
 #[derive(Serialize)]
 struct DaemonStatus<'a> {
+    schema_version: u32,
     #[serde(flatten)]
     node: crate::overlay::status::NodeStatus,
     listen: String,
@@ -122,6 +128,8 @@ pub struct Daemon {
     /// Per local port: how its datagrams to groups travel.
     mc_send: HashMap<u16, groups::SendOptions>,
     proxies: proxies::Proxies,
+    /// What SIGHUP reloads from (None: started without a configuration to re-read).
+    reloader: Option<reload::Reloader>,
 }
 
 fn ipc_err(errno: i32, message: impl Into<String>) -> Reply {
@@ -205,6 +213,7 @@ impl Daemon {
             ring_counters: Default::default(),
             mc_send: HashMap::new(),
             proxies: proxies::Proxies::default(),
+            reloader: None,
         })
     }
 
@@ -279,8 +288,13 @@ impl Daemon {
 
     fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            info!(signal = info.ssi_signo, "signal received");
-            self.stop = true;
+            if info.ssi_signo == Signal::SIGHUP as u32 {
+                info!("SIGHUP: reloading the configuration");
+                self.reload();
+            } else {
+                info!(signal = info.ssi_signo, "signal received: stopping");
+                self.stop = true;
+            }
         }
     }
 
@@ -412,6 +426,7 @@ impl Daemon {
 
     fn status(&mut self, now: weft_core::Instant) -> DaemonStatus<'_> {
         DaemonStatus {
+            schema_version: STATUS_SCHEMA_VERSION,
             node: self.node.status(now),
             listen: self.cfg.listen.to_string(),
             socket: self.cfg.socket.display().to_string(),

@@ -15,12 +15,13 @@ pub struct NeighborStatus {
     pub state: LinkState,
     pub rtt_ms: Option<f64>,
     pub min_rtt_ms: Option<f64>,
-    /// Fraction of the neighbour's hellos lost (EWMA).
-    pub hello_loss: f64,
+    /// Fraction of the neighbour's hellos lost (EWMA), 0..1.
+    pub hello_loss_ratio: f64,
+    /// The link's routing cost (unit: the status's `cost_unit`).
     pub cost: Option<u32>,
     pub cut: bool,
     pub up_for_ms: Option<u64>,
-    pub emulation: Option<(LinkParams, EmulationCounters)>,
+    pub emulation: Option<EmulationStatus>,
     pub packets_in: u64,
     pub packets_out: u64,
     pub bytes_in: u64,
@@ -31,10 +32,45 @@ pub struct NeighborStatus {
     pub arq: Option<ArqStatus>,
 }
 
+/// Receive-side emulation of a link: what is set and what it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmulationStatus {
+    pub params: EmulationParams,
+    pub counters: EmulationCounters,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmulationParams {
+    /// Long-run fraction of packets lost, 0..1.
+    pub loss_ratio: f64,
+    /// Probability that a loss follows a loss, 0..1 (0: independent losses).
+    pub burst_ratio: f64,
+    pub delay_us: u64,
+    pub jitter_us: u64,
+    /// 0: unlimited.
+    pub rate_bps: u64,
+    /// 0: 50 ms at the rate (at least 64 KiB).
+    pub queue_bytes: u64,
+}
+
+impl From<&LinkParams> for EmulationParams {
+    fn from(p: &LinkParams) -> Self {
+        let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        EmulationParams {
+            loss_ratio: p.loss,
+            burst_ratio: p.burst,
+            delay_us: us(p.delay),
+            jitter_us: us(p.jitter),
+            rate_bps: p.rate_bps,
+            queue_bytes: p.queue_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ArqStatus {
     pub srtt_ms: f64,
-    pub cwnd: u64,
+    pub cwnd_bytes: u64,
     pub in_flight_bytes: u64,
     pub queued_bytes: u64,
     pub queued_flows: u64,
@@ -60,7 +96,7 @@ impl From<weft_transport::arq::ArqStats> for ArqStatus {
     fn from(s: weft_transport::arq::ArqStats) -> Self {
         ArqStatus {
             srtt_ms: s.srtt.as_secs_f64() * 1e3,
-            cwnd: s.cwnd,
+            cwnd_bytes: s.cwnd,
             in_flight_bytes: s.in_flight_bytes,
             queued_bytes: s.queued_bytes,
             queued_flows: s.queued_flows,
@@ -85,6 +121,7 @@ impl From<weft_transport::arq::ArqStats> for ArqStatus {
 pub struct RouteStatus {
     pub dst: NodeId,
     pub next_hop: NodeId,
+    /// Unit: the status's `cost_unit`.
     pub cost: u64,
     pub path: Vec<NodeId>,
 }
@@ -116,6 +153,8 @@ pub struct NodeStatus {
     pub node: NodeId,
     pub incarnation: u32,
     pub metric: Metric,
+    /// What link and route costs count: `us` (latency metric) or `hops`.
+    pub cost_unit: &'static str,
     pub emulation: bool,
     pub uptime_ms: u64,
     pub hello_interval_ms: u64,
@@ -155,11 +194,14 @@ impl Node {
                 state: n.state,
                 rtt_ms: n.srtt().map(|d| d.as_secs_f64() * 1e3),
                 min_rtt_ms: n.min_rtt().map(|d| d.as_secs_f64() * 1e3),
-                hello_loss: n.hello_loss,
+                hello_loss_ratio: n.hello_loss,
                 cost: (n.state == LinkState::Up).then_some(n.announced_cost),
                 cut: n.cut,
                 up_for_ms: n.up_since.map(|t| (now - t).as_millis() as u64),
-                emulation: n.emulator.as_ref().map(|e| (*e.params(), e.counters)),
+                emulation: n.emulator.as_ref().map(|e| EmulationStatus {
+                    params: e.params().into(),
+                    counters: e.counters,
+                }),
                 packets_in: n.packets_in,
                 packets_out: n.packets_out,
                 bytes_in: n.bytes_in,
@@ -185,6 +227,10 @@ impl Node {
             node: self.cfg.id,
             incarnation: self.incarnation,
             metric: self.cfg.metric,
+            cost_unit: match self.cfg.metric {
+                Metric::Latency => "us",
+                Metric::Hops => "hops",
+            },
             emulation: self.cfg.emulation,
             uptime_ms: (now - self.started).as_millis() as u64,
             hello_interval_ms: self.cfg.hello_interval.as_millis() as u64,
