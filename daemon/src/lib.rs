@@ -6,5 +6,6 @@ pub mod client;
 pub mod config;
 pub mod io;
 pub mod logging;
+pub mod metrics;
 pub mod overlay;
 pub mod sim;

@@ -59,7 +59,8 @@ pub fn parse_filter(s: &str) -> Result<EnvFilter, String> {
             ));
         }
     }
-    EnvFilter::try_new(s).map_err(|e| format!("`{s}`: {e}"))
+    let clean: Vec<&str> = directives.into_iter().filter(|d| !d.is_empty()).collect();
+    EnvFilter::try_new(clean.join(",")).map_err(|e| format!("`{s}`: {e}"))
 }
 
 type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod control;
 mod groups;
 mod listeners;
+mod metrics;
 mod proxies;
 mod reload;
 mod rings;
@@ -130,6 +131,8 @@ pub struct Daemon {
     proxies: proxies::Proxies,
     /// What SIGHUP reloads from (None: started without a configuration to re-read).
     reloader: Option<reload::Reloader>,
+    /// The Prometheus endpoint, when `metrics` is set.
+    metrics: Option<metrics::MetricsServer>,
 }
 
 fn ipc_err(errno: i32, message: impl Into<String>) -> Reply {
@@ -176,6 +179,10 @@ impl Daemon {
                 )
             })
             .map_err(|e| format!("epoll register: {e}"))?;
+        let metrics = match cfg.metrics {
+            Some(addr) => Some(metrics::MetricsServer::bind(addr, poll.registry())?),
+            None => None,
+        };
         let clock = Clock::new();
         let incarnation: u32 = rand::random::<u32>() | 1;
         let node = Node::new(
@@ -214,6 +221,7 @@ impl Daemon {
             mc_send: HashMap::new(),
             proxies: proxies::Proxies::default(),
             reloader: None,
+            metrics,
         })
     }
 
@@ -223,6 +231,7 @@ impl Daemon {
             listen = %self.cfg.listen,
             socket = %self.cfg.socket.display(),
             neighbors = self.cfg.node.neighbors.len(),
+            metrics = %self.metrics.as_ref().and_then(|m| m.local_addr()).map_or("off".into(), |a| format!("http://{a}/metrics")),
             "weftd running"
         );
         let mut events = Events::with_capacity(256);
@@ -250,6 +259,12 @@ impl Daemon {
                     }
                     LISTENER => self.accept_clients(),
                     SIGNALS => self.read_signals(),
+                    metrics::LISTENER => self.metrics_listener_event(),
+                    Token(t) if t >= metrics::CONN_BASE => self.metrics_conn_event(
+                        t - metrics::CONN_BASE,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable(),
+                    ),
                     Token(t) if t >= RING_BASE => self.ring_event((t - RING_BASE) as u64),
                     Token(t) if t >= CLAIM_BASE => self.claim_event((t - CLAIM_BASE) as u16),
                     Token(t) if t >= PROXY_BASE => self.read_proxy(t - PROXY_BASE),
@@ -418,6 +433,9 @@ impl Daemon {
 
     fn housekeeping(&mut self) {
         self.expire_outcomes();
+        if let Some(m) = self.metrics.as_mut() {
+            m.expire();
+        }
         let now = self.clock.now();
         for sid in self.listeners.expire_claims() {
             self.node.session_abort(now, sid);
