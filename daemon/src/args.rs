@@ -5,13 +5,15 @@ use crate::config::Flags;
 use clap::{CommandFactory, Parser};
 use std::path::PathBuf;
 
-/// The weft overlay daemon: links to its neighbours over UDP, routes around failures, repairs
-/// loss hop by hop, and carries sessions, datagrams and multicast groups for local programs.
+/// The weft overlay daemon
+///
+/// Links to its neighbours over UDP, routes around failures, repairs loss hop by hop, and
+/// carries sessions, datagrams and multicast groups for local programs. Configuration comes
+/// from a TOML file (--config; /etc/weft/weftd.toml when installed) and flags, which win.
 #[derive(Parser, Debug, Default)]
 #[command(
     name = "weftd",
     version,
-    about,
     after_help = "Runs in the foreground and logs to stderr. SIGHUP reloads the configuration \
                   file; SIGTERM and SIGINT tell the neighbours, close the sessions and exit 0."
 )]

@@ -1,6 +1,7 @@
 //! The `weft` command line.
 
 mod datagram;
+mod docs;
 mod overlay;
 mod run;
 mod status;
@@ -9,7 +10,7 @@ pub mod topology;
 
 use crate::client::{check, ControlClient};
 use crate::config::DEFAULT_SOCKET;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use weft_ipc::{ClientKind, LinkAction, Reply, Request};
 
@@ -52,6 +53,10 @@ enum Command {
     Run(run::RunArgs),
     /// Start, stop or inspect a local overlay of daemons on 127.0.0.N (no root needed).
     Overlay(overlay::OverlayArgs),
+    /// Print a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (weft.1, weft-SUBCOMMAND.1, weftd.8) into a directory.
+    Man(docs::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +71,11 @@ enum LinkCmd {
     Cut { peer: String },
     /// Undo a cut.
     Heal { peer: String },
+}
+
+/// The `weft` command line as clap sees it (for completions and manual pages).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
@@ -89,6 +99,8 @@ pub fn main() -> i32 {
         Command::Listen(a) => stream::listen(&socket, a),
         Command::Run(a) => run::run(&socket, a),
         Command::Overlay(a) => overlay::run(a),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
     };
     match result {
         Ok(code) => code,
