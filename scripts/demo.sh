@@ -119,7 +119,7 @@ sent = c.get("copies_sent", "?")
 print(f"node 1 put {sent} copies on its links for 5 datagrams to 3 members (one per tree branch)")'
 
 say "best-effort datagrams 1 -> 5 while the link 1-2 is cut mid-stream"
-"$weft" --socket "$(sock 5)" recv --port 9100 > "$dir/recv.txt" &
+"$weft" --socket "$(sock 5)" recv --port 9100 --time mono > "$dir/recv.txt" &
 receiver=$!
 sleep 0.3
 "$weft" --socket "$(sock 1)" send --to 127.0.0.5:9100 --count 300 --interval 10ms &

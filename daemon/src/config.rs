@@ -228,6 +228,45 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
     })
 }
 
+/// The line of the file that set the key an error names (`` `mtu`: ...``,
+/// `` `neighbor[1].addr`: ...``), unless a flag set it.
+fn blame(text: &str, flags: &Flags, error: &str) -> Option<usize> {
+    let key = error.strip_prefix('`')?.split('`').next()?;
+    let from_flag = match key {
+        "node" => flags.node.is_some(),
+        "listen" => flags.listen.is_some(),
+        "socket" => flags.socket.is_some(),
+        "proxy_ip" => flags.proxy_ip.is_some(),
+        "metric" => flags.metric.is_some(),
+        "recovery" => flags.recovery.is_some(),
+        "redundancy" => flags.redundancy.is_some(),
+        "hello_interval" => flags.hello_interval.is_some(),
+        "dead_interval" => flags.dead_interval.is_some(),
+        "mtu" => flags.mtu.is_some(),
+        "ttl" => flags.ttl.is_some(),
+        "log" => flags.log.is_some(),
+        "log_format" => flags.log_format.is_some(),
+        "metrics" => flags.metrics.is_some(),
+        _ => false,
+    };
+    if from_flag {
+        return None;
+    }
+    let mut offset = 0;
+    for (i, line) in text.lines().enumerate() {
+        let found = line.trim_start().split_once('=').is_some_and(|(k, _)| {
+            k.trim().trim_matches('"') == key.rsplit('.').next().unwrap_or(key)
+        });
+        if found
+            && key_at(text, offset + line.len() - line.trim_start().len()).as_deref() == Some(key)
+        {
+            return Some(i + 1);
+        }
+        offset += line.len() + 1;
+    }
+    None
+}
+
 /// The dotted name of the key whose line holds byte `at`: `mtu`, `neighbor[1].addr`.
 fn key_at(text: &str, at: usize) -> Option<String> {
     let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
@@ -268,6 +307,21 @@ fn key_at(text: &str, at: usize) -> Option<String> {
 impl DaemonConfig {
     /// Merges file and flags (flags win) and validates everything.
     pub fn resolve(flags: &Flags) -> Result<DaemonConfig, String> {
+        Self::resolve_inner(flags).map_err(|e| match &flags.config {
+            Some(path) if !e.starts_with(&path.display().to_string()) => {
+                match std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| blame(&text, flags, &e))
+                {
+                    Some(line) => format!("{}:{line}: {e}", path.display()),
+                    None => e,
+                }
+            }
+            _ => e,
+        })
+    }
+
+    fn resolve_inner(flags: &Flags) -> Result<DaemonConfig, String> {
         let file = match &flags.config {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
@@ -519,5 +573,46 @@ mod tests {
         );
         assert!(!e.contains('\n'));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The keys serde accepts at one level, read from its own "expected one of" message.
+    fn accepted_keys(probe: &str) -> Vec<String> {
+        let e = parse_file(probe).unwrap_err();
+        let list = e.split("expected one of").nth(1).unwrap_or_default();
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn the_packaged_example_sets_every_key_and_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/weftd.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let top = accepted_keys("__probe__ = 1");
+        let neighbor = accepted_keys("[[neighbor]]\n__probe__ = 1");
+        assert!(
+            top.len() > 10 && neighbor.len() >= 3,
+            "{top:?} {neighbor:?}"
+        );
+        for k in &top {
+            assert!(table.contains_key(k), "packaging/weftd.toml lacks `{k}`");
+        }
+        let first = &table["neighbor"].as_array().unwrap()[0];
+        for k in &neighbor {
+            assert!(
+                first.get(k).is_some(),
+                "packaging/weftd.toml lacks `neighbor.{k}`"
+            );
+        }
+        let c = DaemonConfig::resolve(&Flags {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.node.neighbors.len(), 2);
+        assert_eq!(c.metrics, None);
     }
 }

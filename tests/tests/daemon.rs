@@ -54,7 +54,7 @@ fn reroutes_around_a_cut_link_and_back() {
         || format!("1→5 should go via 2, got {:?}", o.path(1, 5)),
     );
 
-    let mut recv = o.spawn_weft(5, &["recv", "--port", "9000"]);
+    let mut recv = o.spawn_weft(5, &["recv", "--port", "9000", "--time", "mono"]);
     let stdout = recv.stdout.take().expect("recv stdout");
     let reader = std::thread::spawn(move || {
         BufReader::new(stdout)
