@@ -58,10 +58,7 @@ const EXIT_NO_DAEMON: i32 = 69;
 
 pub fn run(socket: &Path, a: RunArgs) -> Result<i32, String> {
     let shim = shim_path()?;
-    let daemon_down = match super::connect(socket) {
-        Ok(_) => None,
-        Err(e) => Some(e),
-    };
+    let daemon_down = super::connect(socket).err();
     let shim = std::fs::canonicalize(&shim).map_err(|e| format!("{}: {e}", shim.display()))?;
     let socket = std::path::absolute(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     let preload = match std::env::var("LD_PRELOAD") {
