@@ -24,12 +24,12 @@ say "building (release)"
 cargo build --release -q --workspace
 bin="$root/target/release"
 weft="$bin/weft"
-topo="$root/scripts/overlays/demo.topo"
+topo="$root/scripts/overlays/demo.toml"
 dir="$(mktemp -d /tmp/weft-demo.XXXXXX)"
 cleanup() { kill $(jobs -p) 2>/dev/null || true; "$weft" overlay down "$topo" --dir "$dir/overlay" >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT INT TERM
 
-say "starting 5 daemons: $(grep -v '^#' "$topo" | awk '{printf "%s-%s ", $1, $2}')(2% loss on every link)"
+say "starting 5 daemons: $(grep '^between' "$topo" | tr -d 'n"[],' | awk '{printf "%s-%s ", $3, $4}')(2% loss on every link)"
 "$weft" overlay up "$topo" --dir "$dir/overlay"
 sock() { echo "$dir/overlay/node$1.sock"; }
 

@@ -15,8 +15,9 @@ pub struct OverlayArgs {
 
 #[derive(Args, Debug, Clone)]
 struct Where {
-    /// chain:N, ring:N, diamond, diamond-tail, grid:RxC, random:N[:SEED] (optionally @SPEC),
-    /// or a topology file.
+    /// chain:N, ring:N, diamond, diamond-tail, grid:RxC, random:N[:SEED] (optionally
+    /// @PARAMS, e.g. chain:4@delay=10ms,loss=1%), or a topology file (TOML, the format netemu
+    /// reads: topologies/*.toml).
     topology: String,
     /// State directory (configs, sockets, logs; default /tmp/weft-overlay/<name>).
     #[arg(long)]
@@ -122,6 +123,9 @@ pub fn run(a: OverlayArgs) -> Result<i32, String> {
                     node_ip(n),
                     dir.join(format!("node{n}.sock")).display()
                 );
+                if let Some(mtu) = topo.daemon_mtu {
+                    toml += &format!("mtu = {mtu}\n");
+                }
                 for (k, v) in [
                     ("hello_interval", &hello_interval),
                     ("dead_interval", &dead_interval),
