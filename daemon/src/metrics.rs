@@ -319,9 +319,10 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
     // ----- what happened to packets -----
     let c = &status.counters;
     let dropped = b.counter("dropped_packets", "Packets dropped, by reason", None);
-    let reasons: [(&str, u64); 11] = [
+    let reasons: [(&str, u64); 12] = [
         ("unknown_sender", c.unknown_sender),
         ("malformed", c.malformed),
+        ("wire_version", c.wire_version_mismatch),
         ("unsupported", c.unsupported),
         ("link_cut", c.dropped_cut),
         ("ttl_expired", c.ttl_expired),
@@ -335,7 +336,7 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
     for (reason, v) in reasons.into_iter().chain(daemon.dropped.iter().copied()) {
         add(&dropped, &vec![("reason", reason.to_string())], v);
     }
-    let plain: [(&str, &str, u64); 7] = [
+    let plain: [(&str, &str, u64); 8] = [
         (
             "forwarded_packets",
             "Packets relayed toward another node",
@@ -360,6 +361,11 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
             "neighbors_declared_dead",
             "Neighbours declared dead after the dead interval of silence",
             c.neighbors_declared_dead,
+        ),
+        (
+            "neighbor_leaves",
+            "Neighbours that said they were leaving (a clean stop): links taken down at once",
+            c.neighbor_leaves,
         ),
         (
             "neighbor_restarts",

@@ -142,6 +142,23 @@ pub enum Request {
         hops: u8,
         loopback: bool,
     },
+    /// `weft neighbor add|remove`: link to (or unlink from) the daemon at `addr` now,
+    /// without a restart. Answered with `Reply::Ok`.
+    Neighbor {
+        addr: SocketAddr,
+        action: NeighborAction,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NeighborAction {
+    /// `node`: its overlay address if it differs from `addr`; `link`: emulation for packets
+    /// from it (`weft link set` syntax, empty for none).
+    Add {
+        node: Option<NodeId>,
+        link: String,
+    },
+    Remove,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,6 @@ pub mod fdpass;
 pub mod ring;
 
 pub use control::{
-    ClientKind, ControlError, Event, Incoming, LinkAction, ListenDelivery, Reply, Request,
-    SessionInfo, Welcome, MAX_MESSAGE, PROTOCOL_VERSION,
+    ClientKind, ControlError, Event, Incoming, LinkAction, ListenDelivery, NeighborAction, Reply,
+    Request, SessionInfo, Welcome, MAX_MESSAGE, PROTOCOL_VERSION,
 };

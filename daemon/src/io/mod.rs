@@ -4,12 +4,14 @@
 mod clients;
 pub mod clock;
 pub mod control;
+pub mod echo;
 mod groups;
 mod listeners;
 mod metrics;
 mod proxies;
 mod reload;
 mod rings;
+mod stop;
 pub mod streams;
 pub mod udp;
 
@@ -34,6 +36,8 @@ const UDP: Token = Token(0);
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CONN_BASE: usize = 1 << 32;
+/// Loop wake-up period while a clean stop waits for sessions.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 const STREAM_BASE: usize = 2 << 32;
 const PROXY_BASE: usize = 3 << 32;
 const CLAIM_BASE: usize = 4 << 32;
@@ -133,6 +137,9 @@ pub struct Daemon {
     reloader: Option<reload::Reloader>,
     /// The Prometheus endpoint, when `metrics` is set.
     metrics: Option<metrics::MetricsServer>,
+    /// Set by SIGTERM/SIGINT: until when local sessions may finish (`stop.rs`).
+    stopping: Option<std::time::Instant>,
+    echo_budget: echo::EchoBudget,
 }
 
 fn ipc_err(errno: i32, message: impl Into<String>) -> Reply {
@@ -222,6 +229,8 @@ impl Daemon {
             proxies: proxies::Proxies::default(),
             reloader: None,
             metrics,
+            stopping: None,
+            echo_budget: Default::default(),
         })
     }
 
@@ -237,11 +246,15 @@ impl Daemon {
         let mut events = Events::with_capacity(256);
         while !self.stop {
             // Streams left with work (a busy ring yields after a few passes) must not wait.
-            let timeout = if self.dirty_streams.is_empty() {
+            let mut timeout = if self.dirty_streams.is_empty() {
                 self.node.poll_timeout().map(|t| self.clock.until(t))
             } else {
                 Some(std::time::Duration::ZERO)
             };
+            if self.stopping.is_some() {
+                // Look at the sessions' progress often while stopping.
+                timeout = Some(timeout.map_or(STOP_POLL, |t| t.min(STOP_POLL)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(format!("epoll: {e}"));
@@ -296,6 +309,9 @@ impl Daemon {
             self.service_streams();
             self.housekeeping();
             self.flush_udp();
+            if let Some(deadline) = self.stopping {
+                self.continue_stop(deadline);
+            }
         }
         info!("weftd stopping");
         Ok(())
@@ -308,7 +324,7 @@ impl Daemon {
                 self.reload();
             } else {
                 info!(signal = info.ssi_signo, "signal received: stopping");
-                self.stop = true;
+                self.begin_stop();
             }
         }
     }
@@ -427,7 +443,11 @@ impl Daemon {
                 let to = *to;
                 self.deliver_via_proxy(src, to, &payload);
             }
-            None => self.counters.datagrams_no_listener += 1,
+            None => {
+                if !(dst.port == echo::ECHO_PORT && self.echo(src, &payload)) {
+                    self.counters.datagrams_no_listener += 1;
+                }
+            }
         }
     }
 

@@ -13,6 +13,8 @@ use tracing::{info, warn};
 pub struct Reloader {
     pub flags: Flags,
     pub logs: LogHandle,
+    /// The neighbours the configuration named at the last (re)load.
+    pub file_neighbors: Vec<crate::overlay::NeighborConfig>,
 }
 
 /// The settings a reload cannot change, as (name, running value, new value) when they differ.
@@ -64,7 +66,12 @@ fn needs_restart(old: &DaemonConfig, new: &DaemonConfig) -> Vec<(&'static str, S
 impl Daemon {
     /// Lets SIGHUP reload from `flags` (and the file they name) and swap the log settings.
     pub fn with_reload(mut self, flags: Flags, logs: LogHandle) -> Daemon {
-        self.reloader = Some(Reloader { flags, logs });
+        let file_neighbors = self.cfg.node.neighbors.clone();
+        self.reloader = Some(Reloader {
+            flags,
+            logs,
+            file_neighbors,
+        });
         self
     }
 
@@ -95,23 +102,67 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Neighbours added, removed or with new emulation. (Until the node can add and remove
-    /// links at run time, only emulation changes apply.)
+    /// Applies the difference between what the file said at the last (re)load and what it
+    /// says now: neighbours added, removed, or with new emulation. Neighbours added or
+    /// removed at run time (`weft neighbor`) stay as they are unless the file names them.
     fn reload_neighbors(&mut self, new: &DaemonConfig) -> Vec<String> {
-        let old = &self.cfg.node.neighbors;
-        let added = new
-            .node
-            .neighbors
-            .iter()
-            .filter(|n| !old.iter().any(|o| o.addr == n.addr))
-            .count();
-        let removed = old
-            .iter()
-            .filter(|o| !new.node.neighbors.iter().any(|n| n.addr == o.addr))
-            .count();
-        if added + removed > 0 {
-            warn!(added, removed, "reload: neighbour changes need a restart");
+        let now = self.clock.now();
+        let Some(reloader) = self.reloader.as_mut() else {
+            return Vec::new();
+        };
+        let old = std::mem::replace(&mut reloader.file_neighbors, new.node.neighbors.clone());
+        let mut changed = Vec::new();
+        for o in &old {
+            if !new.node.neighbors.iter().any(|n| n.addr == o.addr) {
+                match self.node.remove_neighbor(now, o.addr) {
+                    Ok(()) => changed.push(format!("-neighbor {}", o.addr)),
+                    Err(e) => warn!(peer = %o.addr, error = %e, "reload: cannot remove"),
+                }
+            }
         }
-        Vec::new()
+        for n in &new.node.neighbors {
+            match old.iter().find(|o| o.addr == n.addr) {
+                None => match self.node.add_neighbor(now, n.clone()) {
+                    Ok(()) => changed.push(format!("+neighbor {}", n.addr)),
+                    Err(e) => warn!(peer = %n.addr, error = %e, "reload: cannot add"),
+                },
+                Some(o) if o.link != n.link => match self.node.set_neighbor_link(n.addr, n.link) {
+                    Ok(()) => changed.push(format!("link {}", n.addr)),
+                    Err(e) => warn!(peer = %n.addr, error = %e, "reload: cannot set emulation"),
+                },
+                Some(_) => {}
+            }
+        }
+        self.cfg.node.neighbors = self.node.config().neighbors.clone();
+        self.drain_node();
+        changed
+    }
+
+    /// `weft neighbor add|remove ADDR`.
+    pub(super) fn neighbor_request(
+        &mut self,
+        addr: std::net::SocketAddr,
+        action: weft_ipc::NeighborAction,
+    ) -> Result<(), String> {
+        let now = self.clock.now();
+        if addr == self.cfg.listen {
+            return Err(format!("{addr} is this daemon's own address"));
+        }
+        match action {
+            weft_ipc::NeighborAction::Add { node, link } => {
+                let link = crate::overlay::emulation::LinkParams::default().apply_spec(&link)?;
+                self.node.add_neighbor(
+                    now,
+                    crate::overlay::NeighborConfig {
+                        addr,
+                        id: node,
+                        link,
+                    },
+                )?;
+            }
+            weft_ipc::NeighborAction::Remove => self.node.remove_neighbor(now, addr)?,
+        }
+        self.cfg.node.neighbors = self.node.config().neighbors.clone();
+        Ok(())
     }
 }

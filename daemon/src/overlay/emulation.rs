@@ -40,6 +40,22 @@ mod duration_us {
     }
 }
 
+/// As `weft link set` takes it: `loss=1% burst=30% delay=10ms jitter=1ms rate=50000000bit`.
+impl std::fmt::Display for LinkParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loss={}% burst={}% delay={:?} jitter={:?} rate={}bit queue={}b",
+            self.loss * 100.0,
+            self.burst * 100.0,
+            self.delay,
+            self.jitter,
+            self.rate_bps,
+            self.queue_bytes
+        )
+    }
+}
+
 impl LinkParams {
     pub fn is_identity(&self) -> bool {
         self.loss == 0.0 && self.delay.is_zero() && self.jitter.is_zero() && self.rate_bps == 0

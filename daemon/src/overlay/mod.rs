@@ -7,6 +7,7 @@ pub mod flood;
 mod flooding;
 mod forwarding;
 pub mod fragment;
+mod membership;
 mod multicast;
 pub mod neighbor;
 pub mod node;

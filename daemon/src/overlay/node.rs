@@ -3,6 +3,7 @@
 //! routing and forwarding (`forwarding.rs`), datagrams, and end-to-end sessions
 //! (`sessions.rs`). Receive-side link emulation sits in front of all of it.
 
+use crate::logging::Maybe;
 use crate::overlay::emulation::{Emulator, LinkParams, Verdict};
 use crate::overlay::forwarding::{ArrivalBursts, Origin};
 use crate::overlay::fragment::{Reassembler, MAX_DATAGRAM};
@@ -269,7 +270,7 @@ impl Node {
                     .last_heard
                     .is_some_and(|t| now - t >= self.cfg.dead_interval)
             {
-                info!(peer = %nbr.addr, node = ?nbr.id, "neighbour dead: silent for {:?}", now - nbr.last_heard.unwrap_or(now));
+                info!(peer = %nbr.addr, node = %Maybe(&nbr.id), silent_ms = (now - nbr.last_heard.unwrap_or(now)).as_millis() as u64, "neighbour dead");
                 self.counters.neighbors_declared_dead += 1;
                 self.set_link_state(now, idx, LinkState::Down);
             }
@@ -425,14 +426,14 @@ impl Node {
                 if let Some(e) = nbr.emulator.as_mut() {
                     e.set_params(params);
                 }
-                info!(peer, ?params, "link emulation set");
+                info!(peer, params = %params, "link emulation set");
             }
         }
         self.after_input(now);
         Ok(())
     }
 
-    fn find_neighbor(&self, peer: &str) -> Option<usize> {
+    pub(super) fn find_neighbor(&self, peer: &str) -> Option<usize> {
         if let Ok(addr) = peer.parse::<SocketAddr>() {
             return self.by_addr.get(&addr).copied();
         }
@@ -440,11 +441,11 @@ impl Node {
         let id = NodeId::from(ip);
         self.neighbors
             .iter()
-            .position(|n| n.id == Some(id))
+            .position(|n| !n.retired && n.id == Some(id))
             .or_else(|| {
                 self.neighbors
                     .iter()
-                    .position(|n| n.addr.ip() == std::net::IpAddr::V4(ip))
+                    .position(|n| !n.retired && n.addr.ip() == std::net::IpAddr::V4(ip))
             })
     }
 
@@ -469,6 +470,9 @@ impl Node {
     fn process_packet(&mut self, now: Instant, idx: usize, data: &[u8]) {
         let (header, body) = match Header::decode(data) {
             Ok(x) => x,
+            Err(weft_core::DecodeError::Version(theirs)) => {
+                return self.wire_version_mismatch(idx, theirs);
+            }
             Err(e) => {
                 self.counters.malformed += 1;
                 debug!(peer = %self.neighbors[idx].addr, "malformed packet: {e}");
@@ -499,6 +503,7 @@ impl Node {
         self.neighbors[idx].heard(now, data.len());
         match header.kind {
             PacketKind::Hello => match Hello::decode(body) {
+                Ok(_) if header.flags & wire::HELLO_LEAVING != 0 => self.on_leave(now, idx),
                 Ok(h) => {
                     self.on_hello(now, idx, &h);
                     if header.flags & HELLO_PROBE != 0 {
@@ -567,7 +572,7 @@ impl Node {
             return;
         }
         let nbr = &self.neighbors[idx];
-        info!(peer = %nbr.addr, node = ?nbr.id, ?before, ?state, "link state");
+        info!(peer = %nbr.addr, node = %Maybe(&nbr.id), before = %before, state = %state, "link state");
         if state == LinkState::Up {
             let cost = nbr.cost(self.cfg.metric);
             let arq_cfg = self.cfg.arq.clone();
@@ -589,7 +594,7 @@ impl Node {
 
     /// The link stopped being usable: withdraw it from routing and send what its ARQ held
     /// along the new routes, so nothing waits for end-to-end recovery.
-    fn link_went_down(&mut self, now: Instant, idx: usize) {
+    pub(super) fn link_went_down(&mut self, now: Instant, idx: usize) {
         let nbr = &mut self.neighbors[idx];
         nbr.up_since = None;
         nbr.announced_cost = 0;
@@ -606,7 +611,7 @@ impl Node {
         }
     }
 
-    fn send_hello(&mut self, now: Instant, idx: usize, probe: bool) {
+    pub(super) fn send_hello(&mut self, now: Instant, idx: usize, probe: bool) {
         if self.neighbors[idx].cut {
             return;
         }

@@ -20,6 +20,8 @@ pub struct NeighborStatus {
     /// The link's routing cost (unit: the status's `cost_unit`).
     pub cost: Option<u32>,
     pub cut: bool,
+    /// The neighbour's wire version when it differs from ours (its packets are dropped).
+    pub wire_version_mismatch: Option<u8>,
     pub up_for_ms: Option<u64>,
     pub emulation: Option<EmulationStatus>,
     pub packets_in: u64,
@@ -139,6 +141,10 @@ pub struct Counters {
     pub datagrams_delivered: u64,
     pub neighbors_declared_dead: u64,
     pub neighbor_restarts: u64,
+    /// Neighbours that said they were leaving (a clean stop): links taken down at once.
+    pub neighbor_leaves: u64,
+    /// Packets from a neighbour speaking another wire version (dropped).
+    pub wire_version_mismatch: u64,
     pub state_packets_sent: u64,
     pub reliable_before_up: u64,
     pub rerouted: u64,
@@ -188,6 +194,7 @@ impl Node {
         let neighbors = self
             .neighbors
             .iter()
+            .filter(|n| !n.retired)
             .map(|n| NeighborStatus {
                 addr: n.addr.to_string(),
                 node: n.id,
@@ -197,6 +204,7 @@ impl Node {
                 hello_loss_ratio: n.hello_loss,
                 cost: (n.state == LinkState::Up).then_some(n.announced_cost),
                 cut: n.cut,
+                wire_version_mismatch: n.wire_version_mismatch,
                 up_for_ms: n.up_since.map(|t| (now - t).as_millis() as u64),
                 emulation: n.emulator.as_ref().map(|e| EmulationStatus {
                     params: e.params().into(),

@@ -201,6 +201,10 @@ pub const FLAG_CE: u8 = 0x01;
 /// Outer-header flag on a hello: "answer at once" (sent while a neighbour is silent, so a
 /// few lost hellos on a lossy link do not look like a dead neighbour).
 pub const HELLO_PROBE: u8 = 0x01;
+/// Outer-header flag on a hello: "I am stopping; take this link down now" (sent a few times by
+/// a daemon that exits cleanly, so its neighbours reroute without waiting out the dead
+/// interval). Daemons that do not know the flag read a plain hello.
+pub const HELLO_LEAVING: u8 = 0x02;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoutedHeader {
