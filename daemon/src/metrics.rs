@@ -272,7 +272,17 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
     );
     set(&known, &none, status.known_nodes.len() as f64);
     let sessions = b.gauge("sessions", "Open end-to-end sessions, by state", None);
-    let mut by_state: std::collections::BTreeMap<&str, u64> = Default::default();
+    // Every state has a series (0 included), so the family is there before any session.
+    let mut by_state: std::collections::BTreeMap<&str, u64> = [
+        "synsent",
+        "synreceived",
+        "established",
+        "timewait",
+        "closed",
+    ]
+    .into_iter()
+    .map(|s| (s, 0))
+    .collect();
     for s in &status.sessions {
         *by_state.entry(s.state.as_str()).or_default() += 1;
     }

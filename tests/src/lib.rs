@@ -100,6 +100,7 @@ pub struct OverlayBuilder {
     links: Vec<(usize, usize, String)>,
     extra: Vec<String>,
     emulation: bool,
+    metrics: bool,
 }
 
 impl OverlayBuilder {
@@ -112,6 +113,12 @@ impl OverlayBuilder {
     /// Daemons without `--emulation` (link emulation commands are then refused).
     pub fn without_emulation(mut self) -> Self {
         self.emulation = false;
+        self
+    }
+
+    /// Every daemon serves /metrics at `Overlay::metrics_addr(n)`.
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -151,6 +158,10 @@ impl OverlayBuilder {
             if self.emulation {
                 args.push("--emulation".into());
             }
+            if self.metrics {
+                args.push("--metrics".into());
+                args.push(format!("{}:9470", o.ip(n)));
+            }
             for (a, b, spec) in &self.links {
                 let peer = if *a == n {
                     *b
@@ -188,6 +199,7 @@ impl Overlay {
             links: Vec::new(),
             extra: Vec::new(),
             emulation: true,
+            metrics: false,
         }
     }
 
@@ -327,4 +339,101 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl Fn
         assert!(Instant::now() < deadline, "{}", what());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// ----- operator tooling (issue 19): signals, extra daemons, config files, metrics ---------
+
+impl Overlay {
+    /// Sends `signal` to daemon `n` (SIGHUP reloads, SIGTERM stops cleanly).
+    pub fn signal(&self, n: usize, signal: i32) {
+        let pid = self.daemons[n - 1]
+            .child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("daemon running");
+        // SAFETY: signalling a child process we started.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits for daemon `n` to exit and returns its status (None on timeout).
+    pub fn wait_exit(&mut self, n: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.daemons[n - 1].child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.daemons[n - 1].child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts one more daemon, number `nodes + 1`, with exactly `args` after its address,
+    /// socket and proxy flags (no neighbours unless `args` names some).
+    pub fn add_daemon(&mut self, args: &[&str]) -> usize {
+        let n = self.daemons.len() + 1;
+        let mut all = vec![
+            "--listen".to_string(),
+            format!("{}:7470", self.ip(n)),
+            "--socket".into(),
+            self.socket(n).display().to_string(),
+            "--proxy-ip".into(),
+            format!("127.{}.1.{n}", self.subnet.t),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        self.daemons.push(Daemon {
+            n,
+            child: None,
+            args: all,
+        });
+        self.nodes = self.nodes.max(n);
+        self.start_daemon(n);
+        n
+    }
+
+    /// The address daemon `n` serves metrics on when started with `metrics_flag(n)`.
+    pub fn metrics_addr(&self, n: usize) -> String {
+        format!("{}:9470", self.ip(n))
+    }
+
+    /// A configuration file for daemon `n` (what `--config` reads), written to the test
+    /// directory: its listen address, socket, proxy, emulation and these neighbours.
+    pub fn write_config(&self, n: usize, neighbors: &[usize], extra: &str) -> PathBuf {
+        let mut toml = format!(
+            "listen = \"{}:7470\"\nsocket = \"{}\"\nproxy_ip = \"127.{}.1.{n}\"\nemulation = true\n{extra}\n",
+            self.ip(n),
+            self.socket(n).display(),
+            self.subnet.t
+        );
+        for m in neighbors {
+            toml += &format!("[[neighbor]]\naddr = \"{}:7470\"\n", self.ip(*m));
+        }
+        let path = self.dir.join(format!("node{n}.toml"));
+        std::fs::write(&path, toml).expect("write config");
+        path
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status code, headers, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
 }
