@@ -129,16 +129,14 @@ impl Sim {
     /// A bidirectional link (same parameters both ways). Call before `start`.
     pub fn connect(&mut self, a: usize, b: usize, link: SimLink) {
         let (aa, ba) = (self.nodes[a].addr, self.nodes[b].addr);
-        self.nodes[a].cfg.neighbors.push(NeighborConfig {
-            addr: ba,
-            id: None,
-            link: Default::default(),
-        });
-        self.nodes[b].cfg.neighbors.push(NeighborConfig {
-            addr: aa,
-            id: None,
-            link: Default::default(),
-        });
+        self.nodes[a]
+            .cfg
+            .neighbors
+            .push(NeighborConfig { addr: ba, id: None });
+        self.nodes[b]
+            .cfg
+            .neighbors
+            .push(NeighborConfig { addr: aa, id: None });
         self.links.insert((a, b), link);
         self.links.insert((b, a), link);
     }
@@ -222,8 +220,9 @@ impl Sim {
             return;
         };
         let mut out = Vec::new();
-        while let Some(t) = node.poll_transmit(self.now) {
-            out.push(t);
+        let mut buf = Vec::new();
+        while let Some(t) = node.poll_transmit(self.now, &mut buf) {
+            out.push((t.dst, std::mem::take(&mut buf)));
         }
         while let Some(e) = node.poll_event() {
             self.observed.push(Observed {
@@ -233,8 +232,8 @@ impl Sim {
             });
         }
         let deadline = node.poll_timeout();
-        for t in out {
-            self.transmit(i, from, t.dst, t.payload);
+        for (dst, payload) in out {
+            self.transmit(i, from, dst, payload);
         }
         let sn = &mut self.nodes[i];
         sn.timer_version += 1;

@@ -52,11 +52,9 @@ fn corpus() -> &'static Vec<(SocketAddr, Vec<u8>)> {
 
 fn target() -> Node {
     let mut cfg = NodeConfig::new(Sim::id_of(1));
-    cfg.emulation = true;
     cfg.neighbors.push(NeighborConfig {
         addr: Sim::addr_of(0),
         id: None,
-        link: Default::default(),
     });
     let mut node = Node::new(cfg, Instant::from_nanos(1_000_000_000), 7, 1 << 32, 11);
     let _ = node.listen(80);
@@ -117,7 +115,7 @@ proptest! {
             node.handle_datagram(now, Sim::addr_of(0), &p);
             node.handle_datagram(now, "192.0.2.9:7470".parse().expect("addr"), &p);
             node.handle_timeout(now);
-            while node.poll_transmit(now).is_some() {}
+            while node.poll_transmit(now, &mut Vec::new()).is_some() {}
             while node.poll_event().is_some() {}
         }
     }
@@ -139,7 +137,7 @@ proptest! {
             if i % 7 == 0 {
                 node.handle_timeout(now);
             }
-            while node.poll_transmit(now).is_some() {}
+            while node.poll_transmit(now, &mut Vec::new()).is_some() {}
             while node.poll_event().is_some() {}
         }
         // Still alive and answering: the status renders.

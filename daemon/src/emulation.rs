@@ -1,14 +1,130 @@
-//! Receive-side link emulation (the kernel here has no netem): loss (Bernoulli or
-//! Gilbert–Elliott bursts), delay with order-preserving jitter, a rate limit with a drop-tail
-//! byte queue. Applied to packets from one neighbour before the node sees them, only when the
-//! daemon runs with emulation allowed. Cuts are handled by the node (both directions).
+//! Receive-side link emulation (the kernel here has no netem), a layer between the overlay
+//! socket and the node: loss (Bernoulli or Gilbert–Elliott bursts), delay with
+//! order-preserving jitter, a rate limit with a drop-tail byte queue. Applied to packets from
+//! one neighbour before the node sees them, only when the daemon runs with emulation allowed.
+//! `weft link set|cut|heal` lands here: parameters stay in this layer, cuts become the node's
+//! administrative cut of the link (both directions).
 
+use crate::overlay::Node;
+use ahash::AHashMap as HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use weft_core::Instant;
+use tracing::info;
+use weft_core::{Instant, NodeId};
+use weft_ipc::LinkAction;
+
+/// The emulation of every configured neighbour's link (receive side).
+#[derive(Debug)]
+pub struct Emulation {
+    enabled: bool,
+    links: Vec<(SocketAddr, Emulator)>,
+    by_addr: HashMap<SocketAddr, usize>,
+}
+
+impl Emulation {
+    /// `links`: every neighbour with its initial parameters. Without `enabled` nothing is
+    /// emulated and commands are refused.
+    pub fn new(enabled: bool, links: &[(SocketAddr, LinkParams)], seed: u64) -> Self {
+        let mut e = Emulation {
+            enabled,
+            links: Vec::new(),
+            by_addr: HashMap::new(),
+        };
+        if enabled {
+            for (i, &(addr, params)) in links.iter().enumerate() {
+                let seed = seed
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .wrapping_add(i as u64);
+                e.by_addr.insert(addr, e.links.len());
+                e.links.push((addr, Emulator::new(params, seed)));
+            }
+        }
+        e
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// A datagram from `from`: hand it to the node now (`Pass`), or later, or never.
+    pub fn admit(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Verdict {
+        match self.by_addr.get(&from).map(|&i| &mut self.links[i].1) {
+            Some(e) if !e.params().is_identity() || e.held() > 0 => e.admit(now, data),
+            _ => Verdict::Pass,
+        }
+    }
+
+    /// When the next held datagram is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.links.iter().filter_map(|(_, e)| e.next_due()).min()
+    }
+
+    /// A held datagram whose time has come, with its sender.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        self.links
+            .iter_mut()
+            .find_map(|(addr, e)| e.pop_due(now).map(|p| (*addr, p)))
+    }
+
+    pub fn status(&self, addr: SocketAddr) -> Option<(LinkParams, EmulationCounters)> {
+        let &i = self.by_addr.get(&addr)?;
+        let e = &self.links[i].1;
+        Some((*e.params(), e.counters))
+    }
+
+    /// `weft link set|cut|heal`: `peer` is a node id or a neighbour address.
+    pub fn command(
+        &mut self,
+        node: &mut Node,
+        now: Instant,
+        peer: &str,
+        action: &LinkAction,
+    ) -> Result<(), String> {
+        if !self.enabled {
+            return Err("link emulation is disabled: start weftd with --emulation".into());
+        }
+        let addr = find_neighbor(node, peer).ok_or_else(|| format!("no neighbour `{peer}`"))?;
+        match action {
+            LinkAction::Cut => {
+                info!(peer, "link cut");
+                node.set_link_cut(now, addr, true);
+            }
+            LinkAction::Heal => {
+                info!(peer, "link healed");
+                node.set_link_cut(now, addr, false);
+            }
+            LinkAction::Set(spec) => {
+                let i = self
+                    .by_addr
+                    .get(&addr)
+                    .copied()
+                    .ok_or_else(|| format!("no neighbour `{peer}`"))?;
+                let e = &mut self.links[i].1;
+                let params = e.params().apply_spec(spec)?;
+                e.set_params(params);
+                info!(peer, ?params, "link emulation set");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The neighbour `peer` names: its address, its node id, or the IP of its address.
+fn find_neighbor(node: &Node, peer: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return node.neighbors().find(|(a, _)| *a == addr).map(|(a, _)| a);
+    }
+    let ip: Ipv4Addr = peer.parse().ok()?;
+    let id = NodeId::from(ip);
+    node.neighbors()
+        .find(|(_, n)| *n == Some(id))
+        .or_else(|| node.neighbors().find(|(a, _)| a.ip() == IpAddr::V4(ip)))
+        .map(|(a, _)| a)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct LinkParams {
