@@ -75,6 +75,7 @@ pub struct Sim {
     pub bytes_sent: u64,
     /// When set, every datagram sent is also recorded here as (from, to, payload).
     pub tap: Option<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
+    scratch: Vec<u8>,
 }
 
 impl Sim {
@@ -93,6 +94,7 @@ impl Sim {
             packets_sent: 0,
             bytes_sent: 0,
             tap: None,
+            scratch: Vec::with_capacity(64 * 1024),
         }
     }
 
@@ -220,9 +222,11 @@ impl Sim {
             return;
         };
         let mut out = Vec::new();
-        let mut buf = Vec::new();
-        while let Some(t) = node.poll_transmit(self.now, &mut buf) {
-            out.push((t.dst, std::mem::take(&mut buf)));
+        // One buffer, reused as the I/O layer reuses its transmit queue.
+        let buf = &mut self.scratch;
+        while let Some(t) = node.poll_transmit(self.now, buf) {
+            out.push((t.dst, buf.clone()));
+            buf.clear();
         }
         while let Some(e) = node.poll_event() {
             self.observed.push(Observed {

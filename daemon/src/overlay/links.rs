@@ -14,7 +14,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tracing::{debug, info};
 use weft_core::{Header, Instant, NodeId, PacketKind, Writer, HEADER_LEN};
-use weft_transport::arq::{ArqConfig, ArqLink, Backpressure, FlowId};
+use weft_transport::arq::{ArqConfig, ArqLink, Backpressure, BufferPool, FlowId};
+
+/// Spare packet buffers the links keep (about a megabyte and a half at the default MTU).
+const POOL_BUFFERS: usize = 1024;
 
 /// A neighbour's position in the configuration (stable for the node's life).
 pub type LinkId = usize;
@@ -77,34 +80,23 @@ pub struct LinkCounters {
     pub reliable_before_up: u64,
 }
 
-/// Control and best-effort datagrams waiting to leave, in reusable buffers.
+/// Control and best-effort datagrams waiting to leave (in buffers from the links' pool).
 #[derive(Debug, Default)]
 struct Outbox {
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
-    spare: Vec<Vec<u8>>,
 }
 
 impl Outbox {
-    /// Buffers kept for reuse; beyond this a burst's buffers are freed.
-    const SPARE: usize = 256;
-
-    fn buffer(&mut self) -> Vec<u8> {
-        self.spare.pop().unwrap_or_default()
-    }
-
     fn push(&mut self, dst: SocketAddr, payload: Vec<u8>) {
         self.queue.push_back((dst, payload));
     }
 
-    /// Moves the oldest datagram into `buf`.
-    fn pop_into(&mut self, buf: &mut Vec<u8>) -> Option<TransmitMeta> {
-        let (dst, mut payload) = self.queue.pop_front()?;
+    /// Moves the oldest datagram into `buf`, and its buffer back to `pool`.
+    fn pop_into(&mut self, buf: &mut Vec<u8>, pool: &mut BufferPool) -> Option<TransmitMeta> {
+        let (dst, payload) = self.queue.pop_front()?;
         buf.extend_from_slice(&payload);
         let len = payload.len();
-        if self.spare.len() < Self::SPARE {
-            payload.clear();
-            self.spare.push(payload);
-        }
+        pool.give(payload);
         Some(TransmitMeta { dst, len })
     }
 }
@@ -114,6 +106,8 @@ pub struct Links {
     neighbors: Vec<Neighbor>,
     by_addr: HashMap<SocketAddr, LinkId>,
     outbox: Outbox,
+    /// Packet buffers shared by every link: what one link's ARQ frees, another's reuses.
+    pool: BufferPool,
     events: VecDeque<LinkEvent>,
     /// Where `poll_transmit` resumes its round over the links' ARQs.
     next_link: usize,
@@ -126,6 +120,7 @@ impl Links {
             neighbors: Vec::with_capacity(neighbors.len()),
             by_addr: HashMap::new(),
             outbox: Outbox::default(),
+            pool: BufferPool::new(POOL_BUFFERS),
             events: VecDeque::new(),
             next_link: 0,
             counters: LinkCounters::default(),
@@ -284,7 +279,7 @@ impl Links {
                     self.counters.reliable_before_up += 1;
                     return None;
                 };
-                let got = a.handle_packet(now, header.kind, body);
+                let got = a.handle_packet_pooled(now, header.kind, body, &mut self.pool);
                 self.wake_writable_flows(link);
                 match got {
                     Ok(Some(packet)) => Some(Inbound::Routed {
@@ -460,7 +455,7 @@ impl Links {
             self.counters.dropped_cut += 1;
             return None;
         }
-        let mut buf = self.outbox.buffer();
+        let mut buf = self.pool.take();
         let mut w = Writer::new(&mut buf);
         let mut header = Header::new(kind, self.cfg.id, self.cfg.incarnation);
         header.flags = flags;
@@ -528,6 +523,11 @@ impl Links {
         })
     }
 
+    /// A routed packet's buffer that is no longer needed (delivered here).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.pool.give(buf);
+    }
+
     /// A multicast copy left on `link` (link stress, for status).
     pub fn count_multicast(&mut self, link: LinkId) {
         self.neighbors[link].mcast_out += 1;
@@ -572,7 +572,7 @@ impl Links {
     /// Appends the next datagram to `buf`: control and best-effort traffic first, then the
     /// reliable links in turn (each within its congestion window and pacing).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<TransmitMeta> {
-        if let Some(t) = self.outbox.pop_into(buf) {
+        if let Some(t) = self.outbox.pop_into(buf, &mut self.pool) {
             return Some(t);
         }
         let n = self.neighbors.len();

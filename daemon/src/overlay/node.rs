@@ -335,6 +335,9 @@ impl Node {
         }
         if header.dst.node == self.cfg.id {
             self.deliver_local(now, &header, &packet[RoutedHeader::LEN..]);
+            if let Cow::Owned(buf) = packet {
+                self.links.recycle(buf);
+            }
             return None;
         }
         if self.routing.is_stale() {
