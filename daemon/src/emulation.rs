@@ -1,14 +1,14 @@
 //! Receive-side link emulation (the kernel here has no netem), a layer between the overlay
 //! socket and the node: loss (Bernoulli or Gilbert–Elliott bursts), delay with
-//! order-preserving jitter, a rate limit with a drop-tail byte queue. Applied to packets from
+//! order-preserving jitter, a rate limit with a drop-tail byte queue, all decided by the
+//! shared link model (`weft-linkmodel`); this layer parses what users type, holds delayed
+//! packets and counts. Applied to packets from
 //! one neighbour before the node sees them, only when the daemon runs with emulation allowed.
 //! `weft link set|cut|heal` lands here: parameters stay in this layer, cuts become the node's
 //! administrative cut of the link (both directions).
 
 use crate::overlay::Node;
 use ahash::AHashMap as HashMap;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -16,6 +16,7 @@ use std::time::Duration;
 use tracing::info;
 use weft_core::{Instant, NodeId};
 use weft_ipc::LinkAction;
+use weft_linkmodel::{self as model, DirectionModel, LossModel, QueueLimit};
 
 /// The emulation of every configured neighbour's link (receive side).
 #[derive(Debug)]
@@ -205,6 +206,20 @@ impl LinkParams {
             (self.rate_bps / 8 / 20).max(64 * 1024)
         }
     }
+
+    /// The same link in the shared model's terms (Spines' loss and burst become its
+    /// Gilbert-Elliott chain; jitter keeps order).
+    pub fn model(&self) -> model::LinkParams {
+        model::LinkParams {
+            delay: self.delay,
+            jitter: self.jitter,
+            reorder: false,
+            loss: LossModel::from_loss_and_burst(self.loss, self.burst),
+            duplicate: 0.0,
+            rate_bps: self.rate_bps,
+            queue: QueueLimit::Bytes(self.queue_limit()),
+        }
+    }
 }
 
 /// `2%`, `0.5%` or a bare fraction `0.02`.
@@ -283,14 +298,12 @@ pub enum Verdict {
     Dropped,
 }
 
-/// One neighbour's receive-side emulator.
+/// One neighbour's receive-side emulator: the shared link model decides each packet's fate,
+/// and the packets it delays wait here until they are due.
 #[derive(Debug)]
 pub struct Emulator {
     params: LinkParams,
-    rng: ChaCha8Rng,
-    in_burst: bool,
-    tx_free_at: Instant,
-    last_due: Instant,
+    model: DirectionModel,
     held: VecDeque<(Instant, Vec<u8>)>,
     pub counters: EmulationCounters,
 }
@@ -298,11 +311,8 @@ pub struct Emulator {
 impl Emulator {
     pub fn new(params: LinkParams, seed: u64) -> Self {
         Emulator {
+            model: DirectionModel::new(params.model(), seed),
             params,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            in_burst: false,
-            tx_free_at: Instant::ZERO,
-            last_due: Instant::ZERO,
             held: VecDeque::new(),
             counters: EmulationCounters::default(),
         }
@@ -315,61 +325,22 @@ impl Emulator {
     /// New parameters apply to packets arriving from now on; held packets keep their times.
     pub fn set_params(&mut self, params: LinkParams) {
         self.params = params;
-        self.in_burst = false;
-    }
-
-    fn lose(&mut self) -> bool {
-        let p = self.params.loss;
-        if p <= 0.0 {
-            return false;
-        }
-        if self.params.burst <= 0.0 {
-            return self.rng.gen_bool(p);
-        }
-        // Two-state chain: stay lost with p11 = burst; enter loss with p01 chosen so the
-        // stationary loss rate is p.
-        let p11 = self.params.burst;
-        let p01 = (p * (1.0 - p11) / (1.0 - p)).clamp(0.0, 1.0);
-        let lost = if self.in_burst {
-            self.rng.gen_bool(p11)
-        } else {
-            self.rng.gen_bool(p01)
-        };
-        self.in_burst = lost;
-        lost
+        self.model.set_params(params.model());
     }
 
     pub fn admit(&mut self, now: Instant, packet: &[u8]) -> Verdict {
         self.counters.received += 1;
-        if self.lose() {
-            self.counters.dropped_loss += 1;
-            return Verdict::Dropped;
-        }
-        let mut depart = now;
-        if self.params.rate_bps > 0 {
-            let start = now.max(self.tx_free_at);
-            let backlog_bytes = (start - now).as_secs_f64() * self.params.rate_bps as f64 / 8.0;
-            if backlog_bytes + packet.len() as f64 > self.params.queue_limit() as f64 {
+        let due = match self.model.on_packet(now, packet.len()) {
+            model::Verdict::Deliver { due, .. } => due,
+            model::Verdict::Drop(model::DropReason::Queue) => {
                 self.counters.dropped_queue += 1;
                 return Verdict::Dropped;
             }
-            let serialise =
-                Duration::from_secs_f64(packet.len() as f64 * 8.0 / self.params.rate_bps as f64);
-            depart = start + serialise;
-            self.tx_free_at = depart;
-        }
-        let mut due = depart + self.params.delay;
-        if !self.params.jitter.is_zero() {
-            let j = self.params.jitter.as_secs_f64();
-            let offset = self.rng.gen_range(-j..=j);
-            due = if offset >= 0.0 {
-                due + Duration::from_secs_f64(offset)
-            } else {
-                due - Duration::from_secs_f64(-offset)
-            };
-        }
-        due = due.max(self.last_due);
-        self.last_due = due;
+            model::Verdict::Drop(model::DropReason::Loss | model::DropReason::Down) => {
+                self.counters.dropped_loss += 1;
+                return Verdict::Dropped;
+            }
+        };
         if due <= now && self.held.is_empty() {
             self.counters.delivered += 1;
             return Verdict::Pass;
