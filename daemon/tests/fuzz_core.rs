@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
-use weft_core::{Endpoint, Instant};
+use weft_core::{Endpoint, Header, Instant};
 use weft_daemon::overlay::{NeighborConfig, Node, NodeConfig};
 use weft_daemon::sim::{Sim, SimLink};
 
@@ -124,7 +124,7 @@ proptest! {
     fn mutated_real_traffic_never_panics(picks in proptest::collection::vec((any::<usize>(), mutation()), 1..200)) {
         let corpus = corpus();
         // Every kind of packet is represented (hello, state, ack, data, reliable data/ack).
-        let kinds: std::collections::BTreeSet<u8> = corpus.iter().filter_map(|(_, p)| p.get(3).copied()).collect();
+        let kinds: std::collections::BTreeSet<u8> = corpus.iter().filter_map(|(_, p)| Header::decode(p).ok().map(|(h, _)| h.kind as u8)).collect();
         prop_assert!(kinds.len() >= 5, "corpus kinds {:?}", kinds);
         let mut node = target();
         let mut now = Instant::from_nanos(1_000_000_000);
