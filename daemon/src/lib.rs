@@ -4,6 +4,7 @@ pub mod args;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod emulation;
 pub mod io;
 pub mod logging;
 pub mod metrics;

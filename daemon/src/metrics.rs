@@ -6,6 +6,7 @@
 //! Names carry their unit (`_seconds`, `_bytes`, `_ratio`; counters end in `_total`).
 //! docs/metrics.md lists them.
 
+use crate::emulation::EmulationCounters;
 use crate::overlay::neighbor::LinkState;
 use crate::overlay::status::NodeStatus;
 use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
@@ -28,6 +29,8 @@ pub struct DaemonFigures {
     /// Datagrams the I/O layer dropped, by reason.
     pub dropped: Vec<(&'static str, u64)>,
     pub udp_send_errors: u64,
+    /// What the emulation layer did to each emulated neighbour's packets (by address).
+    pub link_emulation: Vec<(String, EmulationCounters)>,
 }
 
 /// The two text encodings a scraper may ask for.
@@ -250,11 +253,8 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
             set(&in_flight, &l, a.in_flight_bytes as f64);
             set(&queued, &l, a.queued_bytes as f64);
         }
-        if let Some(e) = &n.emulation {
-            for (reason, v) in [
-                ("loss", e.counters.dropped_loss),
-                ("queue", e.counters.dropped_queue),
-            ] {
+        if let Some((_, e)) = daemon.link_emulation.iter().find(|(a, _)| *a == n.addr) {
+            for (reason, v) in [("loss", e.dropped_loss), ("queue", e.dropped_queue)] {
                 let mut lr = l.clone();
                 lr.push(("reason", reason.into()));
                 add(&emu_dropped, &lr, v);
@@ -434,10 +434,9 @@ mod tests {
         cfg.neighbors.push(NeighborConfig {
             addr: "127.0.0.2:7470".parse().unwrap(),
             id: None,
-            link: Default::default(),
         });
         let now = Instant::from_micros(1_000_000);
-        let mut node = Node::new(cfg, now, 1, 1, 1);
+        let node = Node::new(cfg, now, 1, 1, 1);
         let figures = DaemonFigures {
             dropped: vec![("no_listener", 3)],
             ..Default::default()

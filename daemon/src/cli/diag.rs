@@ -6,8 +6,8 @@
 use super::stream::unreachable_reason;
 use super::{connect, monotonic_ns};
 use crate::client::{check, ControlClient};
+use crate::emulation::parse_duration;
 use crate::io::echo::{parse_reply, EchoReport, ECHO_MAGIC, ECHO_PORT};
-use crate::overlay::emulation::parse_duration;
 use clap::Args;
 use serde::Serialize;
 use serde_json::Value;

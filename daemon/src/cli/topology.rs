@@ -5,7 +5,7 @@
 //! daemon at its far end. `cost` and `congestion_control` are netemu's (weft routes by itself);
 //! `mtu` (an IP MTU) sets the daemons' UDP payload (`mtu - 28`).
 
-use crate::overlay::emulation::LinkParams;
+use crate::emulation::LinkParams;
 use weft_topology::ParamPatch;
 
 #[derive(Debug, Clone, PartialEq)]

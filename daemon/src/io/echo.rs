@@ -94,9 +94,11 @@ impl Daemon {
         }
         // No route back: the prober counts a loss, which is what happened.
         let _ = self.node.send_datagram(now, ECHO_PORT, src, &reply, None);
-        while let Some(t) = self.node.poll_transmit(now) {
-            self.udp_backlog.push_back(t);
-        }
+        let node = &mut self.node;
+        while self
+            .udp_backlog
+            .push_with(|buf| node.poll_transmit(now, buf).map(|t| (t.dst, t.len)))
+        {}
         true
     }
 }

@@ -273,6 +273,14 @@ impl Daemon {
                 ("proxy_foreign_source", c.proxy_foreign_source),
             ],
             udp_send_errors: c.udp_send_errors,
+            link_emulation: self
+                .node
+                .neighbors()
+                .filter_map(|(addr, _)| {
+                    let e = self.emulation.status(addr)?;
+                    Some((addr.to_string(), e.counters))
+                })
+                .collect(),
         };
         metrics::render(&status, &figures, encoding)
     }

@@ -6,15 +6,35 @@
 
 use super::Daemon;
 use crate::config::{DaemonConfig, Flags};
+use crate::emulation::LinkParams;
 use crate::logging::LogHandle;
+use crate::overlay::NeighborConfig;
+use std::net::SocketAddr;
 use tracing::{info, warn};
 
 /// What a reload starts from.
 pub struct Reloader {
     pub flags: Flags,
     pub logs: LogHandle,
-    /// The neighbours the configuration named at the last (re)load.
-    pub file_neighbors: Vec<crate::overlay::NeighborConfig>,
+    /// The neighbours the configuration named at the last (re)load, with their emulation.
+    pub file_neighbors: Vec<(NeighborConfig, LinkParams)>,
+}
+
+/// The configuration's neighbours, each with its initial link parameters.
+fn neighbors_of(c: &DaemonConfig) -> Vec<(NeighborConfig, LinkParams)> {
+    c.node
+        .neighbors
+        .iter()
+        .map(|n| {
+            let link = c
+                .emulation
+                .links
+                .iter()
+                .find(|(a, _)| *a == n.addr)
+                .map_or_else(LinkParams::default, |(_, l)| *l);
+            (n.clone(), link)
+        })
+        .collect()
 }
 
 /// The settings a reload cannot change, as (name, running value, new value) when they differ.
@@ -52,7 +72,7 @@ fn needs_restart(old: &DaemonConfig, new: &DaemonConfig) -> Vec<(&'static str, S
             c.node.default_ttl,
             c.node.recovery,
             c.node.arq.redundancy,
-            c.node.emulation
+            c.emulation.enabled
         )
     };
     check(
@@ -66,7 +86,7 @@ fn needs_restart(old: &DaemonConfig, new: &DaemonConfig) -> Vec<(&'static str, S
 impl Daemon {
     /// Lets SIGHUP reload from `flags` (and the file they name) and swap the log settings.
     pub fn with_reload(mut self, flags: Flags, logs: LogHandle) -> Daemon {
-        let file_neighbors = self.cfg.node.neighbors.clone();
+        let file_neighbors = neighbors_of(&self.cfg);
         self.reloader = Some(Reloader {
             flags,
             logs,
@@ -106,36 +126,77 @@ impl Daemon {
     /// says now: neighbours added, removed, or with new emulation. Neighbours added or
     /// removed at run time (`weft neighbor`) stay as they are unless the file names them.
     fn reload_neighbors(&mut self, new: &DaemonConfig) -> Vec<String> {
-        let now = self.clock.now();
         let Some(reloader) = self.reloader.as_mut() else {
             return Vec::new();
         };
-        let old = std::mem::replace(&mut reloader.file_neighbors, new.node.neighbors.clone());
+        let wanted = neighbors_of(new);
+        let old = std::mem::replace(&mut reloader.file_neighbors, wanted.clone());
         let mut changed = Vec::new();
-        for o in &old {
-            if !new.node.neighbors.iter().any(|n| n.addr == o.addr) {
-                match self.node.remove_neighbor(now, o.addr) {
+        for (o, _) in &old {
+            if !wanted.iter().any(|(n, _)| n.addr == o.addr) {
+                match self.remove_neighbor(o.addr) {
                     Ok(()) => changed.push(format!("-neighbor {}", o.addr)),
                     Err(e) => warn!(peer = %o.addr, error = %e, "reload: cannot remove"),
                 }
             }
         }
-        for n in &new.node.neighbors {
-            match old.iter().find(|o| o.addr == n.addr) {
-                None => match self.node.add_neighbor(now, n.clone()) {
+        for (n, link) in &wanted {
+            match old.iter().find(|(o, _)| o.addr == n.addr) {
+                None => match self.add_neighbor(n.clone(), *link) {
                     Ok(()) => changed.push(format!("+neighbor {}", n.addr)),
                     Err(e) => warn!(peer = %n.addr, error = %e, "reload: cannot add"),
                 },
-                Some(o) if o.link != n.link => match self.node.set_neighbor_link(n.addr, n.link) {
-                    Ok(()) => changed.push(format!("link {}", n.addr)),
+                Some((_, was)) if was != link => match self.emulation.add_link(n.addr, *link) {
+                    Ok(()) => {
+                        info!(peer = %n.addr, params = %link, "link emulation set");
+                        changed.push(format!("link {}", n.addr));
+                    }
                     Err(e) => warn!(peer = %n.addr, error = %e, "reload: cannot set emulation"),
                 },
                 Some(_) => {}
             }
         }
-        self.cfg.node.neighbors = self.node.config().neighbors.clone();
         self.drain_node();
         changed
+    }
+
+    /// Links to a neighbour at run time: the node's link and its emulation.
+    fn add_neighbor(&mut self, n: NeighborConfig, link: LinkParams) -> Result<(), String> {
+        if n.addr == self.cfg.listen {
+            return Err(format!("{} is this daemon's own address", n.addr));
+        }
+        if !link.is_identity() && !self.emulation.enabled() {
+            return Err("link emulation is disabled: start weftd with --emulation".into());
+        }
+        let addr = n.addr;
+        self.node.add_neighbor(self.clock.now(), n)?;
+        self.emulation.add_link(addr, link)?;
+        self.neighbors_changed();
+        Ok(())
+    }
+
+    fn remove_neighbor(&mut self, addr: SocketAddr) -> Result<(), String> {
+        self.node.remove_neighbor(self.clock.now(), addr)?;
+        self.emulation.remove_link(addr);
+        self.neighbors_changed();
+        Ok(())
+    }
+
+    /// The running configuration follows the node's neighbours (what `status` and a later
+    /// reload compare against).
+    fn neighbors_changed(&mut self) {
+        self.cfg.node.neighbors = self.node.config().neighbors.clone();
+        let emulation = &self.emulation;
+        self.cfg.emulation.links = self
+            .cfg
+            .node
+            .neighbors
+            .iter()
+            .map(|n| {
+                let params = emulation.params(n.addr).unwrap_or_default();
+                (n.addr, params)
+            })
+            .collect();
     }
 
     /// `weft neighbor add|remove ADDR`.
@@ -144,25 +205,14 @@ impl Daemon {
         addr: std::net::SocketAddr,
         action: weft_ipc::NeighborAction,
     ) -> Result<(), String> {
-        let now = self.clock.now();
-        if addr == self.cfg.listen {
-            return Err(format!("{addr} is this daemon's own address"));
-        }
         match action {
             weft_ipc::NeighborAction::Add { node, link } => {
-                let link = crate::overlay::emulation::LinkParams::default().apply_spec(&link)?;
-                self.node.add_neighbor(
-                    now,
-                    crate::overlay::NeighborConfig {
-                        addr,
-                        id: node,
-                        link,
-                    },
-                )?;
+                let link = LinkParams::default().apply_spec(&link)?;
+                self.add_neighbor(NeighborConfig { addr, id: node }, link)?;
             }
-            weft_ipc::NeighborAction::Remove => self.node.remove_neighbor(now, addr)?,
+            weft_ipc::NeighborAction::Remove => self.remove_neighbor(addr)?,
         }
-        self.cfg.node.neighbors = self.node.config().neighbors.clone();
+        self.drain_node();
         Ok(())
     }
 }

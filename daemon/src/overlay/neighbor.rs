@@ -1,7 +1,6 @@
 //! One configured neighbour: liveness from hellos (two-way check, incarnations), RTT and loss
-//! estimates, the link cost it contributes to routing, its receive-side emulator and cut state.
+//! estimates, the link cost it contributes to routing, and whether it is administratively cut.
 
-use crate::overlay::emulation::Emulator;
 use crate::overlay::flood::FloodQueue;
 use crate::overlay::wire::Hello;
 use serde::{Deserialize, Serialize};
@@ -91,7 +90,6 @@ pub struct Neighbor {
     /// Cost currently in our advert for this link.
     pub announced_cost: u32,
     pub cost_announced_at: Option<Instant>,
-    pub emulator: Option<Emulator>,
     pub cut: bool,
     /// Routing state we owe this neighbour.
     pub flood: FloodQueue,
@@ -106,25 +104,14 @@ pub struct Neighbor {
     /// Multicast copies sent on this link.
     pub mcast_out: u64,
     /// Removed at run time (`weft neighbor remove`, a reload): kept as a cut, silent slot so
-    /// that link indices stay valid; `membership.rs` revives it if the address comes back.
+    /// that link ids stay valid; `links/membership.rs` revives it if the address comes back.
     pub retired: bool,
     /// The wire version of the last packet it sent that we could not read (another weft).
     pub wire_version_mismatch: Option<u8>,
 }
 
-pub enum HelloOutcome {
-    Nothing,
-    /// The neighbour restarted (new incarnation): the link was reset first.
-    Restarted,
-}
-
 impl Neighbor {
-    pub fn new(
-        addr: SocketAddr,
-        configured_id: Option<NodeId>,
-        first_hello: Instant,
-        emulator: Option<Emulator>,
-    ) -> Self {
+    pub fn new(addr: SocketAddr, configured_id: Option<NodeId>, first_hello: Instant) -> Self {
         Neighbor {
             addr,
             id: configured_id,
@@ -142,7 +129,6 @@ impl Neighbor {
             hello_loss: 0.0,
             announced_cost: 0,
             cost_announced_at: None,
-            emulator,
             cut: false,
             flood: FloodQueue::default(),
             arq: None,
