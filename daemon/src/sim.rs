@@ -162,7 +162,8 @@ impl Sim {
         i
     }
 
-    /// A bidirectional link (same parameters both ways). Call before `start`.
+    /// A bidirectional link (same parameters both ways), configured on both nodes. Call
+    /// before `start`.
     pub fn connect(&mut self, a: usize, b: usize, link: SimLink) {
         let (aa, ba) = (self.nodes[a].addr, self.nodes[b].addr);
         self.nodes[a]
@@ -173,6 +174,12 @@ impl Sim {
             .cfg
             .neighbors
             .push(NeighborConfig { addr: aa, id: None });
+        self.cable(a, b, link);
+    }
+
+    /// A path that carries packets between `a` and `b` without either being configured as
+    /// the other's neighbour (they may be linked at run time with `Node::add_neighbor`).
+    pub fn cable(&mut self, a: usize, b: usize, link: SimLink) {
         for key in [(a, b), (b, a)] {
             self.links.insert(key, link);
             let mut model = DirectionModel::new(link.params(), self.direction_seed(key));

@@ -539,3 +539,152 @@ fn weft_run_warns_when_no_daemon_answers() {
     std::fs::remove_dir_all(&dir).ok();
     let _ = weftd_bin();
 }
+
+/// `weft listen` on `n` whose stdin the test holds (None: /dev/null, so the listener finishes
+/// its own side at once); its stdout is read on a thread.
+fn held_listener(
+    o: &Overlay,
+    n: usize,
+    port: u16,
+    hold_stdin: bool,
+) -> (
+    Option<std::process::ChildStdin>,
+    std::thread::JoinHandle<(Vec<u8>, std::process::ExitStatus)>,
+) {
+    let mut child = Command::new(weft_bin())
+        .arg("--socket")
+        .arg(o.socket(n))
+        .args(["listen", "--port", &port.to_string()])
+        .stdin(if hold_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("weft listen");
+    let stdin = child.stdin.take();
+    let mut out = child.stdout.take().unwrap();
+    let h = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = out.read_to_end(&mut got);
+        (got, child.wait().unwrap())
+    });
+    (stdin, h)
+}
+
+/// Node `n`'s sessions on local overlay port `port`, by state.
+fn session_states(o: &Overlay, n: usize, port: u16) -> Vec<String> {
+    o.status(n)["sessions"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter(|s| s["local"]["port"] == port)
+                .map(|s| s["state"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigterm_finishes_sessions_with_fin_resets_the_rest_after_the_grace_and_exits_0() {
+    let mut o = Overlay::builder().chain(4, "delay=1ms").start();
+    o.wait_converged(Duration::from_secs(15));
+    // Two sessions from node 1 to node 4. The first listener has no input: its side is
+    // finished at once, so node 1's FIN ends the session. The second keeps its side open:
+    // only a reset after the grace period ends it.
+    let (_, finishes) = held_listener(&o, 4, 9501, false);
+    let (open_stdin, stays_open) = held_listener(&o, 4, 9502, true);
+    std::thread::sleep(Duration::from_millis(300));
+    let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let mut senders = Vec::new();
+    for port in [9501, 9502] {
+        let mut cat = Command::new(weft_bin())
+            .arg("--socket")
+            .arg(o.socket(1))
+            .args(["cat", &format!("{}:{port}", o.ip(4))])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("weft cat");
+        // The program keeps its socket open: what ends the session is the daemon's stop.
+        let mut stdin = cat.stdin.take().unwrap();
+        stdin.write_all(&payload).unwrap();
+        senders.push((cat, stdin));
+    }
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            [9501, 9502].iter().all(|&p| {
+                o.status(4)["sessions"].as_array().is_some_and(|v| {
+                    v.iter().any(|s| {
+                        s["local"]["port"] == p
+                            && s["bytes_received"].as_u64() == Some(payload.len() as u64)
+                    })
+                })
+            })
+        },
+        || {
+            format!(
+                "the sessions did not carry their bytes: {}",
+                o.status(4)["sessions"]
+            )
+        },
+    );
+
+    let t0 = Instant::now();
+    o.signal(1, libc::SIGTERM);
+    let st = o
+        .wait_exit(1, Duration::from_secs(15))
+        .expect("weftd 1 exits after its grace period");
+    println!("weftd stopped {:?} after SIGTERM (grace 2 s)", t0.elapsed());
+    assert!(st.success(), "a clean stop exits 0: {st:?}");
+
+    // The FIN: the listener saw every byte and the end of the stream, and finished.
+    let (got, status) = finishes.join().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        got == payload,
+        "{} bytes, not the {} sent",
+        got.len(),
+        payload.len()
+    );
+    // The reset: the session that stayed open on node 4 is over without its program
+    // closing anything.
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            !session_states(&o, 4, 9502)
+                .iter()
+                .any(|s| s == "established")
+        },
+        || {
+            format!(
+                "node 4's open session was not reset: {:?}",
+                session_states(&o, 4, 9502)
+            )
+        },
+    );
+    drop(open_stdin);
+    let (got, _) = stays_open.join().unwrap();
+    assert!(
+        got == payload,
+        "{} bytes, not the {} sent",
+        got.len(),
+        payload.len()
+    );
+    let log = std::fs::read_to_string(o.log(1)).unwrap();
+    assert!(
+        log.contains("stopping: closing sessions sessions=2"),
+        "{log}"
+    );
+    assert!(
+        log.contains("grace period over: resetting sessions sessions=1"),
+        "{log}"
+    );
+    for (mut cat, stdin) in senders {
+        drop(stdin);
+        let _ = cat.wait();
+    }
+}
