@@ -60,7 +60,10 @@ fn socket(i: usize) -> SocketId {
 fn deliveries(sim: &mut Sim, group: NodeId) -> BTreeMap<usize, Vec<(NodeId, Vec<u8>)>> {
     let mut out: BTreeMap<usize, Vec<(NodeId, Vec<u8>)>> = BTreeMap::new();
     for ev in std::mem::take(&mut sim.observed) {
-        if let NodeEvent::Datagram { src, dst, payload } = ev.event {
+        if let NodeEvent::Datagram {
+            src, dst, payload, ..
+        } = ev.event
+        {
             if dst.node == group {
                 out.entry(ev.node).or_default().push((src.node, payload));
             }

@@ -120,11 +120,36 @@ pub(crate) fn proxy_for(remote: Endpoint) -> Result<SocketAddrV4, i32> {
             let mut st = state::lock();
             st.proxy_of.insert(remote, addr);
             st.remote_of.insert(addr.port(), remote);
+            st.proxy_at.insert(addr, Some(remote));
             Ok(addr)
         }
         Ok(_) => Err(libc::EPROTO),
         Err(e) => Err(e),
     }
+}
+
+/// Exact proxy addresses remembered (including "not a proxy") before the cache starts over.
+const PROXY_AT_CACHE: usize = 4096;
+
+/// The overlay endpoint behind the proxy at exactly `at` (kernel group delivery puts the
+/// proxies of each node on an alias address of their own).
+fn resolve_at(at: SocketAddrV4) -> Option<Endpoint> {
+    if let Some(known) = state::lock().proxy_at.get(&at) {
+        return *known;
+    }
+    let remote = match control::request(Request::ResolveProxyAt { addr: at }) {
+        Ok(Reply::Resolved { remote }) => remote,
+        _ => return None,
+    };
+    let mut st = state::lock();
+    if st.proxy_at.len() >= PROXY_AT_CACHE {
+        st.proxy_at.clear();
+    }
+    st.proxy_at.insert(at, remote);
+    if let Some(ep) = remote {
+        st.proxy_of.insert(ep, at);
+    }
+    remote
 }
 
 /// The overlay endpoint behind a proxy port.
@@ -261,11 +286,17 @@ pub fn overlay_source(ss: &sockaddr_storage, len: socklen_t) -> Option<(c_int, S
         // A loopback source before we ever talked to the daemon (an inherited socket).
         None => control::local_addresses()?.1,
     };
-    if *a.ip() != proxy_ip || !state::in_owner() {
+    let alias = *a.ip() != proxy_ip && crate::multicast::kernel::in_proxy_net(*a.ip());
+    if (*a.ip() != proxy_ip && !alias) || !state::in_owner() {
         return None;
     }
     let _errno = KeepErrno::new();
-    resolve(a.port()).map(|ep| (sa.family, ep.socket_addr()))
+    let remote = if alias {
+        resolve_at(a)
+    } else {
+        resolve(a.port())
+    };
+    remote.map(|ep| (sa.family, ep.socket_addr()))
 }
 
 /// `getpeername` of a datagram socket connected to a proxy: the overlay peer.
@@ -275,7 +306,9 @@ pub fn overlay_peer(
     len: socklen_t,
 ) -> Option<(c_int, SocketAddrV4)> {
     let a = addr::parse_storage(ss, len)?.v4()?;
-    if !a.ip().is_loopback() || control::cached_proxy_ip() != Some(*a.ip()) || !is_dgram(fd) {
+    let proxy = control::cached_proxy_ip() == Some(*a.ip())
+        || crate::multicast::kernel::in_proxy_net(*a.ip());
+    if !a.ip().is_loopback() || !proxy || !is_dgram(fd) {
         return None;
     }
     overlay_source(ss, len)

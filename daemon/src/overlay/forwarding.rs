@@ -237,6 +237,7 @@ impl Node {
                         src: header.src,
                         dst: header.dst,
                         payload,
+                        ttl: header.ttl,
                     });
                 }
             }
@@ -265,6 +266,7 @@ impl Node {
                 src,
                 dst,
                 payload: payload.to_vec(),
+                ttl: self.cfg.default_ttl,
             });
             return Ok(());
         }
@@ -301,6 +303,7 @@ impl Node {
                 src,
                 dst,
                 payload: payload.to_vec(),
+                ttl: hops,
             });
         }
         if hops == 0 {
@@ -312,7 +315,11 @@ impl Node {
             .or_insert(self.next_datagram_id);
         let id = *next;
         *next = next.wrapping_add(1);
-        self.send_fragments(now, src, dst, self.cfg.default_ttl, id, payload);
+        // The sender's TTL travels ahead of the payload (see `multicast::split_hops`).
+        let mut datagram = Vec::with_capacity(payload.len() + 1);
+        datagram.push(hops);
+        datagram.extend_from_slice(payload);
+        self.send_fragments(now, src, dst, self.cfg.default_ttl, id, &datagram);
         Ok(())
     }
 

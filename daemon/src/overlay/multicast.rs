@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_core::{Endpoint, Header, Instant, NodeId, PacketKind, Reader, Writer, HEADER_LEN};
 use weft_multicast::{
-    Applied, JoinError, MembershipRecord, MulticastStatus, ShortestPaths, SocketId,
+    Applied, JoinError, MembershipRecord, MulticastStatus, ShortestPaths, SocketFilter, SocketId,
 };
 
 /// A reliable group's receiver waits this long for a missing datagram before giving up on it.
@@ -66,6 +66,16 @@ impl ShortestPaths for SourceTrees<'_> {
             .or_insert_with(|| self.lsdb.borrow_mut().shortest_paths(source));
         tree.parent(node)
     }
+}
+
+/// A group datagram as it crosses the overlay: the sender's multicast TTL (what receiving
+/// sockets report with `IP_RECVTTL`), then the payload.
+fn split_hops(mut datagram: Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    if datagram.is_empty() {
+        return None;
+    }
+    let hops = datagram.remove(0);
+    Some((hops, datagram))
 }
 
 pub(super) fn membership_id(rec: &MembershipRecord) -> StateId {
@@ -147,6 +157,30 @@ impl Node {
         }
         self.after_input(now);
         Ok(())
+    }
+
+    /// A local socket's filter of `group`, as the kernel holds it (`None`: not a member).
+    pub fn mc_set_filter(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        group: NodeId,
+        filter: Option<SocketFilter>,
+        reliable: bool,
+    ) {
+        if let Some(rec) = self.mc.local_set_filter(socket, group, filter, reliable) {
+            self.flood_membership(&rec, None);
+        }
+        self.after_input(now);
+    }
+
+    /// Local sockets whose memberships the kernel holds.
+    pub fn mc_kernel_sockets(&self) -> Vec<SocketId> {
+        self.mc.db().local_kernel_sockets().collect()
+    }
+
+    pub fn mc_has_kernel_sockets(&self) -> bool {
+        self.mc.db().local_kernel_sockets().next().is_some()
     }
 
     /// A socket went away: every membership it held ends.
@@ -315,11 +349,16 @@ impl Node {
             return;
         };
         if header.class != Class::Reliable {
+            let Some((ttl, payload)) = split_hops(payload) else {
+                self.counters.malformed += 1;
+                return;
+            };
             self.mc_counters.delivered += 1;
             self.events.push_back(NodeEvent::Datagram {
                 src: header.src,
                 dst: header.dst,
                 payload,
+                ttl,
             });
             return;
         }
@@ -358,13 +397,18 @@ impl Node {
         }
         loop {
             let Some(next) = r.next else { return };
-            if let Some((_, dst, payload)) = r.held.remove(&next) {
+            if let Some((_, dst, datagram)) = r.held.remove(&next) {
                 r.next = Some(next.wrapping_add(1));
+                let Some((ttl, payload)) = split_hops(datagram) else {
+                    self.counters.malformed += 1;
+                    continue;
+                };
                 self.mc_counters.delivered += 1;
                 self.events.push_back(NodeEvent::Datagram {
                     src: key.0,
                     dst,
                     payload,
+                    ttl,
                 });
                 continue;
             }

@@ -8,6 +8,7 @@
 //! StateAck:  count u16 | count × (kind u8 | origin u32 | key u32 | version u128)
 //! Routed:    flags u8 | proto u8 | class u8 | ttl u8 | src u32 | src_port u16 | dst u32 | dst_port u16
 //!            then for datagrams: id u32 | offset u16 | total u16, then payload
+//!            (a datagram to a group starts with the sender's multicast TTL, one byte)
 //! ```
 
 use weft_core::{DecodeError, Endpoint, NodeId, Reader, Writer};

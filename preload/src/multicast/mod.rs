@@ -3,23 +3,27 @@
 //! answers on a host without a multicast route (`ENODEV` for joins, `ENETUNREACH` for sends)
 //! never reach the program. Without a daemon everything stays the kernel's.
 //!
-//! - Options ([`option`]) are decoded in every spelling and applied to the socket's
-//!   memberships with the kernel's errors ([`membership`]); the daemon hears the resulting
-//!   `Join`/`Leave` for the socket's delivery address ([`delivery`]). The kernel never sees a
-//!   membership; `IP_MULTICAST_TTL`/`LOOP`/`IF` are kept here and answered by `getsockopt`.
-//! - Receiving: a member socket bound to the wildcard or a group address is bound to a
-//!   delivery address of its own; the daemon sends each copy there from the sender's proxy, so
-//!   `recvfrom` names the true sender (rewritten by [`crate::dgram`]). A join before `bind` is
-//!   held until the bind; a join after a wildcard bind gets a private address that reaches
-//!   the socket (it cannot be told apart from another wildcard socket on the same port).
-//! - Sending: `sendto`/`sendmsg`/`sendmmsg`/`connect` to a group go to the daemon's proxy for
-//!   (group, port); the socket's TTL and LOOP travel ahead as `MulticastSend` for its port.
-//! - Membership belongs to the socket: the last close leaves every group; a process that dies
-//!   loses its control connection, and the daemon drops its memberships.
-//! - `WEFT_RELIABLE_GROUPS` ([`reliable`]) makes joins of listed groups reliable.
+//! The daemon says how it delivers group datagrams (`MulticastInfo`):
+//! - **Kernel delivery** ([`kernel`]), the daemon alone in its network namespace: memberships
+//!   are the kernel's own, on loopback (no multicast route needed), so every rule, limit and
+//!   filter mode, `IP_MULTICAST_ALL`, and membership per open file description are the
+//!   kernel's; the daemon sends each group datagram once to the group on loopback from the
+//!   sender's proxy with the sender's TTL, and the kernel hands a copy to every socket that
+//!   matches, whatever the order of bind, join and fork. `IP_MULTICAST_TTL`/`LOOP`/`IF`/`ALL`
+//!   are set on the kernel socket too (so `getsockopt` is the kernel's).
+//! - **Delivery addresses** ([`delivery`]), a daemon sharing its namespace with another:
+//!   memberships are emulated here with the kernel's rules (`weft_multicast::Memberships`);
+//!   a member socket bound to the wildcard or a group address is bound to a delivery address
+//!   of its own, where the daemon sends its copy.
+//!
+//! Either way the daemon hears each socket's filter after every change (`GroupFilter`).
+//! Sending: `sendto`/`sendmsg`/`sendmmsg`/`connect` to a group go to the daemon's proxy for
+//! (group, port); the socket's TTL and LOOP travel ahead as `MulticastSend` for its port. A
+//! socket whose `IP_MULTICAST_IF` is loopback sends through the kernel (the copy stays on the
+//! host). `WEFT_RELIABLE_GROUPS` ([`reliable`]) makes joins of listed groups reliable.
 
 pub mod delivery;
-pub mod membership;
+pub mod kernel;
 pub mod option;
 pub mod reliable;
 
@@ -28,25 +32,28 @@ use crate::dgram::{self, Dest};
 use crate::fdtable::{self, Kind};
 use crate::guard::{fail, KeepErrno};
 use crate::log::debug;
-use crate::{control, release, state, sys};
+use crate::{control, real, release, state, sys};
 use libc::{c_int, c_void, sockaddr, sockaddr_storage, socklen_t};
-use membership::{DaemonOp, Memberships};
 use option::SetOption;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU8, Ordering};
 use weft_core::{Endpoint, NodeId};
-use weft_ipc::Request;
+use weft_ipc::{GroupDelivery, GroupFilterSpec, GroupSocket, Reply, Request};
+use weft_multicast::{FilterMode, MembershipOp, Memberships, SocketFilter};
 
 /// The multicast side of one socket (shared by its duplicates).
 #[derive(Debug, Clone)]
 pub struct SocketGroups {
+    /// Delivery addresses: the memberships, under the kernel's rules.
     pub members: Memberships,
     /// `IP_MULTICAST_TTL`: 0 keeps datagrams on this host, anything else reaches the overlay.
     pub ttl: u8,
     /// `IP_MULTICAST_LOOP`.
     pub loopback: bool,
-    /// `IP_MULTICAST_IF` (accepted and reported; the overlay has one interface).
+    /// `IP_MULTICAST_IF`: the interface address, and index (0: by address).
     pub interface: Ipv4Addr,
-    /// Where the daemon delivers this socket's group datagrams (once it is bound).
+    pub interface_index: u32,
+    /// Delivery addresses: where the daemon delivers this socket's group datagrams.
     pub deliver_to: Option<SocketAddrV4>,
     /// What the program bound to, when the shim bound the socket to its delivery address.
     pub shown: Option<SockAddr>,
@@ -54,6 +61,8 @@ pub struct SocketGroups {
     pub announced: Option<u16>,
     /// The process that told the daemon about the memberships (only it leaves them).
     pub owner: libc::pid_t,
+    /// Kernel delivery: the kernel holds a membership of this socket the overlay serves.
+    pub kernel_member: bool,
 }
 
 impl Default for SocketGroups {
@@ -63,10 +72,12 @@ impl Default for SocketGroups {
             ttl: 1,
             loopback: true,
             interface: Ipv4Addr::UNSPECIFIED,
+            interface_index: 0,
             deliver_to: None,
             shown: None,
             announced: None,
             owner: sys::getpid(),
+            kernel_member: false,
         }
     }
 }
@@ -76,9 +87,58 @@ pub fn init() {
     reliable::init();
 }
 
+// ----- how the daemon delivers ----------------------------------------------------------
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_ADDRESSES: u8 = 1;
+const MODE_KERNEL: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Kernel,
+    Addresses,
+}
+
+/// How this process's daemon delivers group datagrams (asked once).
+fn mode() -> Option<Mode> {
+    match MODE.load(Ordering::Relaxed) {
+        MODE_KERNEL => return Some(Mode::Kernel),
+        MODE_ADDRESSES => return Some(Mode::Addresses),
+        _ => {}
+    }
+    let mode = match control::request(Request::MulticastInfo) {
+        Ok(Reply::MulticastInfo {
+            delivery: GroupDelivery::Kernel { proxy_net },
+        }) => {
+            kernel::set_proxy_net(proxy_net);
+            Mode::Kernel
+        }
+        Ok(_) => Mode::Addresses,
+        Err(libc::ENETUNREACH) => return None,
+        // A daemon that does not know the request delivers to addresses.
+        Err(_) => Mode::Addresses,
+    };
+    debug!("group datagrams are delivered {mode:?}");
+    MODE.store(
+        if mode == Mode::Kernel {
+            MODE_KERNEL
+        } else {
+            MODE_ADDRESSES
+        },
+        Ordering::Relaxed,
+    );
+    Some(mode)
+}
+
+/// Kernel delivery is known to be on (no daemon round trip).
+pub fn kernel_delivery_known() -> bool {
+    MODE.load(Ordering::Relaxed) == MODE_KERNEL
+}
+
 /// The socket's domain when its multicast belongs to the overlay: a datagram socket of this
 /// process, and a daemon to talk to.
-fn managed(fd: c_int) -> Option<c_int> {
+fn managed(fd: c_int) -> Option<(c_int, Mode)> {
     if !state::in_owner()
         || sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_DGRAM)
     {
@@ -89,7 +149,10 @@ fn managed(fd: c_int) -> Option<c_int> {
         return None;
     }
     let _errno = KeepErrno::new();
-    control::ensure_view().then_some(domain)
+    if !control::ensure_view() {
+        return None;
+    }
+    Some((domain, mode()?))
 }
 
 /// Runs `f` on the socket's multicast state, creating it (and the socket's entry) if needed.
@@ -131,7 +194,33 @@ fn snapshot(fd: c_int) -> Option<SocketGroups> {
     }
 }
 
+/// Kernel delivery: the socket holds a membership the overlay serves (its last close asks
+/// the daemon to look for closed member sockets).
+pub(super) fn note_kernel_member(fd: c_int) {
+    with_groups(fd, |g| g.kernel_member = true);
+}
+
 // ----- options -----------------------------------------------------------------------------
+
+fn is_membership(name: c_int) -> bool {
+    matches!(
+        name,
+        libc::IP_ADD_MEMBERSHIP
+            | libc::IP_DROP_MEMBERSHIP
+            | libc::IP_ADD_SOURCE_MEMBERSHIP
+            | libc::IP_DROP_SOURCE_MEMBERSHIP
+            | libc::IP_BLOCK_SOURCE
+            | libc::IP_UNBLOCK_SOURCE
+            | libc::IP_MSFILTER
+            | libc::MCAST_JOIN_GROUP
+            | libc::MCAST_LEAVE_GROUP
+            | libc::MCAST_JOIN_SOURCE_GROUP
+            | libc::MCAST_LEAVE_SOURCE_GROUP
+            | libc::MCAST_BLOCK_SOURCE
+            | libc::MCAST_UNBLOCK_SOURCE
+            | libc::MCAST_MSFILTER
+    )
+}
 
 /// `Some(rc)` when the option was handled here; `None`: the caller goes on to the kernel.
 ///
@@ -144,10 +233,77 @@ pub unsafe fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> Option<c_int> {
-    if !option::is_emulated(level, name) {
+    if level != libc::IPPROTO_IP {
         return None;
     }
-    managed(fd)?;
+    let send_option = matches!(
+        name,
+        libc::IP_MULTICAST_TTL | libc::IP_MULTICAST_LOOP | libc::IP_MULTICAST_IF
+    );
+    if !is_membership(name) && !send_option {
+        return None;
+    }
+    let (_, mode) = managed(fd)?;
+    match mode {
+        Mode::Kernel if send_option => Some(kernel_send_option(fd, name, val, len)),
+        Mode::Kernel => kernel::setsockopt(fd, name, val, len),
+        Mode::Addresses => emulated_setsockopt(fd, name, val, len),
+    }
+}
+
+/// Kernel delivery: `IP_MULTICAST_TTL`/`LOOP`/`IF` go to the kernel (its checks, its
+/// `getsockopt`), and the shim keeps what the sends need.
+unsafe fn kernel_send_option(fd: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    let rc = real::setsockopt(fd, libc::IPPROTO_IP, name, val, len);
+    if rc != 0 {
+        return rc;
+    }
+    let _errno = KeepErrno::new();
+    match name {
+        libc::IP_MULTICAST_IF => {
+            let b = std::slice::from_raw_parts(val as *const u8, len as usize);
+            let word = |at: usize| -> Option<[u8; 4]> { b.get(at..at + 4)?.try_into().ok() };
+            let (address, index) = match len as usize {
+                n if n >= 12 => (
+                    word(4).map(Ipv4Addr::from),
+                    word(8).map(u32::from_ne_bytes).unwrap_or(0),
+                ),
+                n if n >= 8 => (word(4).map(Ipv4Addr::from), 0),
+                _ => (word(0).map(Ipv4Addr::from), 0),
+            };
+            with_groups(fd, |g| {
+                g.interface = address.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                g.interface_index = index;
+                // The next send decides again between the kernel and the overlay.
+                g.announced = None;
+            });
+        }
+        _ => {
+            let ttl = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL);
+            let lp = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP);
+            set_send_options(fd, |g| {
+                if let Some(t) = ttl {
+                    g.ttl = t.clamp(0, 255) as u8;
+                }
+                if let Some(l) = lp {
+                    g.loopback = l != 0;
+                }
+            });
+        }
+    }
+    0
+}
+
+/// Delivery addresses: the option is emulated here.
+unsafe fn emulated_setsockopt(
+    fd: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> Option<c_int> {
+    if !option::is_emulated(libc::IPPROTO_IP, name) {
+        return None;
+    }
     let len = len as usize;
     if len > 0 && val.is_null() {
         return Some(fail(libc::EFAULT));
@@ -163,7 +319,7 @@ pub unsafe fn setsockopt(
         Err(e) => return Some(fail(e)),
     };
     Some(match opt {
-        SetOption::Membership(op) => change_membership(fd, op),
+        SetOption::Membership(op) => change_membership(fd, membership_op(op)),
         SetOption::Ttl(ttl) => set_send_options(fd, |g| g.ttl = ttl),
         SetOption::Loop(on) => set_send_options(fd, |g| g.loopback = on),
         SetOption::Interface(a) => {
@@ -173,8 +329,23 @@ pub unsafe fn setsockopt(
     })
 }
 
-/// `Some(rc)` for `IP_MULTICAST_TTL`/`LOOP`/`IF` on a socket whose multicast is the
-/// overlay's; `None`: the kernel answers.
+fn membership_op(op: option::MembershipOp) -> MembershipOp {
+    use option::MembershipOp as O;
+    match op {
+        O::Join(g) => MembershipOp::Join(NodeId::from(g)),
+        O::Leave(g) => MembershipOp::Leave(NodeId::from(g)),
+        O::AddSource { group, source } => MembershipOp::AddSource {
+            group: NodeId::from(group),
+            source: NodeId::from(source),
+        },
+        O::DropSource { group, source } => MembershipOp::DropSource {
+            group: NodeId::from(group),
+            source: NodeId::from(source),
+        },
+    }
+}
+
+/// `Some(rc)` for options the shim answers; `None`: the kernel answers.
 ///
 /// # Safety
 /// Arguments as the program passed them to getsockopt.
@@ -185,20 +356,37 @@ pub unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> Option<c_int> {
-    let ours = level == libc::IPPROTO_IP
-        && matches!(
-            name,
-            libc::IP_MULTICAST_TTL | libc::IP_MULTICAST_LOOP | libc::IP_MULTICAST_IF
-        );
-    if !ours {
+    if level != libc::IPPROTO_IP {
         return None;
     }
-    managed(fd)?;
+    let emulated = matches!(
+        name,
+        libc::IP_MULTICAST_TTL | libc::IP_MULTICAST_LOOP | libc::IP_MULTICAST_IF
+    );
+    let filter = name == libc::IP_MSFILTER || name == libc::MCAST_MSFILTER;
+    if !emulated && !filter {
+        return None;
+    }
+    let (_, mode) = managed(fd)?;
+    match mode {
+        Mode::Kernel if filter => kernel::getsockopt(fd, name, val, len),
+        Mode::Kernel => None,
+        Mode::Addresses if emulated => Some(emulated_getsockopt(fd, name, val, len)),
+        Mode::Addresses => None,
+    }
+}
+
+unsafe fn emulated_getsockopt(
+    fd: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
     if len.is_null() {
-        return Some(fail(libc::EFAULT));
+        return fail(libc::EFAULT);
     }
     if (*len as i32) < 0 {
-        return Some(fail(libc::EINVAL));
+        return fail(libc::EINVAL);
     }
     let g = snapshot(fd).unwrap_or_default();
     let room = *len as usize;
@@ -208,11 +396,11 @@ pub unsafe fn getsockopt(
         _ => option::encode_interface(g.interface, room),
     };
     if !bytes.is_empty() && val.is_null() {
-        return Some(fail(libc::EFAULT));
+        return fail(libc::EFAULT);
     }
     std::ptr::copy_nonoverlapping(bytes.as_ptr(), val as *mut u8, bytes.len());
     *len = bytes.len() as socklen_t;
-    Some(0)
+    0
 }
 
 fn set_send_options(fd: c_int, f: impl FnOnce(&mut SocketGroups)) -> c_int {
@@ -232,34 +420,27 @@ fn set_send_options(fd: c_int, f: impl FnOnce(&mut SocketGroups)) -> c_int {
     0
 }
 
-// ----- memberships -------------------------------------------------------------------------
+// ----- memberships (delivery addresses) ------------------------------------------------------
 
-fn to_request(op: DaemonOp, deliver_to: SocketAddrV4) -> Request {
-    match op {
-        DaemonOp::Join { group, source } => Request::Join {
-            group: NodeId::from(group),
-            source: source.map(NodeId::from),
-            deliver_to,
-            reliable: reliable::is_reliable(group),
-        },
-        DaemonOp::Leave { group, source } => Request::Leave {
-            group: NodeId::from(group),
-            source: source.map(NodeId::from),
-            deliver_to,
-        },
+fn spec(f: &SocketFilter) -> GroupFilterSpec {
+    GroupFilterSpec {
+        exclude: f.mode == FilterMode::Exclude,
+        sources: f.sources.iter().copied().collect(),
     }
 }
 
-/// Tells the daemon; a refused join comes back as its errno (a daemon that went away as the
-/// kernel's answer without a multicast route). Refused leaves only log: the socket's own
-/// memberships decide what the program sees.
-fn tell(ops: &[DaemonOp], deliver_to: SocketAddrV4) -> Result<(), i32> {
-    for &op in ops {
-        match control::request(to_request(op, deliver_to)) {
-            Ok(_) => debug!("multicast {op:?} for {deliver_to}"),
-            Err(e) if matches!(op, DaemonOp::Leave { .. }) => {
-                debug!("multicast {op:?} for {deliver_to}: daemon refused (errno {e})")
-            }
+/// Tells the daemon the socket's filter of each of `groups`; a daemon that went away is the
+/// kernel's answer without a multicast route.
+fn tell(members: &Memberships, groups: &[NodeId], deliver_to: SocketAddrV4) -> Result<(), i32> {
+    for &group in groups {
+        let filter = members.filter(group);
+        match control::request(Request::GroupFilter {
+            socket: GroupSocket::Delivery(deliver_to),
+            group,
+            filter: filter.map(spec),
+            reliable: reliable::is_reliable(group.addr()),
+        }) {
+            Ok(_) => debug!("multicast {group} for {deliver_to}: {filter:?}"),
             Err(libc::ENETUNREACH) => return Err(libc::ENODEV),
             Err(e) => return Err(e),
         }
@@ -284,35 +465,38 @@ fn delivery_for_bound(fd: c_int) -> Option<SocketAddrV4> {
     }
 }
 
-fn change_membership(fd: c_int, op: option::MembershipOp) -> c_int {
+fn all_groups(m: &Memberships) -> Vec<NodeId> {
+    m.groups().map(|(g, _)| g).collect()
+}
+
+fn change_membership(fd: c_int, op: MembershipOp) -> c_int {
     let (mut members, known) = with_groups(fd, |g| (g.members.clone(), g.deliver_to));
-    let outcome = members.apply(op);
-    if let (Err(e), true) = (outcome.result, outcome.daemon.is_empty()) {
-        return fail(e);
+    let applied = members.apply(op);
+    let result = applied.result.map_err(|e| e.errno());
+    if !applied.changed {
+        return match result {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        };
     }
     let deliver_to = known.or_else(|| delivery_for_bound(fd));
-    match (known, deliver_to) {
-        (Some(to), _) => {
-            if let Err(e) = tell(&outcome.daemon, to) {
-                return fail(e);
-            }
-        }
+    let told = match (known, deliver_to) {
+        (Some(to), _) => tell(&members, &[op.group()], to),
         // Bound behind the shim's back (or before the daemon was there): the daemon learns
         // every membership now.
-        (None, Some(to)) => {
-            if let Err(e) = tell(&members.join_all(), to) {
-                return fail(e);
-            }
-        }
+        (None, Some(to)) => tell(&members, &all_groups(&members), to),
         // Unbound: held until bind.
-        (None, None) => {}
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = told {
+        return fail(e);
     }
     with_groups(fd, |g| {
         g.members = members;
         g.deliver_to = deliver_to;
         g.owner = sys::getpid();
     });
-    match outcome.result {
+    match result {
         Ok(()) => 0,
         Err(e) => fail(e),
     }
@@ -331,13 +515,14 @@ fn bound_to_delivery(fd: c_int, deliver_to: SocketAddrV4, shown: Option<SockAddr
         g.members.clone()
     });
     debug!("multicast fd {fd}: delivery address {deliver_to}");
-    if let Err(e) = tell(&members.join_all(), deliver_to) {
+    if let Err(e) = tell(&members, &all_groups(&members), deliver_to) {
         debug!("multicast fd {fd}: daemon refused its memberships (errno {e})");
     }
 }
 
-/// `bind()` of a datagram socket to a group address, or to the wildcard by a socket that
-/// already joined: bind it to a delivery address of its own instead. `None`: the real bind.
+/// Delivery addresses: `bind()` of a datagram socket to a group address, or to the wildcard
+/// by a socket that already joined: bind it to a delivery address of its own instead.
+/// `None`: the real bind.
 ///
 /// # Safety
 /// `addr` readable for `len` bytes (or null).
@@ -352,7 +537,10 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c
     if !wanted {
         return None;
     }
-    let domain = managed(fd)?;
+    let (domain, mode) = managed(fd)?;
+    if mode == Mode::Kernel {
+        return None;
+    }
     let v6only = domain == libc::AF_INET6
         && sys::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1);
     // Anything the kernel would refuse (wrong family, already bound) it refuses itself.
@@ -372,10 +560,10 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c
     }
 }
 
-/// The shim is about to bind an unbound socket implicitly (a first send): a member socket
-/// gets its delivery address rather than the wildcard.
+/// The shim is about to bind an unbound socket implicitly (a first send): with delivery
+/// addresses, a member socket gets its delivery address rather than the wildcard.
 pub fn before_implicit_bind(fd: c_int, domain: c_int) -> Result<(), i32> {
-    if !has_memberships(fd) {
+    if !has_memberships(fd) || kernel_delivery_known() {
         return Ok(());
     }
     // SAFETY: the program's socket, unbound (the caller checked).
@@ -420,13 +608,19 @@ pub fn shown_local(
     })
 }
 
-/// The socket's last descriptor closed: it leaves every group.
+/// The socket's last descriptor in this process closed. Delivery addresses: it leaves every
+/// group. Kernel delivery: the kernel ended its memberships if no other process holds it;
+/// the daemon looks now.
 pub fn release(g: &SocketGroups) {
+    if g.kernel_member {
+        let _ = control::request(Request::MulticastCheck);
+        return;
+    }
     if g.owner != sys::getpid() {
         return;
     }
     if let Some(to) = g.deliver_to {
-        let _ = tell(&g.members.leave_all(), to);
+        let _ = tell(&Memberships::default(), &all_groups(&g.members), to);
     }
 }
 
@@ -434,8 +628,21 @@ pub fn release(g: &SocketGroups) {
 
 /// Bound (to its delivery address if it is a member), registered for replies, and its send
 /// options with the daemon: ready to send to groups. Returns the port.
-fn prepare_sender(fd: c_int, domain: c_int) -> Result<u16, i32> {
+fn prepare_sender(fd: c_int, domain: c_int, mode: Mode) -> Result<u16, i32> {
     let port = dgram::ensure_registered(fd, domain)?;
+    if mode == Mode::Kernel {
+        // The kernel holds the options (a socket inherited across exec has no shim state).
+        let ttl = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL);
+        let lp = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP);
+        with_groups(fd, |g| {
+            if let Some(t) = ttl {
+                g.ttl = t.clamp(0, 255) as u8;
+            }
+            if let Some(l) = lp {
+                g.loopback = l != 0;
+            }
+        });
+    }
     let (announced, hops, loopback) = with_groups(fd, |g| (g.announced, g.ttl, g.loopback));
     if announced != Some(port) {
         control::request(Request::MulticastSend {
@@ -446,6 +653,24 @@ fn prepare_sender(fd: c_int, domain: c_int) -> Result<u16, i32> {
         with_groups(fd, |g| g.announced = Some(port));
     }
     Ok(port)
+}
+
+/// Kernel delivery: the socket sends on loopback, so the kernel's send is the right one.
+fn kernel_sends_on_loopback(fd: c_int) -> bool {
+    let (address, index) = match snapshot(fd) {
+        Some(g) => (g.interface, g.interface_index),
+        None => {
+            let a: Option<libc::in_addr> =
+                sys::sockopt_raw(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF);
+            (
+                a.map_or(Ipv4Addr::UNSPECIFIED, |a| {
+                    Ipv4Addr::from(u32::from_be(a.s_addr))
+                }),
+                0,
+            )
+        }
+    };
+    kernel::sends_on_loopback(address, index)
 }
 
 /// What `sendto`/`sendmsg`/`sendmmsg` to group `dst` become.
@@ -472,11 +697,14 @@ pub fn destination(fd: c_int, family: c_int, dst: SocketAddrV4) -> Dest {
             }
         }
     }
-    let Some(domain) = managed(fd) else {
+    let Some((domain, mode)) = managed(fd) else {
         return Dest::Keep;
     };
     let _errno = KeepErrno::new();
-    if let Err(e) = prepare_sender(fd, domain) {
+    if mode == Mode::Kernel && kernel_sends_on_loopback(fd) {
+        return Dest::Keep;
+    }
+    if let Err(e) = prepare_sender(fd, domain, mode) {
         return Dest::Fail(e);
     }
     match dgram::proxy_for(remote) {
@@ -491,11 +719,14 @@ pub fn destination(fd: c_int, family: c_int, dst: SocketAddrV4) -> Dest {
 /// `connect()` of a datagram socket to group `dst` (iperf2's sender): connected to the
 /// group's proxy, so `write`/`send` multicast. `None`: the kernel's connect.
 pub fn connect(fd: c_int, family: c_int, dst: SocketAddrV4) -> Option<c_int> {
-    let domain = managed(fd)?;
+    let (domain, mode) = managed(fd)?;
     if domain != family {
         return None;
     }
-    if let Err(e) = prepare_sender(fd, domain) {
+    if mode == Mode::Kernel && kernel_sends_on_loopback(fd) {
+        return None;
+    }
+    if let Err(e) = prepare_sender(fd, domain, mode) {
         return Some(fail(e));
     }
     Some(dgram::connect(fd, family, Endpoint::from(dst)))

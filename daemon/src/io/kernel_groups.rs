@@ -1,0 +1,215 @@
+//! Kernel delivery of group datagrams (`weft_ipc::GroupDelivery::Kernel`).
+//!
+//! The kernel already knows how to hand one multicast datagram to every socket that should
+//! see it: several sockets on one port, `SO_REUSEPORT`, a socket bound to the group,
+//! `IP_MULTICAST_ALL`, include and exclude source filters, memberships that belong to the
+//! open file description and end with its last close. So a shimmed socket's memberships are
+//! real kernel memberships on loopback (which needs no multicast route), and the daemon sends
+//! each group datagram for this node once, to the group on loopback, from the proxy that
+//! stands for its sender, with the sender's TTL: one `sendto` however many local sockets
+//! receive it, and every socket observes what it would on a kernel network.
+//!
+//! Two consequences are handled here:
+//! - A source filter names source addresses, and the datagrams come from proxies, so the
+//!   proxies of each source node live on an alias address of their own (inside the proxy
+//!   address's /16): a filter on node N becomes a filter on N's alias.
+//! - The kernel ends a membership when the socket's last holder closes it or dies, and tells
+//!   nobody: the daemon checks every [`CHECK_EVERY`] (and when a shim says a member socket
+//!   may have closed) which member sockets still exist (`/proc/net/udp`), and drops the
+//!   memberships of the others.
+//!
+//! Loopback is shared by everything in a network namespace: two daemons there would each
+//! deliver to the other's sockets. The first daemon in a namespace claims kernel delivery
+//! (an abstract Unix socket name, which is per namespace); a daemon that finds it taken
+//! delivers to per-socket addresses instead.
+
+use super::Daemon;
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+use tracing::{debug, info};
+use weft_core::NodeId;
+use weft_multicast::SocketId;
+
+/// How often the daemon looks for member sockets that closed.
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The abstract socket name that claims loopback multicast in a network namespace.
+const CLAIM: &[u8] = b"weft/group-delivery";
+
+pub struct KernelGroups {
+    /// Held for the daemon's life: the claim on this namespace's loopback multicast.
+    _claim: OwnedFd,
+    /// The network the alias addresses are taken from (the proxy address's /16).
+    pub proxy_net: Ipv4Addr,
+    first: u32,
+    aliases: HashMap<NodeId, Ipv4Addr>,
+    nodes: HashMap<Ipv4Addr, NodeId>,
+    next: u32,
+    next_check: Instant,
+    /// Membership checks run, and sockets found closed.
+    pub checks: u64,
+    pub closed_found: u64,
+}
+
+/// Claims kernel delivery for this network namespace, if no other daemon holds it.
+fn claim() -> Option<OwnedFd> {
+    // SAFETY: plain socket calls on a descriptor we create; the address is built in place.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_un = std::mem::zeroed();
+        sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in sa.sun_path[1..].iter_mut().zip(CLAIM) {
+            *d = *s as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + 1 + CLAIM.len();
+        let rc = libc::bind(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            len as libc::socklen_t,
+        );
+        (rc == 0).then_some(owned)
+    }
+}
+
+/// Inodes of every UDP socket in this network namespace.
+fn live_udp_inodes() -> Option<HashSet<u64>> {
+    let mut out = HashSet::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            // No IPv6 in this kernel is fine; no IPv4 table means we cannot tell.
+            if table.ends_with("udp") {
+                return None;
+            }
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9).and_then(|f| f.parse().ok()) {
+                out.insert(inode);
+            }
+        }
+    }
+    Some(out)
+}
+
+impl KernelGroups {
+    pub fn new(proxy_ip: Ipv4Addr) -> Option<KernelGroups> {
+        let claim = claim()?;
+        let net = u32::from(proxy_ip) & 0xffff_0000;
+        let first = u32::from(proxy_ip);
+        info!(proxy_net = %Ipv4Addr::from(net), "group datagrams are delivered through the kernel");
+        Some(KernelGroups {
+            _claim: claim,
+            proxy_net: Ipv4Addr::from(net),
+            first,
+            aliases: HashMap::new(),
+            nodes: HashMap::new(),
+            next: first,
+            next_check: Instant::now(),
+            checks: 0,
+            closed_found: 0,
+        })
+    }
+
+    /// The alias address of `node` (made on first use; this node's is the proxy address).
+    pub fn alias(&mut self, node: NodeId, this_node: NodeId) -> Option<Ipv4Addr> {
+        if let Some(a) = self.aliases.get(&node) {
+            return Some(*a);
+        }
+        let ip = if node == this_node {
+            Ipv4Addr::from(self.first)
+        } else {
+            self.fresh()?
+        };
+        self.aliases.insert(node, ip);
+        self.nodes.insert(ip, node);
+        Some(ip)
+    }
+
+    /// The next unused address of the /16 (never .0 or .255, never 127.0.0.0/24).
+    fn fresh(&mut self) -> Option<Ipv4Addr> {
+        let net = u32::from(self.proxy_net);
+        for _ in 0..=0xffff {
+            self.next = net | (self.next.wrapping_add(1) & 0xffff);
+            let ip = Ipv4Addr::from(self.next);
+            let last = ip.octets()[3];
+            if last == 0 || last == 255 || self.next >> 8 == 0x7f00_00 {
+                continue;
+            }
+            if self.next != self.first && !self.nodes.contains_key(&ip) {
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    /// The node whose alias `ip` is.
+    pub fn node_of(&self, ip: Ipv4Addr) -> Option<NodeId> {
+        self.nodes.get(&ip).copied()
+    }
+
+    /// When the next membership check is due.
+    pub fn check_due(&self) -> Instant {
+        self.next_check
+    }
+}
+
+impl Daemon {
+    pub(super) fn start_kernel_groups(&mut self) {
+        self.kernel_groups = KernelGroups::new(self.cfg.proxy_ip);
+        if self.kernel_groups.is_none() {
+            info!(
+                "another daemon delivers group datagrams through this network namespace's \
+                 loopback: delivering to per-socket addresses"
+            );
+        }
+    }
+
+    /// Drops the memberships of member sockets that no longer exist. `force`: now, rather
+    /// than when the periodic check is due.
+    pub(super) fn check_kernel_members(&mut self, force: bool) {
+        let Some(kg) = self.kernel_groups.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if !force && now < kg.next_check {
+            return;
+        }
+        kg.next_check = now + CHECK_EVERY;
+        let members = self.node.mc_kernel_sockets();
+        if members.is_empty() {
+            return;
+        }
+        let Some(live) = live_udp_inodes() else {
+            return;
+        };
+        kg.checks += 1;
+        let gone: Vec<SocketId> = members
+            .into_iter()
+            .filter(|s| s.kernel_inode().is_some_and(|i| !live.contains(&i)))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        kg.closed_found += gone.len() as u64;
+        debug!(
+            count = gone.len(),
+            "member sockets closed: their memberships end"
+        );
+        self.release_memberships(gone);
+    }
+
+    /// How long the event loop may sleep before a membership check is due (`None`: no
+    /// kernel-held memberships to check).
+    pub(super) fn kernel_check_timeout(&self) -> Option<Duration> {
+        let kg = self.kernel_groups.as_ref()?;
+        if !self.node.mc_has_kernel_sockets() {
+            return None;
+        }
+        Some(kg.check_due().saturating_duration_since(Instant::now()))
+    }
+}
