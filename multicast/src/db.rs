@@ -107,11 +107,6 @@ impl MembershipDb {
         self.publish_local(group)
     }
 
-    /// Local sockets whose memberships the kernel holds.
-    pub fn local_kernel_sockets(&self) -> impl Iterator<Item = SocketId> + '_ {
-        self.local_sockets.kernel_sockets()
-    }
-
     /// A local socket closed (or its process died): drops all its memberships and returns the
     /// records to flood.
     pub fn local_close(&mut self, socket: SocketId) -> Vec<MembershipRecord> {

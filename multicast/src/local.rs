@@ -445,14 +445,6 @@ impl LocalMemberships {
     pub(crate) fn groups(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.groups.keys().copied()
     }
-
-    /// Sockets whose memberships the kernel holds (by [`SocketId::kernel`]).
-    pub(crate) fn kernel_sockets(&self) -> impl Iterator<Item = SocketId> + '_ {
-        self.sockets
-            .keys()
-            .copied()
-            .filter(|s| s.kernel_inode().is_some())
-    }
 }
 
 #[cfg(test)]
@@ -587,10 +579,8 @@ mod tests {
         assert!(local.aggregate(G).is_present());
         assert_eq!(local.receivers(G, S2).collect::<Vec<_>>(), vec![k]);
         assert!(local.receivers(G, S1).next().is_none(), "S1 is blocked");
-        assert_eq!(local.kernel_sockets().collect::<Vec<_>>(), vec![k]);
         local.set_filter(k, G, None, false);
         assert_eq!(local.aggregate(G), Membership::Absent);
-        assert_eq!(local.kernel_sockets().count(), 0);
     }
 
     #[test]

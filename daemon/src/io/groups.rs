@@ -133,6 +133,9 @@ impl Daemon {
             },
             sources: f.sources.into_iter().collect(),
         });
+        if let (GroupSocket::Kernel { inode }, Some(kg)) = (socket, self.kernel_groups.as_mut()) {
+            kg.reported(inode, group, filter.is_some());
+        }
         let now = self.clock.now();
         self.node.mc_set_filter(now, id, group, filter, reliable);
         Reply::Ok

@@ -15,8 +15,10 @@
 //!   address's /16): a filter on node N becomes a filter on N's alias.
 //! - The kernel ends a membership when the socket's last holder closes it or dies, and tells
 //!   nobody: the daemon checks every [`CHECK_EVERY`] (and when a shim says a member socket
-//!   may have closed) which member sockets still exist (`/proc/net/udp`), and drops the
-//!   memberships of the others.
+//!   may have closed) which member sockets still exist, and drops the memberships of the
+//!   others: a socket that `/proc/net/udp` does not list (closed, or unbound: joined before
+//!   `bind`) and whose group has fewer users on loopback in `/proc/net/igmp` than the daemon
+//!   knows member sockets.
 //!
 //! Loopback is shared by everything in a network namespace: two daemons there would each
 //! deliver to the other's sockets. The first daemon in a namespace claims kernel delivery
@@ -24,13 +26,18 @@
 //! delivers to per-socket addresses instead.
 
 use super::Daemon;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
 use weft_core::NodeId;
 use weft_multicast::SocketId;
+
+/// The kernel makes every host a member of the all-hosts group 224.0.0.1 (on loopback too):
+/// so is this node, for as long as it runs (a socket of its own, never pruned).
+const ALL_HOSTS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+const HOST_ITSELF: u64 = u64::MAX >> 1;
 
 /// How often the daemon looks for member sockets that closed.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -47,6 +54,10 @@ pub struct KernelGroups {
     nodes: HashMap<Ipv4Addr, NodeId>,
     next: u32,
     next_check: Instant,
+    /// Member sockets (by inode) and the groups they joined, as the shims reported them.
+    members: HashMap<u64, BTreeSet<NodeId>>,
+    /// Member sockets seen bound (listed in `/proc/net/udp`) at least once.
+    seen_bound: HashSet<u64>,
     /// Membership checks run, and sockets found closed.
     pub checks: u64,
     pub closed_found: u64,
@@ -74,6 +85,34 @@ fn claim() -> Option<OwnedFd> {
         );
         (rc == 0).then_some(owned)
     }
+}
+
+/// Per group, how many memberships the kernel holds on loopback (`/proc/net/igmp`).
+fn loopback_group_users() -> Option<HashMap<NodeId, u32>> {
+    let text = std::fs::read_to_string("/proc/net/igmp").ok()?;
+    let mut out = HashMap::new();
+    let mut on_loopback = false;
+    for line in text.lines().skip(1) {
+        if !line.starts_with('\t') {
+            // "1\tlo        :     2      V3": a device line.
+            let mut f = line.split_whitespace();
+            on_loopback = f.next() == Some("1");
+            continue;
+        }
+        if !on_loopback {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(group), Some(users)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let (Ok(group), Ok(users)) = (u32::from_str_radix(group, 16), users.parse::<u32>()) else {
+            continue;
+        };
+        // The kernel prints the network-order address as a host integer.
+        out.insert(NodeId::from(Ipv4Addr::from(u32::from_be(group))), users);
+    }
+    Some(out)
 }
 
 /// Inodes of every UDP socket in this network namespace.
@@ -110,6 +149,8 @@ impl KernelGroups {
             nodes: HashMap::new(),
             next: first,
             next_check: Instant::now(),
+            members: HashMap::new(),
+            seen_bound: HashSet::new(),
             checks: 0,
             closed_found: 0,
         })
@@ -152,6 +193,80 @@ impl KernelGroups {
         self.nodes.get(&ip).copied()
     }
 
+    /// A shim reported a socket's filter of `group` (`joined`: it is a member).
+    pub fn reported(&mut self, inode: u64, group: NodeId, joined: bool) {
+        let groups = self.members.entry(inode).or_default();
+        if joined {
+            groups.insert(group);
+        } else {
+            groups.remove(&group);
+            if groups.is_empty() {
+                self.members.remove(&inode);
+            }
+        }
+    }
+
+    /// The member sockets that closed. A socket not listed in `/proc/net/udp` (closed,
+    /// never bound, or skipped by a listing that raced with other sockets opening and
+    /// closing) has closed only if the kernel also counts fewer memberships of one of its
+    /// groups on loopback than the daemon knows sockets: then as many of the unlisted ones
+    /// as are missing go, those seen bound before first.
+    fn closed(&mut self, live: &HashSet<u64>) -> Vec<u64> {
+        for &inode in self.members.keys() {
+            if live.contains(&inode) {
+                self.seen_bound.insert(inode);
+            }
+        }
+        let mut unlisted: Vec<u64> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|i| !live.contains(i))
+            .collect();
+        if unlisted.is_empty() {
+            return Vec::new();
+        }
+        let Some(users) = loopback_group_users() else {
+            return Vec::new();
+        };
+        unlisted.sort_by_key(|i| (!self.seen_bound.contains(i), *i));
+        let groups: BTreeSet<NodeId> = unlisted
+            .iter()
+            .flat_map(|i| self.members[i].iter().copied())
+            .collect();
+        let mut gone: Vec<u64> = Vec::new();
+        for g in groups {
+            let known = self.members.values().filter(|gs| gs.contains(&g)).count() as u32;
+            let kernel_own = u32::from(g == NodeId::from(ALL_HOSTS));
+            let held = users
+                .get(&g)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(kernel_own);
+            let mut missing = known.saturating_sub(held);
+            // Sockets already found closed for another group count here too.
+            missing = missing.saturating_sub(
+                gone.iter()
+                    .filter(|i| self.members[*i].contains(&g))
+                    .count() as u32,
+            );
+            for &i in &unlisted {
+                if missing == 0 {
+                    break;
+                }
+                if self.members[&i].contains(&g) && !gone.contains(&i) {
+                    gone.push(i);
+                    missing -= 1;
+                }
+            }
+        }
+        for i in &gone {
+            self.members.remove(i);
+            self.seen_bound.remove(i);
+        }
+        gone
+    }
+
     /// When the next membership check is due.
     pub fn check_due(&self) -> Instant {
         self.next_check
@@ -161,6 +276,16 @@ impl KernelGroups {
 impl Daemon {
     pub(super) fn start_kernel_groups(&mut self) {
         self.kernel_groups = KernelGroups::new(self.cfg.proxy_ip);
+        if self.kernel_groups.is_some() {
+            let now = self.clock.now();
+            self.node.mc_set_filter(
+                now,
+                SocketId::kernel(HOST_ITSELF),
+                NodeId::from(ALL_HOSTS),
+                Some(weft_multicast::SocketFilter::any()),
+                false,
+            );
+        }
         if self.kernel_groups.is_none() {
             info!(
                 "another daemon delivers group datagrams through this network namespace's \
@@ -180,18 +305,14 @@ impl Daemon {
             return;
         }
         kg.next_check = now + CHECK_EVERY;
-        let members = self.node.mc_kernel_sockets();
-        if members.is_empty() {
+        if kg.members.is_empty() {
             return;
         }
         let Some(live) = live_udp_inodes() else {
             return;
         };
         kg.checks += 1;
-        let gone: Vec<SocketId> = members
-            .into_iter()
-            .filter(|s| s.kernel_inode().is_some_and(|i| !live.contains(&i)))
-            .collect();
+        let gone: Vec<SocketId> = kg.closed(&live).into_iter().map(SocketId::kernel).collect();
         if gone.is_empty() {
             return;
         }
@@ -207,7 +328,7 @@ impl Daemon {
     /// kernel-held memberships to check).
     pub(super) fn kernel_check_timeout(&self) -> Option<Duration> {
         let kg = self.kernel_groups.as_ref()?;
-        if !self.node.mc_has_kernel_sockets() {
+        if kg.members.is_empty() {
             return None;
         }
         Some(kg.check_due().saturating_duration_since(Instant::now()))

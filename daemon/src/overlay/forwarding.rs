@@ -281,9 +281,11 @@ impl Node {
         Ok(())
     }
 
-    /// Sends a datagram to a group. `hops` is the application's multicast TTL: 0 keeps it on
-    /// this host; any other value reaches the whole overlay (every overlay host is one hop
-    /// away, as most multicast programs assume with their default TTL of 1). With `loopback`
+    /// Sends a datagram to a group. `hops` is the application's multicast TTL: any value
+    /// reaches the whole overlay (every overlay host is one hop away, as most multicast
+    /// programs assume with their default TTL of 1), except that 0 keeps it on a host that is
+    /// a member of the group itself; Linux sends a TTL 0 datagram from a host that is not
+    /// onto the link all the same, and receivers see TTL 0. With `loopback`
     /// (IP_MULTICAST_LOOP, on by default) this host's members get a copy too.
     pub fn send_group(
         &mut self,
@@ -306,7 +308,7 @@ impl Node {
                 ttl: hops,
             });
         }
-        if hops == 0 {
+        if hops == 0 && self.mc_local_member(dst.node) {
             return Ok(());
         }
         let next = self

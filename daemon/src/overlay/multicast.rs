@@ -174,13 +174,9 @@ impl Node {
         self.after_input(now);
     }
 
-    /// Local sockets whose memberships the kernel holds.
-    pub fn mc_kernel_sockets(&self) -> Vec<SocketId> {
-        self.mc.db().local_kernel_sockets().collect()
-    }
-
-    pub fn mc_has_kernel_sockets(&self) -> bool {
-        self.mc.db().local_kernel_sockets().next().is_some()
+    /// Some local socket is a member of `group`.
+    pub fn mc_local_member(&self, group: NodeId) -> bool {
+        self.mc.db().local_sockets_in(group) > 0
     }
 
     /// A socket went away: every membership it held ends.

@@ -165,7 +165,7 @@ fn interface_index_of(addr: Ipv4Addr) -> Option<u32> {
 
 /// The node's address and the index of its interface (loopback when the address is on
 /// loopback, as on a host running several daemons on 127.0.0.N).
-fn node_interface() -> Option<(Ipv4Addr, u32)> {
+pub(crate) fn node_interface() -> Option<(Ipv4Addr, u32)> {
     let (node, _) = control::local_addresses()?;
     let cached = NODE_IFACE.load(Ordering::Relaxed);
     if cached != 0 && (cached >> 32) as u32 == u32::from(node) {
@@ -218,9 +218,17 @@ pub fn set_proxy_net(net: Ipv4Addr) {
     PROXY_NET.store(u32::from(net), Ordering::Relaxed);
 }
 
-/// Could `ip` be one of the daemon's alias addresses (its /16)?
+/// Could `ip` be one of the daemon's alias addresses (its /16)? Asks the daemon how it
+/// delivers the first time (a process that never used multicast receives from aliases too).
 pub fn in_proxy_net(ip: Ipv4Addr) -> bool {
-    let net = PROXY_NET.load(Ordering::Relaxed);
+    if !ip.is_loopback() {
+        return false;
+    }
+    let mut net = PROXY_NET.load(Ordering::Relaxed);
+    if net == 0 && !super::delivery_known() {
+        let _ = super::mode();
+        net = PROXY_NET.load(Ordering::Relaxed);
+    }
     net != 0 && u32::from(ip) & 0xffff_0000 == net
 }
 
@@ -450,23 +458,38 @@ pub unsafe fn setsockopt(
     let held = state::lock().mc_ifaces.get(&key).copied().unwrap_or(0);
     let bit = p.iface.bit();
     let other = held & !bit;
-    // One kernel membership serves loopback and the overlay interface alike.
+    // One kernel membership serves loopback and the overlay interface alike: a join on the
+    // second is already made, a leave of one of two keeps it.
     let rc = match p.change {
-        Change::Join if held & bit != 0 => fail(libc::EADDRINUSE),
-        Change::Join if other != 0 => 0,
         Change::Leave if held & bit != 0 && other != 0 => 0,
-        _ => kernel_setsockopt(fd, name, &rewrite(&p, bytes)),
+        _ => {
+            let rc = kernel_setsockopt(fd, name, &rewrite(&p, bytes));
+            let absorbed = rc != 0
+                && p.change == Change::Join
+                && crate::guard::errno() == libc::EADDRINUSE
+                && held & bit == 0
+                && other != 0;
+            if absorbed {
+                0
+            } else {
+                rc
+            }
+        }
     };
     let errno = crate::guard::errno();
+    // What the kernel holds now decides (a filter change can end the membership).
+    let filter = read_filter(fd, p.group);
+    let now = match (&filter, p.change, rc) {
+        (None, _, _) => 0,
+        (Some(_), Change::Join, 0) => held | bit,
+        (Some(_), Change::Leave, 0) => other,
+        // A membership the shim did not see made (inherited across exec, or a first
+        // membership made by a source join): the interface this request named.
+        (Some(_), _, _) if held == 0 => bit,
+        _ => held,
+    };
     {
         let mut st = state::lock();
-        let now = match (p.change, rc) {
-            (Change::Join, 0) => held | bit,
-            (Change::Leave, 0) => other,
-            // A first membership made by a source join or a filter.
-            (Change::Filter, 0) if held == 0 => bit,
-            _ => held,
-        };
         if now == 0 {
             st.mc_ifaces.remove(&key);
         } else {
@@ -476,7 +499,9 @@ pub unsafe fn setsockopt(
     // A refused join or leave changed nothing; a refused filter change may have (a source
     // drop from an any-source membership switches its mode before it fails).
     if rc == 0 || p.change == Change::Filter {
-        report(fd, inode, p.group);
+        // A membership the program made only on loopback does not attract the overlay.
+        let overlay = filter.filter(|_| now & OVERLAY_BIT != 0);
+        report(fd, inode, p.group, overlay);
     }
     if rc != 0 {
         return Some(fail(errno));
@@ -485,18 +510,8 @@ pub unsafe fn setsockopt(
 }
 
 /// Tells the daemon what the kernel now holds for (socket, group), as far as the overlay is
-/// concerned (a membership the program made only on loopback does not attract the overlay).
-fn report(fd: c_int, inode: u64, group: Ipv4Addr) {
-    let held = state::lock()
-        .mc_ifaces
-        .get(&(inode, group))
-        .copied()
-        .unwrap_or(0);
-    let filter = if held & OVERLAY_BIT == 0 && held != 0 {
-        None
-    } else {
-        read_filter(fd, group)
-    };
+/// concerned.
+fn report(fd: c_int, inode: u64, group: Ipv4Addr, filter: Option<GroupFilterSpec>) {
     let joined = filter.is_some();
     match control::request(Request::GroupFilter {
         socket: GroupSocket::Kernel { inode },

@@ -100,6 +100,11 @@ enum Mode {
     Addresses,
 }
 
+/// The daemon's answer is known (no round trip needed).
+fn delivery_known() -> bool {
+    MODE.load(Ordering::Relaxed) != MODE_UNKNOWN
+}
+
 /// How this process's daemon delivers group datagrams (asked once).
 fn mode() -> Option<Mode> {
     match MODE.load(Ordering::Relaxed) {
