@@ -337,6 +337,19 @@ impl Daemons {
         out
     }
 
+    /// Waits until host `n`'s daemon has an overlay listener on `port`.
+    pub fn wait_listener(&self, n: usize, port: u16) {
+        crate::wait_for(
+            Duration::from_secs(15),
+            || {
+                self.status(n)["listeners"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|p| p.as_u64() == Some(u64::from(port))))
+            },
+            || format!("no overlay listener on host {n} port {port}"),
+        );
+    }
+
     /// Environment for a program under the shim of host `n`'s daemon.
     pub fn shim_env(&self, n: usize, c: &mut Command) {
         c.env("LD_PRELOAD", shim_lib())
