@@ -178,7 +178,7 @@ impl KernelGroups {
             self.next = net | (self.next.wrapping_add(1) & 0xffff);
             let ip = Ipv4Addr::from(self.next);
             let last = ip.octets()[3];
-            if last == 0 || last == 255 || self.next >> 8 == 0x7f00_00 {
+            if last == 0 || last == 255 || self.next >> 8 == 0x007f_0000 {
                 continue;
             }
             if self.next != self.first && !self.nodes.contains_key(&ip) {
