@@ -479,3 +479,49 @@ for i in range(int(sys.argv[3])):
         "one loopback send per group datagram, whatever the sockets"
     );
 }
+
+/// A membership whose last holder is killed with SIGKILL ends: the other nodes stop counting
+/// this one as a member (how long it took is printed; the daemon looks every 250 ms).
+#[test]
+fn a_membership_ends_when_its_last_holder_is_killed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const HOLDER: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, struct.pack('4s4s', socket.inet_aton(sys.argv[1]), bytes(4)))
+print('joined', flush=True)
+time.sleep(600)
+"#;
+    let net = Net::start(&[]);
+    let group = net.group(6);
+    let mut holder = net.shim(1, PYTHON);
+    holder.args(["-c", HOLDER, &group]);
+    let mut holder = Bg::spawn(holder, &net.hosts.dir, "holder");
+    wait_for(
+        Duration::from_secs(15),
+        || holder.stdout().contains("joined"),
+        || format!("the holder did not join: {}", holder.stderr()),
+    );
+    net.wait_members(2, &group, &[1]);
+    let killed = std::time::Instant::now();
+    holder.signal(libc::SIGKILL);
+    holder.wait(LIMIT);
+    let node1 = net.hosts.addr(1);
+    wait_for(
+        Duration::from_secs(20),
+        || {
+            !net.daemons.status(2)["multicast"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|g| g["group"] == group.as_str())
+                .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
+                .any(|m| m["node"] == node1.as_str())
+        },
+        || format!("host 2 still counts host 1 as a member of {group}"),
+    );
+    println!(
+        "membership of a SIGKILLed holder gone at host 2 after {:?}",
+        killed.elapsed()
+    );
+}
