@@ -301,8 +301,9 @@ fn scale_64_nodes_1000_groups_20_senders() {
     for gi in 0..1000u32 {
         for node in 0..64 {
             if rng.gen_bool(0.08) {
+                // A socket per group: one socket holds at most 20 (the kernel's limit).
                 sim.with_node(node, |n, now| {
-                    n.mc_join(now, socket(3), group(gi), None, false)
+                    n.mc_join(now, socket(gi as usize), group(gi), None, false)
                 })
                 .expect("alive")
                 .expect("join");
