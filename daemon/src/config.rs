@@ -2,7 +2,7 @@
 //! configuration plus what the I/O layer needs. Any problem is reported as one line naming the
 //! field, and `weftd` exits with status 2 before starting anything.
 
-use crate::overlay::emulation::{parse_duration, LinkParams};
+use crate::emulation::{parse_duration, LinkParams};
 use crate::overlay::neighbor::Metric;
 use crate::overlay::{NeighborConfig, NodeConfig};
 use serde::Deserialize;
@@ -106,10 +106,19 @@ pub struct Flags {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub node: NodeConfig,
+    /// Receive-side emulation (the layer between the socket and the node).
+    pub emulation: EmulationConfig,
     pub listen: SocketAddr,
     pub socket: PathBuf,
     pub proxy_ip: Ipv4Addr,
     pub log: String,
+}
+
+/// Whether emulation is allowed, and each neighbour's initial link parameters.
+#[derive(Debug, Clone, Default)]
+pub struct EmulationConfig {
+    pub enabled: bool,
+    pub links: Vec<(SocketAddr, LinkParams)>,
 }
 
 fn field<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
@@ -205,7 +214,7 @@ impl DaemonConfig {
             return Err(format!("`node`: {node_ip} cannot name a node"));
         }
         let mut node = NodeConfig::new(NodeId::from(node_ip));
-        node.emulation = flags.emulation || file.emulation.unwrap_or(false);
+        let emulation = flags.emulation || file.emulation.unwrap_or(false);
         if let Some(m) = pick(&flags.metric, &file.metric) {
             node.metric = field("metric", parse_metric(&m))?;
         }
@@ -240,7 +249,7 @@ impl DaemonConfig {
             node.arq.redundancy = field("redundancy", parse_redundancy(&s))?;
         }
 
-        let mut neighbors: Vec<NeighborConfig> = Vec::new();
+        let mut neighbors: Vec<(NeighborConfig, LinkParams)> = Vec::new();
         for (i, n) in file.neighbors.iter().enumerate() {
             let name = format!("neighbor[{i}]");
             let addr = field(&format!("{name}.addr"), parse_socket_addr(&n.addr))?;
@@ -255,7 +264,7 @@ impl DaemonConfig {
                 )?,
                 None => LinkParams::default(),
             };
-            neighbors.push(NeighborConfig { addr, id, link });
+            neighbors.push((NeighborConfig { addr, id }, link));
         }
         for s in &flags.neighbors {
             let (addr, spec) = match s.split_once('/') {
@@ -267,30 +276,30 @@ impl DaemonConfig {
                 Some(sp) => field("neighbor", LinkParams::default().apply_spec(sp))?,
                 None => LinkParams::default(),
             };
-            neighbors.push(NeighborConfig {
-                addr,
-                id: None,
-                link,
-            });
+            neighbors.push((NeighborConfig { addr, id: None }, link));
         }
-        for (i, n) in neighbors.iter().enumerate() {
+        for (i, (n, link)) in neighbors.iter().enumerate() {
             if n.addr == listen {
                 return Err(format!(
                     "`neighbor`: {} is this daemon's own address",
                     n.addr
                 ));
             }
-            if neighbors[..i].iter().any(|m| m.addr == n.addr) {
+            if neighbors[..i].iter().any(|(m, _)| m.addr == n.addr) {
                 return Err(format!("`neighbor`: {} is listed twice", n.addr));
             }
-            if !n.link.is_identity() && !node.emulation {
+            if !link.is_identity() && !emulation {
                 return Err(format!(
                     "`neighbor`: link emulation for {} needs `emulation = true`",
                     n.addr
                 ));
             }
         }
-        node.neighbors = neighbors;
+        let emulation = EmulationConfig {
+            enabled: emulation,
+            links: neighbors.iter().map(|(n, link)| (n.addr, *link)).collect(),
+        };
+        node.neighbors = neighbors.into_iter().map(|(n, _)| n).collect();
 
         let socket = match pick(&flags.socket, &file.socket) {
             Some(s) => PathBuf::from(s),
@@ -308,6 +317,7 @@ impl DaemonConfig {
         let log = pick(&flags.log, &file.log).unwrap_or_else(|| "info".into());
         Ok(DaemonConfig {
             node,
+            emulation,
             listen,
             socket,
             proxy_ip,
@@ -396,7 +406,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.node.neighbors.len(), 1);
-        assert_eq!(c.node.neighbors[0].link.delay, Duration::from_millis(5));
+        assert_eq!(c.emulation.links[0].1.delay, Duration::from_millis(5));
         assert_eq!(c.node.metric, Metric::Hops);
         assert!(!c.node.arq.redundancy.enabled);
 

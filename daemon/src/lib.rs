@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod emulation;
 pub mod io;
 pub mod overlay;
 pub mod sim;

@@ -13,7 +13,9 @@ pub mod streams;
 pub mod udp;
 
 use crate::config::DaemonConfig;
-use crate::overlay::{Node, NodeEvent, SendError, Transmit};
+use crate::emulation::{Emulation, EmulationCounters, LinkParams, Verdict};
+use crate::overlay::links::NeighborStatus;
+use crate::overlay::{Node, NodeEvent, SendError};
 use clock::Clock;
 use control::{Connection, Listener};
 use mio::unix::SourceFd;
@@ -21,11 +23,11 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::AsRawFd;
 use tracing::{debug, info, warn};
-use udp::OverlaySocket;
+use udp::{OverlaySocket, TxQueue};
 use weft_core::Endpoint;
 use weft_ipc::{fdpass, Event, Reply, Request, Welcome, MAX_MESSAGE};
 
@@ -74,6 +76,8 @@ struct DaemonCounters {
 struct DaemonStatus<'a> {
     #[serde(flatten)]
     node: crate::overlay::status::NodeStatus,
+    emulation: bool,
+    neighbors: Vec<DaemonNeighbor>,
     listen: String,
     socket: String,
     recovery: weft_transport::session::RecoveryMode,
@@ -89,6 +93,14 @@ struct DaemonStatus<'a> {
     rings: rings::RingCounters,
 }
 
+/// A neighbour as the node sees it, with what the emulation layer does to its packets.
+#[derive(Serialize)]
+struct DaemonNeighbor {
+    #[serde(flatten)]
+    link: NeighborStatus,
+    emulation: Option<(LinkParams, EmulationCounters)>,
+}
+
 #[derive(Serialize)]
 struct ClientStatus {
     pid: i32,
@@ -101,8 +113,10 @@ pub struct Daemon {
     poll: Poll,
     clock: Clock,
     node: Node,
+    /// Between the socket and the node: what `--emulation` does to received packets.
+    emulation: Emulation,
     udp: OverlaySocket,
-    udp_backlog: VecDeque<Transmit>,
+    udp_backlog: TxQueue,
     udp_wants_write: bool,
     listener: Listener,
     signals: SignalFd,
@@ -185,13 +199,15 @@ impl Daemon {
             clock::first_sequence(),
             rand::random(),
         );
+        let emulation = Emulation::new(cfg.emulation.enabled, &cfg.emulation.links, rand::random());
         Ok(Daemon {
             cfg,
             poll,
             clock,
             node,
+            emulation,
             udp,
-            udp_backlog: VecDeque::new(),
+            udp_backlog: TxQueue::default(),
             udp_wants_write: false,
             listener,
             signals,
@@ -233,8 +249,12 @@ impl Daemon {
         while !self.stop {
             // Streams left with work (a busy ring yields after a few passes) must not wait.
             let timeout = if self.dirty_streams.is_empty() {
-                let node = self.node.poll_timeout().map(|t| self.clock.until(t));
-                match (node, self.kernel_check_timeout()) {
+                let next = [self.node.poll_timeout(), self.emulation.next_due()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|t| self.clock.until(t));
+                match (next, self.kernel_check_timeout()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 }
@@ -282,6 +302,10 @@ impl Daemon {
                 }
             }
             let now = self.clock.now();
+            // Emulated packets whose time has come.
+            while let Some((from, packet)) = self.emulation.pop_due(now) {
+                self.node.handle_datagram(now, from, &packet);
+            }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.node.handle_timeout(now);
             }
@@ -320,7 +344,9 @@ impl Daemon {
             for i in 0..n {
                 let (from, datagrams) = self.udp.received(i);
                 for data in datagrams {
-                    self.node.handle_datagram(now, from, data);
+                    if self.emulation.admit(now, from, data) == Verdict::Pass {
+                        self.node.handle_datagram(now, from, data);
+                    }
                 }
             }
             self.drain_node();
@@ -329,25 +355,18 @@ impl Daemon {
 
     fn flush_udp(&mut self) {
         while !self.udp_backlog.is_empty() {
-            let sent = match self.udp.send_batch(
-                self.udp_backlog
-                    .iter()
-                    .map(|t| (t.dst, t.payload.as_slice())),
-            ) {
+            let sent = match self.udp.send_batch(self.udp_backlog.iter()) {
                 Ok(n) => n,
                 Err(e) => {
                     self.counters.udp_send_errors += 1;
-                    debug!(
-                        "overlay send to {:?}: {e}",
-                        self.udp_backlog.front().map(|t| t.dst)
-                    );
+                    debug!("overlay send to {:?}: {e}", self.udp_backlog.front_dst());
                     1
                 }
             };
             if sent == 0 {
                 break;
             }
-            self.udp_backlog.drain(..sent.min(self.udp_backlog.len()));
+            self.udp_backlog.consume(sent);
         }
         // Ask for writability only while something waits for it (one epoll_ctl per change).
         let want_write = !self.udp_backlog.is_empty();
@@ -369,9 +388,11 @@ impl Daemon {
     /// Moves everything the node produced to where it goes.
     fn drain_node(&mut self) {
         let now = self.clock.now();
-        while let Some(t) = self.node.poll_transmit(now) {
-            self.udp_backlog.push_back(t);
-        }
+        let node = &mut self.node;
+        while self
+            .udp_backlog
+            .push_with(|buf| node.poll_transmit(now, buf).map(|t| (t.dst, t.len)))
+        {}
         // Sends are batched until the end of the loop iteration (fewer, larger sendmmsg and
         // GSO runs), unless enough piled up to fill a batch now.
         if self.udp_backlog.len() >= udp::BATCH * 4 {
@@ -432,8 +453,19 @@ impl Daemon {
     }
 
     fn status(&mut self, now: weft_core::Instant) -> DaemonStatus<'_> {
+        let mut node = self.node.status(now);
+        let neighbors = std::mem::take(&mut node.neighbors)
+            .into_iter()
+            .zip(self.node.neighbors())
+            .map(|(link, (addr, _))| DaemonNeighbor {
+                emulation: self.emulation.status(addr),
+                link,
+            })
+            .collect();
         DaemonStatus {
-            node: self.node.status(now),
+            node,
+            emulation: self.emulation.enabled(),
+            neighbors,
             listen: self.cfg.listen.to_string(),
             socket: self.cfg.socket.display().to_string(),
             recovery: self.cfg.node.recovery,
