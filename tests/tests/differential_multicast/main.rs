@@ -14,6 +14,13 @@
 //! API spellings); interfaces (loopback and the node's, link-local groups); unicast to the
 //! node's own address. Plus the option transcript of `tests/c/mcast_calls.c` line by line.
 //!
+//! Scope: one `weftd` per namespace, so every node delivers group datagrams through the kernel
+//! (`group_delivery: kernel`, asserted below). Several daemons in one namespace (several
+//! overlay nodes on one host, as the loopback tests run them) share loopback, so all but the
+//! first fall back to per-socket delivery addresses (`group_delivery: addresses`) with the
+//! memberships emulated; that mode is not compared here, and its known differences from the
+//! kernel are listed under Limits in `preload/README.md` (tested by `shim_multicast*.rs`).
+//!
 //! It prints a table `scenario | kernel | weft | match`. A row that differs fails the test
 //! unless it is listed in [`DOCUMENTED`] with the reason; a documented row that matches
 //! fails it too (the list must stay exact).
@@ -139,11 +146,23 @@ fn options_rows(kernel: &KernelNet, weft: &WeftNet, t: u8) -> Vec<(String, Strin
         wl.len(),
         "transcripts differ in length:\n{k}\n---\n{w}"
     );
+    // A line is `what: result`; a step that repeats (a read-back after each change) is
+    // numbered so every row names one line.
+    let mut seen = std::collections::HashMap::<&str, usize>::new();
     kl.iter()
         .zip(&wl)
         .map(|(a, b)| {
-            let label = a.split(':').next().unwrap_or(a).to_string();
-            (format!("options/{label}"), a.to_string(), b.to_string())
+            let (label, k) = a.split_once(": ").unwrap_or((a, ""));
+            let w = b
+                .split_once(": ")
+                .map_or(*b, |(l, w)| if l == label { w } else { b });
+            let n = seen.entry(label).or_default();
+            *n += 1;
+            let name = match *n {
+                1 => format!("options/{label}"),
+                n => format!("options/{label} #{n}"),
+            };
+            (name, k.to_string(), w.to_string())
         })
         .collect()
 }
@@ -237,7 +256,7 @@ fn every_scenario_observes_what_kernel_multicast_shows() {
     };
     for (name, k, w) in options {
         let same = k == w;
-        row(&name, "", "", same, &mut table);
+        row(&name, &k, &w, same, &mut table);
         if !same {
             let _ = writeln!(details, "--- {name}\n  kernel: {k}\n  weft:   {w}");
         }
