@@ -29,6 +29,8 @@ pub struct DaemonFigures {
     /// Datagrams the I/O layer dropped, by reason.
     pub dropped: Vec<(&'static str, u64)>,
     pub udp_send_errors: u64,
+    /// Group datagrams sent once to loopback for the kernel to deliver to member sockets.
+    pub group_loopback_sends: u64,
     /// What the emulation layer did to each emulated neighbour's packets (by address).
     pub link_emulation: Vec<(String, EmulationCounters)>,
 }
@@ -398,6 +400,12 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
         None,
     );
     add(&udp_errors, &none, daemon.udp_send_errors);
+    let loopback_sends = b.counter(
+        "multicast_loopback_sends",
+        "Group datagrams sent once to loopback for the kernel to deliver to member sockets",
+        None,
+    );
+    add(&loopback_sends, &none, daemon.group_loopback_sends);
     let clients = b.gauge(
         "control_clients",
         "Connections to the control socket (CLI and shimmed programs)",

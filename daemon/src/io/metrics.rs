@@ -270,9 +270,9 @@ impl Daemon {
                 ("no_listener", c.datagrams_no_listener),
                 ("slow_client", c.datagrams_dropped_slow_client),
                 ("proxy_send_failed", c.proxy_send_failed),
-                ("proxy_foreign_source", c.proxy_foreign_source),
             ],
             udp_send_errors: c.udp_send_errors,
+            group_loopback_sends: c.group_loopback_sends,
             link_emulation: self
                 .node
                 .neighbors()
