@@ -69,6 +69,8 @@ struct DaemonCounters {
     proxy_send_failed: u64,
     /// Datagrams to a proxy from something other than a local program.
     proxy_foreign_source: u64,
+    /// Passes of the event loop (wake-ups from epoll, timers included).
+    loop_passes: u64,
 }
 
 #[derive(Serialize)]
@@ -84,6 +86,7 @@ struct DaemonStatus<'a> {
     datagram_ports: Vec<u16>,
     datagram_proxies: usize,
     daemon_counters: &'a DaemonCounters,
+    udp: udp::UdpCounters,
     rings: rings::RingCounters,
 }
 
@@ -249,6 +252,7 @@ impl Daemon {
                     return Err(format!("epoll: {e}"));
                 }
             }
+            self.counters.loop_passes += 1;
             for ev in events.iter() {
                 match ev.token() {
                     UDP => {
@@ -460,6 +464,7 @@ impl Daemon {
             datagram_ports: self.ports.keys().copied().collect(),
             datagram_proxies: self.proxies.count(),
             rings: self.ring_counters(),
+            udp: self.udp.counters(),
             daemon_counters: &self.counters,
         }
     }

@@ -682,6 +682,8 @@ pub struct ArqStatus {
     pub congestion_events: u64,
     pub loss_rate_ppm: u64,
     pub duplicates: u64,
+    /// Standalone acks sent (acks riding on data are not counted).
+    pub acks_sent: u64,
 }
 
 impl From<weft_transport::arq::ArqStats> for ArqStatus {
@@ -705,6 +707,7 @@ impl From<weft_transport::arq::ArqStats> for ArqStatus {
             congestion_events: s.congestion_events,
             loss_rate_ppm: s.loss_rate_ppm,
             duplicates: s.duplicates,
+            acks_sent: s.acks_sent,
         }
     }
 }
