@@ -8,7 +8,7 @@ import threading
 # Cumulative per-link ARQ counters; the difference over a cell is what the cell caused.
 ARQ_COUNTERS = ["packets_sent", "retransmissions", "losses_by_sack", "losses_by_timer",
                 "timeouts", "congestion_events", "duplicates", "redundant_copies",
-                "redundant_copies_used", "acks_sent"]
+                "redundant_copies_used", "redundant_copies_skipped", "acks_sent"]
 # Cumulative per-neighbour datagram counters (everything sent on the link: ARQ data, standalone
 # acks, copies, hellos, flooding).
 LINK_COUNTERS = ["packets_out", "bytes_out"]
