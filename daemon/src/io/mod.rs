@@ -76,6 +76,8 @@ struct DaemonCounters {
     proxy_send_failed: u64,
     /// Group datagrams sent once to loopback for the kernel to deliver to member sockets.
     group_loopback_sends: u64,
+    /// Passes of the event loop (wake-ups from epoll, timers included).
+    loop_passes: u64,
 }
 
 /// Version of the `weft status --json` document. Bump it when a field changes meaning or
@@ -101,6 +103,7 @@ struct DaemonStatus<'a> {
     member_checks: u64,
     member_sockets_closed: u64,
     daemon_counters: &'a DaemonCounters,
+    udp: udp::UdpCounters,
     rings: rings::RingCounters,
 }
 
@@ -297,6 +300,7 @@ impl Daemon {
                     return Err(format!("epoll: {e}"));
                 }
             }
+            self.counters.loop_passes += 1;
             for ev in events.iter() {
                 match ev.token() {
                     UDP => {
@@ -541,6 +545,7 @@ impl Daemon {
             member_checks: self.kernel_groups.as_ref().map_or(0, |k| k.checks),
             member_sockets_closed: self.kernel_groups.as_ref().map_or(0, |k| k.closed_found),
             rings: self.ring_counters(),
+            udp: self.udp.counters(),
             daemon_counters: &self.counters,
         }
     }

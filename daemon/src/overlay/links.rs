@@ -85,6 +85,9 @@ pub struct LinkCounters {
     /// Datagrams from a neighbour speaking another wire version (dropped).
     pub wire_version_mismatch: u64,
     pub state_packets_sent: u64,
+    /// Flooded records in those packets (resends included) and their bytes.
+    pub state_records_sent: u64,
+    pub state_record_bytes_sent: u64,
     pub reliable_before_up: u64,
 }
 
@@ -587,6 +590,9 @@ impl Links {
                 let refs: Vec<(StateKind, &[u8])> =
                     batch.iter().map(|(k, b)| (*k, b.as_slice())).collect();
                 self.counters.state_packets_sent += 1;
+                self.counters.state_records_sent += refs.len() as u64;
+                self.counters.state_record_bytes_sent +=
+                    refs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
                 self.send(link, PacketKind::State, 0, |w| wire::encode_state(&refs, w));
             }
         }
@@ -711,6 +717,10 @@ pub struct ArqStatus {
     pub congestion_events: u64,
     pub loss_rate_ppm: u64,
     pub duplicates: u64,
+    /// Standalone acks sent (acks riding on data are not counted).
+    pub acks_sent: u64,
+    /// Copies not sent because a stream of new packets followed their original.
+    pub redundant_copies_skipped: u64,
 }
 
 impl From<weft_transport::arq::ArqStats> for ArqStatus {
@@ -734,6 +744,8 @@ impl From<weft_transport::arq::ArqStats> for ArqStatus {
             congestion_events: s.congestion_events,
             loss_rate_ppm: s.loss_rate_ppm,
             duplicates: s.duplicates,
+            acks_sent: s.acks_sent,
+            redundant_copies_skipped: s.redundant_copies_skipped,
         }
     }
 }

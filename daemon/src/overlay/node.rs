@@ -22,7 +22,7 @@ use crate::overlay::fragment::MAX_DATAGRAM;
 use crate::overlay::groups::{FloodRecord, Groups, MembershipOutcome, MulticastCounters};
 use crate::overlay::links::{Inbound, LinkEvent, LinkId, Links, LinksConfig, TransmitMeta};
 use crate::overlay::neighbor::{LinkState, Metric};
-use crate::overlay::routing::{AdvertOutcome, Routing};
+use crate::overlay::routing::{AdvertOutcome, Routing, RoutingStats};
 use crate::overlay::sessions::{OpenError, SessionSummary, Sessions, SessionsConfig};
 use crate::overlay::status::{Counters, NodeStatus};
 use crate::overlay::wire::{
@@ -493,6 +493,15 @@ impl Node {
         self.routing.routes()
     }
 
+    /// The link-state advert held for `origin` (ours included).
+    pub fn advert(&self, origin: NodeId) -> Option<&LinkStateAdvert> {
+        self.routing.advert(origin)
+    }
+
+    pub fn routing_stats(&self) -> RoutingStats {
+        self.routing.stats()
+    }
+
     // ----- local requests: datagrams ------------------------------------------------------
 
     /// Sends a datagram from (this node, `src_port`) to `dst`, fragmenting as needed.
@@ -780,6 +789,8 @@ impl Node {
             neighbor_leaves: l.neighbor_leaves,
             wire_version_mismatch: l.wire_version_mismatch,
             state_packets_sent: l.state_packets_sent,
+            state_records_sent: l.state_records_sent,
+            state_record_bytes_sent: l.state_record_bytes_sent,
             reliable_before_up: l.reliable_before_up,
             rerouted: f.rerouted,
             ce_marked: f.ce_marked,
@@ -808,6 +819,7 @@ impl Node {
             dead_interval_ms: self.cfg.dead_interval.as_millis() as u64,
             neighbors: self.links.status(now),
             routes: self.routing.status(),
+            routing: self.routing.stats(),
             known_nodes: self.known_nodes(),
             listeners: self.listeners(),
             sessions: self.session_summaries(),

@@ -29,6 +29,21 @@ pub enum AdvertOutcome {
     Nothing,
 }
 
+/// What routing holds and has computed (`weft status`, the scale simulation).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RoutingStats {
+    /// Adverts in the link-state database (ours included) and the adjacencies they list.
+    pub adverts: usize,
+    pub advert_links: usize,
+    /// Shortest-path computations of our own routes (one per batch of input that changed the
+    /// database), and of other sources' trees (multicast).
+    pub spf_runs: u64,
+    pub source_trees: u64,
+    /// Heap bytes of the database, the graph built from it, our tree and the first hops, from
+    /// the containers' element sizes (allocator overhead not counted).
+    pub memory_bytes: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteStatus {
     pub dst: NodeId,
@@ -50,6 +65,8 @@ pub struct Routing {
     tree: ShortestPathTree,
     first_hops: BTreeMap<NodeId, NodeId>,
     unreachable_since: HashMap<NodeId, Instant>,
+    spf_runs: u64,
+    source_trees: u64,
 }
 
 impl Routing {
@@ -61,6 +78,8 @@ impl Routing {
             tree: ShortestPathTree::default(),
             first_hops: BTreeMap::new(),
             unreachable_since: HashMap::new(),
+            spf_runs: 0,
+            source_trees: 0,
         }
     }
 
@@ -107,6 +126,7 @@ impl Routing {
             return false;
         }
         self.computed = Some(self.lsdb.generation());
+        self.spf_runs += 1;
         self.tree = self.lsdb.shortest_paths(self.local);
         let hops = self.tree.first_hops();
         if hops == self.first_hops {
@@ -124,7 +144,45 @@ impl Routing {
 
     /// The shortest-path tree rooted at another node (multicast forwards along those).
     pub fn tree_from(&mut self, source: NodeId) -> ShortestPathTree {
+        self.source_trees += 1;
         self.lsdb.shortest_paths(source)
+    }
+
+    /// The advert held for `origin` (ours included).
+    pub fn advert(&self, origin: NodeId) -> Option<&LinkStateAdvert> {
+        self.lsdb.get(origin)
+    }
+
+    pub fn stats(&self) -> RoutingStats {
+        use std::mem::size_of;
+        let adverts = self.lsdb.adverts.len();
+        let advert_links: usize = self.lsdb.adverts().map(|a| a.links.len()).sum();
+        let link_bytes: usize = self
+            .lsdb
+            .adverts()
+            .map(|a| a.links.capacity() * size_of::<(NodeId, u32)>())
+            .sum();
+        let db = adverts * (size_of::<NodeId>() + size_of::<LinkStateAdvert>()) + link_bytes;
+        let graph = self.lsdb.graph.as_ref().map_or(0, |(_, g)| {
+            g.nodes.capacity() * size_of::<NodeId>()
+                + g.edges.capacity() * size_of::<Vec<(u32, u32)>>()
+                + g.edges
+                    .iter()
+                    .map(|e| e.capacity() * size_of::<(u32, u32)>())
+                    .sum::<usize>()
+        });
+        let tree = self.tree.nodes.capacity() * size_of::<NodeId>()
+            + self.tree.dist.capacity() * size_of::<u64>()
+            + self.tree.parent.capacity() * size_of::<u32>();
+        let hops = self.first_hops.len() * 2 * size_of::<NodeId>()
+            + self.unreachable_since.len() * (size_of::<NodeId>() + size_of::<Instant>());
+        RoutingStats {
+            adverts,
+            advert_links,
+            spf_runs: self.spf_runs,
+            source_trees: self.source_trees,
+            memory_bytes: db + graph + tree + hops,
+        }
     }
 
     pub fn first_hop(&self, dst: NodeId) -> Option<NodeId> {

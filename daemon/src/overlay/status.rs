@@ -5,7 +5,7 @@ use crate::overlay::fragment::ReassemblyCounters;
 use crate::overlay::groups::MulticastCounters;
 use crate::overlay::links::NeighborStatus;
 use crate::overlay::neighbor::Metric;
-use crate::overlay::routing::RouteStatus;
+use crate::overlay::routing::{RouteStatus, RoutingStats};
 use crate::overlay::sessions::SessionSummary;
 use serde::Serialize;
 use weft_core::NodeId;
@@ -28,6 +28,8 @@ pub struct Counters {
     /// Datagrams from a neighbour speaking another wire version (dropped).
     pub wire_version_mismatch: u64,
     pub state_packets_sent: u64,
+    pub state_records_sent: u64,
+    pub state_record_bytes_sent: u64,
     pub reliable_before_up: u64,
     pub rerouted: u64,
     pub ce_marked: u64,
@@ -50,6 +52,7 @@ pub struct NodeStatus {
     #[serde(skip)]
     pub neighbors: Vec<NeighborStatus>,
     pub routes: Vec<RouteStatus>,
+    pub routing: RoutingStats,
     pub known_nodes: Vec<NodeId>,
     pub listeners: Vec<u16>,
     pub sessions: Vec<SessionSummary>,
