@@ -313,6 +313,16 @@ impl Peer {
     }
 }
 
+/// Whether a datagram is a link-security message or carries an authentication trailer (what
+/// a daemon without keys must refuse rather than misread).
+pub fn is_secured(packet: &[u8]) -> bool {
+    packet.len() >= HEADER_LEN
+        && (matches!(
+            packet[KIND_OFFSET],
+            KIND_INITIATION | KIND_RESPONSE | KIND_COOKIE | KIND_KEEPALIVE
+        ) || packet[AUTH_LEN_OFFSET] != 0)
+}
+
 fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());

@@ -17,8 +17,9 @@ struct Args {
     /// UDP address for links to neighbours, e.g. 127.0.0.1:7470.
     #[arg(long)]
     listen: Option<String>,
-    /// Neighbour daemon address, optionally with emulation for packets from it:
-    /// 127.0.0.2:7470 or 127.0.0.2:7470/delay=10ms,loss=1%. Repeatable.
+    /// Neighbour daemon address, optionally with emulation for packets from it, its public
+    /// key and its node id: 127.0.0.2:7470 or 127.0.0.2:7470/delay=10ms,loss=1%,key=KEY.
+    /// Repeatable.
     #[arg(long = "neighbor")]
     neighbors: Vec<String>,
     /// Control socket path (default /tmp/weft/weftd.sock).
@@ -52,6 +53,17 @@ struct Args {
     /// Log filter (error, warn, info, debug, trace; or a tracing filter). Also WEFT_LOG.
     #[arg(long)]
     log: Option<String>,
+    /// This node's secret key file (`weft keygen FILE` makes one). Links are authenticated
+    /// and encrypted, flooded state signed; each neighbour needs a public key
+    /// (`--neighbor ADDR/key=KEY` or `[[neighbor]] public_key`) or an entry in --admitted-keys.
+    #[arg(long = "key")]
+    key_file: Option<PathBuf>,
+    /// The overlay-wide list of admitted node keys: `NODE PUBLIC_KEY` lines.
+    #[arg(long)]
+    admitted_keys: Option<PathBuf>,
+    /// Run without link security: nothing authenticated, encrypted or signed.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() {
@@ -71,6 +83,9 @@ fn main() {
         mtu: args.mtu,
         neighbors: args.neighbors,
         log: args.log,
+        key_file: args.key_file,
+        admitted_keys: args.admitted_keys,
+        insecure: args.insecure,
     };
     let cfg = match DaemonConfig::resolve(&flags) {
         Ok(c) => c,

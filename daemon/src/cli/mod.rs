@@ -1,6 +1,7 @@
 //! The `weft` command line.
 
 mod datagram;
+mod keys;
 mod overlay;
 mod run;
 mod status;
@@ -52,6 +53,10 @@ enum Command {
     Run(run::RunArgs),
     /// Start, stop or inspect a local overlay of daemons on 127.0.0.N (no root needed).
     Overlay(overlay::OverlayArgs),
+    /// Create a node's secret key file (mode 0600) and print its public key.
+    Keygen(keys::KeygenArgs),
+    /// Print the public key of a secret key (from FILE or standard input).
+    Pubkey(keys::PubkeyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +94,8 @@ pub fn main() -> i32 {
         Command::Listen(a) => stream::listen(&socket, a),
         Command::Run(a) => run::run(&socket, a),
         Command::Overlay(a) => overlay::run(a),
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Pubkey(a) => keys::pubkey(a),
     };
     match result {
         Ok(code) => code,

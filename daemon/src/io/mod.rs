@@ -67,6 +67,20 @@ struct DaemonCounters {
     proxy_send_failed: u64,
     /// Datagrams to a proxy from something other than a local program.
     proxy_foreign_source: u64,
+    /// In insecure mode: packets carrying an authentication trailer or a handshake (a
+    /// neighbour that runs with keys), dropped.
+    secured_packets_refused: u64,
+}
+
+/// `weft status` on link security: this node's key, each link's peer key and session, and
+/// every rejection counted before the node saw the packet.
+#[derive(Serialize)]
+struct SecurityStatus {
+    /// `encrypted` (keys configured) or `insecure`.
+    mode: &'static str,
+    public_key: Option<weft_secure::PublicKey>,
+    links: Vec<weft_secure::PeerStatus>,
+    counters: weft_secure::LinkCounters,
 }
 
 #[derive(Serialize)]
@@ -81,6 +95,7 @@ struct DaemonStatus<'a> {
     datagram_proxies: usize,
     daemon_counters: &'a DaemonCounters,
     rings: rings::RingCounters,
+    security: SecurityStatus,
 }
 
 #[derive(Serialize)]
@@ -95,6 +110,8 @@ pub struct Daemon {
     poll: Poll,
     clock: Clock,
     node: Node,
+    /// Link security between the socket and the node (None with `--insecure`).
+    links: Option<weft_secure::Links>,
     udp: OverlaySocket,
     udp_backlog: VecDeque<Transmit>,
     udp_wants_write: bool,
@@ -177,11 +194,23 @@ impl Daemon {
             clock::first_sequence(),
             rand::random(),
         );
+        let links = match &cfg.security {
+            crate::config::Security::Insecure => None,
+            crate::config::Security::Keys { identity, links } => {
+                let mut lc = links.clone();
+                lc.wall_clock_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                Some(weft_secure::Links::new(identity.clone(), lc, clock.now()))
+            }
+        };
         Ok(Daemon {
             cfg,
             poll,
             clock,
             node,
+            links,
             udp,
             udp_backlog: VecDeque::new(),
             udp_wants_write: false,
@@ -214,13 +243,21 @@ impl Daemon {
             listen = %self.cfg.listen,
             socket = %self.cfg.socket.display(),
             neighbors = self.cfg.node.neighbors.len(),
+            security = if self.links.is_some() { "encrypted" } else { "insecure" },
+            public_key = self.links.as_ref().map(|l| l.public_key().to_string()).unwrap_or_default(),
             "weftd running"
         );
         let mut events = Events::with_capacity(256);
         while !self.stop {
             // Streams left with work (a busy ring yields after a few passes) must not wait.
             let timeout = if self.dirty_streams.is_empty() {
-                self.node.poll_timeout().map(|t| self.clock.until(t))
+                let now = self.clock.now();
+                let link_due = self.links.as_ref().and_then(|l| l.poll_timeout(now));
+                let due = match (self.node.poll_timeout(), link_due) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                due.map(|t| self.clock.until(t))
             } else {
                 Some(std::time::Duration::ZERO)
             };
@@ -265,6 +302,11 @@ impl Daemon {
                 }
             }
             let now = self.clock.now();
+            if let Some(l) = self.links.as_mut() {
+                if l.poll_timeout(now).is_some_and(|t| t <= now) {
+                    l.handle_timeout(now);
+                }
+            }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.node.handle_timeout(now);
             }
@@ -301,9 +343,22 @@ impl Daemon {
             }
             let now = self.clock.now();
             for i in 0..n {
-                let (from, datagrams) = self.udp.received(i);
+                let (from, datagrams) = self.udp.received_mut(i);
                 for data in datagrams {
-                    self.node.handle_datagram(now, from, data);
+                    // Authenticated and decrypted before anything else reads it.
+                    match self.links.as_mut() {
+                        Some(links) => {
+                            if let weft_secure::Opened::Deliver(packet) =
+                                links.open(now, from, data)
+                            {
+                                self.node.handle_datagram(now, from, packet);
+                            }
+                        }
+                        None if weft_secure::link::is_secured(data) => {
+                            self.counters.secured_packets_refused += 1;
+                        }
+                        None => self.node.handle_datagram(now, from, data),
+                    }
                 }
             }
             self.drain_node();
@@ -352,8 +407,21 @@ impl Daemon {
     /// Moves everything the node produced to where it goes.
     fn drain_node(&mut self) {
         let now = self.clock.now();
-        while let Some(t) = self.node.poll_transmit(now) {
-            self.udp_backlog.push_back(t);
+        while let Some(mut t) = self.node.poll_transmit(now) {
+            match self.links.as_mut() {
+                // A packet without a session is dropped (and counted); the node resends.
+                Some(links) => {
+                    if links.seal(now, t.dst, &mut t.payload).is_ok() {
+                        self.udp_backlog.push_back(t);
+                    }
+                }
+                None => self.udp_backlog.push_back(t),
+            }
+        }
+        if let Some(links) = self.links.as_mut() {
+            while let Some((dst, payload)) = links.poll_transmit() {
+                self.udp_backlog.push_back(Transmit { dst, payload });
+            }
         }
         // Sends are batched until the end of the loop iteration (fewer, larger sendmmsg and
         // GSO runs), unless enough piled up to fill a batch now.
@@ -428,6 +496,20 @@ impl Daemon {
             datagram_ports: self.ports.keys().copied().collect(),
             datagram_proxies: self.proxies.count(),
             rings: self.ring_counters(),
+            security: match &self.links {
+                Some(l) => SecurityStatus {
+                    mode: "encrypted",
+                    public_key: Some(l.public_key()),
+                    links: l.status(now),
+                    counters: *l.counters(),
+                },
+                None => SecurityStatus {
+                    mode: "insecure",
+                    public_key: None,
+                    links: Vec::new(),
+                    counters: Default::default(),
+                },
+            },
             daemon_counters: &self.counters,
         }
     }

@@ -104,7 +104,10 @@ impl Node {
     }
 
     pub(super) fn flush_floods(&mut self, now: Instant) {
-        let budget = self.cfg.mtu.saturating_sub(HEADER_LEN + 2);
+        let budget = self
+            .cfg
+            .mtu
+            .saturating_sub(HEADER_LEN + crate::overlay::node::AUTH_RESERVE + 2);
         for idx in 0..self.neighbors.len() {
             let nbr = &mut self.neighbors[idx];
             if nbr.state != LinkState::Up || nbr.cut || nbr.flood.is_empty() {

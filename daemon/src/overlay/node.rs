@@ -31,8 +31,8 @@ pub struct NeighborConfig {
     pub link: LinkParams,
 }
 
-/// Bytes kept free at the end of every datagram for a future authentication tag.
-pub const AUTH_RESERVE: usize = 16;
+/// Bytes kept free at the end of every datagram for link security's trailer (counter + tag).
+pub const AUTH_RESERVE: usize = weft_secure::TRAILER_LEN;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
