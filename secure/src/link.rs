@@ -159,6 +159,8 @@ pub struct LinkCounters {
     pub cookie_replies_sent: u64,
     pub cookies_received: u64,
     pub initiations_sent: u64,
+    /// Handshake messages admitted to Diffie-Hellman work (the CPU a flood can cost).
+    pub handshakes_computed: u64,
     /// Handshakes whose Diffie-Hellman work was done as a responder.
     pub handshakes_answered: u64,
     pub handshakes_completed: u64,
@@ -551,6 +553,7 @@ impl Links {
         if !self.peers[idx].handshake_budget.take(now) || !self.cap.take(now) {
             return Err(Reject::HandshakeRateLimited);
         }
+        self.counters.handshakes_computed += 1;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! `weft` CLI, and real programs.
 
 pub mod shim;
+pub mod spoof;
 
 use serde_json::Value;
 use std::fs::File;
