@@ -332,6 +332,12 @@ impl DaemonConfig {
             }
         }
         let security = resolve_security(flags, &file, &node, &neighbors, neighbor_keys)?;
+        if let Security::Keys { identity, links } = &security {
+            node.trust = Some(crate::overlay::trust::TrustConfig {
+                identity: identity.clone(),
+                admitted: links.admitted.clone(),
+            });
+        }
         node.neighbors = neighbors;
 
         let socket = match pick(&flags.socket, &file.socket) {

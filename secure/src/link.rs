@@ -11,7 +11,8 @@
 //!     AEAD ChaCha20-Poly1305, nonce = 0u32 | counter LE, associated data = the header
 //! initiation (kind 16): header | sender index u16 | Noise IK message 1 (108) | mac1 | mac2
 //!     its encrypted payload: timestamp u64 | node id u32
-//! response (kind 17):   header | sender index u16 | receiver index u16 | Noise IK message 2 (48) | mac1 | mac2
+//! response (kind 17):   header | sender index u16 | receiver index u16 | Noise IK message 2 (52) | mac1 | mac2
+//!     its encrypted payload: node id u32
 //! cookie reply (kind 18): header | receiver index u16 | nonce 24 | encrypted cookie 16 | tag 16
 //! keepalive (kind 19):  a transport packet with an empty body (confirms a new session)
 //! ```
@@ -53,7 +54,9 @@ const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 const PROLOGUE: &[u8] = b"weft link v1";
 const INIT_PAYLOAD_LEN: usize = 12;
 const INIT_NOISE_LEN: usize = 32 + (32 + 16) + (INIT_PAYLOAD_LEN + 16);
-const RESP_NOISE_LEN: usize = 32 + 16;
+/// The responder proves its node id too.
+const RESP_PAYLOAD_LEN: usize = 4;
+const RESP_NOISE_LEN: usize = 32 + (RESP_PAYLOAD_LEN + 16);
 pub const INITIATION_LEN: usize = HEADER_LEN + 2 + INIT_NOISE_LEN + 2 * MAC_LEN;
 pub const RESPONSE_LEN: usize = HEADER_LEN + 4 + RESP_NOISE_LEN + 2 * MAC_LEN;
 pub const COOKIE_REPLY_LEN: usize = HEADER_LEN + COOKIE_BODY_LEN;
@@ -354,6 +357,8 @@ pub struct Links {
     cap: TokenBucket,
     cookie_budget: TokenBucket,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// (node id, key) pairs handshakes proved, for the node's key bindings.
+    identities: VecDeque<(NodeId, PublicKey)>,
     counters: LinkCounters,
     started: Instant,
     wall_clock_us: u64,
@@ -373,6 +378,7 @@ impl Links {
             cap: TokenBucket::new(HANDSHAKE_CAP_RATE, HANDSHAKE_CAP_RATE / 4.0),
             cookie_budget: TokenBucket::new(COOKIE_REPLY_RATE, COOKIE_REPLY_RATE),
             outbox: VecDeque::new(),
+            identities: VecDeque::new(),
             counters: LinkCounters::default(),
             started: now,
             wall_clock_us: cfg.wall_clock_us,
@@ -606,6 +612,7 @@ impl Links {
             peer.jar = Some(CookieJar::new(&key));
         }
         peer.node = Some(claimed);
+        self.identities.push_back((claimed, key));
         let local = fresh_index(peer);
         let mut out = self.message_header(KIND_RESPONSE);
         out.extend_from_slice(&local.to_be_bytes());
@@ -613,7 +620,10 @@ impl Links {
         let at = out.len();
         out.resize(RESPONSE_LEN, 0);
         let written = hs
-            .write_message(&[], &mut out[at..at + RESP_NOISE_LEN])
+            .write_message(
+                &self.node.0.to_be_bytes(),
+                &mut out[at..at + RESP_NOISE_LEN],
+            )
             .map_err(|_| Reject::HandshakeInvalid)?;
         if written != RESP_NOISE_LEN {
             return Err(Reject::HandshakeInvalid);
@@ -686,17 +696,34 @@ impl Links {
             return Err(Reject::HandshakeUnexpected);
         };
         let noise = &msg[HEADER_LEN + 4..HEADER_LEN + 4 + RESP_NOISE_LEN];
-        let mut payload = [0u8; 16];
+        let mut payload = [0u8; RESP_PAYLOAD_LEN + 16];
         // A failed read leaves the handshake as it was (snow restores its state), so forged
         // responses cannot spoil the genuine one.
         let n = pending
             .hs
             .read_message(noise, &mut payload)
             .map_err(|_| Reject::HandshakeInvalid)?;
-        if n != 0 || !pending.hs.is_handshake_finished() {
+        if n != RESP_PAYLOAD_LEN || !pending.hs.is_handshake_finished() {
             return Err(Reject::HandshakeInvalid);
         }
+        let claimed = NodeId(u32::from_be_bytes([
+            payload[0], payload[1], payload[2], payload[3],
+        ]));
+        let admitted_ok = self
+            .admitted
+            .as_ref()
+            .is_none_or(|a| a.get(&claimed) == peer.key.as_ref());
+        if peer.node.is_some_and(|n| n != claimed) || !admitted_ok {
+            peer.pending = None;
+            return Err(Reject::HandshakeWrongKey);
+        }
         let (i2r, r2i) = pending.hs.dangerously_get_raw_split();
+        if peer.node.is_none() {
+            peer.node = Some(claimed);
+        }
+        if let Some(key) = peer.key {
+            self.identities.push_back((claimed, key));
+        }
         let local = pending.index;
         peer.pending = None;
         peer.previous = peer.current.take();
@@ -843,6 +870,12 @@ impl Links {
     }
 
     // ----- timers -------------------------------------------------------------------------
+
+    /// A node id and the key a handshake proved for it (each completed handshake yields one):
+    /// the key that may sign that node's flooded state.
+    pub fn poll_identity(&mut self) -> Option<(NodeId, PublicKey)> {
+        self.identities.pop_front()
+    }
 
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.outbox.pop_front()

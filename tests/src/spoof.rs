@@ -106,11 +106,13 @@ pub fn hello(sender: Ipv4Addr, incarnation: u32, seq: u32, peer_incarnation: u32
 
 /// A link-state advert: origin, sequence, links (neighbour, cost).
 pub fn advert(origin: Ipv4Addr, seq: u64, links: &[(Ipv4Addr, u32)]) -> Vec<u8> {
+    let mut links = links.to_vec();
+    links.sort();
     let mut a = Vec::new();
     a.extend_from_slice(&node(origin).to_be_bytes());
     a.extend_from_slice(&seq.to_be_bytes());
     a.extend_from_slice(&(links.len() as u16).to_be_bytes());
-    for (n, c) in links {
+    for (n, c) in &links {
         a.extend_from_slice(&node(*n).to_be_bytes());
         a.extend_from_slice(&c.to_be_bytes());
     }

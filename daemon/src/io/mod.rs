@@ -361,7 +361,18 @@ impl Daemon {
                     }
                 }
             }
+            self.bind_identities();
             self.drain_node();
+        }
+    }
+
+    /// Keys that link handshakes proved for neighbours' node ids: the keys that may sign
+    /// their flooded state.
+    fn bind_identities(&mut self) {
+        if let Some(links) = self.links.as_mut() {
+            while let Some((node, key)) = links.poll_identity() {
+                self.node.bind_neighbor_key(node, key);
+            }
         }
     }
 

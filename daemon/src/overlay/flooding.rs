@@ -18,7 +18,11 @@ impl Node {
             .filter(|n| n.state == LinkState::Up && !n.cut)
             .filter_map(|n| n.id.map(|id| (id, n.announced_cost.max(1))))
             .collect();
-        if let Some(advert) = self.lsdb.originate(links, force) {
+        let trust = &self.trust;
+        if let Some(advert) = self
+            .lsdb
+            .originate_with(links, force, |a| trust.sign_advert(a))
+        {
             debug!(
                 seq = advert.seq,
                 links = advert.links.len(),
@@ -69,6 +73,12 @@ impl Node {
                         continue;
                     };
                     acks.push(advert.id());
+                    // Only its origin may speak for a node: refused (and counted) before the
+                    // database sees it; acknowledged so the sender stops resending it.
+                    if let Err(why) = self.trust.check_advert(&advert) {
+                        debug!(origin = %advert.origin, ?why, "advert refused");
+                        continue;
+                    }
                     match self.lsdb.apply(advert.clone()) {
                         Applied::Newer => self.flood_advert(&advert, Some(idx)),
                         Applied::Same => {}

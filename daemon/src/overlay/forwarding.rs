@@ -135,6 +135,12 @@ impl Node {
                 return None;
             }
         };
+        if matches!(origin, Origin::Relayed(_))
+            && (header.src.node == self.cfg.id || self.lsdb.get(header.src.node).is_none())
+        {
+            self.counters.unknown_source += 1;
+            return None;
+        }
         if header.dst.node.is_multicast() {
             self.forward_multicast(now, origin, packet, header);
             return None;

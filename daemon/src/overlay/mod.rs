@@ -13,6 +13,7 @@ pub mod node;
 pub mod routing;
 pub mod sessions;
 pub mod status;
+pub mod trust;
 pub mod wire;
 
 pub use multicast::MulticastCounters;

@@ -172,6 +172,15 @@ impl Node {
     }
 
     pub(super) fn push_membership(&mut self, idx: usize, rec: &MembershipRecord) {
+        // Our own records are signed as they leave (Ed25519 is deterministic: every copy is
+        // the same bytes); others' carry their origin's signature.
+        let signed;
+        let rec = if rec.origin() == self.cfg.id && rec.signature().is_none() {
+            signed = self.trust.sign_membership(rec.clone());
+            &signed
+        } else {
+            rec
+        };
         let mut bytes = Vec::with_capacity(rec.encoded_len());
         rec.encode(&mut Writer::new(&mut bytes));
         self.neighbors[idx].flood.push(membership_id(rec), bytes);
@@ -199,6 +208,13 @@ impl Node {
             return None;
         };
         let id = membership_id(&rec);
+        match self.trust.check_membership(&rec) {
+            Ok(()) => {}
+            // Its origin's advert has not arrived yet: no ack, so the sender resends it.
+            Err(crate::overlay::trust::Refused::UnknownOrigin) => return None,
+            // Refused for good (counted): acknowledged so the sender stops resending.
+            Err(_) => return Some(id),
+        }
         match self.mc.apply(rec.clone()) {
             Applied::Newer => self.flood_membership(&rec, Some(idx)),
             Applied::Same => {}

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub arq: ArqConfig,
     /// Template for every session (its `mss` and `mode` are derived).
     pub session: SessionConfig,
+    /// Signing and checking of flooded state (None: an insecure overlay).
+    pub trust: Option<crate::overlay::trust::TrustConfig>,
 }
 
 impl NodeConfig {
@@ -69,6 +71,7 @@ impl NodeConfig {
             recovery: RecoveryMode::HopByHop,
             arq: ArqConfig::default(),
             session: SessionConfig::default(),
+            trust: None,
         }
     }
 
@@ -149,6 +152,7 @@ pub struct Node {
     /// endpoint, so each needs its own gap-free sequence.
     pub(super) mc_next_id: HashMap<(Endpoint, NodeId), u32>,
     pub(super) mc_counters: crate::overlay::multicast::MulticastCounters,
+    pub(super) trust: crate::overlay::trust::Trust,
 }
 
 impl Node {
@@ -209,6 +213,7 @@ impl Node {
             mc_order: HashMap::new(),
             mc_next_id: HashMap::new(),
             mc_counters: Default::default(),
+            trust: crate::overlay::trust::Trust::new(cfg.id, cfg.trust.clone()),
             cfg,
         };
         node.originate(false);
@@ -226,6 +231,11 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    /// A neighbour's link proved `key` for `node`: that key alone may sign its state.
+    pub fn bind_neighbor_key(&mut self, node: NodeId, key: weft_secure::PublicKey) {
+        self.trust.bind_neighbor(node, key);
     }
 
     // ----- inputs -------------------------------------------------------------------------

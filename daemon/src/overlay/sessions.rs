@@ -41,6 +41,10 @@ struct Entry {
     /// The application let go: forget the session once it closes.
     released: bool,
     closed: bool,
+    /// Accepted from a SYN but not yet announced: the listener hears of the session only
+    /// once the handshake completed (the opener echoed our SYN|ACK), as a kernel's accept()
+    /// returns only established connections, so a spoofed SYN claims nothing.
+    unannounced: Option<(u16, Endpoint)>,
 }
 
 pub struct SessionTable {
@@ -148,6 +152,7 @@ impl SessionTable {
                 deadline: None,
                 released: false,
                 closed: false,
+                unannounced: None,
             },
         );
         self.ready.insert(id);
@@ -363,6 +368,20 @@ impl Node {
             if event == SessionEvent::Closed {
                 e.closed = true;
             }
+            if let Some((port, remote)) = e.unannounced {
+                match event {
+                    SessionEvent::Connected => {
+                        e.unannounced = None;
+                        self.events
+                            .push_back(NodeEvent::Incoming { id, port, remote });
+                    }
+                    // Never announced, never owned: it ends unseen.
+                    _ => {
+                        e.released = true;
+                        continue;
+                    }
+                }
+            }
             self.events.push_back(NodeEvent::Session { id, event });
         }
         let (closed, released, deadline) = (e.closed, e.released, e.session.poll_timeout());
@@ -429,12 +448,10 @@ impl Node {
                     let id = self.sessions.next_id;
                     self.sessions.next_id += 1;
                     self.sessions.insert(id, session);
-                    debug!(id, %local, remote = %header.src, "session accepted");
-                    self.events.push_back(NodeEvent::Incoming {
-                        id,
-                        port: header.dst.port,
-                        remote: header.src,
-                    });
+                    if let Some(e) = self.sessions.entries.get_mut(&id) {
+                        e.unannounced = Some((header.dst.port, header.src));
+                    }
+                    debug!(id, %local, remote = %header.src, "session accepted (announced once established)");
                     self.touch_session(now, id);
                 }
                 Err(_) => self.counters.malformed += 1,

@@ -108,6 +108,9 @@ pub struct Counters {
     pub ce_marked: u64,
     pub dropped_backpressure: u64,
     pub sessions_refused: u64,
+    /// Routed packets from a neighbour naming a source node the overlay does not know (or
+    /// this node itself): made-up senders never reach an application.
+    pub unknown_source: u64,
     pub reassembly: ReassemblyCounters,
 }
 
@@ -128,6 +131,8 @@ pub struct NodeStatus {
     pub multicast: weft_multicast::MulticastStatus,
     pub multicast_counters: crate::overlay::multicast::MulticastCounters,
     pub counters: Counters,
+    /// Flooded records refused for their origin's signature (secure overlays).
+    pub trust: crate::overlay::trust::TrustCounters,
 }
 
 impl Node {
@@ -195,6 +200,7 @@ impl Node {
             listeners: self.listeners(),
             sessions: self.session_summaries(),
             multicast: self.mc_status(),
+            trust: self.trust.counters(),
             multicast_counters: self.mc_counters(),
             counters,
         }
