@@ -102,6 +102,7 @@ pub struct OverlayBuilder {
     extra: Vec<String>,
     emulation: bool,
     secure: bool,
+    external: Vec<usize>,
 }
 
 impl OverlayBuilder {
@@ -120,6 +121,14 @@ impl OverlayBuilder {
     /// Daemons with `--insecure` instead of keys (links unauthenticated, state unsigned).
     pub fn insecure(mut self) -> Self {
         self.secure = false;
+        self
+    }
+
+    /// Node `n` is in the topology and the admitted list, but no daemon runs for it: the
+    /// test plays it (with `key_file(n)`), e.g. as an authenticated neighbour that lies.
+    pub fn external(mut self, n: usize) -> Self {
+        self.nodes = self.nodes.max(n);
+        self.external.push(n);
         self
     }
 
@@ -206,7 +215,9 @@ impl OverlayBuilder {
             });
         }
         for n in 1..=o.nodes {
-            o.start_daemon(n);
+            if !self.external.contains(&n) {
+                o.start_daemon(n);
+            }
         }
         o
     }
@@ -220,6 +231,7 @@ impl Overlay {
             extra: Vec::new(),
             emulation: true,
             secure: true,
+            external: Vec::new(),
         }
     }
 
