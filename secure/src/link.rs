@@ -29,8 +29,7 @@
 use crate::cookie::{CookieChecker, CookieJar, TokenBucket, COOKIE_BODY_LEN, MAC_LEN};
 use crate::keys::{PublicKey, SecretKey};
 use crate::replay::ReplayWindow;
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -224,8 +223,8 @@ pub struct PeerStatus {
 }
 
 struct Keypair {
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: LessSafeKey,
+    recv: LessSafeKey,
     /// The key id the peer puts on packets for us.
     local: u16,
     /// The key id we put on packets for the peer.
@@ -244,17 +243,22 @@ impl Keypair {
         remote: u16,
         born: Instant,
         initiator: bool,
-    ) -> Self {
-        Keypair {
-            send: ChaCha20Poly1305::new((&send).into()),
-            recv: ChaCha20Poly1305::new((&recv).into()),
+    ) -> Option<Self> {
+        let key = |k: &[u8; 32]| {
+            UnboundKey::new(&CHACHA20_POLY1305, k)
+                .ok()
+                .map(LessSafeKey::new)
+        };
+        Some(Keypair {
+            send: key(&send)?,
+            recv: key(&recv)?,
             local,
             remote,
             sent: 0,
             replay: ReplayWindow::default(),
             born,
             initiator,
-        }
+        })
     }
 
     fn alive(&self, now: Instant) -> bool {
@@ -328,10 +332,11 @@ pub fn is_secured(packet: &[u8]) -> bool {
         ) || packet[AUTH_LEN_OFFSET] != 0)
 }
 
+/// Noise's ChaChaPoly nonce: 32 zero bits, then the counter little-endian.
 fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_le_bytes());
-    n.into()
+    Nonce::assume_unique_for_key(n)
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -510,10 +515,17 @@ impl Links {
         }
         let (head, rest) = packet.split_at_mut(HEADER_LEN);
         let (body, trailer) = rest.split_at_mut(end - HEADER_LEN);
-        let tag = Tag::clone_from_slice(&trailer[8..8 + TAG_LEN]);
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&trailer[8..8 + TAG_LEN]);
         if kp
             .recv
-            .decrypt_in_place_detached(&nonce(counter), head, body, &tag)
+            .open_in_place_separate_tag(
+                nonce(counter),
+                Aad::from(&*head),
+                Tag::from(tag),
+                body,
+                0..,
+            )
             .is_err()
         {
             return self.drop_packet(Some(idx), Reject::AuthFailed);
@@ -633,7 +645,7 @@ impl Links {
         if let Some(jar) = peer.jar.as_mut() {
             jar.stamp(now, &mut out);
         }
-        peer.next = Some(Keypair::new(r2i, i2r, local, sender_index, now, false));
+        peer.next = Keypair::new(r2i, i2r, local, sender_index, now, false);
         peer.handshakes += 1;
         self.counters.handshakes_answered += 1;
         self.outbox.push_back((from, out));
@@ -727,7 +739,7 @@ impl Links {
         let local = pending.index;
         peer.pending = None;
         peer.previous = peer.current.take();
-        peer.current = Some(Keypair::new(i2r, r2i, local, sender_index, now, true));
+        peer.current = Keypair::new(i2r, r2i, local, sender_index, now, true);
         peer.handshakes += 1;
         self.counters.handshakes_completed += 1;
         // Confirm the session at once, so the responder can send with it.
@@ -796,12 +808,12 @@ impl Links {
         let (head, body) = packet.split_at_mut(HEADER_LEN);
         let Ok(tag) = kp
             .send
-            .encrypt_in_place_detached(&nonce(counter), head, body)
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(&*head), body)
         else {
             return Err(SealError::Malformed);
         };
         packet.extend_from_slice(&counter.to_le_bytes());
-        packet.extend_from_slice(&tag);
+        packet.extend_from_slice(tag.as_ref());
         if kp.wants_rekey(now) {
             self.initiate(now, idx);
         }

@@ -613,3 +613,31 @@ proptest! {
         prop_assert!(n.send(true, b"still up") && n.send(false, b"still up"));
     }
 }
+
+/// Seal and open cost per byte (run with --ignored --nocapture; a figure, not a check).
+#[test]
+#[ignore]
+fn seal_and_open_throughput() {
+    let mut n = Net::established();
+    let body = vec![7u8; 1400];
+    let rounds = 200_000;
+    let mut p = packet(1, &body);
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        p.truncate(HEADER_LEN + body.len());
+        p[5] = 0;
+        n.a.links.seal(n.now, addr(2), &mut p).unwrap();
+        match n.b.links.open(n.now, addr(1), &mut p) {
+            Opened::Deliver(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let bytes = (rounds * body.len()) as f64;
+    println!(
+        "seal+open: {:.2} GB/s, {:.2} s/GB ({:.0} ns per packet)",
+        bytes / secs / 1e9,
+        secs / (bytes / 1e9),
+        secs * 1e9 / rounds as f64
+    );
+}
