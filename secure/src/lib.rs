@@ -21,7 +21,8 @@ pub use keys::{
     SIGNATURE_LEN,
 };
 pub use link::{
-    LinkConfig, LinkCounters, Links, Opened, PeerConfig, PeerStatus, Reject, SealError, TRAILER_LEN,
+    Cipher, LinkConfig, LinkCounters, Links, Opened, PeerConfig, PeerStatus, Reject, SealError,
+    TRAILER_LEN,
 };
 
 /// Signature domains: what a signature is about is part of what it signs.

@@ -29,7 +29,7 @@
 use crate::cookie::{CookieChecker, CookieJar, TokenBucket, COOKIE_BODY_LEN, MAC_LEN};
 use crate::keys::{PublicKey, SecretKey};
 use crate::replay::ReplayWindow;
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -51,10 +51,11 @@ const KEY_ID_OFFSET: usize = 6;
 
 const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 const PROLOGUE: &[u8] = b"weft link v1";
-const INIT_PAYLOAD_LEN: usize = 12;
+/// timestamp u64 | node id u32 | transport ciphers offered u8.
+const INIT_PAYLOAD_LEN: usize = 13;
 const INIT_NOISE_LEN: usize = 32 + (32 + 16) + (INIT_PAYLOAD_LEN + 16);
-/// The responder proves its node id too.
-const RESP_PAYLOAD_LEN: usize = 4;
+/// The responder proves its node id too, and names the transport cipher it chose.
+const RESP_PAYLOAD_LEN: usize = 5;
 const RESP_NOISE_LEN: usize = 32 + (RESP_PAYLOAD_LEN + 16);
 pub const INITIATION_LEN: usize = HEADER_LEN + 2 + INIT_NOISE_LEN + 2 * MAC_LEN;
 pub const RESPONSE_LEN: usize = HEADER_LEN + 4 + RESP_NOISE_LEN + 2 * MAC_LEN;
@@ -217,12 +218,69 @@ pub struct PeerStatus {
     pub public_key: Option<PublicKey>,
     /// A session both ends have used: packets on this link are authenticated and encrypted.
     pub encrypted: bool,
+    /// The current session's transport AEAD.
+    pub cipher: Option<&'static str>,
     pub session_age_ms: Option<u64>,
     pub handshakes: u64,
     pub rejected: u64,
 }
 
+/// Transport AEADs. Both ends offer what they run fast and the responder picks; both are
+/// authenticated inside the handshake, so nobody can downgrade the choice. AES-256-GCM where
+/// both CPUs have AES and carry-less multiply instructions (several times cheaper per byte
+/// there), ChaCha20-Poly1305 (WireGuard's) otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    ChaCha20Poly1305 = 1,
+    Aes256Gcm = 2,
+}
+
+impl Cipher {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::ChaCha20Poly1305 => "chacha20-poly1305",
+            Cipher::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Cipher> {
+        match v {
+            1 => Some(Cipher::ChaCha20Poly1305),
+            2 => Some(Cipher::Aes256Gcm),
+            _ => None,
+        }
+    }
+
+    /// The ciphers this machine runs well, as a bit mask (ChaCha20-Poly1305 always).
+    pub fn offered() -> u8 {
+        let mut mask = Cipher::ChaCha20Poly1305 as u8;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+        {
+            mask |= Cipher::Aes256Gcm as u8;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+        {
+            mask |= Cipher::Aes256Gcm as u8;
+        }
+        mask
+    }
+
+    /// The responder's pick from what both offer.
+    fn choose(theirs: u8, ours: u8) -> Cipher {
+        if theirs & ours & Cipher::Aes256Gcm as u8 != 0 {
+            Cipher::Aes256Gcm
+        } else {
+            Cipher::ChaCha20Poly1305
+        }
+    }
+}
+
 struct Keypair {
+    cipher: Cipher,
     send: LessSafeKey,
     recv: LessSafeKey,
     /// The key id the peer puts on packets for us.
@@ -237,6 +295,7 @@ struct Keypair {
 
 impl Keypair {
     fn new(
+        cipher: Cipher,
         send: [u8; 32],
         recv: [u8; 32],
         local: u16,
@@ -245,11 +304,14 @@ impl Keypair {
         initiator: bool,
     ) -> Option<Self> {
         let key = |k: &[u8; 32]| {
-            UnboundKey::new(&CHACHA20_POLY1305, k)
-                .ok()
-                .map(LessSafeKey::new)
+            let algorithm = match cipher {
+                Cipher::ChaCha20Poly1305 => &CHACHA20_POLY1305,
+                Cipher::Aes256Gcm => &AES_256_GCM,
+            };
+            UnboundKey::new(algorithm, k).ok().map(LessSafeKey::new)
         };
         Some(Keypair {
+            cipher,
             send: key(&send)?,
             recv: key(&recv)?,
             local,
@@ -283,6 +345,8 @@ impl Keypair {
 struct Pending {
     hs: snow::HandshakeState,
     index: u16,
+    /// The transport ciphers this initiation offered.
+    offered: u8,
 }
 
 struct Peer {
@@ -368,6 +432,8 @@ pub struct Links {
     started: Instant,
     wall_clock_us: u64,
     last_timestamp: u64,
+    /// Transport ciphers this node offers ([`Cipher::offered`]).
+    ciphers: u8,
 }
 
 impl Links {
@@ -388,6 +454,7 @@ impl Links {
             started: now,
             wall_clock_us: cfg.wall_clock_us,
             last_timestamp: 0,
+            ciphers: Cipher::offered(),
             identity,
         };
         for p in cfg.peers {
@@ -418,6 +485,13 @@ impl Links {
         links
     }
 
+    /// Restricts the transport ciphers this node offers and accepts to `mask` (bits of
+    /// [`Cipher`]) where this machine runs them; ChaCha20-Poly1305 stays, as every peer runs it.
+    /// Sessions already set up keep their cipher until they rekey.
+    pub fn restrict_ciphers(&mut self, mask: u8) {
+        self.ciphers = (mask & Cipher::offered()) | Cipher::ChaCha20Poly1305 as u8;
+    }
+
     pub fn counters(&self) -> &LinkCounters {
         &self.counters
     }
@@ -442,6 +516,7 @@ impl Links {
                     node: p.node,
                     public_key: p.key,
                     encrypted: live.is_some(),
+                    cipher: live.map(|k| k.cipher.name()),
                     session_age_ms: live.map(|k| now.saturating_since(k.born).as_millis() as u64),
                     handshakes: p.handshakes,
                     rejected: p.rejected,
@@ -609,6 +684,7 @@ impl Links {
             payload[10],
             payload[11],
         ]));
+        let cipher = Cipher::choose(payload[12], self.ciphers);
         let Some(remote_static) = hs.get_remote_static() else {
             return Err(Reject::HandshakeInvalid);
         };
@@ -633,7 +709,7 @@ impl Links {
         out.resize(RESPONSE_LEN, 0);
         let written = hs
             .write_message(
-                &self.node.0.to_be_bytes(),
+                &[&self.node.0.to_be_bytes()[..], &[cipher as u8]].concat(),
                 &mut out[at..at + RESP_NOISE_LEN],
             )
             .map_err(|_| Reject::HandshakeInvalid)?;
@@ -645,7 +721,7 @@ impl Links {
         if let Some(jar) = peer.jar.as_mut() {
             jar.stamp(now, &mut out);
         }
-        peer.next = Keypair::new(r2i, i2r, local, sender_index, now, false);
+        peer.next = Keypair::new(cipher, r2i, i2r, local, sender_index, now, false);
         peer.handshakes += 1;
         self.counters.handshakes_answered += 1;
         self.outbox.push_back((from, out));
@@ -721,6 +797,12 @@ impl Links {
         let claimed = NodeId(u32::from_be_bytes([
             payload[0], payload[1], payload[2], payload[3],
         ]));
+        // The responder must pick from what we offered (and still run).
+        let acceptable = pending.offered & self.ciphers;
+        let Some(cipher) = Cipher::from_u8(payload[4]).filter(|c| *c as u8 & acceptable != 0)
+        else {
+            return Err(Reject::HandshakeInvalid);
+        };
         let admitted_ok = self
             .admitted
             .as_ref()
@@ -739,7 +821,7 @@ impl Links {
         let local = pending.index;
         peer.pending = None;
         peer.previous = peer.current.take();
-        peer.current = Keypair::new(i2r, r2i, local, sender_index, now, true);
+        peer.current = Keypair::new(cipher, i2r, r2i, local, sender_index, now, true);
         peer.handshakes += 1;
         self.counters.handshakes_completed += 1;
         // Confirm the session at once, so the responder can send with it.
@@ -855,7 +937,8 @@ impl Links {
         let timestamp = self.timestamp(now);
         let mut payload = [0u8; INIT_PAYLOAD_LEN];
         payload[..8].copy_from_slice(&timestamp.to_be_bytes());
-        payload[8..].copy_from_slice(&self.node.0.to_be_bytes());
+        payload[8..12].copy_from_slice(&self.node.0.to_be_bytes());
+        payload[12] = self.ciphers;
         let peer = &mut self.peers[idx];
         peer.pending = None;
         let index = fresh_index(peer);
@@ -871,7 +954,11 @@ impl Links {
         if let Some(jar) = peer.jar.as_mut() {
             jar.stamp(now, &mut out);
         }
-        peer.pending = Some(Pending { hs, index });
+        peer.pending = Some(Pending {
+            hs,
+            index,
+            offered: self.ciphers,
+        });
         let jitter = Duration::from_micros(rand::Rng::gen_range(
             &mut rand::thread_rng(),
             0..REKEY_TIMEOUT.as_micros() as u64 / 3,

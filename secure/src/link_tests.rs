@@ -614,30 +614,89 @@ proptest! {
     }
 }
 
-/// Seal and open cost per byte (run with --ignored --nocapture; a figure, not a check).
+#[test]
+fn both_ends_agree_on_the_transport_cipher_inside_the_handshake() {
+    // Both offer what this machine runs: the best both run.
+    let n = Net::established();
+    let best = if Cipher::offered() & Cipher::Aes256Gcm as u8 != 0 {
+        Cipher::Aes256Gcm.name()
+    } else {
+        Cipher::ChaCha20Poly1305.name()
+    };
+    assert_eq!(n.a.links.status(n.now)[0].cipher, Some(best));
+    assert_eq!(n.b.links.status(n.now)[0].cipher, Some(best));
+
+    // One end without AES: ChaCha20-Poly1305 both ways, whoever initiates.
+    for initiator_restricted in [true, false] {
+        let mut n = Net::new();
+        if initiator_restricted {
+            n.a.links.restrict_ciphers(Cipher::ChaCha20Poly1305 as u8);
+        } else {
+            n.b.links.restrict_ciphers(Cipher::ChaCha20Poly1305 as u8);
+        }
+        n.tick(Duration::ZERO);
+        assert!(n.send(true, b"hello") && n.send(false, b"back"));
+        for side in [&n.a, &n.b] {
+            assert_eq!(
+                side.links.status(n.now)[0].cipher,
+                Some(Cipher::ChaCha20Poly1305.name())
+            );
+        }
+    }
+}
+
+#[test]
+fn a_response_naming_a_cipher_never_offered_is_refused() {
+    // The choice travels inside the responder's Noise payload, so no one on the path can
+    // change it; a responder that names a cipher the initiator did not offer gets no session.
+    if Cipher::offered() & Cipher::Aes256Gcm as u8 == 0 {
+        return; // this machine runs only ChaCha20-Poly1305: no other cipher to name
+    }
+    let mut n = Net::new();
+    // A offers AES-256-GCM in its initiation, then stops accepting it before the answer.
+    n.a.links.handle_timeout(n.now);
+    let (to, init) = n.a.links.poll_transmit().expect("an initiation");
+    n.a.links.restrict_ciphers(Cipher::ChaCha20Poly1305 as u8);
+    assert_eq!(n.deliver(addr(1), to, init), None);
+    let (to, resp) = n.b.links.poll_transmit().expect("a response");
+    let rejected_before = n.a.links.counters().rejected();
+    assert_eq!(n.deliver(addr(2), to, resp), Some(Reject::HandshakeInvalid));
+    assert_eq!(n.a.links.counters().rejected(), rejected_before + 1);
+    assert!(!n.a.links.status(n.now)[0].encrypted);
+}
+
+/// Seal and open cost per byte for each cipher this machine runs (run with --ignored
+/// --nocapture; a figure, not a check).
 #[test]
 #[ignore]
 fn seal_and_open_throughput() {
-    let mut n = Net::established();
-    let body = vec![7u8; 1400];
-    let rounds = 200_000;
-    let mut p = packet(1, &body);
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        p.truncate(HEADER_LEN + body.len());
-        p[5] = 0;
-        n.a.links.seal(n.now, addr(2), &mut p).unwrap();
-        match n.b.links.open(n.now, addr(1), &mut p) {
-            Opened::Deliver(_) => {}
-            other => panic!("{other:?}"),
+    for mask in [Cipher::ChaCha20Poly1305 as u8, Cipher::offered()] {
+        let mut n = Net::new();
+        n.a.links.restrict_ciphers(mask);
+        n.b.links.restrict_ciphers(mask);
+        n.tick(Duration::ZERO);
+        assert!(n.send(true, b"hello") && n.send(false, b"back"));
+        let cipher = n.a.links.status(n.now)[0].cipher;
+        let body = vec![7u8; 1400];
+        let rounds = 200_000;
+        let mut p = packet(1, &body);
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            p.truncate(HEADER_LEN + body.len());
+            p[5] = 0;
+            n.a.links.seal(n.now, addr(2), &mut p).unwrap();
+            match n.b.links.open(n.now, addr(1), &mut p) {
+                Opened::Deliver(_) => {}
+                other => panic!("{other:?}"),
+            }
         }
+        let secs = t.elapsed().as_secs_f64();
+        let bytes = (rounds * body.len()) as f64;
+        println!(
+            "{cipher:?} seal+open: {:.2} GB/s, {:.2} s/GB ({:.0} ns per packet)",
+            bytes / secs / 1e9,
+            secs / (bytes / 1e9),
+            secs * 1e9 / rounds as f64
+        );
     }
-    let secs = t.elapsed().as_secs_f64();
-    let bytes = (rounds * body.len()) as f64;
-    println!(
-        "seal+open: {:.2} GB/s, {:.2} s/GB ({:.0} ns per packet)",
-        bytes / secs / 1e9,
-        secs / (bytes / 1e9),
-        secs * 1e9 / rounds as f64
-    );
 }
