@@ -70,14 +70,21 @@ impl Header {
     }
 
     pub fn encode(&self, w: &mut Writer<'_>) {
-        w.u16(MAGIC)
-            .u8(WIRE_VERSION)
-            .u8(self.kind as u8)
-            .u8(self.flags)
-            .u8(self.auth_len)
-            .u16(0)
-            .u32(self.sender.0)
-            .u32(self.incarnation);
+        w.bytes(&self.to_bytes());
+    }
+
+    /// The encoded header, for writing over room reserved in front of a body whose packet kind
+    /// is known only once the body is written.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..2].copy_from_slice(&MAGIC.to_be_bytes());
+        out[2] = WIRE_VERSION;
+        out[3] = self.kind as u8;
+        out[4] = self.flags;
+        out[5] = self.auth_len;
+        out[8..12].copy_from_slice(&self.sender.0.to_be_bytes());
+        out[12..16].copy_from_slice(&self.incarnation.to_be_bytes());
+        out
     }
 
     /// Parses the header and returns it with the body (the bytes between the header and the
@@ -132,6 +139,7 @@ mod tests {
         let (d, body) = Header::decode(&v).unwrap();
         assert_eq!(d, h);
         assert_eq!(body, b"body");
+        assert_eq!(h.to_bytes()[..], v[..HEADER_LEN]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! configuration plus what the I/O layer needs. Any problem is reported as one line naming the
 //! field, and `weftd` exits with status 2 before starting anything.
 
-use crate::overlay::emulation::{parse_duration, LinkParams};
+use crate::emulation::{parse_duration, LinkParams};
 use crate::overlay::neighbor::Metric;
 use crate::overlay::{NeighborConfig, NodeConfig};
 use serde::Deserialize;
@@ -120,6 +120,8 @@ pub struct Flags {
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub node: NodeConfig,
+    /// Receive-side emulation (the layer between the socket and the node).
+    pub emulation: EmulationConfig,
     pub listen: SocketAddr,
     pub socket: PathBuf,
     pub proxy_ip: Ipv4Addr,
@@ -143,6 +145,13 @@ impl Security {
     pub fn is_secure(&self) -> bool {
         matches!(self, Security::Keys { .. })
     }
+}
+
+/// Whether emulation is allowed, and each neighbour's initial link parameters.
+#[derive(Debug, Clone, Default)]
+pub struct EmulationConfig {
+    pub enabled: bool,
+    pub links: Vec<(SocketAddr, LinkParams)>,
 }
 
 fn field<T>(name: &str, r: Result<T, String>) -> Result<T, String> {
@@ -238,7 +247,7 @@ impl DaemonConfig {
             return Err(format!("`node`: {node_ip} cannot name a node"));
         }
         let mut node = NodeConfig::new(NodeId::from(node_ip));
-        node.emulation = flags.emulation || file.emulation.unwrap_or(false);
+        let emulation = flags.emulation || file.emulation.unwrap_or(false);
         if let Some(m) = pick(&flags.metric, &file.metric) {
             node.metric = field("metric", parse_metric(&m))?;
         }
@@ -273,7 +282,7 @@ impl DaemonConfig {
             node.arq.redundancy = field("redundancy", parse_redundancy(&s))?;
         }
 
-        let mut neighbors: Vec<NeighborConfig> = Vec::new();
+        let mut neighbors: Vec<(NeighborConfig, LinkParams)> = Vec::new();
         let mut neighbor_keys: Vec<Option<PublicKey>> = Vec::new();
         for (i, n) in file.neighbors.iter().enumerate() {
             let name = format!("neighbor[{i}]");
@@ -296,7 +305,7 @@ impl DaemonConfig {
                 )?),
                 None => None,
             };
-            neighbors.push(NeighborConfig { addr, id, link });
+            neighbors.push((NeighborConfig { addr, id }, link));
             neighbor_keys.push(key);
         }
         for s in &flags.neighbors {
@@ -307,38 +316,45 @@ impl DaemonConfig {
             let addr = field("neighbor", parse_socket_addr(addr))?;
             let spec = field("neighbor", NeighborSpec::parse(spec.unwrap_or("")))?;
             let link = field("neighbor", LinkParams::default().apply_spec(&spec.link))?;
-            neighbors.push(NeighborConfig {
-                addr,
-                id: spec.node,
+            neighbors.push((
+                NeighborConfig {
+                    addr,
+                    id: spec.node,
+                },
                 link,
-            });
+            ));
             neighbor_keys.push(spec.key);
         }
-        for (i, n) in neighbors.iter().enumerate() {
+        for (i, (n, link)) in neighbors.iter().enumerate() {
             if n.addr == listen {
                 return Err(format!(
                     "`neighbor`: {} is this daemon's own address",
                     n.addr
                 ));
             }
-            if neighbors[..i].iter().any(|m| m.addr == n.addr) {
+            if neighbors[..i].iter().any(|(m, _)| m.addr == n.addr) {
                 return Err(format!("`neighbor`: {} is listed twice", n.addr));
             }
-            if !n.link.is_identity() && !node.emulation {
+            if !link.is_identity() && !emulation {
                 return Err(format!(
                     "`neighbor`: link emulation for {} needs `emulation = true`",
                     n.addr
                 ));
             }
         }
-        let security = resolve_security(flags, &file, &node, &neighbors, neighbor_keys)?;
+        let configured: Vec<NeighborConfig> = neighbors.iter().map(|(n, _)| n.clone()).collect();
+        let security = resolve_security(flags, &file, &node, &configured, neighbor_keys)?;
         if let Security::Keys { identity, links } = &security {
             node.trust = Some(crate::overlay::trust::TrustConfig {
                 identity: identity.clone(),
                 admitted: links.admitted.clone(),
             });
         }
-        node.neighbors = neighbors;
+        let emulation = EmulationConfig {
+            enabled: emulation,
+            links: neighbors.iter().map(|(n, link)| (n.addr, *link)).collect(),
+        };
+        node.neighbors = configured;
 
         let socket = match pick(&flags.socket, &file.socket) {
             Some(s) => PathBuf::from(s),
@@ -356,6 +372,7 @@ impl DaemonConfig {
         let log = pick(&flags.log, &file.log).unwrap_or_else(|| "info".into());
         Ok(DaemonConfig {
             node,
+            emulation,
             listen,
             socket,
             proxy_ip,
@@ -577,7 +594,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.node.neighbors.len(), 1);
-        assert_eq!(c.node.neighbors[0].link.delay, Duration::from_millis(5));
+        assert_eq!(c.emulation.links[0].1.delay, Duration::from_millis(5));
         assert_eq!(c.node.metric, Metric::Hops);
         assert!(!c.node.arq.redundancy.enabled);
 

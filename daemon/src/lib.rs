@@ -3,6 +3,8 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod emulation;
 pub mod io;
+pub mod link_security;
 pub mod overlay;
 pub mod sim;

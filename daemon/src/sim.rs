@@ -1,5 +1,6 @@
 //! A deterministic network simulator for the sans-I/O core: many nodes, a virtual clock, links
-//! with delay, jitter (and so reordering), loss, duplication and cuts, node crashes and
+//! with delay, jitter (and so reordering), loss, duplication, a rate limit with a drop-tail
+//! queue, and cuts (each direction one `weft_linkmodel::DirectionModel`), node crashes and
 //! restarts. One seed reproduces a whole run; tests print it when a check fails.
 
 use crate::overlay::{NeighborConfig, Node, NodeConfig, NodeEvent};
@@ -10,16 +11,23 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use weft_core::{Instant, NodeId};
+use weft_linkmodel::{DirectionModel, LinkParams, LossModel, QueueLimit, Verdict};
 
 pub const PORT: u16 = 7470;
 
+/// One simulated link's parameters (both directions get the same).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimLink {
     pub delay: Duration,
+    /// Extra delay in `[0, jitter)`, independent per packet: packets overtake each other.
     pub jitter: Duration,
     pub loss: f64,
     pub duplicate: f64,
     pub up: bool,
+    /// Bits per second; 0 for unlimited.
+    pub rate_bps: u64,
+    /// The drop-tail queue in front of the rate limit, bytes; 0 for 50 ms at the rate.
+    pub queue_bytes: u64,
 }
 
 impl SimLink {
@@ -30,6 +38,29 @@ impl SimLink {
             loss: 0.0,
             duplicate: 0.0,
             up: true,
+            rate_bps: 0,
+            queue_bytes: 0,
+        }
+    }
+
+    /// The link in the shared model's terms.
+    pub fn params(&self) -> LinkParams {
+        LinkParams {
+            delay: self.delay,
+            jitter: self.jitter,
+            reorder: true,
+            loss: if self.loss > 0.0 {
+                LossModel::Bernoulli { p: self.loss }
+            } else {
+                LossModel::None
+            },
+            duplicate: self.duplicate,
+            rate_bps: self.rate_bps,
+            queue: if self.queue_bytes > 0 {
+                QueueLimit::Bytes(self.queue_bytes)
+            } else {
+                QueueLimit::Time(Duration::from_millis(50))
+            },
         }
     }
 }
@@ -67,6 +98,8 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     by_addr: HashMap<SocketAddr, usize>,
     links: BTreeMap<(usize, usize), SimLink>,
+    /// Each direction's model, keyed like `links`.
+    models: BTreeMap<(usize, usize), DirectionModel>,
     in_flight: BinaryHeap<Reverse<InFlight>>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     seq: u64,
@@ -75,6 +108,7 @@ pub struct Sim {
     pub bytes_sent: u64,
     /// When set, every datagram sent is also recorded here as (from, to, payload).
     pub tap: Option<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>,
+    scratch: Vec<u8>,
 }
 
 impl Sim {
@@ -86,6 +120,7 @@ impl Sim {
             nodes: Vec::new(),
             by_addr: HashMap::new(),
             links: BTreeMap::new(),
+            models: BTreeMap::new(),
             in_flight: BinaryHeap::new(),
             timers: BinaryHeap::new(),
             seq: 0,
@@ -93,6 +128,7 @@ impl Sim {
             packets_sent: 0,
             bytes_sent: 0,
             tap: None,
+            scratch: Vec::with_capacity(64 * 1024),
         }
     }
 
@@ -129,18 +165,29 @@ impl Sim {
     /// A bidirectional link (same parameters both ways). Call before `start`.
     pub fn connect(&mut self, a: usize, b: usize, link: SimLink) {
         let (aa, ba) = (self.nodes[a].addr, self.nodes[b].addr);
-        self.nodes[a].cfg.neighbors.push(NeighborConfig {
-            addr: ba,
-            id: None,
-            link: Default::default(),
-        });
-        self.nodes[b].cfg.neighbors.push(NeighborConfig {
-            addr: aa,
-            id: None,
-            link: Default::default(),
-        });
-        self.links.insert((a, b), link);
-        self.links.insert((b, a), link);
+        self.nodes[a]
+            .cfg
+            .neighbors
+            .push(NeighborConfig { addr: ba, id: None });
+        self.nodes[b]
+            .cfg
+            .neighbors
+            .push(NeighborConfig { addr: aa, id: None });
+        for key in [(a, b), (b, a)] {
+            self.links.insert(key, link);
+            let mut model = DirectionModel::new(link.params(), self.direction_seed(key));
+            model.set_up(link.up);
+            self.models.insert(key, model);
+        }
+    }
+
+    /// Every direction draws its own random stream from the run's seed.
+    fn direction_seed(&self, (a, b): (usize, usize)) -> u64 {
+        let mut x = self.seed ^ ((a as u64) << 32 | b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x
     }
 
     pub fn start(&mut self) {
@@ -207,11 +254,15 @@ impl Sim {
         self.links.iter().map(|(&(a, b), l)| (a, b, *l))
     }
 
-    /// Changes both directions of a link.
+    /// Changes both directions of a link (packets already on it keep their arrival times).
     pub fn set_link(&mut self, a: usize, b: usize, f: impl Fn(&mut SimLink)) {
         for key in [(a, b), (b, a)] {
             if let Some(l) = self.links.get_mut(&key) {
                 f(l);
+                if let Some(m) = self.models.get_mut(&key) {
+                    m.set_params(l.params());
+                    m.set_up(l.up);
+                }
             }
         }
     }
@@ -222,8 +273,11 @@ impl Sim {
             return;
         };
         let mut out = Vec::new();
-        while let Some(t) = node.poll_transmit(self.now) {
-            out.push(t);
+        // One buffer, reused as the I/O layer reuses its transmit queue.
+        let buf = &mut self.scratch;
+        while let Some(t) = node.poll_transmit(self.now, buf) {
+            out.push((t.dst, buf.clone()));
+            buf.clear();
         }
         while let Some(e) = node.poll_event() {
             self.observed.push(Observed {
@@ -233,8 +287,8 @@ impl Sim {
             });
         }
         let deadline = node.poll_timeout();
-        for t in out {
-            self.transmit(i, from, t.dst, t.payload);
+        for (dst, payload) in out {
+            self.transmit(i, from, dst, payload);
         }
         let sn = &mut self.nodes[i];
         sn.timer_version += 1;
@@ -253,32 +307,30 @@ impl Sim {
         let Some(&to) = self.by_addr.get(&dst) else {
             return;
         };
-        let Some(link) = self.links.get(&(from_idx, to)).copied() else {
+        let Some(model) = self.models.get_mut(&(from_idx, to)) else {
             return;
         };
-        if !link.up || (link.loss > 0.0 && self.rng.gen_bool(link.loss.min(1.0))) {
+        let Verdict::Deliver { due, copy, .. } = model.on_packet(self.now, payload.len()) else {
             return;
-        }
-        let copies = if link.duplicate > 0.0 && self.rng.gen_bool(link.duplicate.min(1.0)) {
-            2
-        } else {
-            1
         };
-        for _ in 0..copies {
-            let jitter = if link.jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(self.rng.gen_range(0..=link.jitter.as_nanos() as u64))
-            };
+        if let Some(at) = copy {
             self.seq += 1;
             self.in_flight.push(Reverse(InFlight {
-                at: self.now + link.delay + jitter,
+                at,
                 seq: self.seq,
                 to,
                 from,
                 payload: payload.clone(),
             }));
         }
+        self.seq += 1;
+        self.in_flight.push(Reverse(InFlight {
+            at: due,
+            seq: self.seq,
+            to,
+            from,
+            payload,
+        }));
     }
 
     /// Processes the next event; false when there is none before `until`.

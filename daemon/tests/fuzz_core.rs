@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
-use weft_core::{Endpoint, Instant};
+use weft_core::{Endpoint, Header, Instant};
 use weft_daemon::overlay::{NeighborConfig, Node, NodeConfig};
 use weft_daemon::sim::{Sim, SimLink};
 
@@ -52,11 +52,9 @@ fn corpus() -> &'static Vec<(SocketAddr, Vec<u8>)> {
 
 fn target() -> Node {
     let mut cfg = NodeConfig::new(Sim::id_of(1));
-    cfg.emulation = true;
     cfg.neighbors.push(NeighborConfig {
         addr: Sim::addr_of(0),
         id: None,
-        link: Default::default(),
     });
     let mut node = Node::new(cfg, Instant::from_nanos(1_000_000_000), 7, 1 << 32, 11);
     let _ = node.listen(80);
@@ -117,7 +115,7 @@ proptest! {
             node.handle_datagram(now, Sim::addr_of(0), &p);
             node.handle_datagram(now, "192.0.2.9:7470".parse().expect("addr"), &p);
             node.handle_timeout(now);
-            while node.poll_transmit(now).is_some() {}
+            while node.poll_transmit(now, &mut Vec::new()).is_some() {}
             while node.poll_event().is_some() {}
         }
     }
@@ -126,7 +124,7 @@ proptest! {
     fn mutated_real_traffic_never_panics(picks in proptest::collection::vec((any::<usize>(), mutation()), 1..200)) {
         let corpus = corpus();
         // Every kind of packet is represented (hello, state, ack, data, reliable data/ack).
-        let kinds: std::collections::BTreeSet<u8> = corpus.iter().filter_map(|(_, p)| p.get(3).copied()).collect();
+        let kinds: std::collections::BTreeSet<u8> = corpus.iter().filter_map(|(_, p)| Header::decode(p).ok().map(|(h, _)| h.kind as u8)).collect();
         prop_assert!(kinds.len() >= 5, "corpus kinds {:?}", kinds);
         let mut node = target();
         let mut now = Instant::from_nanos(1_000_000_000);
@@ -139,7 +137,7 @@ proptest! {
             if i % 7 == 0 {
                 node.handle_timeout(now);
             }
-            while node.poll_transmit(now).is_some() {}
+            while node.poll_transmit(now, &mut Vec::new()).is_some() {}
             while node.poll_event().is_some() {}
         }
         // Still alive and answering: the status renders.

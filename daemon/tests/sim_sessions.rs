@@ -68,7 +68,7 @@ fn build(seed: u64, mode: RecoveryMode) -> (Sim, ChaCha8Rng) {
                 0.0
             },
             duplicate: if rng.gen_bool(0.3) { 0.01 } else { 0.0 },
-            up: true,
+            ..SimLink::with_delay(Duration::ZERO)
         };
         sim.connect(a, b, link);
     }

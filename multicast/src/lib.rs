@@ -20,6 +20,8 @@
 //! microseconds, or a persisted counter). Records issued in a later epoch outrank earlier ones;
 //! a stale record about this node that still circulates is answered with a correction.
 
+#![forbid(unsafe_code)]
+
 pub mod db;
 pub mod local;
 pub mod record;

@@ -827,7 +827,7 @@ impl Links {
         // Confirm the session at once, so the responder can send with it.
         let addr = peer.addr;
         let mut keepalive = self.message_header(KIND_KEEPALIVE);
-        if self.seal(now, addr, &mut keepalive).is_ok() {
+        if self.seal(now, addr, &mut keepalive, 0).is_ok() {
             self.outbox.push_back((addr, keepalive));
         }
         Ok(())
@@ -862,21 +862,24 @@ impl Links {
 
     // ----- send ---------------------------------------------------------------------------
 
-    /// Encrypts `packet` (a node packet starting with its 16-byte header) in place for the
-    /// neighbour at `to` and appends the trailer. Without a session the packet cannot leave;
-    /// a handshake is started (the node's own retries — hellos, ARQ, flooding — resend).
+    /// Authenticates and encrypts the datagram at `buf[start..]` (header, then body) in place
+    /// for the neighbour at `to` and appends its trailer: nothing is allocated while `buf`
+    /// has room, so a caller can seal datagrams where it queued them. Without a session the
+    /// datagram cannot leave; a handshake is started (the node's own retries — hellos, ARQ,
+    /// flooding — resend).
     pub fn seal(
         &mut self,
         now: Instant,
         to: SocketAddr,
-        packet: &mut Vec<u8>,
+        buf: &mut Vec<u8>,
+        start: usize,
     ) -> Result<(), SealError> {
         let Some(&idx) = self.by_addr.get(&to) else {
             return Err(SealError::NotANeighbour);
         };
-        if packet.len() < HEADER_LEN {
+        let Some(packet) = buf.get_mut(start..).filter(|p| p.len() >= HEADER_LEN) else {
             return Err(SealError::Malformed);
-        }
+        };
         let peer = &mut self.peers[idx];
         let Some(kp) = peer.current.as_mut().filter(|k| k.can_send(now)) else {
             self.counters.sent_without_session += 1;
@@ -894,8 +897,8 @@ impl Links {
         else {
             return Err(SealError::Malformed);
         };
-        packet.extend_from_slice(&counter.to_le_bytes());
-        packet.extend_from_slice(tag.as_ref());
+        buf.extend_from_slice(&counter.to_le_bytes());
+        buf.extend_from_slice(tag.as_ref());
         if kp.wants_rekey(now) {
             self.initiate(now, idx);
         }

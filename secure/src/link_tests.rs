@@ -142,7 +142,7 @@ impl Net {
             (&mut self.b, 2, addr(1))
         };
         let mut p = packet(from, body);
-        side.links.seal(self.now, to, &mut p).ok()?;
+        side.links.seal(self.now, to, &mut p, 0).ok()?;
         self.wire.push((addr(from), to, p.clone()));
         Some(p)
     }
@@ -684,7 +684,7 @@ fn seal_and_open_throughput() {
         for _ in 0..rounds {
             p.truncate(HEADER_LEN + body.len());
             p[5] = 0;
-            n.a.links.seal(n.now, addr(2), &mut p).unwrap();
+            n.a.links.seal(n.now, addr(2), &mut p, 0).unwrap();
             match n.b.links.open(n.now, addr(1), &mut p) {
                 Opened::Deliver(_) => {}
                 other => panic!("{other:?}"),

@@ -72,7 +72,7 @@ impl Puppet {
     /// Seals and sends a node packet over the link (false without a session yet).
     fn send(&mut self, mut packet: Vec<u8>) -> bool {
         let now = self.now();
-        if self.links.seal(now, self.peer, &mut packet).is_err() {
+        if self.links.seal(now, self.peer, &mut packet, 0).is_err() {
             return false;
         }
         self.sock.send_to(&packet, self.peer).expect("send");

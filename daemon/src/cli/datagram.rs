@@ -4,7 +4,7 @@
 
 use super::{connect, monotonic_ns};
 use crate::client::check;
-use crate::overlay::emulation::parse_duration;
+use crate::emulation::parse_duration;
 use clap::Args;
 use std::io::Write;
 use std::net::SocketAddrV4;

@@ -5,7 +5,7 @@
 //! `chain:5@delay=20ms,loss=2%`). A file has one link per line, `A B [SPEC...]`, nodes
 //! numbered from 1 (node N lives at 127.0.0.N); `#` starts a comment.
 
-use crate::overlay::emulation::LinkParams;
+use crate::emulation::LinkParams;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -149,10 +149,12 @@ impl Daemon {
                 Ok(json) => Reply::Status { json },
                 Err(e) => ipc_err(libc::EIO, e.to_string()),
             },
-            Request::Link { peer, action } => match self.node.link_command(now, &peer, &action) {
-                Ok(()) => Reply::Ok,
-                Err(e) => ipc_err(libc::EINVAL, e),
-            },
+            Request::Link { peer, action } => {
+                match self.emulation.command(&mut self.node, now, &peer, &action) {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => ipc_err(libc::EINVAL, e),
+                }
+            }
             Request::BindDatagram { port, deliver_to } => {
                 let port = if port == 0 {
                     match (49152..=65535u16).find(|p| !self.ports.contains_key(p)) {

@@ -12,7 +12,10 @@ pub mod streams;
 pub mod udp;
 
 use crate::config::DaemonConfig;
-use crate::overlay::{Node, NodeEvent, SendError, Transmit};
+use crate::emulation::{Emulation, EmulationCounters, LinkParams, Verdict};
+use crate::link_security::{LinkSecurity, SecurityStatus};
+use crate::overlay::links::NeighborStatus;
+use crate::overlay::{Node, NodeEvent, SendError};
 use clock::Clock;
 use control::{Connection, Listener};
 use mio::unix::SourceFd;
@@ -20,11 +23,11 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::AsRawFd;
 use tracing::{debug, info, warn};
-use udp::OverlaySocket;
+use udp::{OverlaySocket, TxQueue};
 use weft_core::Endpoint;
 use weft_ipc::{fdpass, Event, Reply, Request, Welcome, MAX_MESSAGE};
 
@@ -67,26 +70,14 @@ struct DaemonCounters {
     proxy_send_failed: u64,
     /// Datagrams to a proxy from something other than a local program.
     proxy_foreign_source: u64,
-    /// In insecure mode: packets carrying an authentication trailer or a handshake (a
-    /// neighbour that runs with keys), dropped.
-    secured_packets_refused: u64,
-}
-
-/// `weft status` on link security: this node's key, each link's peer key and session, and
-/// every rejection counted before the node saw the packet.
-#[derive(Serialize)]
-struct SecurityStatus {
-    /// `encrypted` (keys configured) or `insecure`.
-    mode: &'static str,
-    public_key: Option<weft_secure::PublicKey>,
-    links: Vec<weft_secure::PeerStatus>,
-    counters: weft_secure::LinkCounters,
 }
 
 #[derive(Serialize)]
 struct DaemonStatus<'a> {
     #[serde(flatten)]
     node: crate::overlay::status::NodeStatus,
+    emulation: bool,
+    neighbors: Vec<DaemonNeighbor>,
     listen: String,
     socket: String,
     recovery: weft_transport::session::RecoveryMode,
@@ -96,6 +87,14 @@ struct DaemonStatus<'a> {
     daemon_counters: &'a DaemonCounters,
     rings: rings::RingCounters,
     security: SecurityStatus,
+}
+
+/// A neighbour as the node sees it, with what the emulation layer does to its packets.
+#[derive(Serialize)]
+struct DaemonNeighbor {
+    #[serde(flatten)]
+    link: NeighborStatus,
+    emulation: Option<(LinkParams, EmulationCounters)>,
 }
 
 #[derive(Serialize)]
@@ -110,10 +109,13 @@ pub struct Daemon {
     poll: Poll,
     clock: Clock,
     node: Node,
-    /// Link security between the socket and the node (None with `--insecure`).
-    links: Option<weft_secure::Links>,
+    /// Nearest the socket: every datagram authenticated and decrypted on the way in, sealed
+    /// on the way out (nothing with `--insecure`).
+    security: LinkSecurity,
+    /// Between link security and the node: what `--emulation` does to received packets.
+    emulation: Emulation,
     udp: OverlaySocket,
-    udp_backlog: VecDeque<Transmit>,
+    udp_backlog: TxQueue,
     udp_wants_write: bool,
     listener: Listener,
     signals: SignalFd,
@@ -194,25 +196,21 @@ impl Daemon {
             clock::first_sequence(),
             rand::random(),
         );
-        let links = match &cfg.security {
-            crate::config::Security::Insecure => None,
-            crate::config::Security::Keys { identity, links } => {
-                let mut lc = links.clone();
-                lc.wall_clock_us = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as u64)
-                    .unwrap_or(0);
-                Some(weft_secure::Links::new(identity.clone(), lc, clock.now()))
-            }
-        };
+        let emulation = Emulation::new(cfg.emulation.enabled, &cfg.emulation.links, rand::random());
+        let wall_clock_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let security = LinkSecurity::new(&cfg.security, clock.now(), wall_clock_us);
         Ok(Daemon {
             cfg,
             poll,
             clock,
             node,
-            links,
+            security,
+            emulation,
             udp,
-            udp_backlog: VecDeque::new(),
+            udp_backlog: TxQueue::default(),
             udp_wants_write: false,
             listener,
             signals,
@@ -243,8 +241,8 @@ impl Daemon {
             listen = %self.cfg.listen,
             socket = %self.cfg.socket.display(),
             neighbors = self.cfg.node.neighbors.len(),
-            security = if self.links.is_some() { "encrypted" } else { "insecure" },
-            public_key = self.links.as_ref().map(|l| l.public_key().to_string()).unwrap_or_default(),
+            security = if self.security.is_secure() { "encrypted" } else { "insecure" },
+            public_key = self.security.public_key().map(|k| k.to_string()).unwrap_or_default(),
             "weftd running"
         );
         let mut events = Events::with_capacity(256);
@@ -252,12 +250,15 @@ impl Daemon {
             // Streams left with work (a busy ring yields after a few passes) must not wait.
             let timeout = if self.dirty_streams.is_empty() {
                 let now = self.clock.now();
-                let link_due = self.links.as_ref().and_then(|l| l.poll_timeout(now));
-                let due = match (self.node.poll_timeout(), link_due) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                due.map(|t| self.clock.until(t))
+                let next = [
+                    self.node.poll_timeout(),
+                    self.emulation.next_due(),
+                    self.security.poll_timeout(now),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                next.map(|t| self.clock.until(t))
             } else {
                 Some(std::time::Duration::ZERO)
             };
@@ -302,10 +303,10 @@ impl Daemon {
                 }
             }
             let now = self.clock.now();
-            if let Some(l) = self.links.as_mut() {
-                if l.poll_timeout(now).is_some_and(|t| t <= now) {
-                    l.handle_timeout(now);
-                }
+            self.security.handle_timeout(now);
+            // Emulated packets whose time has come.
+            while let Some((from, packet)) = self.emulation.pop_due(now) {
+                self.node.handle_datagram(now, from, &packet);
             }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
                 self.node.handle_timeout(now);
@@ -346,18 +347,11 @@ impl Daemon {
                 let (from, datagrams) = self.udp.received_mut(i);
                 for data in datagrams {
                     // Authenticated and decrypted before anything else reads it.
-                    match self.links.as_mut() {
-                        Some(links) => {
-                            if let weft_secure::Opened::Deliver(packet) =
-                                links.open(now, from, data)
-                            {
-                                self.node.handle_datagram(now, from, packet);
-                            }
-                        }
-                        None if weft_secure::link::is_secured(data) => {
-                            self.counters.secured_packets_refused += 1;
-                        }
-                        None => self.node.handle_datagram(now, from, data),
+                    let Some(packet) = self.security.open(now, from, data) else {
+                        continue;
+                    };
+                    if self.emulation.admit(now, from, packet) == Verdict::Pass {
+                        self.node.handle_datagram(now, from, packet);
                     }
                 }
             }
@@ -366,37 +360,20 @@ impl Daemon {
         }
     }
 
-    /// Keys that link handshakes proved for neighbours' node ids: the keys that may sign
-    /// their flooded state.
-    fn bind_identities(&mut self) {
-        if let Some(links) = self.links.as_mut() {
-            while let Some((node, key)) = links.poll_identity() {
-                self.node.bind_neighbor_key(node, key);
-            }
-        }
-    }
-
     fn flush_udp(&mut self) {
         while !self.udp_backlog.is_empty() {
-            let sent = match self.udp.send_batch(
-                self.udp_backlog
-                    .iter()
-                    .map(|t| (t.dst, t.payload.as_slice())),
-            ) {
+            let sent = match self.udp.send_batch(self.udp_backlog.iter()) {
                 Ok(n) => n,
                 Err(e) => {
                     self.counters.udp_send_errors += 1;
-                    debug!(
-                        "overlay send to {:?}: {e}",
-                        self.udp_backlog.front().map(|t| t.dst)
-                    );
+                    debug!("overlay send to {:?}: {e}", self.udp_backlog.front_dst());
                     1
                 }
             };
             if sent == 0 {
                 break;
             }
-            self.udp_backlog.drain(..sent.min(self.udp_backlog.len()));
+            self.udp_backlog.consume(sent);
         }
         // Ask for writability only while something waits for it (one epoll_ctl per change).
         let want_write = !self.udp_backlog.is_empty();
@@ -415,25 +392,32 @@ impl Daemon {
         }
     }
 
+    /// Keys that link handshakes proved for neighbours' node ids: the keys that may sign
+    /// their flooded state.
+    fn bind_identities(&mut self) {
+        while let Some((node, key)) = self.security.poll_identity() {
+            self.node.bind_neighbor_key(node, key);
+        }
+    }
+
     /// Moves everything the node produced to where it goes.
     fn drain_node(&mut self) {
         let now = self.clock.now();
-        while let Some(mut t) = self.node.poll_transmit(now) {
-            match self.links.as_mut() {
-                // A packet without a session is dropped (and counted); the node resends.
-                Some(links) => {
-                    if links.seal(now, t.dst, &mut t.payload).is_ok() {
-                        self.udp_backlog.push_back(t);
-                    }
-                }
-                None => self.udp_backlog.push_back(t),
+        let (node, security) = (&mut self.node, &mut self.security);
+        // Each datagram is sealed where the node wrote it; one without a session yet is
+        // dropped (counted) and the node's own retries resend it.
+        while self.udp_backlog.push_with(|buf| loop {
+            let start = buf.len();
+            let t = node.poll_transmit(now, buf)?;
+            match security.seal(now, t.dst, buf, start) {
+                Some(len) => return Some((t.dst, len)),
+                None => buf.truncate(start),
             }
-        }
-        if let Some(links) = self.links.as_mut() {
-            while let Some((dst, payload)) = links.poll_transmit() {
-                self.udp_backlog.push_back(Transmit { dst, payload });
-            }
-        }
+        }) {}
+        while self
+            .udp_backlog
+            .push_with(|buf| security.poll_transmit(buf))
+        {}
         // Sends are batched until the end of the loop iteration (fewer, larger sendmmsg and
         // GSO runs), unless enough piled up to fill a batch now.
         if self.udp_backlog.len() >= udp::BATCH * 4 {
@@ -490,8 +474,19 @@ impl Daemon {
     }
 
     fn status(&mut self, now: weft_core::Instant) -> DaemonStatus<'_> {
+        let mut node = self.node.status(now);
+        let neighbors = std::mem::take(&mut node.neighbors)
+            .into_iter()
+            .zip(self.node.neighbors())
+            .map(|(link, (addr, _))| DaemonNeighbor {
+                emulation: self.emulation.status(addr),
+                link,
+            })
+            .collect();
         DaemonStatus {
-            node: self.node.status(now),
+            node,
+            emulation: self.emulation.enabled(),
+            neighbors,
             listen: self.cfg.listen.to_string(),
             socket: self.cfg.socket.display().to_string(),
             recovery: self.cfg.node.recovery,
@@ -507,20 +502,7 @@ impl Daemon {
             datagram_ports: self.ports.keys().copied().collect(),
             datagram_proxies: self.proxies.count(),
             rings: self.ring_counters(),
-            security: match &self.links {
-                Some(l) => SecurityStatus {
-                    mode: "encrypted",
-                    public_key: Some(l.public_key()),
-                    links: l.status(now),
-                    counters: *l.counters(),
-                },
-                None => SecurityStatus {
-                    mode: "insecure",
-                    public_key: None,
-                    links: Vec::new(),
-                    counters: Default::default(),
-                },
-            },
+            security: self.security.status(now),
             daemon_counters: &self.counters,
         }
     }

@@ -4,6 +4,7 @@
 //! several received packets over as one coalesced buffer (`UDP_GRO`). Per-packet system call
 //! and stack cost is most of what a daemon spends per packet.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -282,8 +283,111 @@ impl OverlaySocket {
     }
 }
 
+/// Datagrams waiting for the socket, written back to back into one reused buffer (the node
+/// appends each with `poll_transmit(now, &mut buf)`), so queueing a datagram allocates
+/// nothing once the buffer has grown to the usual backlog.
+#[derive(Debug, Default)]
+pub struct TxQueue {
+    bytes: Vec<u8>,
+    /// (destination, start in `bytes`, length), oldest first.
+    items: VecDeque<(SocketAddr, usize, usize)>,
+}
+
+impl TxQueue {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Lets `fill` append one datagram to the buffer; it returns the destination and length
+    /// of what it appended, or `None` (and appends nothing) when it has nothing to send.
+    pub fn push_with(
+        &mut self,
+        fill: impl FnOnce(&mut Vec<u8>) -> Option<(SocketAddr, usize)>,
+    ) -> bool {
+        let start = self.bytes.len();
+        match fill(&mut self.bytes) {
+            Some((dst, len)) => {
+                debug_assert_eq!(self.bytes.len(), start + len);
+                self.items.push_back((dst, start, len));
+                true
+            }
+            None => {
+                self.bytes.truncate(start);
+                false
+            }
+        }
+    }
+
+    pub fn front_dst(&self) -> Option<SocketAddr> {
+        self.items.front().map(|&(dst, _, _)| dst)
+    }
+
+    /// The waiting datagrams, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.items
+            .iter()
+            .map(|&(dst, start, len)| (dst, &self.bytes[start..start + len]))
+    }
+
+    /// Forgets the `n` oldest datagrams (sent or given up on).
+    pub fn consume(&mut self, n: usize) {
+        self.items.drain(..n.min(self.items.len()));
+        match self.items.front() {
+            None => self.bytes.clear(),
+            // A backlog that never empties: move it to the front once the sent part is large.
+            Some(&(_, first, _)) if first > self.bytes.len() / 2 => {
+                self.bytes.drain(..first);
+                for item in self.items.iter_mut() {
+                    item.1 -= first;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
 impl AsRawFd for OverlaySocket {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dst(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn queue_keeps_order_and_compacts() {
+        let mut q = TxQueue::default();
+        for i in 0..10u8 {
+            assert!(q.push_with(|b| {
+                b.extend_from_slice(&[i; 3]);
+                Some((dst(i as u16), 3))
+            }));
+        }
+        assert!(!q.push_with(|b| {
+            b.push(99);
+            None
+        }));
+        assert_eq!(q.len(), 10);
+        q.consume(6);
+        let left: Vec<(SocketAddr, Vec<u8>)> = q.iter().map(|(d, p)| (d, p.to_vec())).collect();
+        assert_eq!(left.len(), 4);
+        for (k, (d, p)) in left.iter().enumerate() {
+            let i = 6 + k as u8;
+            assert_eq!(*d, dst(i as u16));
+            assert_eq!(p, &vec![i; 3]);
+        }
+        q.consume(10);
+        assert!(q.is_empty());
+        assert_eq!(q.front_dst(), None);
     }
 }

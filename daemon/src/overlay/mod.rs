@@ -1,13 +1,19 @@
 //! The sans-I/O overlay node and everything it is made of. Nothing in here reads a clock or
 //! touches a socket: `Node` takes datagrams, timeouts and local requests with a `now`, and hands
 //! back datagrams to send, events for local applications, and its next deadline.
+//!
+//! Modules depend on each other in one direction only (listed bottom-up): `wire`, `fragment`,
+//! `events`, `neighbor`, `flood`, `trust`, `config` → `links`, `routing`, `datagrams`, `sessions` →
+//! `forwarding`, `groups` → `status` → `node`.
 
-pub mod emulation;
+pub mod config;
+mod datagrams;
+pub mod events;
 pub mod flood;
-mod flooding;
 mod forwarding;
 pub mod fragment;
-mod multicast;
+mod groups;
+pub mod links;
 pub mod neighbor;
 pub mod node;
 pub mod routing;
@@ -16,6 +22,10 @@ pub mod status;
 pub mod trust;
 pub mod wire;
 
-pub use multicast::MulticastCounters;
-pub use node::{NeighborConfig, Node, NodeConfig, NodeEvent, SendError, Transmit};
-pub use sessions::{OpenError, SessionId};
+pub use config::{NeighborConfig, NodeConfig, AUTH_RESERVE};
+pub use events::{NodeEvent, SessionId};
+pub use forwarding::{CE_THRESHOLD_BYTES, RELAYED_QUEUE_LIMIT_BYTES};
+pub use groups::MulticastCounters;
+pub use links::TransmitMeta;
+pub use node::{Node, SendError};
+pub use sessions::OpenError;

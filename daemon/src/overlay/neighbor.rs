@@ -1,7 +1,6 @@
 //! One configured neighbour: liveness from hellos (two-way check, incarnations), RTT and loss
-//! estimates, the link cost it contributes to routing, its receive-side emulator and cut state.
+//! estimates, the link cost it contributes to routing, and whether it is administratively cut.
 
-use crate::overlay::emulation::Emulator;
 use crate::overlay::flood::FloodQueue;
 use crate::overlay::wire::Hello;
 use serde::{Deserialize, Serialize};
@@ -81,7 +80,6 @@ pub struct Neighbor {
     /// Cost currently in our advert for this link.
     pub announced_cost: u32,
     pub cost_announced_at: Option<Instant>,
-    pub emulator: Option<Emulator>,
     pub cut: bool,
     /// Routing state we owe this neighbour.
     pub flood: FloodQueue,
@@ -97,19 +95,8 @@ pub struct Neighbor {
     pub mcast_out: u64,
 }
 
-pub enum HelloOutcome {
-    Nothing,
-    /// The neighbour restarted (new incarnation): the link was reset first.
-    Restarted,
-}
-
 impl Neighbor {
-    pub fn new(
-        addr: SocketAddr,
-        configured_id: Option<NodeId>,
-        first_hello: Instant,
-        emulator: Option<Emulator>,
-    ) -> Self {
+    pub fn new(addr: SocketAddr, configured_id: Option<NodeId>, first_hello: Instant) -> Self {
         Neighbor {
             addr,
             id: configured_id,
@@ -127,7 +114,6 @@ impl Neighbor {
             hello_loss: 0.0,
             announced_cost: 0,
             cost_announced_at: None,
-            emulator,
             cut: false,
             flood: FloodQueue::default(),
             arq: None,

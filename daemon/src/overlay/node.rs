@@ -1,114 +1,45 @@
-//! `Node`: one overlay daemon's protocol state. Links (hellos, liveness, incarnations, the
-//! hop-by-hop reliable ARQ), reliable flooding of link state (`flooding.rs`), shortest-path
-//! routing and forwarding (`forwarding.rs`), datagrams, and end-to-end sessions
-//! (`sessions.rs`). Receive-side link emulation sits in front of all of it.
+//! `Node`: one overlay daemon's protocol state, as a thin coordinator over owners that keep
+//! their state private and talk through it, as quinn-proto's `Endpoint` does with its
+//! connections:
+//!
+//! - [`Links`]: neighbours, hellos, liveness, flooding queues, the hop-by-hop ARQ, the outbox;
+//!   it reports [`LinkEvent`]s and hands received routed packets and flooded records back.
+//! - [`Routing`]: the link-state database, shortest paths, first hops.
+//! - [`Forwarder`]: the forwarding decision for packets that leave (CE marks, back-pressure).
+//! - [`Sessions`]: end-to-end sessions ending here; the node pumps their segments.
+//! - [`Groups`]: multicast membership, trees and reliable-group order.
+//! - [`Datagrams`]: fragmentation and reassembly.
+//! - [`Trust`]: which key may speak for each node; flooded records are checked against it
+//!   before Routing or Groups see them (secure overlays; Routing and Groups sign their own).
+//!
+//! Inputs record what changed; floods, route recomputation and the session pump run once per
+//! batch, in the first `poll_transmit` after it (the I/O layer hands a receive batch over,
+//! then drains).
 
-use crate::overlay::emulation::{Emulator, LinkParams, Verdict};
-use crate::overlay::forwarding::{ArrivalBursts, Origin};
-use crate::overlay::fragment::{Reassembler, MAX_DATAGRAM};
-use crate::overlay::neighbor::{LinkState, Metric, Neighbor};
-use crate::overlay::routing::{LinkStateDb, ShortestPathTree};
-use crate::overlay::sessions::{SessionId, SessionTable};
-use crate::overlay::status::Counters;
-use crate::overlay::wire::{self, Hello, RoutedHeader, HELLO_PROBE};
-use ahash::AHashMap as HashMap;
-use std::collections::{BTreeMap, VecDeque};
+use crate::overlay::config::NodeConfig;
+use crate::overlay::datagrams::Datagrams;
+use crate::overlay::events::{NodeEvent, SessionId};
+use crate::overlay::forwarding::{Forwarder, Origin};
+use crate::overlay::fragment::MAX_DATAGRAM;
+use crate::overlay::groups::{FloodRecord, Groups, MembershipOutcome, MulticastCounters};
+use crate::overlay::links::{Inbound, LinkEvent, LinkId, Links, LinksConfig, TransmitMeta};
+use crate::overlay::neighbor::LinkState;
+use crate::overlay::routing::{AdvertOutcome, Routing};
+use crate::overlay::sessions::{OpenError, SessionSummary, Sessions, SessionsConfig};
+use crate::overlay::status::{Counters, NodeStatus};
+use crate::overlay::trust::Trust;
+use crate::overlay::wire::{
+    self, Class, LinkStateAdvert, Proto, RoutedHeader, RoutedPacket, StateKind,
+};
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 use thiserror::Error;
-use tracing::{debug, info};
-use weft_core::{Endpoint, Header, Instant, NodeId, PacketKind, Writer, HEADER_LEN};
-use weft_transport::arq::{self, ArqConfig, ArqLink};
-use weft_transport::session::{RecoveryMode, SessionConfig, SessionEvent};
-
-#[derive(Debug, Clone)]
-pub struct NeighborConfig {
-    /// Where the neighbour's daemon listens.
-    pub addr: SocketAddr,
-    /// Its node id, if it differs from the address (learned from its packets otherwise).
-    pub id: Option<NodeId>,
-    /// Emulation applied to packets received from it.
-    pub link: LinkParams,
-}
-
-/// Bytes kept free at the end of every datagram for link security's trailer (counter + tag).
-pub const AUTH_RESERVE: usize = weft_secure::TRAILER_LEN;
-
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    pub id: NodeId,
-    pub neighbors: Vec<NeighborConfig>,
-    pub hello_interval: Duration,
-    /// Silence after which a neighbour is declared dead.
-    pub dead_interval: Duration,
-    pub metric: Metric,
-    /// Accept run-time link emulation commands.
-    pub emulation: bool,
-    /// Largest UDP payload sent between daemons.
-    pub mtu: usize,
-    pub default_ttl: u8,
-    /// Who repairs loss for sessions: the links (hop by hop) or only the ends.
-    pub recovery: RecoveryMode,
-    /// Template for every link's ARQ (its `mss` is derived from `mtu`).
-    pub arq: ArqConfig,
-    /// Template for every session (its `mss` and `mode` are derived).
-    pub session: SessionConfig,
-    /// Signing and checking of flooded state (None: an insecure overlay).
-    pub trust: Option<crate::overlay::trust::TrustConfig>,
-}
-
-impl NodeConfig {
-    pub fn new(id: NodeId) -> Self {
-        NodeConfig {
-            id,
-            neighbors: Vec::new(),
-            hello_interval: Duration::from_millis(100),
-            dead_interval: Duration::from_millis(350),
-            metric: Metric::Latency,
-            emulation: false,
-            mtu: 1472,
-            default_ttl: 64,
-            recovery: RecoveryMode::HopByHop,
-            arq: ArqConfig::default(),
-            session: SessionConfig::default(),
-            trust: None,
-        }
-    }
-
-    /// Largest routed packet (routing header + payload) a link carries.
-    pub fn routed_mtu(&self) -> usize {
-        self.mtu
-            .saturating_sub(HEADER_LEN + AUTH_RESERVE + arq::DATA_OVERHEAD)
-            .max(256)
-    }
-}
-
-/// A datagram for the I/O layer to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub dst: SocketAddr,
-    pub payload: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeEvent {
-    /// A datagram for a local application.
-    Datagram {
-        src: Endpoint,
-        dst: Endpoint,
-        payload: Vec<u8>,
-    },
-    /// The set of reachable nodes or the routes changed.
-    RoutesChanged,
-    /// A listener on `port` accepted a new session.
-    Incoming {
-        id: SessionId,
-        port: u16,
-        remote: Endpoint,
-    },
-    /// Something happened to a session.
-    Session { id: SessionId, event: SessionEvent },
-}
+use tracing::debug;
+use weft_core::{Endpoint, Instant, NodeId};
+use weft_multicast::{JoinError, MulticastStatus, SocketId};
+use weft_transport::session::{RecoveryMode, SessionStats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SendError {
@@ -119,40 +50,25 @@ pub enum SendError {
 }
 
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
-/// Adverts of nodes unreachable this long are forgotten.
-pub(super) const FORGET_UNREACHABLE: Duration = Duration::from_secs(60);
 
 pub struct Node {
-    pub(super) cfg: NodeConfig,
-    pub(super) incarnation: u32,
-    pub(super) neighbors: Vec<Neighbor>,
-    pub(super) by_addr: HashMap<SocketAddr, usize>,
-    pub(super) lsdb: LinkStateDb,
-    pub(super) routes_generation: Option<u64>,
-    pub(super) tree: ShortestPathTree,
-    pub(super) first_hops: BTreeMap<NodeId, NodeId>,
-    pub(super) unreachable_since: HashMap<NodeId, Instant>,
-    pub(super) reassembler: Reassembler,
-    pub(super) arrivals: ArrivalBursts,
-    pub(super) next_datagram_id: u32,
-    pub(super) outbox: VecDeque<Transmit>,
-    pub(super) events: VecDeque<NodeEvent>,
-    pub(super) sessions: SessionTable,
-    /// Where `poll_transmit` resumes its round over the links' ARQs.
-    pub(super) next_link: usize,
-    pub(super) next_housekeeping: Instant,
-    pub(super) started: Instant,
-    pub(super) counters: Counters,
-    pub(super) mc: weft_multicast::Multicast,
-    /// Shortest-path trees per source (for multicast), valid for one link-state generation.
-    pub(super) spt_cache: std::cell::RefCell<(u64, HashMap<NodeId, ShortestPathTree>)>,
-    pub(super) mc_order: HashMap<(Endpoint, NodeId), crate::overlay::multicast::Reorder>,
-    /// Datagram ids per group: consecutive, so reliable groups can restore order.
-    /// Next datagram id per (local source endpoint, group): receivers order per source
-    /// endpoint, so each needs its own gap-free sequence.
-    pub(super) mc_next_id: HashMap<(Endpoint, NodeId), u32>,
-    pub(super) mc_counters: crate::overlay::multicast::MulticastCounters,
-    pub(super) trust: crate::overlay::trust::Trust,
+    cfg: NodeConfig,
+    incarnation: u32,
+    links: Links,
+    routing: Routing,
+    forwarder: Forwarder,
+    datagrams: Datagrams,
+    sessions: Sessions,
+    groups: Groups,
+    trust: Trust,
+    events: VecDeque<NodeEvent>,
+    /// Input arrived (at this time) since the last poll: floods, routes and sessions have
+    /// work for the next `poll_transmit`.
+    pending: Option<Instant>,
+    /// Flooded records that failed to decode.
+    malformed: u64,
+    next_housekeeping: Instant,
+    started: Instant,
 }
 
 impl Node {
@@ -165,59 +81,54 @@ impl Node {
         first_seq: u64,
         seed: u64,
     ) -> Self {
-        cfg.arq.mss = cfg.routed_mtu();
-        cfg.session.mss = cfg.routed_mtu() - RoutedHeader::LEN;
-        cfg.session.mode = cfg.recovery;
-        cfg.session.headroom = RoutedHeader::LEN;
-        if cfg.recovery == RecoveryMode::HopByHop {
-            // Over repaired links the session's window reacts to CE marks from relays, not to
-            // loss; starting it at ten segments would throttle a stream whose rate needs more
-            // than ten segments per end-to-end round trip (links and relays pace the real rate).
-            cfg.session.initial_window_packets = cfg.session.initial_window_packets.max(64);
-        }
-        let mut neighbors = Vec::new();
-        let mut by_addr = HashMap::new();
-        for (i, n) in cfg.neighbors.iter().enumerate() {
-            let emulator = cfg.emulation.then(|| {
-                Emulator::new(
-                    n.link,
-                    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                        .wrapping_add(i as u64),
-                )
-            });
-            // Every neighbour's hello falls due on the same tick: one wake-up sends them all.
-            by_addr.insert(n.addr, neighbors.len());
-            neighbors.push(Neighbor::new(n.addr, n.id, now, emulator));
-        }
+        cfg.derive();
+        let incarnation = incarnation.max(1);
+        let neighbors: Vec<(SocketAddr, Option<NodeId>)> =
+            cfg.neighbors.iter().map(|n| (n.addr, n.id)).collect();
+        let links = Links::new(
+            LinksConfig {
+                id: cfg.id,
+                incarnation,
+                hello_interval: cfg.hello_interval,
+                dead_interval: cfg.dead_interval,
+                metric: cfg.metric,
+                mtu: cfg.mtu,
+                arq: cfg.arq.clone(),
+            },
+            &neighbors,
+            now,
+        );
+        let sessions = Sessions::new(
+            SessionsConfig {
+                local: cfg.id,
+                session: cfg.session.clone(),
+                class: match cfg.recovery {
+                    RecoveryMode::HopByHop => Class::Reliable,
+                    RecoveryMode::EndToEndOnly => Class::BestEffort,
+                },
+                ttl: cfg.default_ttl,
+            },
+            seed,
+        );
+        let signer = cfg.trust.as_ref().map(|t| t.identity.clone());
         let mut node = Node {
-            lsdb: LinkStateDb::new(cfg.id, first_seq),
-            incarnation: incarnation.max(1),
-            neighbors,
-            by_addr,
-            routes_generation: None,
-            tree: ShortestPathTree::default(),
-            first_hops: BTreeMap::new(),
-            unreachable_since: HashMap::new(),
-            reassembler: Reassembler::new(Duration::from_secs(5), 32 << 20),
-            arrivals: ArrivalBursts::default(),
-            next_datagram_id: (seed as u32) | 1,
-            outbox: VecDeque::new(),
+            incarnation,
+            links,
+            routing: Routing::new(cfg.id, first_seq, signer.clone()),
+            forwarder: Forwarder::default(),
+            datagrams: Datagrams::new(seed),
+            sessions,
+            groups: Groups::new(cfg.id, first_seq, signer),
+            trust: Trust::new(cfg.id, cfg.trust.clone()),
             events: VecDeque::new(),
-            sessions: SessionTable::new(seed),
-            next_link: 0,
+            pending: None,
+            malformed: 0,
             next_housekeeping: now + HOUSEKEEPING,
             started: now,
-            counters: Counters::default(),
-            mc: weft_multicast::Multicast::new(cfg.id, first_seq),
-            spt_cache: Default::default(),
-            mc_order: HashMap::new(),
-            mc_next_id: HashMap::new(),
-            mc_counters: Default::default(),
-            trust: crate::overlay::trust::Trust::new(cfg.id, cfg.trust.clone()),
             cfg,
         };
         node.originate(false);
-        node.recompute_routes();
+        node.refresh_routes();
         node
     }
 
@@ -233,7 +144,8 @@ impl Node {
         &self.cfg
     }
 
-    /// A neighbour's link proved `key` for `node`: that key alone may sign its state.
+    /// A neighbour's link proved `key` for `node` (link security's handshake): that key alone
+    /// may sign its flooded state.
     pub fn bind_neighbor_key(&mut self, node: NodeId, key: weft_secure::PublicKey) {
         self.trust.bind_neighbor(node, key);
     }
@@ -242,156 +154,69 @@ impl Node {
 
     /// A datagram arrived on the overlay socket.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let Some(&idx) = self.by_addr.get(&from) else {
-            self.counters.unknown_sender += 1;
-            return;
-        };
-        let nbr = &mut self.neighbors[idx];
-        if nbr.cut {
-            self.counters.dropped_cut += 1;
-            return;
+        let inbound = self.links.receive(now, from, data);
+        self.link_events(now);
+        match inbound {
+            Some(Inbound::State { link, body }) => self.on_state(link, body),
+            Some(Inbound::Routed { link, packet }) => {
+                self.forward(now, Origin::Relayed(link), packet);
+            }
+            None => {}
         }
-        let verdict = match nbr.emulator.as_mut() {
-            Some(e) if !e.params().is_identity() || e.held() > 0 => e.admit(now, data),
-            _ => Verdict::Pass,
-        };
-        if verdict == Verdict::Pass {
-            self.process_packet(now, idx, data);
-        }
-        self.after_input(now);
+        self.touched(now);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        for idx in 0..self.neighbors.len() {
-            // Emulated packets whose time has come.
-            while let Some(pkt) = self.neighbors[idx]
-                .emulator
-                .as_mut()
-                .and_then(|e| e.pop_due(now))
-            {
-                if !self.neighbors[idx].cut {
-                    self.process_packet(now, idx, &pkt);
-                }
-            }
-            let nbr = &mut self.neighbors[idx];
-            if nbr.state != LinkState::Down
-                && nbr
-                    .last_heard
-                    .is_some_and(|t| now - t >= self.cfg.dead_interval)
-            {
-                info!(peer = %nbr.addr, node = ?nbr.id, "neighbour dead: silent for {:?}", now - nbr.last_heard.unwrap_or(now));
-                self.counters.neighbors_declared_dead += 1;
-                self.set_link_state(now, idx, LinkState::Down);
-            }
-            let nbr = &mut self.neighbors[idx];
-            if let Some(a) = nbr.arq.as_mut() {
-                if a.poll_timeout().is_some_and(|t| t <= now) {
-                    a.handle_timeout(now);
-                }
-            }
-            if let Some(probe_at) = self.probe_due(idx) {
-                if now >= probe_at {
-                    self.neighbors[idx].next_probe = Some(now + self.cfg.hello_interval / 4);
-                    self.send_hello(now, idx, true);
-                }
-            }
-            let nbr = &mut self.neighbors[idx];
-            if now >= nbr.next_hello {
-                nbr.next_hello = if now - nbr.next_hello > self.cfg.hello_interval {
-                    now + self.cfg.hello_interval
-                } else {
-                    nbr.next_hello + self.cfg.hello_interval
-                };
-                self.send_hello(now, idx, false);
-            }
-        }
-        self.session_timeouts(now);
-        self.mc_order_timeouts(now);
+        self.links.handle_timeout(now);
+        self.link_events(now);
+        self.sessions.handle_timeout(now, &mut self.events);
+        self.groups.handle_timeout(now, &mut self.events);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
-            self.reassembler.expire(now);
-            self.forget_long_unreachable(now);
+            self.datagrams.expire(now);
+            self.routing.forget_long_unreachable(now);
         }
-        self.after_input(now);
+        self.touched(now);
     }
 
-    /// The earliest time `handle_timeout` must run.
+    /// The earliest time `handle_timeout` must run (at once while a batch awaits its poll).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut t = self.next_housekeeping;
-        for (i, n) in self.neighbors.iter().enumerate() {
-            t = t.min(n.next_hello);
-            if let Some(p) = self.probe_due(i) {
-                t = t.min(p);
-            }
-            if n.state != LinkState::Down {
-                if let Some(h) = n.last_heard {
-                    t = t.min(h + self.cfg.dead_interval);
-                }
-            }
-            if let Some(d) = n.emulator.as_ref().and_then(|e| e.next_due()) {
-                t = t.min(d);
-            }
-            if let Some(d) = n.arq.as_ref().and_then(|a| a.poll_timeout()) {
-                t = t.min(d);
-            }
+        if let Some(at) = self.pending {
+            return Some(at);
         }
-        if let Some(d) = self.next_flood_due() {
-            t = t.min(d);
-        }
-        if let Some(d) = self.reassembler.next_expiry() {
-            t = t.min(d);
-        }
-        if let Some(d) = self.sessions.next_deadline() {
-            t = t.min(d);
-        }
-        if let Some(d) = self.mc_next_deadline() {
-            t = t.min(d);
-        }
-        Some(t)
+        let deadlines = [
+            self.links.poll_timeout(),
+            self.datagrams.next_expiry(),
+            self.sessions.next_deadline(),
+            self.groups.next_deadline(),
+        ];
+        Some(
+            deadlines
+                .into_iter()
+                .flatten()
+                .fold(self.next_housekeeping, Instant::min),
+        )
     }
 
-    /// The next datagram to send: control and best-effort traffic first, then the reliable
-    /// links in turn (each within its congestion window and pacing), refilled from sessions.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if let Some(t) = self.outbox.pop_front() {
-            return Some(t);
-        }
-        if let Some(t) = self.poll_links(now) {
-            return Some(t);
-        }
-        if self.sessions.has_ready() {
+    /// Appends the next datagram to send to `buf` (which the caller owns and reuses) and says
+    /// where it goes: control and best-effort traffic first, then the reliable links in turn
+    /// (each within its congestion window and pacing), refilled from sessions.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<TransmitMeta> {
+        if self.pending.take().is_some() {
+            // Once per batch of input: what the batch changed.
+            self.links.flush_floods(now);
+            self.refresh_routes();
             self.pump_sessions(now);
-            if let Some(t) = self.outbox.pop_front() {
-                return Some(t);
-            }
-            return self.poll_links(now);
         }
-        None
-    }
-
-    /// One round over the links' ARQs, resuming where the last one stopped.
-    fn poll_links(&mut self, now: Instant) -> Option<Transmit> {
-        let n = self.neighbors.len();
-        for k in 0..n {
-            let idx = (self.next_link + k) % n;
-            let nbr = &mut self.neighbors[idx];
-            if nbr.cut {
-                continue;
-            }
-            let Some(a) = nbr.arq.as_mut() else { continue };
-            let mut buf = Vec::with_capacity(self.cfg.mtu);
-            Header::new(PacketKind::ReliableData, self.cfg.id, self.incarnation)
-                .encode(&mut Writer::new(&mut buf));
-            if let Some(kind) = a.poll_transmit_into(now, &mut buf) {
-                buf[3] = kind as u8;
-                self.next_link = (idx + 1) % n;
-                nbr.packets_out += 1;
-                nbr.bytes_out += buf.len() as u64;
-                let dst = nbr.addr;
-                // Sending may have freed queue space for sessions fed by this link.
-                self.wake_writable_flows(idx);
-                return Some(Transmit { dst, payload: buf });
-            }
+        if let Some(t) = self.links.poll_transmit(now, buf) {
+            self.link_events(now);
+            return Some(t);
+        }
+        if self.sessions.has_work() {
+            self.pump_sessions(now);
+            let t = self.links.poll_transmit(now, buf);
+            self.link_events(now);
+            return t;
         }
         None
     }
@@ -400,265 +225,579 @@ impl Node {
         self.events.pop_front()
     }
 
-    // ----- local requests -----------------------------------------------------------------
-
-    /// `weft link set|cut|heal`: `peer` is a node id or a neighbour address.
-    pub fn link_command(
-        &mut self,
-        now: Instant,
-        peer: &str,
-        action: &weft_ipc::LinkAction,
-    ) -> Result<(), String> {
-        if !self.cfg.emulation {
-            return Err("link emulation is disabled: start weftd with --emulation".into());
-        }
-        let idx = self
-            .find_neighbor(peer)
-            .ok_or_else(|| format!("no neighbour `{peer}`"))?;
-        match action {
-            weft_ipc::LinkAction::Cut => {
-                info!(peer, "link cut");
-                self.neighbors[idx].cut = true;
-            }
-            weft_ipc::LinkAction::Heal => {
-                info!(peer, "link healed");
-                self.neighbors[idx].cut = false;
-            }
-            weft_ipc::LinkAction::Set(spec) => {
-                let nbr = &mut self.neighbors[idx];
-                let current = nbr
-                    .emulator
-                    .as_ref()
-                    .map(|e| *e.params())
-                    .unwrap_or_default();
-                let params = current.apply_spec(spec)?;
-                if let Some(e) = nbr.emulator.as_mut() {
-                    e.set_params(params);
-                }
-                info!(peer, ?params, "link emulation set");
-            }
-        }
-        self.after_input(now);
-        Ok(())
+    fn touched(&mut self, now: Instant) {
+        self.pending = Some(self.pending.map_or(now, |t| t.min(now)));
     }
 
-    fn find_neighbor(&self, peer: &str) -> Option<usize> {
-        if let Ok(addr) = peer.parse::<SocketAddr>() {
-            return self.by_addr.get(&addr).copied();
+    // ----- between the owners -------------------------------------------------------------
+
+    /// What the links reported.
+    fn link_events(&mut self, now: Instant) {
+        while let Some(event) = self.links.poll_event() {
+            match event {
+                LinkEvent::Up(link) => {
+                    // Full sync: the neighbour gets every record we hold.
+                    let adverts: Vec<LinkStateAdvert> = self.routing.adverts().cloned().collect();
+                    for a in &adverts {
+                        self.links.push_record(link, a.id(), encode_advert(a));
+                    }
+                    for rec in self.groups.full_sync() {
+                        self.links.push_record(link, rec.id, rec.bytes);
+                    }
+                    self.originate(false);
+                }
+                LinkEvent::Down { stranded, .. } => {
+                    self.originate(false);
+                    self.refresh_routes();
+                    if !stranded.is_empty() {
+                        debug!(packets = stranded.len(), "rerouting packets of a dead link");
+                        self.forwarder.count_rerouted(stranded.len());
+                    }
+                    for (_, packet) in stranded {
+                        self.forward(now, Origin::Rerouted, Cow::Owned(packet));
+                    }
+                }
+                LinkEvent::CostChanged => self.originate(false),
+                LinkEvent::Writable(flow) => self.sessions.flow_writable(flow),
+            }
         }
-        let ip: std::net::Ipv4Addr = peer.parse().ok()?;
-        let id = NodeId::from(ip);
-        self.neighbors
-            .iter()
-            .position(|n| n.id == Some(id))
-            .or_else(|| {
-                self.neighbors
-                    .iter()
-                    .position(|n| n.addr.ip() == std::net::IpAddr::V4(ip))
-            })
+    }
+
+    /// Rebuilds our advert from the Up links and floods it if it changed.
+    fn originate(&mut self, force: bool) {
+        if let Some(advert) = self.routing.originate(self.links.adjacencies(), force) {
+            self.links
+                .flood_record(advert.id(), &encode_advert(&advert), None);
+        }
+    }
+
+    /// Recomputes routes if the database changed, and tells whoever depends on them.
+    fn refresh_routes(&mut self) {
+        if !self.routing.refresh() {
+            return;
+        }
+        self.sessions.routes_changed();
+        let routing = &self.routing;
+        self.groups.forget_unreachable(|n| routing.is_reachable(n));
+        self.events.push_back(NodeEvent::RoutesChanged);
+    }
+
+    fn flood_membership(&mut self, rec: FloodRecord, except: Option<LinkId>) {
+        self.links.flood_record(rec.id, &rec.bytes, except);
+    }
+
+    /// Flooded records from `link`: install, flood on, answer, acknowledge.
+    fn on_state(&mut self, link: LinkId, body: &[u8]) {
+        let Ok(records) = wire::decode_state(body) else {
+            self.malformed += 1;
+            return;
+        };
+        let mut acks = Vec::with_capacity(records.len());
+        for (kind, bytes) in records {
+            match kind {
+                StateKind::LinkState => {
+                    let Ok(advert) = LinkStateAdvert::decode(bytes) else {
+                        self.malformed += 1;
+                        continue;
+                    };
+                    acks.push(advert.id());
+                    // Only its origin may speak for a node: refused (and counted) before the
+                    // database sees it, acknowledged so the sender stops resending it.
+                    if let Err(why) = self.trust.check_advert(&advert) {
+                        debug!(origin = %advert.origin, ?why, "advert refused");
+                        continue;
+                    }
+                    match self.routing.on_advert(advert) {
+                        AdvertOutcome::Flood(a) => {
+                            self.links
+                                .flood_record(a.id(), &encode_advert(&a), Some(link))
+                        }
+                        AdvertOutcome::Reply(ours) => {
+                            self.links
+                                .push_record(link, ours.id(), encode_advert(&ours))
+                        }
+                        AdvertOutcome::Reoriginate => self.originate(true),
+                        AdvertOutcome::Nothing => {}
+                    }
+                }
+                StateKind::Membership => {
+                    let trust = &mut self.trust;
+                    let checked = self
+                        .groups
+                        .on_membership(bytes, |rec| trust.check_membership(rec));
+                    let Some((id, outcome)) = checked else {
+                        continue;
+                    };
+                    acks.push(id);
+                    match outcome {
+                        MembershipOutcome::Flood(rec) => self.flood_membership(rec, Some(link)),
+                        MembershipOutcome::Reply(rec) => {
+                            self.links.push_record(link, rec.id, rec.bytes)
+                        }
+                        MembershipOutcome::FloodAll(rec) => self.flood_membership(rec, None),
+                        MembershipOutcome::Nothing => {}
+                    }
+                }
+            }
+        }
+        self.links.send_state_acks(link, &acks);
+    }
+
+    /// Delivers or forwards a routed packet (decoded once here, then passed along). Returns
+    /// a local packet that a reliable link refused, so the sender can hold it.
+    fn forward(&mut self, now: Instant, origin: Origin, packet: Cow<'_, [u8]>) -> Option<Vec<u8>> {
+        let Ok(view) = RoutedPacket::new_checked(&packet[..]) else {
+            self.malformed += 1;
+            return None;
+        };
+        let header = view.header();
+        if !self.forwarder.admit_source(&self.routing, origin, &header) {
+            return None;
+        }
+        if header.dst.node.is_multicast() {
+            self.forward_group(now, origin, &header, &packet);
+            return None;
+        }
+        if header.dst.node == self.cfg.id {
+            self.deliver_local(now, &header, &packet[RoutedHeader::LEN..]);
+            if let Cow::Owned(buf) = packet {
+                self.links.recycle(buf);
+            }
+            return None;
+        }
+        if self.routing.is_stale() {
+            self.refresh_routes();
+        }
+        self.forwarder
+            .unicast(now, &mut self.links, &self.routing, origin, &header, packet)
+    }
+
+    fn deliver_local(&mut self, now: Instant, header: &RoutedHeader, body: &[u8]) {
+        match header.proto {
+            Proto::Datagram => {
+                if let Some(whole) = self.datagrams.reassemble(now, header.src, body) {
+                    self.datagrams.count_delivered();
+                    self.events.push_back(NodeEvent::Datagram {
+                        src: header.src,
+                        dst: header.dst,
+                        payload: whole.payload,
+                    });
+                }
+            }
+            Proto::Session => {
+                let routing = &self.routing;
+                let reply = self.sessions.on_segment(
+                    now,
+                    header,
+                    body,
+                    |n| routing.is_reachable(n),
+                    &mut self.events,
+                );
+                if let Some(reply) = reply {
+                    self.forward(now, Origin::Local, Cow::Owned(reply));
+                }
+            }
+        }
+    }
+
+    /// A datagram (or fragment) to a group: one copy down each branch of the source's tree
+    /// that leads to members, and delivery here if this node is one.
+    fn forward_group(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        header: &RoutedHeader,
+        packet: &[u8],
+    ) {
+        let from = match origin {
+            Origin::Relayed(link) => self.links.neighbor_id(link),
+            Origin::Local | Origin::Rerouted => None,
+        };
+        let fwd = self
+            .groups
+            .forwarding(&mut self.routing, header.src.node, header.dst.node);
+        if matches!(origin, Origin::Relayed(_)) && fwd.upstream != from {
+            self.groups.count_rpf_drop();
+            return;
+        }
+        let Ok(ttl) = self.forwarder.hop_ttl(origin, header) else {
+            return;
+        };
+        let no_members =
+            origin == Origin::Local && fwd.next_hops.is_empty() && !fwd.deliver_locally;
+        // At the source, local members get their copy by loopback (the sender's choice).
+        let deliver = fwd.deliver_locally && origin != Origin::Local;
+        let copies =
+            self.forwarder
+                .copy_to_branches(&mut self.links, header, packet, ttl, &fwd.next_hops);
+        self.groups.count_copies(copies);
+        if no_members {
+            self.groups.count_no_members();
+        }
+        if deliver {
+            if let Some(whole) =
+                self.datagrams
+                    .reassemble(now, header.src, &packet[RoutedHeader::LEN..])
+            {
+                let reliable = header.class == Class::Reliable;
+                self.groups.deliver(
+                    now,
+                    header,
+                    whole.id,
+                    whole.payload,
+                    reliable,
+                    &mut self.events,
+                );
+            }
+        }
+    }
+
+    /// Moves segments from ready sessions onto links, each until it has nothing to send, its
+    /// window closes, or its first link pushes back.
+    fn pump_sessions(&mut self, now: Instant) {
+        let routing = &self.routing;
+        self.sessions
+            .begin_pump(now, |n| routing.is_reachable(n), &mut self.events);
+        while let Some((id, packet)) = self.sessions.next_segment(now, &mut self.events) {
+            if let Some(refused) = self.forward(now, Origin::Local, Cow::Owned(packet)) {
+                self.sessions.stall(id, refused, &mut self.events);
+            }
+        }
+    }
+
+    // ----- local requests: links and routes -----------------------------------------------
+
+    /// Administratively cut (or heal) the link to the neighbour at `addr`: nothing is sent to
+    /// it or accepted from it. False when no neighbour has that address.
+    pub fn set_link_cut(&mut self, now: Instant, addr: SocketAddr, cut: bool) -> bool {
+        let found = self.links.set_cut(addr, cut);
+        self.touched(now);
+        found
+    }
+
+    /// Each configured neighbour's address and node id (once known), in configuration order.
+    pub fn neighbors(&self) -> impl Iterator<Item = (SocketAddr, Option<NodeId>)> + '_ {
+        self.links.neighbors()
     }
 
     /// Every node in the link-state database (reachable or not), sorted.
     pub fn known_nodes(&self) -> Vec<NodeId> {
-        self.lsdb.adverts().map(|a| a.origin).collect()
+        self.routing.known_nodes()
     }
 
     pub fn is_reachable(&self, node: NodeId) -> bool {
-        node == self.cfg.id || self.first_hops.contains_key(&node)
+        self.routing.is_reachable(node)
     }
 
     /// Next hop and path cost toward every reachable node.
     pub fn routes(&self) -> impl Iterator<Item = (NodeId, NodeId, u64)> + '_ {
-        self.first_hops
-            .iter()
-            .map(|(d, h)| (*d, *h, self.tree.dist(*d).unwrap_or(u64::MAX)))
+        self.routing.routes()
     }
 
-    // ----- links --------------------------------------------------------------------------
+    // ----- local requests: datagrams ------------------------------------------------------
 
-    fn process_packet(&mut self, now: Instant, idx: usize, data: &[u8]) {
-        let (header, body) = match Header::decode(data) {
-            Ok(x) => x,
-            Err(e) => {
-                self.counters.malformed += 1;
-                debug!(peer = %self.neighbors[idx].addr, "malformed packet: {e}");
-                return;
-            }
+    /// Sends a datagram from (this node, `src_port`) to `dst`, fragmenting as needed.
+    pub fn send_datagram(
+        &mut self,
+        now: Instant,
+        src_port: u16,
+        dst: Endpoint,
+        payload: &[u8],
+        ttl: Option<u8>,
+    ) -> Result<(), SendError> {
+        if payload.len() > MAX_DATAGRAM {
+            return Err(SendError::TooLarge);
+        }
+        let src = Endpoint::new(self.cfg.id, src_port);
+        if dst.node.is_multicast() {
+            return self.send_group(now, src_port, dst, payload, 1, true);
+        }
+        if dst.node == self.cfg.id {
+            self.events.push_back(NodeEvent::Datagram {
+                src,
+                dst,
+                payload: payload.to_vec(),
+            });
+            return Ok(());
+        }
+        if self.routing.is_stale() {
+            self.refresh_routes();
+        }
+        if self.routing.first_hop(dst.node).is_none() {
+            self.forwarder.count_no_route();
+            return Err(SendError::NoRoute);
+        }
+        let id = self.datagrams.take_id();
+        let ttl = ttl.unwrap_or(self.cfg.default_ttl).max(1);
+        self.send_fragments(now, src, dst, ttl, id, payload);
+        Ok(())
+    }
+
+    /// Sends a datagram to a group. `hops` is the application's multicast TTL: 0 keeps it on
+    /// this host; any other value reaches the whole overlay (every overlay host is one hop
+    /// away, as most multicast programs assume with their default TTL of 1). With `loopback`
+    /// (IP_MULTICAST_LOOP, on by default) this host's members get a copy too.
+    pub fn send_group(
+        &mut self,
+        now: Instant,
+        src_port: u16,
+        dst: Endpoint,
+        payload: &[u8],
+        hops: u8,
+        loopback: bool,
+    ) -> Result<(), SendError> {
+        if payload.len() > MAX_DATAGRAM {
+            return Err(SendError::TooLarge);
+        }
+        let src = Endpoint::new(self.cfg.id, src_port);
+        if loopback {
+            self.events.push_back(NodeEvent::Datagram {
+                src,
+                dst,
+                payload: payload.to_vec(),
+            });
+        }
+        if hops == 0 {
+            return Ok(());
+        }
+        let id = self
+            .groups
+            .next_datagram_id(src, dst.node, self.datagrams.peek_id());
+        self.send_fragments(now, src, dst, self.cfg.default_ttl, id, payload);
+        Ok(())
+    }
+
+    /// Cuts a best-effort datagram into routed fragments of datagram `id` and forwards them.
+    fn send_fragments(
+        &mut self,
+        now: Instant,
+        src: Endpoint,
+        dst: Endpoint,
+        ttl: u8,
+        id: u32,
+        payload: &[u8],
+    ) {
+        let header = RoutedHeader {
+            flags: 0,
+            proto: Proto::Datagram,
+            class: Class::BestEffort,
+            ttl,
+            src,
+            dst,
         };
-        if header.sender == self.cfg.id {
-            self.counters.malformed += 1;
-            return;
+        for packet in Datagrams::fragments(self.cfg.routed_mtu(), header, id, payload) {
+            self.forward(now, Origin::Local, Cow::Owned(packet));
         }
-        let nbr = &mut self.neighbors[idx];
-        if nbr.configured_id.is_some_and(|id| id != header.sender) {
-            self.counters.unknown_sender += 1;
-            return;
+        self.touched(now);
+    }
+
+    // ----- local requests: groups ---------------------------------------------------------
+
+    /// A local socket joins `group` (optionally only from `source`).
+    pub fn mc_join(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        group: NodeId,
+        source: Option<NodeId>,
+        reliable: bool,
+    ) -> Result<(), JoinError> {
+        if let Some(rec) = self.groups.join(socket, group, source, reliable)? {
+            self.flood_membership(rec, None);
         }
-        let was_up = nbr.state == LinkState::Up;
-        if nbr.observe_incarnation(header.sender, header.incarnation) {
-            info!(peer = %nbr.addr, node = %header.sender, "neighbour restarted (new incarnation)");
-            self.counters.neighbor_restarts += 1;
-            if was_up {
-                self.link_went_down(now, idx);
-            }
-            // Its fresh sequence numbers must not look like old duplicates.
-            if let Some(a) = self.neighbors[idx].arq.as_mut() {
-                a.reset(now);
-            }
+        self.touched(now);
+        Ok(())
+    }
+
+    pub fn mc_leave(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        group: NodeId,
+        source: Option<NodeId>,
+    ) -> Result<(), JoinError> {
+        if let Some(rec) = self.groups.leave(socket, group, source)? {
+            self.flood_membership(rec, None);
         }
-        self.neighbors[idx].heard(now, data.len());
-        match header.kind {
-            PacketKind::Hello => match Hello::decode(body) {
-                Ok(h) => {
-                    self.on_hello(now, idx, &h);
-                    if header.flags & HELLO_PROBE != 0 {
-                        self.send_hello(now, idx, false);
-                    }
-                }
-                Err(_) => self.counters.malformed += 1,
-            },
-            PacketKind::State => self.on_state(now, idx, body),
-            PacketKind::StateAck => match wire::decode_acks(body) {
-                Ok(ids) => {
-                    let q = &mut self.neighbors[idx].flood;
-                    for id in &ids {
-                        q.ack(id);
-                    }
-                }
-                Err(_) => self.counters.malformed += 1,
-            },
-            PacketKind::Data => {
-                self.forward(now, Origin::Relayed(idx), body.to_vec());
-            }
-            PacketKind::ReliableData | PacketKind::ReliableAck => {
-                let nbr = &mut self.neighbors[idx];
-                let Some(a) = nbr.arq.as_mut().filter(|_| nbr.state == LinkState::Up) else {
-                    // Not (yet) two-way: the peer's ARQ will resend.
-                    self.counters.reliable_before_up += 1;
-                    return;
-                };
-                match a.handle_packet(now, header.kind, body) {
-                    Ok(Some(packet)) => {
-                        self.forward(now, Origin::Relayed(idx), packet);
-                    }
-                    Ok(None) => {}
-                    Err(_) => self.counters.malformed += 1,
-                }
-                self.wake_writable_flows(idx);
-            }
+        self.touched(now);
+        Ok(())
+    }
+
+    /// A socket went away: every membership it held ends.
+    pub fn mc_close(&mut self, now: Instant, socket: SocketId) {
+        for rec in self.groups.close(socket) {
+            self.flood_membership(rec, None);
+        }
+        self.touched(now);
+    }
+
+    /// Local sockets that should get a datagram from `source` to `group`.
+    pub fn mc_local_receivers(&self, group: NodeId, source: NodeId) -> Vec<SocketId> {
+        self.groups.local_receivers(group, source)
+    }
+
+    pub fn mc_status(&self) -> MulticastStatus {
+        self.groups.status()
+    }
+
+    pub fn mc_counters(&self) -> MulticastCounters {
+        self.groups.counters()
+    }
+
+    // ----- local requests: sessions -------------------------------------------------------
+
+    /// Accept sessions to `port`.
+    pub fn listen(&mut self, port: u16) -> Result<(), OpenError> {
+        self.sessions.listen(port)
+    }
+
+    /// Stop accepting on `port` (established sessions carry on).
+    pub fn unlisten(&mut self, port: u16) {
+        self.sessions.unlisten(port)
+    }
+
+    pub fn listeners(&self) -> Vec<u16> {
+        self.sessions.listeners()
+    }
+
+    /// Opens a session from (this node, `local_port` or an ephemeral port) to `remote`.
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        local_port: Option<u16>,
+        remote: Endpoint,
+    ) -> Result<(SessionId, Endpoint), OpenError> {
+        if self.routing.is_stale() {
+            self.refresh_routes();
+        }
+        let reachable = self.routing.is_reachable(remote.node);
+        let opened = self
+            .sessions
+            .connect(now, local_port, remote, reachable, &mut self.events);
+        self.touched(now);
+        opened
+    }
+
+    /// Bytes accepted into the session's send buffer.
+    pub fn session_write(&mut self, now: Instant, id: SessionId, data: &[u8]) -> usize {
+        let n = self
+            .sessions
+            .with_session(id, &mut self.events, |s| s.write(data));
+        self.touched(now);
+        n.unwrap_or(0)
+    }
+
+    /// In-order bytes read from the session.
+    pub fn session_read(&mut self, now: Instant, id: SessionId, buf: &mut [u8]) -> usize {
+        let n = self
+            .sessions
+            .with_session(id, &mut self.events, |s| s.read(buf));
+        self.touched(now);
+        n.unwrap_or(0)
+    }
+
+    pub fn session_readable(&self, id: SessionId) -> usize {
+        self.sessions.session(id).map_or(0, |s| s.readable())
+    }
+
+    pub fn session_send_capacity(&self, id: SessionId) -> usize {
+        self.sessions.session(id).map_or(0, |s| s.send_capacity())
+    }
+
+    pub fn session_peer_finished(&self, id: SessionId) -> bool {
+        self.sessions.session(id).is_some_and(|s| s.peer_finished())
+    }
+
+    /// Half-close: FIN after everything written so far.
+    pub fn session_shutdown(&mut self, now: Instant, id: SessionId) {
+        self.sessions
+            .with_session(id, &mut self.events, |s| s.shutdown_write());
+        self.touched(now);
+    }
+
+    /// Reset the session.
+    pub fn session_abort(&mut self, now: Instant, id: SessionId) {
+        self.sessions
+            .with_session(id, &mut self.events, |s| s.abort());
+        self.touched(now);
+    }
+
+    /// The application is gone. Unread data means an abort (like closing a TCP socket with
+    /// unread bytes); otherwise the session finishes gracefully. It is forgotten once closed.
+    pub fn session_release(&mut self, now: Instant, id: SessionId) {
+        self.sessions.release(id, &mut self.events);
+        self.touched(now);
+    }
+
+    pub fn session_stats(&self, id: SessionId) -> Option<(Endpoint, Endpoint, SessionStats)> {
+        self.sessions.stats(id)
+    }
+
+    pub fn session_summaries(&self) -> Vec<SessionSummary> {
+        self.sessions.summaries()
+    }
+
+    // ----- status -------------------------------------------------------------------------
+
+    /// Drop and event counters (what `status` reports, without building the rest).
+    pub fn counters(&self) -> Counters {
+        let l = self.links.counters();
+        let f = self.forwarder.counters();
+        let s = self.sessions.counters();
+        Counters {
+            unknown_sender: l.unknown_sender,
+            malformed: l.malformed
+                + self.malformed
+                + self.groups.malformed()
+                + self.datagrams.malformed()
+                + s.malformed,
+            unsupported: 0,
+            dropped_cut: l.dropped_cut,
+            ttl_expired: f.ttl_expired,
+            no_route: f.no_route,
+            forwarded: f.forwarded,
+            datagrams_delivered: self.datagrams.delivered(),
+            neighbors_declared_dead: l.neighbors_declared_dead,
+            neighbor_restarts: l.neighbor_restarts,
+            state_packets_sent: l.state_packets_sent,
+            reliable_before_up: l.reliable_before_up,
+            rerouted: f.rerouted,
+            ce_marked: f.ce_marked,
+            dropped_backpressure: f.dropped_backpressure,
+            sessions_refused: s.sessions_refused,
+            unknown_source: f.unknown_source,
+            reassembly: self.datagrams.reassembly(),
         }
     }
 
-    fn on_hello(&mut self, now: Instant, idx: usize, hello: &Hello) {
-        let before = self.neighbors[idx].state;
-        let after = self.neighbors[idx].on_hello(now, hello, self.incarnation);
-        if before != after {
-            self.set_link_state(now, idx, after);
-            // Answer at once so the other side completes its two-way check without waiting
-            // for the next periodic hello.
-            self.send_hello(now, idx, false);
-        }
-        if after == LinkState::Up {
-            let cost = self.neighbors[idx].cost(self.cfg.metric);
-            if self.neighbors[idx].cost_needs_update(now, cost) {
-                let nbr = &mut self.neighbors[idx];
-                debug!(peer = %nbr.addr, old = nbr.announced_cost, new = cost, "link cost update");
-                nbr.announced_cost = cost;
-                nbr.cost_announced_at = Some(now);
-                self.originate(false);
-            }
-        }
+    /// Each configured neighbour's link state, in configuration order.
+    pub fn neighbor_states(&self) -> Vec<LinkState> {
+        self.links.states()
     }
 
-    pub(super) fn set_link_state(&mut self, now: Instant, idx: usize, state: LinkState) {
-        let before = self.neighbors[idx].state;
-        self.neighbors[idx].state = state;
-        if before == state {
-            return;
-        }
-        let nbr = &self.neighbors[idx];
-        info!(peer = %nbr.addr, node = ?nbr.id, ?before, ?state, "link state");
-        if state == LinkState::Up {
-            let cost = nbr.cost(self.cfg.metric);
-            let arq_cfg = self.cfg.arq.clone();
-            let nbr = &mut self.neighbors[idx];
-            nbr.up_since = Some(now);
-            nbr.announced_cost = cost;
-            nbr.cost_announced_at = Some(now);
-            let srtt = nbr.srtt();
-            let a = nbr.arq.get_or_insert_with(|| ArqLink::new(arq_cfg, now));
-            if let Some(rtt) = srtt {
-                a.seed_rtt(rtt);
-            }
-            self.full_sync(idx);
-            self.originate(false);
-        } else if before == LinkState::Up {
-            self.link_went_down(now, idx);
+    pub fn status(&self, now: Instant) -> NodeStatus {
+        NodeStatus {
+            node: self.cfg.id,
+            incarnation: self.incarnation,
+            metric: self.cfg.metric,
+            uptime_ms: (now - self.started).as_millis() as u64,
+            hello_interval_ms: self.cfg.hello_interval.as_millis() as u64,
+            dead_interval_ms: self.cfg.dead_interval.as_millis() as u64,
+            neighbors: self.links.status(now),
+            routes: self.routing.status(),
+            known_nodes: self.known_nodes(),
+            listeners: self.listeners(),
+            sessions: self.session_summaries(),
+            multicast: self.mc_status(),
+            multicast_counters: self.mc_counters(),
+            counters: self.counters(),
+            trust: self.trust.counters(),
         }
     }
+}
 
-    /// The link stopped being usable: withdraw it from routing and send what its ARQ held
-    /// along the new routes, so nothing waits for end-to-end recovery.
-    fn link_went_down(&mut self, now: Instant, idx: usize) {
-        let nbr = &mut self.neighbors[idx];
-        nbr.up_since = None;
-        nbr.announced_cost = 0;
-        nbr.flood.clear();
-        let stranded = nbr.arq.as_mut().map(|a| a.take_all()).unwrap_or_default();
-        self.originate(false);
-        self.recompute_routes();
-        if !stranded.is_empty() {
-            debug!(packets = stranded.len(), "rerouting packets of a dead link");
-            self.counters.rerouted += stranded.len() as u64;
-        }
-        for (_, packet) in stranded {
-            self.forward(now, Origin::Rerouted, packet);
-        }
-    }
-
-    fn send_hello(&mut self, now: Instant, idx: usize, probe: bool) {
-        if self.neighbors[idx].cut {
-            return;
-        }
-        let hello = self.neighbors[idx].make_hello(now);
-        let mut buf = Vec::with_capacity(HEADER_LEN + Hello::LEN);
-        let mut w = Writer::new(&mut buf);
-        let mut header = Header::new(PacketKind::Hello, self.cfg.id, self.incarnation);
-        if probe {
-            header.flags |= HELLO_PROBE;
-        }
-        header.encode(&mut w);
-        hello.encode(&mut w);
-        self.send_to(idx, buf);
-    }
-
-    /// When to probe a neighbour that has gone quiet (None while it is heard normally).
-    fn probe_due(&self, idx: usize) -> Option<Instant> {
-        let n = &self.neighbors[idx];
-        if n.state == LinkState::Down || n.cut {
-            return None;
-        }
-        let quiet_from = n.last_heard? + self.cfg.hello_interval * 3 / 2;
-        Some(n.next_probe.unwrap_or(quiet_from).max(quiet_from))
-    }
-
-    pub(super) fn send_to(&mut self, idx: usize, payload: Vec<u8>) {
-        let nbr = &mut self.neighbors[idx];
-        if nbr.cut {
-            self.counters.dropped_cut += 1;
-            return;
-        }
-        nbr.packets_out += 1;
-        nbr.bytes_out += payload.len() as u64;
-        self.outbox.push_back(Transmit {
-            dst: nbr.addr,
-            payload,
-        });
-    }
-
-    pub(super) fn after_input(&mut self, now: Instant) {
-        self.flush_floods(now);
-        self.recompute_routes();
-        self.pump_sessions(now);
-    }
+fn encode_advert(advert: &LinkStateAdvert) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    advert.encode(&mut bytes);
+    bytes
 }

@@ -6,9 +6,196 @@
 //! stale advert cannot attract traffic, and a one-way link is no link.
 
 use crate::overlay::wire::LinkStateAdvert;
+use ahash::AHashMap as HashMap;
+use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
-use weft_core::NodeId;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::debug;
+use weft_core::{Instant, NodeId};
+use weft_secure::SecretKey;
+
+/// Adverts of nodes unreachable this long are forgotten.
+const FORGET_UNREACHABLE: Duration = Duration::from_secs(60);
+
+/// What to do about an advert a neighbour sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdvertOutcome {
+    /// Installed: flood it to every neighbour but the sender.
+    Flood(LinkStateAdvert),
+    /// We hold a newer version: send ours back to the sender.
+    Reply(LinkStateAdvert),
+    /// A stale copy of our own advert outranks ours: originate above it.
+    Reoriginate,
+    Nothing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteStatus {
+    pub dst: NodeId,
+    pub next_hop: NodeId,
+    pub cost: u64,
+    pub path: Vec<NodeId>,
+}
+
+/// The node's routing: the link-state database, this node's shortest-path tree and the
+/// first hop toward every reachable node. Changes to the database mark the routes stale;
+/// [`Routing::refresh`] recomputes them once, however many changes a batch of input made.
+#[derive(Debug)]
+pub struct Routing {
+    local: NodeId,
+    lsdb: LinkStateDb,
+    /// The database generation the routes were computed from.
+    computed: Option<u64>,
+    tree: ShortestPathTree,
+    first_hops: BTreeMap<NodeId, NodeId>,
+    unreachable_since: HashMap<NodeId, Instant>,
+    /// Signs our adverts (secure overlays): only their origin may speak for a node.
+    signer: Option<Arc<SecretKey>>,
+}
+
+impl Routing {
+    pub fn new(local: NodeId, first_seq: u64, signer: Option<Arc<SecretKey>>) -> Self {
+        Routing {
+            local,
+            signer,
+            lsdb: LinkStateDb::new(local, first_seq),
+            computed: None,
+            tree: ShortestPathTree::default(),
+            first_hops: BTreeMap::new(),
+            unreachable_since: HashMap::new(),
+        }
+    }
+
+    /// Our advert for these adjacencies, if it changed (or `force`): flood it.
+    pub fn originate(
+        &mut self,
+        adjacencies: Vec<(NodeId, u32)>,
+        force: bool,
+    ) -> Option<LinkStateAdvert> {
+        let signer = self.signer.as_deref();
+        let advert = self.lsdb.originate_with(adjacencies, force, |a| {
+            if let Some(key) = signer {
+                a.sign(key);
+            }
+        })?;
+        debug!(
+            seq = advert.seq,
+            links = advert.links.len(),
+            "originate link state"
+        );
+        Some(advert)
+    }
+
+    pub fn on_advert(&mut self, advert: LinkStateAdvert) -> AdvertOutcome {
+        let origin = advert.origin;
+        match self.lsdb.apply(advert.clone()) {
+            Applied::Newer => AdvertOutcome::Flood(advert),
+            Applied::Same => AdvertOutcome::Nothing,
+            Applied::Older => match self.lsdb.get(origin) {
+                Some(ours) => AdvertOutcome::Reply(ours.clone()),
+                None => AdvertOutcome::Nothing,
+            },
+            Applied::OwnStale => AdvertOutcome::Reoriginate,
+        }
+    }
+
+    /// Every advert held (a new neighbour's full sync).
+    pub fn adverts(&self) -> impl Iterator<Item = &LinkStateAdvert> {
+        self.lsdb.adverts()
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.computed != Some(self.lsdb.generation())
+    }
+
+    /// Recomputes the routes if the database changed; true when the first hops changed.
+    pub fn refresh(&mut self) -> bool {
+        if !self.is_stale() {
+            return false;
+        }
+        self.computed = Some(self.lsdb.generation());
+        self.tree = self.lsdb.shortest_paths(self.local);
+        let hops = self.tree.first_hops();
+        if hops == self.first_hops {
+            return false;
+        }
+        debug!(reachable = hops.len(), "routes changed");
+        self.first_hops = hops;
+        true
+    }
+
+    /// Bumped on every change to the graph (multicast trees are cached per generation).
+    pub fn generation(&self) -> u64 {
+        self.lsdb.generation()
+    }
+
+    /// The shortest-path tree rooted at another node (multicast forwards along those).
+    pub fn tree_from(&mut self, source: NodeId) -> ShortestPathTree {
+        self.lsdb.shortest_paths(source)
+    }
+
+    pub fn first_hop(&self, dst: NodeId) -> Option<NodeId> {
+        self.first_hops.get(&dst).copied()
+    }
+
+    pub fn is_reachable(&self, node: NodeId) -> bool {
+        node == self.local || self.first_hops.contains_key(&node)
+    }
+
+    /// Whether `node` is another node this overlay knows (its advert is held).
+    pub fn knows_other(&self, node: NodeId) -> bool {
+        node != self.local && self.lsdb.get(node).is_some()
+    }
+
+    /// Every node in the link-state database (reachable or not), sorted.
+    pub fn known_nodes(&self) -> Vec<NodeId> {
+        self.lsdb.adverts().map(|a| a.origin).collect()
+    }
+
+    /// Next hop and path cost toward every reachable node.
+    pub fn routes(&self) -> impl Iterator<Item = (NodeId, NodeId, u64)> + '_ {
+        self.first_hops
+            .iter()
+            .map(|(d, h)| (*d, *h, self.tree.dist(*d).unwrap_or(u64::MAX)))
+    }
+
+    pub fn status(&self) -> Vec<RouteStatus> {
+        self.first_hops
+            .iter()
+            .map(|(dst, hop)| RouteStatus {
+                dst: *dst,
+                next_hop: *hop,
+                cost: self.tree.dist(*dst).unwrap_or(u64::MAX),
+                path: self.tree.path(*dst).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Forgets the adverts of nodes unreachable for a long time.
+    pub fn forget_long_unreachable(&mut self, now: Instant) {
+        for n in self.known_nodes() {
+            if self.is_reachable(n) {
+                self.unreachable_since.remove(&n);
+            } else {
+                self.unreachable_since.entry(n).or_insert(now);
+            }
+        }
+        let forget: Vec<NodeId> = self
+            .unreachable_since
+            .iter()
+            .filter(|(_, &t)| now - t >= FORGET_UNREACHABLE)
+            .map(|(n, _)| *n)
+            .collect();
+        if !forget.is_empty() {
+            self.lsdb.retain(|n| !forget.contains(&n));
+            for n in forget {
+                self.unreachable_since.remove(&n);
+            }
+        }
+    }
+}
 
 /// Serial-number order (RFC 1982) on 64-bit sequence numbers: `a` is newer than `b` when it is
 /// ahead by less than half the number space. No value is a maximum, so one advert carrying

@@ -1,26 +1,24 @@
-//! End-to-end sessions inside the node: the table that demultiplexes segments, listeners,
-//! port allocation, timers, and the pump that moves segments from sessions onto links.
+//! `Sessions`: the end-to-end sessions that end at this node: the table that demultiplexes
+//! segments, listeners, port allocation, timers, and the pump that hands the node their
+//! segments, one at a time, for the links.
 //!
 //! Back-pressure is per session: a session is polled for segments only while the first link's
 //! queue for its flow has room; when the link refuses a segment the session stalls (holding
 //! that one segment) until the link names its flow writable again. Other sessions, and the
 //! daemon, carry on.
 
-use crate::overlay::forwarding::{flow_of, Origin};
-use crate::overlay::node::{Node, NodeEvent};
-use crate::overlay::wire::{Class, Proto, RoutedHeader};
+use crate::overlay::events::{NodeEvent, SessionId};
+use crate::overlay::wire::{flow_of, Class, Proto, RoutedHeader};
 use ahash::AHashMap as HashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use thiserror::Error;
 use tracing::debug;
-use weft_core::{Endpoint, Instant, Writer};
+use weft_core::{Endpoint, Instant, NodeId};
 use weft_transport::arq::FlowId;
-use weft_transport::session::{RecoveryMode, Session, SessionEvent, SessionState, SessionStats};
-
-pub type SessionId = u64;
+use weft_transport::session::{Session, SessionConfig, SessionEvent, SessionState, SessionStats};
 
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
 
@@ -31,6 +29,8 @@ pub enum OpenError {
     #[error("no free local port")]
     NoPorts,
 }
+
+type Events = VecDeque<NodeEvent>;
 
 struct Entry {
     session: Session,
@@ -47,7 +47,33 @@ struct Entry {
     unannounced: Option<(u16, Endpoint)>,
 }
 
-pub struct SessionTable {
+impl Entry {
+    /// Moves the session's events onto the node's queue: an accepted session is announced
+    /// (`Incoming`) when it is established; one that ends before that ends unseen.
+    fn publish(&mut self, id: SessionId, events: &mut Events) {
+        while let Some(event) = self.session.poll_event() {
+            if event == SessionEvent::Closed {
+                self.closed = true;
+            }
+            if let Some((port, remote)) = self.unannounced {
+                if event != SessionEvent::Connected {
+                    // Before the handshake completes nothing is readable (the segment that
+                    // completes it is acknowledged before its data), so only the end matters:
+                    // never announced, never owned, nobody will release it.
+                    if event == SessionEvent::Closed {
+                        self.released = true;
+                    }
+                    continue;
+                }
+                self.unannounced = None;
+                events.push_back(NodeEvent::Incoming { id, port, remote });
+            }
+            events.push_back(NodeEvent::Session { id, event });
+        }
+    }
+}
+
+struct SessionTable {
     entries: HashMap<SessionId, Entry>,
     by_key: HashMap<(u16, Endpoint), SessionId>,
     by_flow: HashMap<FlowId, SessionId>,
@@ -58,8 +84,6 @@ pub struct SessionTable {
     rng: ChaCha8Rng,
     deadlines: BTreeSet<(Instant, SessionId)>,
     ready: BTreeSet<SessionId>,
-    /// Routes changed since sessions last heard about reachability.
-    pub(super) routes_changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +104,7 @@ pub struct SessionSummary {
 }
 
 impl SessionTable {
-    pub fn new(seed: u64) -> Self {
+    fn new(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5e55_1045);
         let next_ephemeral = rng.gen_range(EPHEMERAL);
         SessionTable {
@@ -94,30 +118,6 @@ impl SessionTable {
             rng,
             deadlines: BTreeSet::new(),
             ready: BTreeSet::new(),
-            routes_changed: false,
-        }
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(t, _)| *t)
-    }
-
-    pub fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// A link can take more of `flow`: its session (if local) may send again.
-    pub fn flow_writable(&mut self, flow: FlowId) {
-        if let Some(&id) = self.by_flow.get(&flow) {
-            self.ready.insert(id);
         }
     }
 
@@ -198,21 +198,82 @@ impl SessionTable {
     }
 }
 
-impl Node {
-    fn session_config(&self) -> weft_transport::session::SessionConfig {
-        self.cfg.session.clone()
+/// What `Sessions` needs from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    pub local: NodeId,
+    /// Template for every session.
+    pub session: SessionConfig,
+    /// How the links carry session segments.
+    pub class: Class,
+    pub ttl: u8,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionCounters {
+    pub malformed: u64,
+    pub sessions_refused: u64,
+}
+
+pub struct Sessions {
+    cfg: SessionsConfig,
+    table: SessionTable,
+    /// Routes changed since sessions last heard about reachability.
+    routes_changed: bool,
+    /// This pump round's sessions, and the one whose segments are being handed out.
+    pumping: VecDeque<SessionId>,
+    current: Option<SessionId>,
+    counters: SessionCounters,
+}
+
+impl Sessions {
+    pub fn new(cfg: SessionsConfig, seed: u64) -> Self {
+        Sessions {
+            cfg,
+            table: SessionTable::new(seed),
+            routes_changed: false,
+            pumping: VecDeque::new(),
+            current: None,
+            counters: SessionCounters::default(),
+        }
     }
 
-    fn session_class(&self) -> Class {
-        match self.cfg.recovery {
-            RecoveryMode::HopByHop => Class::Reliable,
-            RecoveryMode::EndToEndOnly => Class::BestEffort,
+    pub fn counters(&self) -> SessionCounters {
+        self.counters
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.entries.is_empty()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.table.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Some session may have segments to send (or reachability to learn).
+    pub fn has_work(&self) -> bool {
+        !self.table.ready.is_empty() || self.routes_changed
+    }
+
+    /// A link can take more of `flow`: its session (if local) may send again.
+    pub fn flow_writable(&mut self, flow: FlowId) {
+        if let Some(&id) = self.table.by_flow.get(&flow) {
+            self.table.ready.insert(id);
         }
+    }
+
+    /// The routes changed: sessions learn their peers' reachability at the next pump.
+    pub fn routes_changed(&mut self) {
+        self.routes_changed = true;
     }
 
     /// Accept sessions to `port`.
     pub fn listen(&mut self, port: u16) -> Result<(), OpenError> {
-        if !self.sessions.listeners.insert(port) {
+        if !self.table.listeners.insert(port) {
             return Err(OpenError::PortInUse);
         }
         Ok(())
@@ -220,7 +281,11 @@ impl Node {
 
     /// Stop accepting on `port` (established sessions carry on).
     pub fn unlisten(&mut self, port: u16) {
-        self.sessions.listeners.remove(&port);
+        self.table.listeners.remove(&port);
+    }
+
+    pub fn listeners(&self) -> Vec<u16> {
+        self.table.listeners.iter().copied().collect()
     }
 
     /// Opens a session from (this node, `local_port` or an ephemeral port) to `remote`.
@@ -229,86 +294,51 @@ impl Node {
         now: Instant,
         local_port: Option<u16>,
         remote: Endpoint,
+        reachable: bool,
+        events: &mut Events,
     ) -> Result<(SessionId, Endpoint), OpenError> {
+        let t = &mut self.table;
         let port = match local_port.filter(|&p| p != 0) {
             Some(p) => {
-                if self.sessions.by_key.contains_key(&(p, remote)) {
+                if t.by_key.contains_key(&(p, remote)) {
                     return Err(OpenError::PortInUse);
                 }
                 p
             }
-            None => self.sessions.allocate_port().ok_or(OpenError::NoPorts)?,
+            None => t.allocate_port().ok_or(OpenError::NoPorts)?,
         };
-        let local = Endpoint::new(self.cfg.id, port);
-        let conn_id = self.sessions.rng.gen::<u32>() | 1;
-        let mut session = Session::connect(self.session_config(), local, remote, conn_id, now);
-        session.set_route_available(now, self.is_reachable(remote.node));
-        let id = self.sessions.next_id;
-        self.sessions.next_id += 1;
-        self.sessions.insert(id, session);
+        let local = Endpoint::new(self.cfg.local, port);
+        let conn_id = t.rng.gen::<u32>() | 1;
+        let mut session = Session::connect(self.cfg.session.clone(), local, remote, conn_id, now);
+        session.set_route_available(now, reachable);
+        let id = t.next_id;
+        t.next_id += 1;
+        t.insert(id, session);
         debug!(id, %local, %remote, "session connect");
-        self.touch_session(now, id);
-        self.after_input(now);
+        self.touch(id, events);
         Ok((id, local))
     }
 
-    fn with_session<R>(
+    /// Runs `f` on a session, then publishes what it changed.
+    pub fn with_session<R>(
         &mut self,
-        now: Instant,
         id: SessionId,
+        events: &mut Events,
         f: impl FnOnce(&mut Session) -> R,
     ) -> Option<R> {
-        let r = f(&mut self.sessions.entries.get_mut(&id)?.session);
-        self.touch_session(now, id);
-        self.after_input(now);
+        let r = f(&mut self.table.entries.get_mut(&id)?.session);
+        self.touch(id, events);
         Some(r)
     }
 
-    /// Bytes accepted into the session's send buffer.
-    pub fn session_write(&mut self, now: Instant, id: SessionId, data: &[u8]) -> usize {
-        self.with_session(now, id, |s| s.write(data)).unwrap_or(0)
-    }
-
-    /// In-order bytes read from the session.
-    pub fn session_read(&mut self, now: Instant, id: SessionId, buf: &mut [u8]) -> usize {
-        self.with_session(now, id, |s| s.read(buf)).unwrap_or(0)
-    }
-
-    pub fn session_readable(&self, id: SessionId) -> usize {
-        self.sessions
-            .entries
-            .get(&id)
-            .map_or(0, |e| e.session.readable())
-    }
-
-    pub fn session_send_capacity(&self, id: SessionId) -> usize {
-        self.sessions
-            .entries
-            .get(&id)
-            .map_or(0, |e| e.session.send_capacity())
-    }
-
-    pub fn session_peer_finished(&self, id: SessionId) -> bool {
-        self.sessions
-            .entries
-            .get(&id)
-            .is_some_and(|e| e.session.peer_finished())
-    }
-
-    /// Half-close: FIN after everything written so far.
-    pub fn session_shutdown(&mut self, now: Instant, id: SessionId) {
-        self.with_session(now, id, |s| s.shutdown_write());
-    }
-
-    /// Reset the session.
-    pub fn session_abort(&mut self, now: Instant, id: SessionId) {
-        self.with_session(now, id, |s| s.abort());
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.table.entries.get(&id).map(|e| &e.session)
     }
 
     /// The application is gone. Unread data means an abort (like closing a TCP socket with
     /// unread bytes); otherwise the session finishes gracefully. It is forgotten once closed.
-    pub fn session_release(&mut self, now: Instant, id: SessionId) {
-        let Some(e) = self.sessions.entries.get_mut(&id) else {
+    pub fn release(&mut self, id: SessionId, events: &mut Events) {
+        let Some(e) = self.table.entries.get_mut(&id) else {
             return;
         };
         e.released = true;
@@ -317,18 +347,17 @@ impl Node {
         } else {
             e.session.shutdown_write();
         }
-        self.touch_session(now, id);
-        self.after_input(now);
+        self.touch(id, events);
     }
 
-    pub fn session_stats(&self, id: SessionId) -> Option<(Endpoint, Endpoint, SessionStats)> {
-        let e = self.sessions.entries.get(&id)?;
+    pub fn stats(&self, id: SessionId) -> Option<(Endpoint, Endpoint, SessionStats)> {
+        let e = self.table.entries.get(&id)?;
         Some((e.session.local(), e.session.remote(), e.session.info()))
     }
 
-    pub fn session_summaries(&self) -> Vec<SessionSummary> {
+    pub fn summaries(&self) -> Vec<SessionSummary> {
         let mut v: Vec<SessionSummary> = self
-            .sessions
+            .table
             .entries
             .iter()
             .map(|(id, e)| {
@@ -354,75 +383,59 @@ impl Node {
         v
     }
 
-    pub fn listeners(&self) -> Vec<u16> {
-        self.sessions.listeners.iter().copied().collect()
-    }
-
     /// After any change to a session: publish its events, re-arm its timer, mark it for the
     /// pump, and forget it if it closed after the application let go.
-    fn touch_session(&mut self, _now: Instant, id: SessionId) {
-        let Some(e) = self.sessions.entries.get_mut(&id) else {
+    fn touch(&mut self, id: SessionId, events: &mut Events) {
+        let Some(e) = self.table.entries.get_mut(&id) else {
             return;
         };
-        while let Some(event) = e.session.poll_event() {
-            if event == SessionEvent::Closed {
-                e.closed = true;
-            }
-            if let Some((port, remote)) = e.unannounced {
-                match event {
-                    SessionEvent::Connected => {
-                        e.unannounced = None;
-                        self.events
-                            .push_back(NodeEvent::Incoming { id, port, remote });
-                    }
-                    // Never announced, never owned: it ends unseen.
-                    _ => {
-                        e.released = true;
-                        continue;
-                    }
-                }
-            }
-            self.events.push_back(NodeEvent::Session { id, event });
-        }
+        e.publish(id, events);
         let (closed, released, deadline) = (e.closed, e.released, e.session.poll_timeout());
         if closed && released {
-            self.sessions.remove(id);
+            self.table.remove(id);
             return;
         }
-        self.sessions.set_deadline(id, deadline);
-        self.sessions.ready.insert(id);
+        self.table.set_deadline(id, deadline);
+        self.table.ready.insert(id);
     }
 
-    pub(super) fn session_timeouts(&mut self, now: Instant) {
-        while let Some(&(t, id)) = self.sessions.deadlines.first() {
+    pub fn handle_timeout(&mut self, now: Instant, events: &mut Events) {
+        while let Some(&(t, id)) = self.table.deadlines.first() {
             if t > now {
                 break;
             }
-            self.sessions.deadlines.remove(&(t, id));
-            if let Some(e) = self.sessions.entries.get_mut(&id) {
+            self.table.deadlines.remove(&(t, id));
+            if let Some(e) = self.table.entries.get_mut(&id) {
                 e.deadline = None;
                 e.session.handle_timeout(now);
             }
-            self.touch_session(now, id);
+            self.touch(id, events);
         }
     }
 
-    /// A segment for this node.
-    pub(super) fn on_segment(&mut self, now: Instant, header: &RoutedHeader, seg: &[u8]) {
+    /// A segment for this node. Returns a routed reset for the node to send when nothing
+    /// here takes it (like a closed TCP port).
+    pub fn on_segment(
+        &mut self,
+        now: Instant,
+        header: &RoutedHeader,
+        seg: &[u8],
+        reachable: impl Fn(NodeId) -> bool,
+        events: &mut Events,
+    ) -> Option<Vec<u8>> {
         let Ok(summary) = Session::peek(seg) else {
             self.counters.malformed += 1;
-            return;
+            return None;
         };
         let key = (header.dst.port, header.src);
-        if let Some(&id) = self.sessions.by_key.get(&key) {
-            let e = self.sessions.entries.get_mut(&id);
-            match e {
+        if let Some(&id) = self.table.by_key.get(&key) {
+            match self.table.entries.get_mut(&id) {
                 Some(e) if e.session.conn_id() == summary.conn_id => {
                     if e.session.handle_segment(now, seg, header.ce()).is_err() {
                         self.counters.malformed += 1;
                     }
-                    self.touch_session(now, id);
-                    return;
+                    self.touch(id, events);
+                    return None;
                 }
                 // A new connection reusing the port pair of one that has finished.
                 Some(e)
@@ -432,125 +445,140 @@ impl Node {
                             SessionState::TimeWait | SessionState::Closed
                         ) =>
                 {
-                    self.sessions.remove(id);
+                    self.table.remove(id);
                 }
                 _ => {}
             }
         }
         if summary.is_syn()
-            && self.sessions.listeners.contains(&header.dst.port)
-            && !self.sessions.by_key.contains_key(&key)
+            && self.table.listeners.contains(&header.dst.port)
+            && !self.table.by_key.contains_key(&key)
         {
-            let local = Endpoint::new(self.cfg.id, header.dst.port);
-            match Session::accept(self.session_config(), local, header.src, seg, now) {
+            let local = Endpoint::new(self.cfg.local, header.dst.port);
+            match Session::accept(self.cfg.session.clone(), local, header.src, seg, now) {
                 Ok(mut session) => {
-                    session.set_route_available(now, self.is_reachable(header.src.node));
-                    let id = self.sessions.next_id;
-                    self.sessions.next_id += 1;
-                    self.sessions.insert(id, session);
-                    if let Some(e) = self.sessions.entries.get_mut(&id) {
+                    session.set_route_available(now, reachable(header.src.node));
+                    let id = self.table.next_id;
+                    self.table.next_id += 1;
+                    self.table.insert(id, session);
+                    if let Some(e) = self.table.entries.get_mut(&id) {
                         e.unannounced = Some((header.dst.port, header.src));
                     }
                     debug!(id, %local, remote = %header.src, "session accepted (announced once established)");
-                    self.touch_session(now, id);
+                    self.touch(id, events);
                 }
                 Err(_) => self.counters.malformed += 1,
             }
-            return;
+            return None;
         }
-        // No session and no listener: refuse, like a closed TCP port.
-        if let Some(reply) = Session::reset_reply(seg) {
-            self.counters.sessions_refused += 1;
-            let packet = self.routed(header.dst, header.src, Class::BestEffort, &reply);
-            self.forward(now, Origin::Local, packet);
-        }
+        let reply = Session::reset_reply(seg)?;
+        self.counters.sessions_refused += 1;
+        let mut packet = Vec::with_capacity(RoutedHeader::LEN + reply.len());
+        packet.extend_from_slice(
+            &RoutedHeader {
+                flags: 0,
+                proto: Proto::Session,
+                class: Class::BestEffort,
+                ttl: self.cfg.ttl,
+                src: header.dst,
+                dst: header.src,
+            }
+            .to_bytes(),
+        );
+        packet.extend_from_slice(&reply);
+        Some(packet)
     }
 
-    fn routed(&self, src: Endpoint, dst: Endpoint, class: Class, body: &[u8]) -> Vec<u8> {
-        let header = RoutedHeader {
-            flags: 0,
-            proto: Proto::Session,
-            class,
-            ttl: self.cfg.default_ttl,
-            src,
-            dst,
-        };
-        let mut packet = Vec::with_capacity(RoutedHeader::LEN + body.len());
-        let mut w = Writer::new(&mut packet);
-        header.encode(&mut w);
-        w.bytes(body);
-        packet
-    }
+    // ----- the pump -----------------------------------------------------------------------
 
-    /// Moves segments from ready sessions onto links, each until it has nothing to send, its
-    /// window closes, or its first link pushes back.
-    pub(super) fn pump_sessions(&mut self, now: Instant) {
-        if std::mem::take(&mut self.sessions.routes_changed) {
-            let ids: Vec<SessionId> = self.sessions.entries.keys().copied().collect();
+    /// Starts a pump round over the sessions that are ready (a session made ready again
+    /// during the round waits for the next one). Sessions first learn about route changes.
+    pub fn begin_pump(
+        &mut self,
+        now: Instant,
+        reachable: impl Fn(NodeId) -> bool,
+        events: &mut Events,
+    ) {
+        if std::mem::take(&mut self.routes_changed) {
+            let ids: Vec<SessionId> = self.table.entries.keys().copied().collect();
             for id in ids {
-                let Some(e) = self.sessions.entries.get_mut(&id) else {
+                let Some(e) = self.table.entries.get_mut(&id) else {
                     continue;
                 };
                 let node = e.session.remote().node;
-                let reachable = node == self.cfg.id || self.first_hops.contains_key(&node);
-                e.session.set_route_available(now, reachable);
-                self.touch_session(now, id);
+                e.session.set_route_available(now, reachable(node));
+                self.touch(id, events);
             }
         }
-        let class = self.session_class();
-        // Bounded: a session made ready again while pumping waits for the next call.
-        let ready: Vec<SessionId> = std::mem::take(&mut self.sessions.ready)
-            .into_iter()
-            .collect();
-        for id in ready {
-            while let Some(e) = self.sessions.entries.get_mut(&id) {
+        self.pumping.extend(std::mem::take(&mut self.table.ready));
+    }
+
+    /// The next routed segment of this round, with its session: each session in turn until
+    /// it has nothing to send or its window closes, or the node [`stall`](Self::stall)s it.
+    pub fn next_segment(
+        &mut self,
+        now: Instant,
+        events: &mut Events,
+    ) -> Option<(SessionId, Vec<u8>)> {
+        loop {
+            let id = match self.current {
+                Some(id) => id,
+                None => {
+                    let id = self.pumping.pop_front()?;
+                    self.current = Some(id);
+                    id
+                }
+            };
+            if let Some(e) = self.table.entries.get_mut(&id) {
                 let packet = match e.stalled.take() {
-                    Some(p) => p,
-                    None => match e.session.poll_transmit(now) {
-                        Some(mut seg) => {
-                            // The session left room for the routing header in front.
-                            let (local, remote) = (e.session.local(), e.session.remote());
-                            let header = RoutedHeader {
-                                flags: 0,
-                                proto: Proto::Session,
-                                class,
-                                ttl: self.cfg.default_ttl,
-                                src: local,
-                                dst: remote,
-                            };
-                            let mut head = Vec::with_capacity(RoutedHeader::LEN);
-                            header.encode(&mut Writer::new(&mut head));
-                            seg[..RoutedHeader::LEN].copy_from_slice(&head);
-                            seg
-                        }
-                        None => break,
-                    },
+                    Some(p) => Some(p),
+                    // The session left room for the routing header in front.
+                    None => e.session.poll_transmit(now).map(|mut seg| {
+                        let header = RoutedHeader {
+                            flags: 0,
+                            proto: Proto::Session,
+                            class: self.cfg.class,
+                            ttl: self.cfg.ttl,
+                            src: e.session.local(),
+                            dst: e.session.remote(),
+                        };
+                        seg[..RoutedHeader::LEN].copy_from_slice(&header.to_bytes());
+                        seg
+                    }),
                 };
-                if let Some(refused) = self.forward(now, Origin::Local, packet) {
-                    if let Some(e) = self.sessions.entries.get_mut(&id) {
-                        e.stalled = Some(refused);
-                    }
-                    break;
+                if let Some(p) = packet {
+                    return Some((id, p));
                 }
             }
-            // Transmitting may have changed the session's timer (pacing, retransmission).
-            let deadline = self
-                .sessions
-                .entries
-                .get(&id)
-                .and_then(|e| e.session.poll_timeout());
-            self.sessions.set_deadline(id, deadline);
-            // Loopback sessions may have produced events for either end.
-            if let Some(e) = self.sessions.entries.get_mut(&id) {
-                while let Some(event) = e.session.poll_event() {
-                    if event == SessionEvent::Closed {
-                        e.closed = true;
-                    }
-                    self.events.push_back(NodeEvent::Session { id, event });
-                }
-                if e.closed && e.released {
-                    self.sessions.remove(id);
-                }
+            self.finish_current(events);
+        }
+    }
+
+    /// The first link refused the session's segment: it goes first once the flow drains,
+    /// and the session waits until then.
+    pub fn stall(&mut self, id: SessionId, packet: Vec<u8>, events: &mut Events) {
+        if let Some(e) = self.table.entries.get_mut(&id) {
+            e.stalled = Some(packet);
+        }
+        self.finish_current(events);
+    }
+
+    fn finish_current(&mut self, events: &mut Events) {
+        let Some(id) = self.current.take() else {
+            return;
+        };
+        // Transmitting may have changed the session's timer (pacing, retransmission).
+        let deadline = self
+            .table
+            .entries
+            .get(&id)
+            .and_then(|e| e.session.poll_timeout());
+        self.table.set_deadline(id, deadline);
+        // Loopback sessions may have produced events for either end.
+        if let Some(e) = self.table.entries.get_mut(&id) {
+            e.publish(id, events);
+            if e.closed && e.released {
+                self.table.remove(id);
             }
         }
     }

@@ -17,7 +17,7 @@
 //! Bindings last for the daemon's lifetime (a node that changes its key is re-admitted by
 //! restarting its peers or listing the new key).
 
-use crate::overlay::wire::{AdvertProof, LinkStateAdvert};
+use crate::overlay::wire::LinkStateAdvert;
 use ahash::AHashMap as HashMap;
 use serde::Serialize;
 use std::sync::Arc;
@@ -119,17 +119,6 @@ impl Trust {
         Err(r)
     }
 
-    /// Signs our own advert (no-op in an insecure overlay).
-    pub fn sign_advert(&self, advert: &mut LinkStateAdvert) {
-        if let Some(cfg) = &self.cfg {
-            let signature = cfg.identity.sign(domain::LINK_STATE, &advert.signed_body());
-            advert.proof = Some(Box::new(AdvertProof {
-                key: cfg.identity.public(),
-                signature,
-            }));
-        }
-    }
-
     /// Whether a received advert may be believed; binds its origin's key on first use.
     pub fn check_advert(&mut self, advert: &LinkStateAdvert) -> Result<(), Refused> {
         let Some(cfg) = &self.cfg else { return Ok(()) };
@@ -167,14 +156,6 @@ impl Trust {
         Ok(())
     }
 
-    /// Our own membership record, signed (unchanged in an insecure overlay).
-    pub fn sign_membership(&self, record: MembershipRecord) -> MembershipRecord {
-        match &self.cfg {
-            Some(cfg) if record.signature().is_none() => record.signed(&cfg.identity),
-            _ => record,
-        }
-    }
-
     pub fn check_membership(&mut self, record: &MembershipRecord) -> Result<(), Refused> {
         if self.cfg.is_none() {
             return Ok(());
@@ -208,11 +189,7 @@ mod tests {
 
     fn signed(key: &SecretKey, origin: NodeId, seq: u64) -> LinkStateAdvert {
         let mut a = LinkStateAdvert::new(origin, seq, vec![(n(9), 1)]);
-        let signature = key.sign(domain::LINK_STATE, &a.signed_body());
-        a.proof = Some(Box::new(AdvertProof {
-            key: key.public(),
-            signature,
-        }));
+        a.sign(key);
         a
     }
 
@@ -253,7 +230,7 @@ mod tests {
         assert_eq!((c.key_conflict, c.bad_signature, c.unsigned), (2, 1, 1));
         // Our own adverts verify.
         let mut own = LinkStateAdvert::new(n(1), 5, vec![]);
-        t.sign_advert(&mut own);
+        own.sign(&me);
         assert_eq!(t.check_advert(&own), Ok(()));
     }
 
@@ -295,8 +272,13 @@ mod tests {
             t.check_advert(&LinkStateAdvert::new(n(2), 1, vec![])),
             Ok(())
         );
-        let mut own = LinkStateAdvert::new(n(1), 1, vec![]);
-        t.sign_advert(&mut own);
-        assert!(own.proof.is_none());
+        let rec = MembershipRecord::new(
+            n(2),
+            NodeId(u32::from_be_bytes([239, 1, 1, 1])),
+            weft_multicast::Version::new(1, 1),
+            weft_multicast::Membership::Absent,
+        )
+        .expect("valid");
+        assert_eq!(t.check_membership(&rec), Ok(()));
     }
 }

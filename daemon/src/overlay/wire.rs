@@ -11,7 +11,8 @@
 //! ```
 
 use weft_core::{DecodeError, Endpoint, NodeId, Reader, Writer};
-use weft_secure::{PublicKey, Signature, SIGNATURE_LEN};
+use weft_secure::{PublicKey, SecretKey, Signature, SIGNATURE_LEN};
+use weft_transport::arq::FlowId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
@@ -165,6 +166,15 @@ impl LinkStateAdvert {
         }
     }
 
+    /// Attaches the origin's proof: its public key and signature over the advert.
+    pub fn sign(&mut self, key: &SecretKey) {
+        let signature = key.sign(weft_secure::domain::LINK_STATE, &self.signed_body());
+        self.proof = Some(Box::new(AdvertProof {
+            key: key.public(),
+            signature,
+        }));
+    }
+
     /// What the signature covers.
     pub fn signed_body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(14 + 8 * self.links.len());
@@ -258,6 +268,8 @@ pub const FLAG_CE: u8 = 0x01;
 /// few lost hellos on a lossy link do not look like a dead neighbour).
 pub const HELLO_PROBE: u8 = 0x01;
 
+/// The fields of a routed packet's header (its `Repr`, in smoltcp's terms): what senders
+/// fill in and what [`RoutedPacket`] reads back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoutedHeader {
     pub flags: u8,
@@ -269,55 +281,188 @@ pub struct RoutedHeader {
     pub dst: Endpoint,
 }
 
+/// Where each field of the routed header sits. Only this module knows.
+mod routed_field {
+    use std::ops::Range;
+    pub const FLAGS: usize = 0;
+    pub const PROTO: usize = 1;
+    pub const CLASS: usize = 2;
+    pub const TTL: usize = 3;
+    pub const SRC_NODE: Range<usize> = 4..8;
+    pub const SRC_PORT: Range<usize> = 8..10;
+    pub const DST_NODE: Range<usize> = 10..14;
+    pub const DST_PORT: Range<usize> = 14..16;
+    pub const PAYLOAD: usize = 16;
+}
+
 impl RoutedHeader {
-    pub const LEN: usize = 16;
-    /// Offset of `flags` and `ttl` in an encoded packet, for in-place updates by relays.
-    pub const FLAGS_OFFSET: usize = 0;
-    pub const TTL_OFFSET: usize = 3;
+    pub const LEN: usize = routed_field::PAYLOAD;
 
     pub fn encode(&self, w: &mut Writer<'_>) {
-        w.u8(self.flags)
-            .u8(self.proto as u8)
-            .u8(self.class as u8)
-            .u8(self.ttl)
-            .u32(self.src.node.0)
-            .u16(self.src.port)
-            .u32(self.dst.node.0)
-            .u16(self.dst.port);
+        w.bytes(&self.to_bytes());
     }
 
+    /// The encoded header, for writing into room a sender left in front of its payload.
+    pub fn to_bytes(&self) -> [u8; RoutedHeader::LEN] {
+        let mut b = [0u8; RoutedHeader::LEN];
+        b[routed_field::FLAGS] = self.flags;
+        b[routed_field::PROTO] = self.proto as u8;
+        b[routed_field::CLASS] = self.class as u8;
+        b[routed_field::TTL] = self.ttl;
+        b[routed_field::SRC_NODE].copy_from_slice(&self.src.node.0.to_be_bytes());
+        b[routed_field::SRC_PORT].copy_from_slice(&self.src.port.to_be_bytes());
+        b[routed_field::DST_NODE].copy_from_slice(&self.dst.node.0.to_be_bytes());
+        b[routed_field::DST_PORT].copy_from_slice(&self.dst.port.to_be_bytes());
+        b
+    }
+
+    /// Parses the header and returns it with the payload.
     pub fn decode(packet: &[u8]) -> Result<(RoutedHeader, &[u8]), DecodeError> {
-        let mut r = Reader::new(packet);
-        let flags = r.u8()?;
-        let proto = match r.u8()? {
-            1 => Proto::Datagram,
-            2 => Proto::Session,
-            _ => return Err(DecodeError::Invalid("routed proto")),
-        };
-        let class = match r.u8()? {
-            0 => Class::BestEffort,
-            1 => Class::Reliable,
-            _ => return Err(DecodeError::Invalid("service class")),
-        };
-        let ttl = r.u8()?;
-        let src = Endpoint::new(NodeId(r.u32()?), r.u16()?);
-        let dst = Endpoint::new(NodeId(r.u32()?), r.u16()?);
-        Ok((
-            RoutedHeader {
-                flags,
-                proto,
-                class,
-                ttl,
-                src,
-                dst,
-            },
-            r.rest(),
-        ))
+        let view = RoutedPacket::new_checked(packet)?;
+        Ok((view.header(), &packet[routed_field::PAYLOAD..]))
     }
 
     pub fn ce(&self) -> bool {
         self.flags & FLAG_CE != 0
     }
+}
+
+/// A checked view over the bytes of a routed packet (smoltcp's `Packet<T>`): `new_checked`
+/// validates the length and the enumerated fields once, then getters read in place and
+/// setters patch in place, so a relay neither decodes twice nor re-encodes.
+#[derive(Debug, Clone, Copy)]
+pub struct RoutedPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> RoutedPacket<T> {
+    pub fn new_checked(buffer: T) -> Result<Self, DecodeError> {
+        let b = buffer.as_ref();
+        if b.len() < RoutedHeader::LEN {
+            return Err(DecodeError::Truncated {
+                needed: RoutedHeader::LEN - b.len(),
+            });
+        }
+        Proto::from_u8(b[routed_field::PROTO])?;
+        Class::from_u8(b[routed_field::CLASS])?;
+        Ok(RoutedPacket { buffer })
+    }
+
+    fn byte(&self, at: usize) -> u8 {
+        self.buffer.as_ref()[at]
+    }
+
+    fn u16_at(&self, r: std::ops::Range<usize>) -> u16 {
+        let b = &self.buffer.as_ref()[r];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    fn u32_at(&self, r: std::ops::Range<usize>) -> u32 {
+        let b = &self.buffer.as_ref()[r];
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    pub fn flags(&self) -> u8 {
+        self.byte(routed_field::FLAGS)
+    }
+
+    pub fn ce(&self) -> bool {
+        self.flags() & FLAG_CE != 0
+    }
+
+    pub fn proto(&self) -> Proto {
+        // Checked in `new_checked`; setters only write valid values.
+        Proto::from_u8(self.byte(routed_field::PROTO)).unwrap_or(Proto::Datagram)
+    }
+
+    pub fn class(&self) -> Class {
+        Class::from_u8(self.byte(routed_field::CLASS)).unwrap_or(Class::BestEffort)
+    }
+
+    pub fn ttl(&self) -> u8 {
+        self.byte(routed_field::TTL)
+    }
+
+    pub fn src(&self) -> Endpoint {
+        Endpoint::new(
+            NodeId(self.u32_at(routed_field::SRC_NODE)),
+            self.u16_at(routed_field::SRC_PORT),
+        )
+    }
+
+    pub fn dst(&self) -> Endpoint {
+        Endpoint::new(
+            NodeId(self.u32_at(routed_field::DST_NODE)),
+            self.u16_at(routed_field::DST_PORT),
+        )
+    }
+
+    /// Every header field at once (decoded once per hop, then passed along).
+    pub fn header(&self) -> RoutedHeader {
+        RoutedHeader {
+            flags: self.flags(),
+            proto: self.proto(),
+            class: self.class(),
+            ttl: self.ttl(),
+            src: self.src(),
+            dst: self.dst(),
+        }
+    }
+
+    /// What the packet carries after the routed header.
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[routed_field::PAYLOAD..]
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> RoutedPacket<T> {
+    pub fn set_ttl(&mut self, ttl: u8) {
+        self.buffer.as_mut()[routed_field::TTL] = ttl;
+    }
+
+    pub fn set_ce(&mut self) {
+        self.buffer.as_mut()[routed_field::FLAGS] |= FLAG_CE;
+    }
+
+    pub fn set_class(&mut self, class: Class) {
+        self.buffer.as_mut()[routed_field::CLASS] = class as u8;
+    }
+}
+
+impl Proto {
+    fn from_u8(v: u8) -> Result<Proto, DecodeError> {
+        match v {
+            1 => Ok(Proto::Datagram),
+            2 => Ok(Proto::Session),
+            _ => Err(DecodeError::Invalid("routed proto")),
+        }
+    }
+}
+
+impl Class {
+    fn from_u8(v: u8) -> Result<Class, DecodeError> {
+        match v {
+            0 => Ok(Class::BestEffort),
+            1 => Ok(Class::Reliable),
+            _ => Err(DecodeError::Invalid("service class")),
+        }
+    }
+}
+
+/// Flows are named by their endpoints, so every hop agrees and each session is its own flow.
+pub fn flow_of(src: Endpoint, dst: Endpoint) -> FlowId {
+    let mut x = ((src.node.0 as u64) << 32 | dst.node.0 as u64)
+        ^ ((src.port as u64) << 16 | dst.port as u64).rotate_left(47);
+    // splitmix64 finaliser
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Fragment header of a datagram: every datagram carries it, fragmented or not.
@@ -441,7 +586,14 @@ mod tests {
         assert_eq!(d, h);
         assert!(d.ce());
         assert_eq!(rest, b"x");
-        assert_eq!(v[RoutedHeader::TTL_OFFSET], 64);
+        let mut view = RoutedPacket::new_checked(&mut v[..]).unwrap();
+        assert_eq!(view.ttl(), 64);
+        view.set_ttl(63);
+        view.set_class(Class::BestEffort);
+        assert_eq!(view.ttl(), 63);
+        assert_eq!(view.header().class, Class::BestEffort);
+        assert_eq!(view.payload(), b"x");
+        assert!(RoutedPacket::new_checked(&v[..RoutedHeader::LEN - 1]).is_err());
     }
 
     proptest! {
@@ -452,6 +604,9 @@ mod tests {
             let _ = decode_acks(&data);
             let _ = LinkStateAdvert::decode(&data);
             let _ = RoutedHeader::decode(&data);
+            if let Ok(view) = RoutedPacket::new_checked(&data[..]) {
+                let _ = (view.header(), view.payload());
+            }
             let _ = FragmentHeader::decode(&data);
         }
     }

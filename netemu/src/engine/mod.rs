@@ -308,7 +308,7 @@ impl Engine {
                 continue;
             }
             match dir.model.on_packet(now, n) {
-                Verdict::Deliver { due } => {
+                Verdict::Deliver { due, .. } => {
                     dir.counters.loss_trials += 1;
                     dir.ring.commit(n, due);
                 }

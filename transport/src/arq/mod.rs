@@ -42,6 +42,7 @@
 //! SACK is never reneged (what was acked was handed up), so the sender keeps what it learnt.
 
 mod config;
+mod pool;
 mod queues;
 mod ranges;
 mod receiver;
@@ -50,6 +51,7 @@ mod sender;
 mod wire;
 
 pub use config::ArqConfig;
+pub use pool::BufferPool;
 pub use redundancy::RedundancyConfig;
 
 use std::time::Duration;
@@ -272,22 +274,38 @@ impl ArqLink {
         kind: PacketKind,
         body: &[u8],
     ) -> Result<Option<Vec<u8>>, DecodeError> {
+        self.handle_packet_pooled(now, kind, body, &mut BufferPool::none())
+    }
+
+    /// As [`handle_packet`](Self::handle_packet), taking the buffer for the carried packet
+    /// from `pool` and giving it the buffers of packets this ack shows delivered.
+    pub fn handle_packet_pooled(
+        &mut self,
+        now: Instant,
+        kind: PacketKind,
+        body: &[u8],
+        pool: &mut BufferPool,
+    ) -> Result<Option<Vec<u8>>, DecodeError> {
         self.observe(now);
         match kind {
             PacketKind::ReliableData => {
                 let frame = wire::decode_data(body).inspect_err(|_| self.drops.malformed += 1)?;
-                self.on_ack(now, &frame.ack);
+                self.on_ack(now, &frame.ack, pool);
                 match self
                     .receiver
                     .on_data(now, &frame.header, frame.payload.len())
                 {
-                    Arrival::New => Ok(Some(frame.payload.to_vec())),
+                    Arrival::New => {
+                        let mut packet = pool.take();
+                        packet.extend_from_slice(frame.payload);
+                        Ok(Some(packet))
+                    }
                     Arrival::Duplicate | Arrival::BeyondWindow => Ok(None),
                 }
             }
             PacketKind::ReliableAck => {
                 let ack = wire::decode_ack(body).inspect_err(|_| self.drops.malformed += 1)?;
-                self.on_ack(now, &ack);
+                self.on_ack(now, &ack, pool);
                 Ok(None)
             }
             other => {
@@ -345,8 +363,8 @@ impl ArqLink {
         self.last_now = self.last_now.max(now);
     }
 
-    fn on_ack(&mut self, now: Instant, ack: &wire::AckFrame) {
-        self.sender.on_ack(now, ack);
+    fn on_ack(&mut self, now: Instant, ack: &wire::AckFrame, pool: &mut BufferPool) {
+        self.sender.on_ack(now, ack, pool);
         let sender = &self.sender;
         self.redundancy
             .forget(|seq| sender.in_flight_len(seq).is_some());

@@ -1,13 +1,13 @@
 //! Two `ArqLink`s joined by a simulated channel in virtual time. Each direction has its own
 //! loss (Bernoulli or Gilbert–Elliott bursts), delay, jitter (which reorders), duplication,
-//! rate limit with a drop-tail queue, and cut windows. Everything derives from one seed.
+//! rate limit with a drop-tail queue (all decided by the shared `weft-linkmodel`), and cut
+//! windows. Everything derives from one seed.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 use weft_core::{Instant, PacketKind};
+use weft_linkmodel::{DirectionModel, DropReason, LinkParams, LossModel, QueueLimit, Verdict};
 use weft_transport::arq::{ArqConfig, ArqLink, FlowId};
 
 #[derive(Debug, Clone, Copy)]
@@ -45,83 +45,78 @@ pub struct ChannelCounters {
     pub duplicated: u64,
 }
 
-/// One direction of a channel.
+/// One direction of a channel: the shared link model, fed from `channel` (which tests may
+/// change between packets), with the channel's cut windows in front.
 pub struct Direction {
     pub channel: Channel,
-    rng: ChaCha8Rng,
-    bad: bool,
-    tx_free_at: Instant,
+    model: DirectionModel,
     counters: ChannelCounters,
+}
+
+impl Channel {
+    /// The channel in the shared model's terms (its jitter reorders).
+    fn params(&self) -> LinkParams {
+        let loss = match self.bursts {
+            Some(b) => LossModel::GilbertElliott {
+                p_gb: b.enter,
+                p_bg: b.leave,
+                loss_good: self.loss,
+                loss_bad: b.loss,
+            },
+            None if self.loss > 0.0 => LossModel::Bernoulli { p: self.loss },
+            None => LossModel::None,
+        };
+        LinkParams {
+            delay: self.delay,
+            jitter: self.jitter,
+            reorder: true,
+            loss,
+            duplicate: self.duplicate,
+            rate_bps: self.rate.unwrap_or(0),
+            queue: QueueLimit::Bytes(self.queue_bytes as u64),
+        }
+    }
 }
 
 impl Direction {
     /// A direction whose randomness is stream `stream` of `seed`.
     pub fn new(channel: Channel, seed: u64, stream: u64) -> Direction {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(stream);
+        let seed = seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Direction {
+            model: DirectionModel::new(channel.params(), seed),
             channel,
-            rng,
-            bad: false,
-            tx_free_at: Instant::ZERO,
             counters: ChannelCounters::default(),
         }
     }
 
     /// Arrival times of the copies that survive (0, 1 or 2).
     pub fn carry(&mut self, now: Instant, len: usize) -> Vec<Instant> {
-        let c = &self.channel;
         self.counters.sent += 1;
+        let c = &self.channel;
         if c.cuts.iter().any(|&(from, to)| now >= from && now < to) {
             self.counters.cut += 1;
             return vec![];
         }
-        let mut depart = now;
-        if let Some(rate) = c.rate {
-            let backlog_secs = self.tx_free_at.saturating_since(now).as_secs_f64();
-            let backlog_bytes = backlog_secs * rate as f64 / 8.0;
-            if backlog_bytes + len as f64 > c.queue_bytes as f64 {
+        let params = c.params();
+        if params != *self.model.params() {
+            self.model.set_params(params);
+        }
+        match self.model.on_packet(now, len) {
+            Verdict::Drop(DropReason::Queue) => {
                 self.counters.queue_drops += 1;
-                return vec![];
+                vec![]
             }
-            let start = self.tx_free_at.max(now);
-            depart = start + Duration::from_secs_f64(len as f64 * 8.0 / rate as f64);
-            self.tx_free_at = depart;
-        }
-        let loss = match c.bursts {
-            Some(b) => {
-                let flip = if self.bad { b.leave } else { b.enter };
-                if self.rng.gen_bool(flip) {
-                    self.bad = !self.bad;
-                }
-                if self.bad {
-                    b.loss
-                } else {
-                    c.loss
-                }
+            Verdict::Drop(_) => {
+                self.counters.lost += 1;
+                vec![]
             }
-            None => c.loss,
-        };
-        if self.rng.gen_bool(loss) {
-            self.counters.lost += 1;
-            return vec![];
+            Verdict::Deliver { due, copy, .. } => {
+                if copy.is_some() {
+                    self.counters.duplicated += 1;
+                }
+                std::iter::once(due).chain(copy).collect()
+            }
         }
-        let copies = if self.rng.gen_bool(c.duplicate) {
-            self.counters.duplicated += 1;
-            2
-        } else {
-            1
-        };
-        (0..copies)
-            .map(|_| {
-                let jitter = if c.jitter.is_zero() {
-                    Duration::ZERO
-                } else {
-                    c.jitter.mul_f64(self.rng.gen::<f64>())
-                };
-                depart + c.delay + jitter
-            })
-            .collect()
     }
 }
 

@@ -1,16 +1,16 @@
 //! A deterministic two-host network for sessions: each direction is a link with loss
 //! (Bernoulli and Gilbert-Elliott bursts), delay with jitter (reordering), duplication, a
-//! rate limit with a drop-tail queue that sets CE marks past a threshold, and outages. Each
+//! rate limit with a drop-tail queue that sets CE marks past a threshold (all decided by the
+//! shared `weft-linkmodel`), and outages and surgical drops in front of it. Each
 //! host is a miniature daemon: it demultiplexes by conn_id, accepts SYNs when listening,
 //! answers strays with `reset_reply` and frees sessions on `Closed`. Applications write a
 //! deterministic byte pattern and verify every byte they read at its offset.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 use weft_core::{Endpoint, Instant, NodeId};
+use weft_linkmodel::{self as model, DirectionModel, LossModel, QueueLimit, Verdict};
 use weft_transport::session::{Session, SessionConfig, SessionEvent};
 
 pub fn at(d: Duration) -> Instant {
@@ -50,11 +50,8 @@ pub struct LinkCounters {
 
 pub struct Link {
     pub params: LinkParams,
-    rng: ChaCha8Rng,
-    bad: bool,
-    /// When the burst state was last brought up to date.
-    burst_clock: Instant,
-    tx_free_at: Instant,
+    /// The shared link model, fed from `params` (which tests may change between packets).
+    model: DirectionModel,
     serial: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     packets: BTreeMap<u64, (Vec<u8>, bool)>,
@@ -65,14 +62,37 @@ pub struct Link {
     pub send_times: Vec<Instant>,
 }
 
+impl LinkParams {
+    /// The link in the shared model's terms (its jitter reorders).
+    fn model(&self) -> model::LinkParams {
+        let loss = match self.burst {
+            Some((good, bad)) => LossModel::GilbertElliottTimed {
+                mean_good: good,
+                mean_bad: bad,
+                loss_good: self.loss,
+                loss_bad: 1.0,
+            },
+            None if self.loss > 0.0 => LossModel::Bernoulli { p: self.loss },
+            None => LossModel::None,
+        };
+        let (rate_bps, limit) = self.rate.unwrap_or((0, 0));
+        model::LinkParams {
+            delay: self.delay,
+            jitter: self.jitter,
+            reorder: true,
+            loss,
+            duplicate: self.duplicate,
+            rate_bps,
+            queue: QueueLimit::Bytes(limit as u64),
+        }
+    }
+}
+
 impl Link {
     pub fn new(params: LinkParams, seed: u64) -> Self {
         Link {
+            model: DirectionModel::new(params.model(), seed),
             params,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            bad: false,
-            burst_clock: Instant::ZERO,
-            tx_free_at: Instant::ZERO,
             serial: 0,
             queue: BinaryHeap::new(),
             packets: BTreeMap::new(),
@@ -85,65 +105,33 @@ impl Link {
     pub fn send(&mut self, now: Instant, packet: Vec<u8>) {
         self.counters.sent += 1;
         self.send_times.push(now);
-        let p = &self.params;
-        let in_outage = p.outages.iter().any(|&(s, e)| now >= s && now < e);
-        if let Some((good, bad)) = p.burst {
-            // Two-state Markov chain: P(bad after dt) = π + (1{bad} − π)·e^{−(λ+μ)·dt}.
-            let (to_bad, to_good) = (1.0 / good.as_secs_f64(), 1.0 / bad.as_secs_f64());
-            let stationary_bad = to_bad / (to_bad + to_good);
-            let dt = now.saturating_since(self.burst_clock).as_secs_f64();
-            let now_bad = if self.bad { 1.0 } else { 0.0 };
-            let p_bad =
-                stationary_bad + (now_bad - stationary_bad) * (-(to_bad + to_good) * dt).exp();
-            self.bad = self.rng.gen_bool(p_bad.clamp(0.0, 1.0));
-            self.burst_clock = now;
-        }
-        let matched = p.drop_first_matching.is_some_and(|f| f(&packet));
+        let matched = self.params.drop_first_matching.is_some_and(|f| f(&packet));
         if matched {
             self.params.drop_first_matching = None;
         }
         let p = &self.params;
-        let lost = matched
-            || self.blackhole
-            || in_outage
-            || self.bad
-            || p.drop_nth.contains(&self.counters.sent)
-            || (p.loss > 0.0 && self.rng.gen_bool(p.loss));
-        if lost {
+        let in_outage = p.outages.iter().any(|&(s, e)| now >= s && now < e);
+        if matched || self.blackhole || in_outage || p.drop_nth.contains(&self.counters.sent) {
             self.counters.dropped += 1;
             return;
         }
-        let mut depart = now;
-        let mut ce = false;
-        if let Some((bps, limit)) = p.rate {
-            let start = self.tx_free_at.max(now);
-            let backlog = (start.saturating_since(now).as_secs_f64() * bps as f64 / 8.0) as usize;
-            if backlog + packet.len() > limit {
-                self.counters.dropped += 1;
-                return;
-            }
-            ce = p.ce_threshold.is_some_and(|t| backlog > t);
-            depart = start + Duration::from_secs_f64(packet.len() as f64 * 8.0 / bps as f64);
-            self.tx_free_at = depart;
+        let params = p.model();
+        if params != *self.model.params() {
+            self.model.set_params(params);
         }
+        let Verdict::Deliver { due, copy, backlog } = self.model.on_packet(now, packet.len())
+        else {
+            self.counters.dropped += 1;
+            return;
+        };
+        let ce = self.params.ce_threshold.is_some_and(|t| backlog > t as u64);
         if ce {
             self.counters.marked += 1;
         }
-        let copies = if p.duplicate > 0.0 && self.rng.gen_bool(p.duplicate) {
-            2
-        } else {
-            1
-        };
-        self.counters.duplicated += copies - 1;
-        for _ in 0..copies {
-            let jitter = if self.params.jitter.is_zero() {
-                Duration::ZERO
-            } else {
-                self.params.jitter.mul_f64(self.rng.gen::<f64>())
-            };
-            let due = depart + self.params.delay + jitter;
+        self.counters.duplicated += copy.is_some() as u64;
+        for at in std::iter::once(due).chain(copy) {
             self.serial += 1;
-            self.queue.push(Reverse((due, self.serial)));
+            self.queue.push(Reverse((at, self.serial)));
             self.packets.insert(self.serial, (packet.clone(), ce));
         }
     }

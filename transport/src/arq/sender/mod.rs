@@ -8,6 +8,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 use weft_core::Instant;
 
+use super::pool::BufferPool;
 use super::queues::Held;
 use super::ranges::SeqRanges;
 use super::wire::{AckFrame, Echo};
@@ -415,7 +416,8 @@ impl Sender {
 
     /// Processes the peer's ack. Returns false (and changes nothing) if it acknowledges
     /// packets never sent.
-    pub fn on_ack(&mut self, now: Instant, ack: &AckFrame) -> bool {
+    /// Buffers of packets now known delivered go to `pool`.
+    pub fn on_ack(&mut self, now: Instant, ack: &AckFrame, pool: &mut BufferPool) -> bool {
         let beyond = |seq: u64| seq > self.next_seq;
         if beyond(ack.cumulative) || ack.ranges.iter().any(|&(_, end)| beyond(end)) {
             self.counters.invalid_acks += 1;
@@ -439,6 +441,7 @@ impl Sender {
             };
             self.base += 1;
             progress |= self.on_delivered(now, &slot, echoed);
+            pool.give(slot.payload);
         }
         self.sacked.remove_below(self.base);
         for &(start, end) in &ack.ranges {
@@ -447,7 +450,7 @@ impl Sender {
                 .insert(start.max(self.base), end, |a, b| fresh.push((a, b)));
             for (a, b) in fresh {
                 for seq in a..b {
-                    progress |= self.mark_sacked(now, seq, echoed);
+                    progress |= self.mark_sacked(now, seq, echoed, pool);
                 }
             }
         }
@@ -519,7 +522,13 @@ impl Sender {
         true
     }
 
-    fn mark_sacked(&mut self, now: Instant, seq: u64, echoed: Option<Instant>) -> bool {
+    fn mark_sacked(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        echoed: Option<Instant>,
+        pool: &mut BufferPool,
+    ) -> bool {
         let Some(index) = seq
             .checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
@@ -534,6 +543,8 @@ impl Sender {
             ..*slot
         };
         slot.state = SlotState::Sacked;
-        self.on_delivered(now, &before, echoed)
+        let progress = self.on_delivered(now, &before, echoed);
+        pool.give(before.payload);
+        progress
     }
 }

@@ -1,14 +1,131 @@
-//! Receive-side link emulation (the kernel here has no netem): loss (Bernoulli or
-//! Gilbert–Elliott bursts), delay with order-preserving jitter, a rate limit with a drop-tail
-//! byte queue. Applied to packets from one neighbour before the node sees them, only when the
-//! daemon runs with emulation allowed. Cuts are handled by the node (both directions).
+//! Receive-side link emulation (the kernel here has no netem), a layer between the overlay
+//! socket and the node: loss (Bernoulli or Gilbert–Elliott bursts), delay with
+//! order-preserving jitter, a rate limit with a drop-tail byte queue, all decided by the
+//! shared link model (`weft-linkmodel`); this layer parses what users type, holds delayed
+//! packets and counts. Applied to packets from
+//! one neighbour before the node sees them, only when the daemon runs with emulation allowed.
+//! `weft link set|cut|heal` lands here: parameters stay in this layer, cuts become the node's
+//! administrative cut of the link (both directions).
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use crate::overlay::Node;
+use ahash::AHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use weft_core::Instant;
+use tracing::info;
+use weft_core::{Instant, NodeId};
+use weft_ipc::LinkAction;
+use weft_linkmodel::{self as model, DirectionModel, LossModel, QueueLimit};
+
+/// The emulation of every configured neighbour's link (receive side).
+#[derive(Debug)]
+pub struct Emulation {
+    enabled: bool,
+    links: Vec<(SocketAddr, Emulator)>,
+    by_addr: HashMap<SocketAddr, usize>,
+}
+
+impl Emulation {
+    /// `links`: every neighbour with its initial parameters. Without `enabled` nothing is
+    /// emulated and commands are refused.
+    pub fn new(enabled: bool, links: &[(SocketAddr, LinkParams)], seed: u64) -> Self {
+        let mut e = Emulation {
+            enabled,
+            links: Vec::new(),
+            by_addr: HashMap::new(),
+        };
+        if enabled {
+            for (i, &(addr, params)) in links.iter().enumerate() {
+                let seed = seed
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .wrapping_add(i as u64);
+                e.by_addr.insert(addr, e.links.len());
+                e.links.push((addr, Emulator::new(params, seed)));
+            }
+        }
+        e
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// A datagram from `from`: hand it to the node now (`Pass`), or later, or never.
+    pub fn admit(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> Verdict {
+        match self.by_addr.get(&from).map(|&i| &mut self.links[i].1) {
+            Some(e) if !e.params().is_identity() || e.held() > 0 => e.admit(now, data),
+            _ => Verdict::Pass,
+        }
+    }
+
+    /// When the next held datagram is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.links.iter().filter_map(|(_, e)| e.next_due()).min()
+    }
+
+    /// A held datagram whose time has come, with its sender.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        self.links
+            .iter_mut()
+            .find_map(|(addr, e)| e.pop_due(now).map(|p| (*addr, p)))
+    }
+
+    pub fn status(&self, addr: SocketAddr) -> Option<(LinkParams, EmulationCounters)> {
+        let &i = self.by_addr.get(&addr)?;
+        let e = &self.links[i].1;
+        Some((*e.params(), e.counters))
+    }
+
+    /// `weft link set|cut|heal`: `peer` is a node id or a neighbour address.
+    pub fn command(
+        &mut self,
+        node: &mut Node,
+        now: Instant,
+        peer: &str,
+        action: &LinkAction,
+    ) -> Result<(), String> {
+        if !self.enabled {
+            return Err("link emulation is disabled: start weftd with --emulation".into());
+        }
+        let addr = find_neighbor(node, peer).ok_or_else(|| format!("no neighbour `{peer}`"))?;
+        match action {
+            LinkAction::Cut => {
+                info!(peer, "link cut");
+                node.set_link_cut(now, addr, true);
+            }
+            LinkAction::Heal => {
+                info!(peer, "link healed");
+                node.set_link_cut(now, addr, false);
+            }
+            LinkAction::Set(spec) => {
+                let i = self
+                    .by_addr
+                    .get(&addr)
+                    .copied()
+                    .ok_or_else(|| format!("no neighbour `{peer}`"))?;
+                let e = &mut self.links[i].1;
+                let params = e.params().apply_spec(spec)?;
+                e.set_params(params);
+                info!(peer, ?params, "link emulation set");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The neighbour `peer` names: its address, its node id, or the IP of its address.
+fn find_neighbor(node: &Node, peer: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = peer.parse::<SocketAddr>() {
+        return node.neighbors().find(|(a, _)| *a == addr).map(|(a, _)| a);
+    }
+    let ip: Ipv4Addr = peer.parse().ok()?;
+    let id = NodeId::from(ip);
+    node.neighbors()
+        .find(|(_, n)| *n == Some(id))
+        .or_else(|| node.neighbors().find(|(a, _)| a.ip() == IpAddr::V4(ip)))
+        .map(|(a, _)| a)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct LinkParams {
@@ -89,6 +206,20 @@ impl LinkParams {
             (self.rate_bps / 8 / 20).max(64 * 1024)
         }
     }
+
+    /// The same link in the shared model's terms (Spines' loss and burst become its
+    /// Gilbert-Elliott chain; jitter keeps order).
+    pub fn model(&self) -> model::LinkParams {
+        model::LinkParams {
+            delay: self.delay,
+            jitter: self.jitter,
+            reorder: false,
+            loss: LossModel::from_loss_and_burst(self.loss, self.burst),
+            duplicate: 0.0,
+            rate_bps: self.rate_bps,
+            queue: QueueLimit::Bytes(self.queue_limit()),
+        }
+    }
 }
 
 /// `2%`, `0.5%` or a bare fraction `0.02`.
@@ -167,14 +298,12 @@ pub enum Verdict {
     Dropped,
 }
 
-/// One neighbour's receive-side emulator.
+/// One neighbour's receive-side emulator: the shared link model decides each packet's fate,
+/// and the packets it delays wait here until they are due.
 #[derive(Debug)]
 pub struct Emulator {
     params: LinkParams,
-    rng: ChaCha8Rng,
-    in_burst: bool,
-    tx_free_at: Instant,
-    last_due: Instant,
+    model: DirectionModel,
     held: VecDeque<(Instant, Vec<u8>)>,
     pub counters: EmulationCounters,
 }
@@ -182,11 +311,8 @@ pub struct Emulator {
 impl Emulator {
     pub fn new(params: LinkParams, seed: u64) -> Self {
         Emulator {
+            model: DirectionModel::new(params.model(), seed),
             params,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-            in_burst: false,
-            tx_free_at: Instant::ZERO,
-            last_due: Instant::ZERO,
             held: VecDeque::new(),
             counters: EmulationCounters::default(),
         }
@@ -199,61 +325,22 @@ impl Emulator {
     /// New parameters apply to packets arriving from now on; held packets keep their times.
     pub fn set_params(&mut self, params: LinkParams) {
         self.params = params;
-        self.in_burst = false;
-    }
-
-    fn lose(&mut self) -> bool {
-        let p = self.params.loss;
-        if p <= 0.0 {
-            return false;
-        }
-        if self.params.burst <= 0.0 {
-            return self.rng.gen_bool(p);
-        }
-        // Two-state chain: stay lost with p11 = burst; enter loss with p01 chosen so the
-        // stationary loss rate is p.
-        let p11 = self.params.burst;
-        let p01 = (p * (1.0 - p11) / (1.0 - p)).clamp(0.0, 1.0);
-        let lost = if self.in_burst {
-            self.rng.gen_bool(p11)
-        } else {
-            self.rng.gen_bool(p01)
-        };
-        self.in_burst = lost;
-        lost
+        self.model.set_params(params.model());
     }
 
     pub fn admit(&mut self, now: Instant, packet: &[u8]) -> Verdict {
         self.counters.received += 1;
-        if self.lose() {
-            self.counters.dropped_loss += 1;
-            return Verdict::Dropped;
-        }
-        let mut depart = now;
-        if self.params.rate_bps > 0 {
-            let start = now.max(self.tx_free_at);
-            let backlog_bytes = (start - now).as_secs_f64() * self.params.rate_bps as f64 / 8.0;
-            if backlog_bytes + packet.len() as f64 > self.params.queue_limit() as f64 {
+        let due = match self.model.on_packet(now, packet.len()) {
+            model::Verdict::Deliver { due, .. } => due,
+            model::Verdict::Drop(model::DropReason::Queue) => {
                 self.counters.dropped_queue += 1;
                 return Verdict::Dropped;
             }
-            let serialise =
-                Duration::from_secs_f64(packet.len() as f64 * 8.0 / self.params.rate_bps as f64);
-            depart = start + serialise;
-            self.tx_free_at = depart;
-        }
-        let mut due = depart + self.params.delay;
-        if !self.params.jitter.is_zero() {
-            let j = self.params.jitter.as_secs_f64();
-            let offset = self.rng.gen_range(-j..=j);
-            due = if offset >= 0.0 {
-                due + Duration::from_secs_f64(offset)
-            } else {
-                due - Duration::from_secs_f64(-offset)
-            };
-        }
-        due = due.max(self.last_due);
-        self.last_due = due;
+            model::Verdict::Drop(model::DropReason::Loss | model::DropReason::Down) => {
+                self.counters.dropped_loss += 1;
+                return Verdict::Dropped;
+            }
+        };
         if due <= now && self.held.is_empty() {
             self.counters.delivered += 1;
             return Verdict::Pass;
