@@ -142,6 +142,64 @@ pub enum Request {
         hops: u8,
         loopback: bool,
     },
+    /// How this daemon delivers group datagrams to shimmed sockets: `Reply::MulticastInfo`.
+    MulticastInfo,
+    /// One socket's filter of `group` now (`None`: not a member). The shim sends it after
+    /// every membership change: the kernel (or the shim, see [`GroupSocket`]) has already
+    /// applied the rules, the daemon only aggregates.
+    GroupFilter {
+        socket: GroupSocket,
+        group: NodeId,
+        filter: Option<GroupFilterSpec>,
+        reliable: bool,
+    },
+    /// Kernel delivery: the loopback address whose proxies stand for `node`'s endpoints (what
+    /// a source filter on `node` becomes), or the node behind such an address. Answered with
+    /// `Reply::SourceAlias` (both `None` when the daemon knows neither).
+    SourceAlias {
+        node: Option<NodeId>,
+        ip: Option<std::net::Ipv4Addr>,
+    },
+    /// Which overlay endpoint the proxy at exactly `addr` stands for: `Reply::Resolved`.
+    ResolveProxyAt {
+        addr: SocketAddrV4,
+    },
+    /// A member socket may have closed: the daemon checks which kernel-held memberships
+    /// still have a socket now instead of at its next periodic check.
+    MulticastCheck,
+}
+
+/// The socket a [`Request::GroupFilter`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupSocket {
+    /// Kernel delivery: the kernel holds the socket's memberships (on loopback) and delivers
+    /// each group datagram the daemon sends there to every socket that matches; named by
+    /// its inode, and released when no process holds the socket any more.
+    Kernel { inode: u64 },
+    /// Delivery addresses: the shim emulates the memberships; the daemon sends the socket's
+    /// copy to this kernel address. Released with the shim's connection.
+    Delivery(SocketAddrV4),
+}
+
+/// A socket's source filter of one group (`MCAST_INCLUDE`/`MCAST_EXCLUDE`); any-source is
+/// `exclude` with no sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupFilterSpec {
+    pub exclude: bool,
+    pub sources: Vec<NodeId>,
+}
+
+/// How a daemon delivers group datagrams to shimmed sockets (`Reply::MulticastInfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupDelivery {
+    /// Through the kernel: memberships are kernel memberships on loopback, and the daemon
+    /// sends each group datagram once to the group on loopback from the proxy of its
+    /// sender; proxies of node N live on N's alias address ([`Request::SourceAlias`]), all
+    /// inside `proxy_net`/16.
+    Kernel { proxy_net: std::net::Ipv4Addr },
+    /// Per socket, to a delivery address of its own (a daemon that shares its network
+    /// namespace with another daemon: loopback multicast would reach both daemons' sockets).
+    Addresses,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +287,13 @@ pub enum Reply {
     },
     Resolved {
         remote: Option<Endpoint>,
+    },
+    MulticastInfo {
+        delivery: GroupDelivery,
+    },
+    SourceAlias {
+        node: Option<NodeId>,
+        ip: Option<std::net::Ipv4Addr>,
     },
 }
 

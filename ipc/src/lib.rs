@@ -7,6 +7,7 @@ pub mod fdpass;
 pub mod ring;
 
 pub use control::{
-    ClientKind, ControlError, Event, Incoming, LinkAction, ListenDelivery, Reply, Request,
-    SessionInfo, Welcome, MAX_MESSAGE, PROTOCOL_VERSION,
+    ClientKind, ControlError, Event, GroupDelivery, GroupFilterSpec, GroupSocket, Incoming,
+    LinkAction, ListenDelivery, Reply, Request, SessionInfo, Welcome, MAX_MESSAGE,
+    PROTOCOL_VERSION,
 };

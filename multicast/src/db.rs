@@ -7,7 +7,7 @@
 //! its own key; when it receives a record about itself that it does not hold (one from before
 //! a restart, or issued under a reused epoch) it answers with a correction that outranks it.
 
-use crate::local::{JoinError, LocalMemberships, SocketId};
+use crate::local::{JoinError, LocalMemberships, SocketFilter, SocketId};
 use crate::record::{Membership, MembershipRecord, Version};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use weft_core::NodeId;
@@ -91,6 +91,20 @@ impl MembershipDb {
     ) -> Result<Option<MembershipRecord>, JoinError> {
         self.local_sockets.leave(socket, group, source)?;
         Ok(self.publish_local(group))
+    }
+
+    /// A local socket's filter of `group` as the kernel holds it (`None`: not a member).
+    /// Returns the node's new record to flood, if the aggregate changed.
+    pub fn local_set_filter(
+        &mut self,
+        socket: SocketId,
+        group: NodeId,
+        filter: Option<SocketFilter>,
+        reliable: bool,
+    ) -> Option<MembershipRecord> {
+        self.local_sockets
+            .set_filter(socket, group, filter, reliable);
+        self.publish_local(group)
     }
 
     /// A local socket closed (or its process died): drops all its memberships and returns the

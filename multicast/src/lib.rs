@@ -29,7 +29,10 @@ pub mod status;
 pub mod tree;
 
 pub use db::{Applied, MembershipDb};
-pub use local::{JoinError, SocketId};
+pub use local::{
+    Applied as MembershipApplied, FilterMode, JoinError, MembershipOp, Memberships, SocketFilter,
+    SocketId, MAX_MEMBERSHIPS, MAX_SOCKET_SOURCES,
+};
 pub use record::{
     InvalidRecord, Membership, MembershipRecord, SourceFilter, Version, MAX_SOURCES,
     RECORD_HEADER_LEN,
@@ -91,6 +94,17 @@ impl Multicast {
         source: Option<NodeId>,
     ) -> Result<Option<MembershipRecord>, JoinError> {
         self.db.local_leave(socket, group, source)
+    }
+
+    /// See [`MembershipDb::local_set_filter`].
+    pub fn local_set_filter(
+        &mut self,
+        socket: SocketId,
+        group: NodeId,
+        filter: Option<SocketFilter>,
+        reliable: bool,
+    ) -> Option<MembershipRecord> {
+        self.db.local_set_filter(socket, group, filter, reliable)
     }
 
     /// See [`MembershipDb::local_close`].

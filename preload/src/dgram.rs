@@ -120,11 +120,36 @@ pub(crate) fn proxy_for(remote: Endpoint) -> Result<SocketAddrV4, i32> {
             let mut st = state::lock();
             st.proxy_of.insert(remote, addr);
             st.remote_of.insert(addr.port(), remote);
+            st.proxy_at.insert(addr, Some(remote));
             Ok(addr)
         }
         Ok(_) => Err(libc::EPROTO),
         Err(e) => Err(e),
     }
+}
+
+/// Exact proxy addresses remembered (including "not a proxy") before the cache starts over.
+const PROXY_AT_CACHE: usize = 4096;
+
+/// The overlay endpoint behind the proxy at exactly `at` (kernel group delivery puts the
+/// proxies of each node on an alias address of their own).
+fn resolve_at(at: SocketAddrV4) -> Option<Endpoint> {
+    if let Some(known) = state::lock().proxy_at.get(&at) {
+        return *known;
+    }
+    let remote = match control::request(Request::ResolveProxyAt { addr: at }) {
+        Ok(Reply::Resolved { remote }) => remote,
+        _ => return None,
+    };
+    let mut st = state::lock();
+    if st.proxy_at.len() >= PROXY_AT_CACHE {
+        st.proxy_at.clear();
+    }
+    st.proxy_at.insert(at, remote);
+    if let Some(ep) = remote {
+        st.proxy_of.insert(ep, at);
+    }
+    remote
 }
 
 /// The overlay endpoint behind a proxy port.
@@ -253,7 +278,7 @@ pub unsafe fn destination(fd: c_int, addr: *const sockaddr, len: socklen_t) -> D
 pub fn overlay_source(ss: &sockaddr_storage, len: socklen_t) -> Option<(c_int, SocketAddrV4)> {
     let sa = addr::parse_storage(ss, len)?;
     let a = sa.v4()?;
-    if !a.ip().is_loopback() {
+    if !a.ip().is_loopback() || !state::in_owner() {
         return None;
     }
     let proxy_ip = match control::cached_proxy_ip() {
@@ -261,11 +286,58 @@ pub fn overlay_source(ss: &sockaddr_storage, len: socklen_t) -> Option<(c_int, S
         // A loopback source before we ever talked to the daemon (an inherited socket).
         None => control::local_addresses()?.1,
     };
-    if *a.ip() != proxy_ip || !state::in_owner() {
+    let alias = *a.ip() != proxy_ip && crate::multicast::kernel::in_proxy_net(*a.ip());
+    if *a.ip() != proxy_ip && !alias {
         return None;
     }
     let _errno = KeepErrno::new();
-    resolve(a.port()).map(|ep| (sa.family, ep.socket_addr()))
+    let remote = if alias {
+        resolve_at(a)
+    } else {
+        resolve(a.port())
+    };
+    remote.map(|ep| (sa.family, ep.socket_addr()))
+}
+
+/// A datagram from a proxy arrived on loopback; the kernel's would have come in on the
+/// node's interface: `IP_PKTINFO` says so (its index, its address where the datagram's
+/// local address was the loopback delivery address).
+///
+/// # Safety
+/// `msg` is the program's `msghdr` just filled by `recvmsg`/`recvmmsg`.
+pub unsafe fn overlay_pktinfo(msg: *mut libc::msghdr) {
+    if msg.is_null() || (*msg).msg_control.is_null() {
+        return;
+    }
+    let Some((node, index)) = crate::multicast::kernel::node_interface() else {
+        return;
+    };
+    if index == 0 || index == crate::multicast::kernel::LOOPBACK_INDEX {
+        return;
+    }
+    let mut c = libc::CMSG_FIRSTHDR(msg);
+    while !c.is_null() {
+        let full = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
+        if (*c).cmsg_level == libc::IPPROTO_IP
+            && (*c).cmsg_type == libc::IP_PKTINFO
+            && (*c).cmsg_len as usize >= full
+        {
+            let data = libc::CMSG_DATA(c) as *mut libc::in_pktinfo;
+            let mut pi = std::ptr::read_unaligned(data);
+            let node_be = u32::from(node).to_be();
+            if pi.ipi_ifindex == crate::multicast::kernel::LOOPBACK_INDEX as c_int {
+                pi.ipi_ifindex = index as c_int;
+            }
+            if Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr)).is_loopback() {
+                pi.ipi_spec_dst.s_addr = node_be;
+            }
+            if Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr)).is_loopback() {
+                pi.ipi_addr.s_addr = node_be;
+            }
+            std::ptr::write_unaligned(data, pi);
+        }
+        c = libc::CMSG_NXTHDR(msg, c);
+    }
 }
 
 /// `getpeername` of a datagram socket connected to a proxy: the overlay peer.
@@ -275,7 +347,9 @@ pub fn overlay_peer(
     len: socklen_t,
 ) -> Option<(c_int, SocketAddrV4)> {
     let a = addr::parse_storage(ss, len)?.v4()?;
-    if !a.ip().is_loopback() || control::cached_proxy_ip() != Some(*a.ip()) || !is_dgram(fd) {
+    let proxy = control::cached_proxy_ip() == Some(*a.ip())
+        || crate::multicast::kernel::in_proxy_net(*a.ip());
+    if !a.ip().is_loopback() || !proxy || !is_dgram(fd) {
         return None;
     }
     overlay_source(ss, len)

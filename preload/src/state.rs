@@ -6,7 +6,7 @@
 use crate::fdtable::Table;
 use crate::guard::{LockGuard, ShimLock};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicI32, Ordering};
 use weft_core::Endpoint;
 
@@ -21,6 +21,14 @@ pub struct Shared {
     pub dgram_ports: BTreeMap<u16, u32>,
     /// Listening ports this process registered.
     pub listen_ports: BTreeSet<u16>,
+    /// Kernel group delivery: overlay node → the alias address its proxies live on, and back.
+    pub mc_alias_of: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    pub mc_node_of: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// Kernel group delivery: per (socket inode, group), which interfaces the program joined
+    /// on (one kernel membership serves loopback and the overlay interface).
+    pub mc_ifaces: BTreeMap<(u64, Ipv4Addr), u8>,
+    /// Exact proxy addresses → the overlay endpoint behind them (`None`: not a proxy).
+    pub proxy_at: BTreeMap<SocketAddrV4, Option<Endpoint>>,
 }
 
 static SHARED: ShimLock<Shared> = ShimLock::new(Shared {
@@ -29,6 +37,10 @@ static SHARED: ShimLock<Shared> = ShimLock::new(Shared {
     remote_of: BTreeMap::new(),
     dgram_ports: BTreeMap::new(),
     listen_ports: BTreeSet::new(),
+    mc_alias_of: BTreeMap::new(),
+    mc_node_of: BTreeMap::new(),
+    mc_ifaces: BTreeMap::new(),
+    proxy_at: BTreeMap::new(),
 });
 
 pub fn lock() -> LockGuard<'static, Shared> {

@@ -2,6 +2,8 @@
 //! addresses (T claimed with a lock file, so tests in parallel processes never collide), the
 //! `weft` CLI, and real programs.
 
+pub mod netns;
+pub mod netns_scenario;
 pub mod shim;
 pub mod spoof;
 

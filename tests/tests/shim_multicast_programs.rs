@@ -63,6 +63,23 @@ fn overlay(spec: &str) -> Overlay {
     }
     let o = b.start();
     o.wait_converged(Duration::from_secs(30));
+    // Six daemons share this namespace's loopback: at most one (the first daemon of the
+    // namespace, possibly another run's) delivers through the kernel, the others fall back to
+    // per-socket delivery addresses, so these tests exercise the fallback (preload/README.md).
+    let modes: Vec<String> = (1..=6)
+        .map(|n| {
+            o.status(n)["group_delivery"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        modes.iter().all(|m| m == "kernel" || m == "addresses")
+            && modes.iter().filter(|m| *m == "kernel").count() <= 1,
+        "group delivery per node: {modes:?}"
+    );
+    println!("group delivery per node: {modes:?}");
     // Link costs follow measured delays a little after the routes first converge.
     for (parent, child) in TREE {
         let want: Vec<String> = tree_path(child).into_iter().map(|k| o.ip(k)).collect();

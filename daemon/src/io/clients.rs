@@ -334,6 +334,21 @@ impl Daemon {
                 source,
                 deliver_to,
             } => self.leave(id, group, source, deliver_to),
+            Request::GroupFilter {
+                socket,
+                group,
+                filter,
+                reliable,
+            } => self.group_filter(id, socket, group, filter, reliable),
+            Request::MulticastInfo => self.multicast_info(),
+            Request::SourceAlias { node, ip } => self.source_alias(node, ip),
+            Request::ResolveProxyAt { addr } => Reply::Resolved {
+                remote: self.proxies.remote_at(addr),
+            },
+            Request::MulticastCheck => {
+                self.check_kernel_members(true);
+                Reply::Ok
+            }
             Request::MulticastSend {
                 port,
                 hops,

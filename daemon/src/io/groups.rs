@@ -1,12 +1,15 @@
-//! Multicast at the daemon's edge: joins and leaves from shimmed sockets (or the CLI), the
-//! per-port send options (IP_MULTICAST_TTL/LOOP), and delivery of group datagrams to every
-//! local socket that joined, each from the sender's proxy so `recvfrom` names the true source.
+//! Multicast at the daemon's edge: memberships of shimmed sockets (their filters, as the
+//! kernel or the shim holds them) and of the CLI (joins and leaves, checked here with the
+//! kernel's rules), the per-port send options (IP_MULTICAST_TTL/LOOP), and delivery of group
+//! datagrams to every local socket that should get one: once to loopback for the kernel to
+//! deliver (kernel-held memberships, see `kernel_groups`), or one copy per socket to its
+//! delivery address; each from the sender's proxy so `recvfrom` names the true source.
 
 use super::Daemon;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use weft_core::{Endpoint, NodeId};
-use weft_ipc::{Event, Reply};
-use weft_multicast::SocketId;
+use weft_ipc::{Event, GroupDelivery, GroupFilterSpec, GroupSocket, Reply};
+use weft_multicast::{FilterMode, SocketFilter, SocketId};
 
 /// How a local port sends to groups.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +92,91 @@ impl Daemon {
         }
     }
 
+    /// A shimmed socket's filter of `group` after a membership change.
+    pub(super) fn group_filter(
+        &mut self,
+        conn: usize,
+        socket: GroupSocket,
+        group: NodeId,
+        filter: Option<GroupFilterSpec>,
+        reliable: bool,
+    ) -> Reply {
+        if !group.is_multicast() {
+            return Reply::Error {
+                errno: libc::EINVAL,
+                message: format!("{group} is not a multicast group"),
+            };
+        }
+        let id = match socket {
+            GroupSocket::Kernel { inode } => {
+                if self.kernel_groups.is_none() {
+                    return Reply::Error {
+                        errno: libc::EOPNOTSUPP,
+                        message: "this daemon delivers to per-socket addresses".into(),
+                    };
+                }
+                SocketId::kernel(inode)
+            }
+            GroupSocket::Delivery(to) => {
+                let id = self.membership_socket(conn, to);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.mc_sockets.insert(id);
+                }
+                id
+            }
+        };
+        let filter = filter.map(|f| SocketFilter {
+            mode: if f.exclude {
+                FilterMode::Exclude
+            } else {
+                FilterMode::Include
+            },
+            sources: f.sources.into_iter().collect(),
+        });
+        if let (GroupSocket::Kernel { inode }, Some(kg)) = (socket, self.kernel_groups.as_mut()) {
+            kg.reported(inode, group, filter.is_some());
+        }
+        let now = self.clock.now();
+        self.node.mc_set_filter(now, id, group, filter, reliable);
+        Reply::Ok
+    }
+
+    pub(super) fn multicast_info(&self) -> Reply {
+        Reply::MulticastInfo {
+            delivery: match &self.kernel_groups {
+                Some(kg) => GroupDelivery::Kernel {
+                    proxy_net: kg.proxy_net,
+                },
+                None => GroupDelivery::Addresses,
+            },
+        }
+    }
+
+    /// A node's alias address, or the node behind one (kernel delivery).
+    pub(super) fn source_alias(&mut self, node: Option<NodeId>, ip: Option<Ipv4Addr>) -> Reply {
+        let this_node = self.node.id();
+        let Some(kg) = self.kernel_groups.as_mut() else {
+            return Reply::SourceAlias {
+                node: None,
+                ip: None,
+            };
+        };
+        match (node, ip) {
+            (Some(n), _) if !n.is_multicast() => Reply::SourceAlias {
+                node: Some(n),
+                ip: kg.alias(n, this_node),
+            },
+            (_, Some(ip)) => Reply::SourceAlias {
+                node: kg.node_of(ip),
+                ip: Some(ip),
+            },
+            _ => Reply::SourceAlias {
+                node: None,
+                ip: None,
+            },
+        }
+    }
+
     /// A client went away (its process exited or crashed): its sockets' memberships end.
     pub(super) fn release_memberships(&mut self, sockets: impl IntoIterator<Item = SocketId>) {
         let now = self.clock.now();
@@ -97,14 +185,21 @@ impl Daemon {
         }
     }
 
-    /// A datagram for group `dst.node`: a copy for every local socket that joined it on
-    /// `dst.port` and accepts `src`.
-    pub(super) fn deliver_group(&mut self, src: Endpoint, dst: Endpoint, payload: &[u8]) {
+    /// A datagram for group `dst.node`, sent with multicast TTL `ttl`: once to loopback if a
+    /// kernel-held membership accepts `src` (the kernel matches ports and filters), and a
+    /// copy for every other local socket that joined it on `dst.port` and accepts `src`.
+    pub(super) fn deliver_group(&mut self, src: Endpoint, dst: Endpoint, payload: &[u8], ttl: u8) {
         let receivers = self.node.mc_local_receivers(dst.node, src.node);
         if receivers.is_empty() {
             self.counters.datagrams_no_listener += 1;
         }
+        if receivers.iter().any(|s| s.kernel_inode().is_some()) {
+            self.deliver_to_loopback_group(src, dst, ttl, payload);
+        }
         for socket in receivers {
+            if socket.kernel_inode().is_some() {
+                continue;
+            }
             let to = socket_addr(socket);
             if to.port() != dst.port {
                 continue;

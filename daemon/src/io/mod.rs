@@ -5,6 +5,7 @@ mod clients;
 pub mod clock;
 pub mod control;
 mod groups;
+mod kernel_groups;
 mod listeners;
 mod proxies;
 mod rings;
@@ -68,8 +69,8 @@ struct DaemonCounters {
     control_malformed: u64,
     /// Datagrams a proxy could not put on the overlay (no route, too large).
     proxy_send_failed: u64,
-    /// Datagrams to a proxy from something other than a local program.
-    proxy_foreign_source: u64,
+    /// Group datagrams sent once to loopback for the kernel to deliver to member sockets.
+    group_loopback_sends: u64,
 }
 
 #[derive(Serialize)]
@@ -84,6 +85,11 @@ struct DaemonStatus<'a> {
     clients: Vec<ClientStatus>,
     datagram_ports: Vec<u16>,
     datagram_proxies: usize,
+    /// `kernel` (memberships held by the kernel on loopback) or `addresses`.
+    group_delivery: &'static str,
+    /// Kernel delivery: member-socket checks run, and closed sockets they found.
+    member_checks: u64,
+    member_sockets_closed: u64,
     daemon_counters: &'a DaemonCounters,
     rings: rings::RingCounters,
     security: SecurityStatus,
@@ -141,6 +147,8 @@ pub struct Daemon {
     /// Per local port: how its datagrams to groups travel.
     mc_send: HashMap<u16, groups::SendOptions>,
     proxies: proxies::Proxies,
+    /// Kernel delivery of group datagrams, when this daemon holds its namespace's claim.
+    kernel_groups: Option<kernel_groups::KernelGroups>,
 }
 
 fn ipc_err(errno: i32, message: impl Into<String>) -> Reply {
@@ -232,6 +240,11 @@ impl Daemon {
             ring_counters: Default::default(),
             mc_send: HashMap::new(),
             proxies: proxies::Proxies::default(),
+            kernel_groups: None,
+        })
+        .map(|mut d| {
+            d.start_kernel_groups();
+            d
         })
     }
 
@@ -257,8 +270,12 @@ impl Daemon {
                 ]
                 .into_iter()
                 .flatten()
-                .min();
-                next.map(|t| self.clock.until(t))
+                .min()
+                .map(|t| self.clock.until(t));
+                match (next, self.kernel_check_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             } else {
                 Some(std::time::Duration::ZERO)
             };
@@ -425,9 +442,12 @@ impl Daemon {
         }
         while let Some(ev) = self.node.poll_event() {
             match ev {
-                NodeEvent::Datagram { src, dst, payload } => {
-                    self.deliver_datagram(src, dst, payload)
-                }
+                NodeEvent::Datagram {
+                    src,
+                    dst,
+                    payload,
+                    ttl,
+                } => self.deliver_datagram(src, dst, payload, ttl),
                 NodeEvent::RoutesChanged => {}
                 NodeEvent::Incoming { id, port, remote } => self.incoming_session(id, port, remote),
                 NodeEvent::Session { id, event } => self.session_event(id, event),
@@ -435,9 +455,9 @@ impl Daemon {
         }
     }
 
-    fn deliver_datagram(&mut self, src: Endpoint, dst: Endpoint, payload: Vec<u8>) {
+    fn deliver_datagram(&mut self, src: Endpoint, dst: Endpoint, payload: Vec<u8>, ttl: u8) {
         if dst.node.is_multicast() {
-            return self.deliver_group(src, dst, &payload);
+            return self.deliver_group(src, dst, &payload, ttl);
         }
         match self.ports.get(&dst.port) {
             Some(PortOwner::Control(id)) => {
@@ -467,6 +487,7 @@ impl Daemon {
 
     fn housekeeping(&mut self) {
         self.expire_outcomes();
+        self.check_kernel_members(false);
         let now = self.clock.now();
         for sid in self.listeners.expire_claims() {
             self.node.session_abort(now, sid);
@@ -501,6 +522,13 @@ impl Daemon {
                 .collect(),
             datagram_ports: self.ports.keys().copied().collect(),
             datagram_proxies: self.proxies.count(),
+            group_delivery: if self.kernel_groups.is_some() {
+                "kernel"
+            } else {
+                "addresses"
+            },
+            member_checks: self.kernel_groups.as_ref().map_or(0, |k| k.checks),
+            member_sockets_closed: self.kernel_groups.as_ref().map_or(0, |k| k.closed_found),
             rings: self.ring_counters(),
             security: self.security.status(now),
             daemon_counters: &self.counters,

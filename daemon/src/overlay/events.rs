@@ -13,6 +13,10 @@ pub enum NodeEvent {
         src: Endpoint,
         dst: Endpoint,
         payload: Vec<u8>,
+        /// The IP TTL a receiving socket reports (`IP_RECVTTL`): for a group datagram the
+        /// sender's multicast TTL (every overlay host is one hop away), else what is left of
+        /// the routed packet's.
+        ttl: u8,
     },
     /// The set of reachable nodes or the routes changed.
     RoutesChanged,

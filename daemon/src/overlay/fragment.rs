@@ -8,6 +8,8 @@ use std::time::Duration;
 use weft_core::{Endpoint, Instant};
 
 pub const MAX_DATAGRAM: usize = 65_507;
+/// A group datagram carries its sender's TTL ahead of the payload.
+const MAX_REASSEMBLED: usize = MAX_DATAGRAM + 1;
 
 /// Splits `len` bytes into (offset, length) pieces of at most `piece`.
 pub fn pieces(len: usize, piece: usize) -> impl Iterator<Item = (usize, usize)> {
@@ -97,7 +99,7 @@ impl Reassembler {
         if offset == 0 && bytes.len() == total {
             return Some(bytes.to_vec());
         }
-        if total > MAX_DATAGRAM || offset + bytes.len() > total {
+        if total > MAX_REASSEMBLED || offset + bytes.len() > total {
             self.counters.inconsistent += 1;
             return None;
         }

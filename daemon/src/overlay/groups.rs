@@ -7,7 +7,7 @@
 use crate::overlay::events::NodeEvent;
 use crate::overlay::routing::{Routing, ShortestPathTree};
 use crate::overlay::trust::Refused;
-use crate::overlay::wire::{RoutedHeader, StateId, StateKind};
+use crate::overlay::wire::{GroupDatagram, RoutedHeader, StateId, StateKind};
 use ahash::AHashMap as HashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use weft_core::{Endpoint, Instant, NodeId, Reader, Writer};
 use weft_multicast::{
-    Applied, Forwarding, JoinError, MembershipRecord, MulticastStatus, ShortestPaths, SocketId,
+    Applied, Forwarding, JoinError, MembershipRecord, MulticastStatus, ShortestPaths, SocketFilter,
+    SocketId,
 };
 use weft_secure::SecretKey;
 
@@ -124,7 +125,8 @@ struct Reorder {
     next: Option<u32>,
     /// The first datagram of this source arrived then, with this id.
     first: Option<(Instant, u32)>,
-    held: BTreeMap<u32, (Instant, Endpoint, Vec<u8>)>,
+    /// Arrival, destination, the sender's TTL and the payload of each datagram held.
+    held: BTreeMap<u32, (Instant, Endpoint, u8, Vec<u8>)>,
 }
 
 impl Reorder {
@@ -184,7 +186,7 @@ impl Groups {
         self.counters
     }
 
-    /// Membership records that failed to decode.
+    /// Membership records and group datagrams that failed to decode.
     pub fn malformed(&self) -> u64 {
         self.malformed
     }
@@ -215,6 +217,33 @@ impl Groups {
             .mc
             .local_leave(socket, group, source)?
             .map(|r| signer.record(&r)))
+    }
+
+    /// A local socket's filter of `group` as the kernel holds it (`None`: not a member),
+    /// for sockets whose memberships the kernel applies: the record to flood.
+    pub fn set_filter(
+        &mut self,
+        socket: SocketId,
+        group: NodeId,
+        filter: Option<SocketFilter>,
+        reliable: bool,
+    ) -> Option<FloodRecord> {
+        self.mc
+            .local_set_filter(socket, group, filter, reliable)
+            .map(|r| self.signer.record(&r))
+    }
+
+    /// Some local socket is a member of `group`.
+    pub fn has_local_member(&self, group: NodeId) -> bool {
+        self.mc.db().local_sockets_in(group) > 0
+    }
+
+    /// Whether a datagram a local program sends to `group` with multicast TTL `hops` stays
+    /// on this host. TTL 0 keeps it here when this host is a member; Linux sends a TTL 0
+    /// datagram from a host that is not onto the link all the same (receivers see TTL 0),
+    /// and so does the overlay.
+    pub fn stays_on_host(&self, hops: u8, group: NodeId) -> bool {
+        hops == 0 && self.has_local_member(group)
     }
 
     /// A socket went away: every membership it held ends.
@@ -318,22 +347,28 @@ impl Groups {
         id
     }
 
-    /// A whole datagram (datagram `id` of its source) for a group this node is a member of.
+    /// A whole group datagram ([`GroupDatagram`], datagram `id` of its source) for a group
+    /// this node is a member of.
     pub fn deliver(
         &mut self,
         now: Instant,
         header: &RoutedHeader,
         id: u32,
-        payload: Vec<u8>,
+        datagram: Vec<u8>,
         reliable: bool,
         events: &mut Events,
     ) {
+        let Ok((ttl, payload)) = GroupDatagram::decode(datagram) else {
+            self.malformed += 1;
+            return;
+        };
         if !reliable {
             self.counters.delivered += 1;
             events.push_back(NodeEvent::Datagram {
                 src: header.src,
                 dst: header.dst,
                 payload,
+                ttl,
             });
             return;
         }
@@ -347,7 +382,7 @@ impl Groups {
                 return;
             }
         }
-        r.held.insert(id, (now, header.dst, payload));
+        r.held.insert(id, (now, header.dst, ttl, payload));
         self.release_in_order(key, now, events);
     }
 
@@ -372,18 +407,19 @@ impl Groups {
         }
         loop {
             let Some(next) = r.next else { return };
-            if let Some((_, dst, payload)) = r.held.remove(&next) {
+            if let Some((_, dst, ttl, payload)) = r.held.remove(&next) {
                 r.next = Some(next.wrapping_add(1));
                 self.counters.delivered += 1;
                 events.push_back(NodeEvent::Datagram {
                     src: key.0,
                     dst,
                     payload,
+                    ttl,
                 });
                 continue;
             }
             // A gap: wait for it, up to ORDER_HOLD after the oldest held datagram arrived.
-            let oldest = r.held.values().map(|(t, _, _)| *t).min();
+            let oldest = r.held.values().map(|(t, ..)| *t).min();
             match oldest {
                 Some(t) if now.saturating_since(t) >= ORDER_HOLD => {
                     let skip_to = r
@@ -420,7 +456,7 @@ impl Groups {
             .flat_map(|r| {
                 r.held
                     .values()
-                    .map(|(t, _, _)| *t + ORDER_HOLD)
+                    .map(|(t, ..)| *t + ORDER_HOLD)
                     .chain(r.start_deadline())
             })
             .min()

@@ -29,7 +29,7 @@ use crate::overlay::sessions::{OpenError, SessionSummary, Sessions, SessionsConf
 use crate::overlay::status::{Counters, NodeStatus};
 use crate::overlay::trust::Trust;
 use crate::overlay::wire::{
-    self, Class, LinkStateAdvert, Proto, RoutedHeader, RoutedPacket, StateKind,
+    self, Class, GroupDatagram, LinkStateAdvert, Proto, RoutedHeader, RoutedPacket, StateKind,
 };
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -38,7 +38,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tracing::debug;
 use weft_core::{Endpoint, Instant, NodeId};
-use weft_multicast::{JoinError, MulticastStatus, SocketId};
+use weft_multicast::{JoinError, MulticastStatus, SocketFilter, SocketId};
 use weft_transport::session::{RecoveryMode, SessionStats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
@@ -381,6 +381,7 @@ impl Node {
                         src: header.src,
                         dst: header.dst,
                         payload: whole.payload,
+                        ttl: header.ttl,
                     });
                 }
             }
@@ -517,6 +518,7 @@ impl Node {
                 src,
                 dst,
                 payload: payload.to_vec(),
+                ttl: self.cfg.default_ttl,
             });
             return Ok(());
         }
@@ -533,9 +535,10 @@ impl Node {
         Ok(())
     }
 
-    /// Sends a datagram to a group. `hops` is the application's multicast TTL: 0 keeps it on
-    /// this host; any other value reaches the whole overlay (every overlay host is one hop
-    /// away, as most multicast programs assume with their default TTL of 1). With `loopback`
+    /// Sends a datagram to a group. `hops` is the application's multicast TTL: it travels
+    /// with the datagram (receivers report it), and any value reaches the whole overlay
+    /// (every overlay host is one hop away, as most multicast programs assume with their
+    /// default TTL of 1) unless [`Groups::stays_on_host`]. With `loopback`
     /// (IP_MULTICAST_LOOP, on by default) this host's members get a copy too.
     pub fn send_group(
         &mut self,
@@ -555,15 +558,17 @@ impl Node {
                 src,
                 dst,
                 payload: payload.to_vec(),
+                ttl: hops,
             });
         }
-        if hops == 0 {
+        if self.groups.stays_on_host(hops, dst.node) {
             return Ok(());
         }
         let id = self
             .groups
             .next_datagram_id(src, dst.node, self.datagrams.peek_id());
-        self.send_fragments(now, src, dst, self.cfg.default_ttl, id, payload);
+        let datagram = GroupDatagram::encode(hops, payload);
+        self.send_fragments(now, src, dst, self.cfg.default_ttl, id, &datagram);
         Ok(())
     }
 
@@ -621,6 +626,21 @@ impl Node {
         }
         self.touched(now);
         Ok(())
+    }
+
+    /// A local socket's filter of `group`, as the kernel holds it (`None`: not a member).
+    pub fn mc_set_filter(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        group: NodeId,
+        filter: Option<SocketFilter>,
+        reliable: bool,
+    ) {
+        if let Some(rec) = self.groups.set_filter(socket, group, filter, reliable) {
+            self.flood_membership(rec, None);
+        }
+        self.touched(now);
     }
 
     /// A socket went away: every membership it held ends.

@@ -8,6 +8,7 @@
 //! StateAck:  count u16 | count × (kind u8 | origin u32 | key u32 | version u128)
 //! Routed:    flags u8 | proto u8 | class u8 | ttl u8 | src u32 | src_port u16 | dst u32 | dst_port u16
 //!            then for datagrams: id u32 | offset u16 | total u16, then payload
+//!            (a datagram to a group starts with the sender's multicast TTL, one byte)
 //! ```
 
 use weft_core::{DecodeError, Endpoint, NodeId, Reader, Writer};
@@ -495,6 +496,32 @@ impl FragmentHeader {
     }
 }
 
+/// A datagram to a group as it crosses the overlay: the sender's multicast TTL, which
+/// receiving sockets report with `IP_RECVTTL` (every overlay host is one hop away), then the
+/// payload. Unicast datagrams carry no such byte: their routed TTL is what is left.
+pub struct GroupDatagram;
+
+impl GroupDatagram {
+    /// Bytes a group datagram adds ahead of the application's payload.
+    pub const OVERHEAD: usize = 1;
+
+    pub fn encode(hops: u8, payload: &[u8]) -> Vec<u8> {
+        let mut datagram = Vec::with_capacity(payload.len() + Self::OVERHEAD);
+        datagram.push(hops);
+        datagram.extend_from_slice(payload);
+        datagram
+    }
+
+    /// The sender's TTL and the payload of a reassembled group datagram.
+    pub fn decode(mut datagram: Vec<u8>) -> Result<(u8, Vec<u8>), DecodeError> {
+        let Some(&hops) = datagram.first() else {
+            return Err(DecodeError::Invalid("group datagram without its TTL"));
+        };
+        datagram.drain(..Self::OVERHEAD);
+        Ok((hops, datagram))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,6 +635,19 @@ mod tests {
                 let _ = (view.header(), view.payload());
             }
             let _ = FragmentHeader::decode(&data);
+            let _ = GroupDatagram::decode(data.clone());
         }
+    }
+
+    #[test]
+    fn group_datagram_carries_the_senders_ttl() {
+        let d = GroupDatagram::encode(7, b"hello");
+        assert_eq!(d.len(), 5 + GroupDatagram::OVERHEAD);
+        assert_eq!(GroupDatagram::decode(d).unwrap(), (7, b"hello".to_vec()));
+        assert_eq!(
+            GroupDatagram::decode(GroupDatagram::encode(0, b"")).unwrap(),
+            (0, vec![])
+        );
+        assert!(GroupDatagram::decode(Vec::new()).is_err());
     }
 }

@@ -308,8 +308,14 @@ impl TruthMembership {
         let entry = sockets
             .entry(socket)
             .or_insert_with(|| (source.map(|_| BTreeSet::new()), false));
-        if let (Some(list), Some(s)) = (&mut entry.0, source) {
-            list.insert(s);
+        match (&mut entry.0, source) {
+            (Some(list), Some(s)) => {
+                list.insert(s);
+            }
+            // The kernel's rule: a source added to an any-source membership makes it
+            // source-specific.
+            (list @ None, Some(s)) => *list = Some(BTreeSet::from([s])),
+            (_, None) => {}
         }
         entry.1 |= reliable;
     }

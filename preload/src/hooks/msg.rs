@@ -115,7 +115,9 @@ hook! {
         let sl = (*msg).msg_namelen;
         (*msg).msg_name = name;
         if got >= 0 {
-            deliver_source(&ss, sl, name as *mut sockaddr, &mut room);
+            if deliver_source(&ss, sl, name as *mut sockaddr, &mut room) {
+                dgram::overlay_pktinfo(msg);
+            }
             (*msg).msg_namelen = room;
         } else {
             (*msg).msg_namelen = room;
@@ -129,17 +131,24 @@ hook! {
     }
 }
 
-/// Copies a received source address out, as the overlay endpoint if it is a proxy.
+/// Copies a received source address out, as the overlay endpoint if it is a proxy (then
+/// `true`).
 unsafe fn deliver_source(
     ss: &sockaddr_storage,
     sl: socklen_t,
     addr: *mut sockaddr,
     len: *mut socklen_t,
-) {
+) -> bool {
     let _errno = KeepErrno::new();
     match dgram::overlay_source(ss, sl) {
-        Some((family, a)) => addr::write_out(family, a, addr, len),
-        None => addr::copy_out(ss, sl, addr, len),
+        Some((family, a)) => {
+            addr::write_out(family, a, addr, len);
+            true
+        }
+        None => {
+            addr::copy_out(ss, sl, addr, len);
+            false
+        }
     }
 }
 
@@ -234,6 +243,7 @@ unsafe fn recvmmsg_hook(
             let mut l = room;
             addr::write_out(family, a, h.msg_name as *mut sockaddr, &mut l);
             h.msg_namelen = l;
+            dgram::overlay_pktinfo(h);
         }
     }
     got

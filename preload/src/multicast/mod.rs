@@ -3,50 +3,58 @@
 //! answers on a host without a multicast route (`ENODEV` for joins, `ENETUNREACH` for sends)
 //! never reach the program. Without a daemon everything stays the kernel's.
 //!
-//! - Options ([`option`]) are decoded in every spelling and applied to the socket's
-//!   memberships with the kernel's errors ([`membership`]); the daemon hears the resulting
-//!   `Join`/`Leave` for the socket's delivery address ([`delivery`]). The kernel never sees a
-//!   membership; `IP_MULTICAST_TTL`/`LOOP`/`IF` are kept here and answered by `getsockopt`.
-//! - Receiving: a member socket bound to the wildcard or a group address is bound to a
-//!   delivery address of its own; the daemon sends each copy there from the sender's proxy, so
-//!   `recvfrom` names the true sender (rewritten by [`crate::dgram`]). A join before `bind` is
-//!   held until the bind; a join after a wildcard bind gets a private address that reaches
-//!   the socket (it cannot be told apart from another wildcard socket on the same port).
-//! - Sending: `sendto`/`sendmsg`/`sendmmsg`/`connect` to a group go to the daemon's proxy for
-//!   (group, port); the socket's TTL and LOOP travel ahead as `MulticastSend` for its port.
-//! - Membership belongs to the socket: the last close leaves every group; a process that dies
-//!   loses its control connection, and the daemon drops its memberships.
-//! - `WEFT_RELIABLE_GROUPS` ([`reliable`]) makes joins of listed groups reliable.
+//! The daemon says how it delivers group datagrams (`MulticastInfo`):
+//! - **Kernel delivery** ([`kernel`]), the daemon alone in its network namespace: memberships
+//!   are the kernel's own, on loopback (no multicast route needed), so every rule, limit and
+//!   filter mode, `IP_MULTICAST_ALL`, and membership per open file description are the
+//!   kernel's; the daemon sends each group datagram once to the group on loopback from the
+//!   sender's proxy with the sender's TTL, and the kernel hands a copy to every socket that
+//!   matches, whatever the order of bind, join and fork. `IP_MULTICAST_TTL`/`LOOP`/`IF`/`ALL`
+//!   are set on the kernel socket too (so `getsockopt` is the kernel's).
+//! - **Delivery addresses** ([`emulated`], [`delivery`]), a daemon sharing its namespace with another:
+//!   memberships are emulated here with the kernel's rules (`weft_multicast::Memberships`);
+//!   a member socket bound to the wildcard or a group address is bound to a delivery address
+//!   of its own, where the daemon sends its copy.
+//!
+//! Either way the daemon hears each socket's filter after every change (`GroupFilter`).
+//! Sending: `sendto`/`sendmsg`/`sendmmsg`/`connect` to a group go to the daemon's proxy for
+//! (group, port); the socket's TTL and LOOP travel ahead as `MulticastSend` for its port. A
+//! socket whose `IP_MULTICAST_IF` is loopback sends through the kernel (the copy stays on the
+//! host). `WEFT_RELIABLE_GROUPS` ([`reliable`]) makes joins of listed groups reliable.
 
 pub mod delivery;
-pub mod membership;
+mod emulated;
+pub mod kernel;
 pub mod option;
 pub mod reliable;
+mod request;
 
-use crate::addr::{self, Ip, SockAddr};
+use crate::addr::{self, SockAddr};
 use crate::dgram::{self, Dest};
 use crate::fdtable::{self, Kind};
 use crate::guard::{fail, KeepErrno};
 use crate::log::debug;
-use crate::{control, release, state, sys};
-use libc::{c_int, c_void, sockaddr, sockaddr_storage, socklen_t};
-use membership::{DaemonOp, Memberships};
-use option::SetOption;
+use crate::{control, real, release, state, sys};
+use libc::{c_int, c_void, socklen_t};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use weft_core::{Endpoint, NodeId};
-use weft_ipc::Request;
+use std::sync::atomic::{AtomicU8, Ordering};
+use weft_core::Endpoint;
+use weft_ipc::{GroupDelivery, Reply, Request};
+use weft_multicast::Memberships;
 
 /// The multicast side of one socket (shared by its duplicates).
 #[derive(Debug, Clone)]
 pub struct SocketGroups {
+    /// Delivery addresses: the memberships, under the kernel's rules.
     pub members: Memberships,
     /// `IP_MULTICAST_TTL`: 0 keeps datagrams on this host, anything else reaches the overlay.
     pub ttl: u8,
     /// `IP_MULTICAST_LOOP`.
     pub loopback: bool,
-    /// `IP_MULTICAST_IF` (accepted and reported; the overlay has one interface).
+    /// `IP_MULTICAST_IF`: the interface address, and index (0: by address).
     pub interface: Ipv4Addr,
-    /// Where the daemon delivers this socket's group datagrams (once it is bound).
+    pub interface_index: u32,
+    /// Delivery addresses: where the daemon delivers this socket's group datagrams.
     pub deliver_to: Option<SocketAddrV4>,
     /// What the program bound to, when the shim bound the socket to its delivery address.
     pub shown: Option<SockAddr>,
@@ -54,6 +62,8 @@ pub struct SocketGroups {
     pub announced: Option<u16>,
     /// The process that told the daemon about the memberships (only it leaves them).
     pub owner: libc::pid_t,
+    /// Kernel delivery: the kernel holds a membership of this socket the overlay serves.
+    pub kernel_member: bool,
 }
 
 impl Default for SocketGroups {
@@ -63,10 +73,12 @@ impl Default for SocketGroups {
             ttl: 1,
             loopback: true,
             interface: Ipv4Addr::UNSPECIFIED,
+            interface_index: 0,
             deliver_to: None,
             shown: None,
             announced: None,
             owner: sys::getpid(),
+            kernel_member: false,
         }
     }
 }
@@ -76,9 +88,63 @@ pub fn init() {
     reliable::init();
 }
 
+// ----- how the daemon delivers ----------------------------------------------------------
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_ADDRESSES: u8 = 1;
+const MODE_KERNEL: u8 = 2;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Kernel,
+    Addresses,
+}
+
+/// The daemon's answer is known (no round trip needed).
+fn delivery_known() -> bool {
+    MODE.load(Ordering::Relaxed) != MODE_UNKNOWN
+}
+
+/// How this process's daemon delivers group datagrams (asked once).
+fn mode() -> Option<Mode> {
+    match MODE.load(Ordering::Relaxed) {
+        MODE_KERNEL => return Some(Mode::Kernel),
+        MODE_ADDRESSES => return Some(Mode::Addresses),
+        _ => {}
+    }
+    let mode = match control::request(Request::MulticastInfo) {
+        Ok(Reply::MulticastInfo {
+            delivery: GroupDelivery::Kernel { proxy_net },
+        }) => {
+            kernel::set_proxy_net(proxy_net);
+            Mode::Kernel
+        }
+        Ok(_) => Mode::Addresses,
+        Err(libc::ENETUNREACH) => return None,
+        // A daemon that does not know the request delivers to addresses.
+        Err(_) => Mode::Addresses,
+    };
+    debug!("group datagrams are delivered {mode:?}");
+    MODE.store(
+        if mode == Mode::Kernel {
+            MODE_KERNEL
+        } else {
+            MODE_ADDRESSES
+        },
+        Ordering::Relaxed,
+    );
+    Some(mode)
+}
+
+/// Kernel delivery is known to be on (no daemon round trip).
+pub fn kernel_delivery_known() -> bool {
+    MODE.load(Ordering::Relaxed) == MODE_KERNEL
+}
+
 /// The socket's domain when its multicast belongs to the overlay: a datagram socket of this
 /// process, and a daemon to talk to.
-fn managed(fd: c_int) -> Option<c_int> {
+pub(super) fn managed(fd: c_int) -> Option<(c_int, Mode)> {
     if !state::in_owner()
         || sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_DGRAM)
     {
@@ -89,11 +155,14 @@ fn managed(fd: c_int) -> Option<c_int> {
         return None;
     }
     let _errno = KeepErrno::new();
-    control::ensure_view().then_some(domain)
+    if !control::ensure_view() {
+        return None;
+    }
+    Some((domain, mode()?))
 }
 
 /// Runs `f` on the socket's multicast state, creating it (and the socket's entry) if needed.
-fn with_groups<R>(fd: c_int, f: impl FnOnce(&mut SocketGroups) -> R) -> R {
+pub(super) fn with_groups<R>(fd: c_int, f: impl FnOnce(&mut SocketGroups) -> R) -> R {
     let mut st = state::lock();
     if !matches!(st.table.get(fd), Some(Kind::Dgram { .. })) {
         let released = st.table.set(
@@ -119,7 +188,7 @@ fn with_groups<R>(fd: c_int, f: impl FnOnce(&mut SocketGroups) -> R) -> R {
 }
 
 /// A copy of the socket's multicast state, if it has any.
-fn snapshot(fd: c_int) -> Option<SocketGroups> {
+pub(super) fn snapshot(fd: c_int) -> Option<SocketGroups> {
     if fdtable::flags(fd) & fdtable::TRACKED == 0 {
         return None;
     }
@@ -131,7 +200,33 @@ fn snapshot(fd: c_int) -> Option<SocketGroups> {
     }
 }
 
+/// Kernel delivery: the socket holds a membership the overlay serves (its last close asks
+/// the daemon to look for closed member sockets).
+pub(super) fn note_kernel_member(fd: c_int) {
+    with_groups(fd, |g| g.kernel_member = true);
+}
+
 // ----- options -----------------------------------------------------------------------------
+
+fn is_membership(name: c_int) -> bool {
+    matches!(
+        name,
+        libc::IP_ADD_MEMBERSHIP
+            | libc::IP_DROP_MEMBERSHIP
+            | libc::IP_ADD_SOURCE_MEMBERSHIP
+            | libc::IP_DROP_SOURCE_MEMBERSHIP
+            | libc::IP_BLOCK_SOURCE
+            | libc::IP_UNBLOCK_SOURCE
+            | libc::IP_MSFILTER
+            | libc::MCAST_JOIN_GROUP
+            | libc::MCAST_LEAVE_GROUP
+            | libc::MCAST_JOIN_SOURCE_GROUP
+            | libc::MCAST_LEAVE_SOURCE_GROUP
+            | libc::MCAST_BLOCK_SOURCE
+            | libc::MCAST_UNBLOCK_SOURCE
+            | libc::MCAST_MSFILTER
+    )
+}
 
 /// `Some(rc)` when the option was handled here; `None`: the caller goes on to the kernel.
 ///
@@ -144,37 +239,68 @@ pub unsafe fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> Option<c_int> {
-    if !option::is_emulated(level, name) {
+    if level != libc::IPPROTO_IP {
         return None;
     }
-    managed(fd)?;
-    let len = len as usize;
-    if len > 0 && val.is_null() {
-        return Some(fail(libc::EFAULT));
+    let send_option = matches!(
+        name,
+        libc::IP_MULTICAST_TTL | libc::IP_MULTICAST_LOOP | libc::IP_MULTICAST_IF
+    );
+    if !is_membership(name) && !send_option {
+        return None;
     }
-    let shown = len.min(option::MAX_OPTION_LEN);
-    let bytes: &[u8] = if shown == 0 {
-        &[]
-    } else {
-        std::slice::from_raw_parts(val as *const u8, shown)
-    };
-    let opt = match option::parse_set(name, bytes, len) {
-        Ok(o) => o,
-        Err(e) => return Some(fail(e)),
-    };
-    Some(match opt {
-        SetOption::Membership(op) => change_membership(fd, op),
-        SetOption::Ttl(ttl) => set_send_options(fd, |g| g.ttl = ttl),
-        SetOption::Loop(on) => set_send_options(fd, |g| g.loopback = on),
-        SetOption::Interface(a) => {
-            with_groups(fd, |g| g.interface = a);
-            0
-        }
-    })
+    let (_, mode) = managed(fd)?;
+    match mode {
+        Mode::Kernel if send_option => Some(kernel_send_option(fd, name, val, len)),
+        Mode::Kernel => kernel::setsockopt(fd, name, val, len),
+        Mode::Addresses => emulated::setsockopt(fd, name, val, len),
+    }
 }
 
-/// `Some(rc)` for `IP_MULTICAST_TTL`/`LOOP`/`IF` on a socket whose multicast is the
-/// overlay's; `None`: the kernel answers.
+/// Kernel delivery: `IP_MULTICAST_TTL`/`LOOP`/`IF` go to the kernel (its checks, its
+/// `getsockopt`), and the shim keeps what the sends need.
+unsafe fn kernel_send_option(fd: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    let rc = real::setsockopt(fd, libc::IPPROTO_IP, name, val, len);
+    if rc != 0 {
+        return rc;
+    }
+    let _errno = KeepErrno::new();
+    match name {
+        libc::IP_MULTICAST_IF => {
+            let b = std::slice::from_raw_parts(val as *const u8, len as usize);
+            let word = |at: usize| -> Option<[u8; 4]> { b.get(at..at + 4)?.try_into().ok() };
+            let (address, index) = match len as usize {
+                n if n >= 12 => (
+                    word(4).map(Ipv4Addr::from),
+                    word(8).map(u32::from_ne_bytes).unwrap_or(0),
+                ),
+                n if n >= 8 => (word(4).map(Ipv4Addr::from), 0),
+                _ => (word(0).map(Ipv4Addr::from), 0),
+            };
+            with_groups(fd, |g| {
+                g.interface = address.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                g.interface_index = index;
+                // The next send decides again between the kernel and the overlay.
+                g.announced = None;
+            });
+        }
+        _ => {
+            let ttl = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL);
+            let lp = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP);
+            set_send_options(fd, |g| {
+                if let Some(t) = ttl {
+                    g.ttl = t.clamp(0, 255) as u8;
+                }
+                if let Some(l) = lp {
+                    g.loopback = l != 0;
+                }
+            });
+        }
+    }
+    0
+}
+
+/// `Some(rc)` for options the shim answers; `None`: the kernel answers.
 ///
 /// # Safety
 /// Arguments as the program passed them to getsockopt.
@@ -185,37 +311,27 @@ pub unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> Option<c_int> {
-    let ours = level == libc::IPPROTO_IP
-        && matches!(
-            name,
-            libc::IP_MULTICAST_TTL | libc::IP_MULTICAST_LOOP | libc::IP_MULTICAST_IF
-        );
-    if !ours {
+    if level != libc::IPPROTO_IP {
         return None;
     }
-    managed(fd)?;
-    if len.is_null() {
-        return Some(fail(libc::EFAULT));
+    let emulated = matches!(
+        name,
+        libc::IP_MULTICAST_TTL | libc::IP_MULTICAST_LOOP | libc::IP_MULTICAST_IF
+    );
+    let filter = name == libc::IP_MSFILTER || name == libc::MCAST_MSFILTER;
+    if !emulated && !filter {
+        return None;
     }
-    if (*len as i32) < 0 {
-        return Some(fail(libc::EINVAL));
+    let (_, mode) = managed(fd)?;
+    match mode {
+        Mode::Kernel if filter => kernel::getsockopt(fd, name, val, len),
+        Mode::Kernel => None,
+        Mode::Addresses if emulated => Some(emulated::getsockopt(fd, name, val, len)),
+        Mode::Addresses => None,
     }
-    let g = snapshot(fd).unwrap_or_default();
-    let room = *len as usize;
-    let bytes = match name {
-        libc::IP_MULTICAST_TTL => option::encode_byte_option(g.ttl, room),
-        libc::IP_MULTICAST_LOOP => option::encode_byte_option(u8::from(g.loopback), room),
-        _ => option::encode_interface(g.interface, room),
-    };
-    if !bytes.is_empty() && val.is_null() {
-        return Some(fail(libc::EFAULT));
-    }
-    std::ptr::copy_nonoverlapping(bytes.as_ptr(), val as *mut u8, bytes.len());
-    *len = bytes.len() as socklen_t;
-    Some(0)
 }
 
-fn set_send_options(fd: c_int, f: impl FnOnce(&mut SocketGroups)) -> c_int {
+pub(super) fn set_send_options(fd: c_int, f: impl FnOnce(&mut SocketGroups)) -> c_int {
     let announced = with_groups(fd, |g| {
         f(g);
         g.announced.map(|port| (port, g.ttl, g.loopback))
@@ -232,201 +348,25 @@ fn set_send_options(fd: c_int, f: impl FnOnce(&mut SocketGroups)) -> c_int {
     0
 }
 
-// ----- memberships -------------------------------------------------------------------------
+pub use emulated::{before_implicit_bind, bind, shown_local};
 
-fn to_request(op: DaemonOp, deliver_to: SocketAddrV4) -> Request {
-    match op {
-        DaemonOp::Join { group, source } => Request::Join {
-            group: NodeId::from(group),
-            source: source.map(NodeId::from),
-            deliver_to,
-            reliable: reliable::is_reliable(group),
-        },
-        DaemonOp::Leave { group, source } => Request::Leave {
-            group: NodeId::from(group),
-            source: source.map(NodeId::from),
-            deliver_to,
-        },
-    }
-}
-
-/// Tells the daemon; a refused join comes back as its errno (a daemon that went away as the
-/// kernel's answer without a multicast route). Refused leaves only log: the socket's own
-/// memberships decide what the program sees.
-fn tell(ops: &[DaemonOp], deliver_to: SocketAddrV4) -> Result<(), i32> {
-    for &op in ops {
-        match control::request(to_request(op, deliver_to)) {
-            Ok(_) => debug!("multicast {op:?} for {deliver_to}"),
-            Err(e) if matches!(op, DaemonOp::Leave { .. }) => {
-                debug!("multicast {op:?} for {deliver_to}: daemon refused (errno {e})")
-            }
-            Err(libc::ENETUNREACH) => return Err(libc::ENODEV),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Where copies for a socket that is already bound can reach it; `None` while it is unbound.
-fn delivery_for_bound(fd: c_int) -> Option<SocketAddrV4> {
-    let a = sys::local_addr(fd).and_then(|(ss, len)| addr::parse_storage(&ss, len))?;
-    if a.port == 0 {
-        return None;
-    }
-    match a.ip {
-        Ip::V4(ip) if delivery::in_block(ip) => Some(SocketAddrV4::new(ip, a.port)),
-        Ip::V4(ip) if ip.is_unspecified() || ip.is_multicast() => {
-            Some(delivery::unbound_address(a.port))
-        }
-        Ip::V6Any => Some(delivery::unbound_address(a.port)),
-        Ip::V4(ip) => Some(SocketAddrV4::new(ip, a.port)),
-        Ip::V6Other => None,
-    }
-}
-
-fn change_membership(fd: c_int, op: option::MembershipOp) -> c_int {
-    let (mut members, known) = with_groups(fd, |g| (g.members.clone(), g.deliver_to));
-    let outcome = members.apply(op);
-    if let (Err(e), true) = (outcome.result, outcome.daemon.is_empty()) {
-        return fail(e);
-    }
-    let deliver_to = known.or_else(|| delivery_for_bound(fd));
-    match (known, deliver_to) {
-        (Some(to), _) => {
-            if let Err(e) = tell(&outcome.daemon, to) {
-                return fail(e);
-            }
-        }
-        // Bound behind the shim's back (or before the daemon was there): the daemon learns
-        // every membership now.
-        (None, Some(to)) => {
-            if let Err(e) = tell(&members.join_all(), to) {
-                return fail(e);
-            }
-        }
-        // Unbound: held until bind.
-        (None, None) => {}
-    }
-    with_groups(fd, |g| {
-        g.members = members;
-        g.deliver_to = deliver_to;
-        g.owner = sys::getpid();
-    });
-    match outcome.result {
-        Ok(()) => 0,
-        Err(e) => fail(e),
-    }
-}
-
-fn has_memberships(fd: c_int) -> bool {
-    snapshot(fd).is_some_and(|g| !g.members.is_empty())
-}
-
-/// A member socket just got its delivery address: the daemon learns its memberships.
-fn bound_to_delivery(fd: c_int, deliver_to: SocketAddrV4, shown: Option<SockAddr>) {
-    let members = with_groups(fd, |g| {
-        g.deliver_to = Some(deliver_to);
-        g.shown = shown;
-        g.owner = sys::getpid();
-        g.members.clone()
-    });
-    debug!("multicast fd {fd}: delivery address {deliver_to}");
-    if let Err(e) = tell(&members.join_all(), deliver_to) {
-        debug!("multicast fd {fd}: daemon refused its memberships (errno {e})");
-    }
-}
-
-/// `bind()` of a datagram socket to a group address, or to the wildcard by a socket that
-/// already joined: bind it to a delivery address of its own instead. `None`: the real bind.
-///
-/// # Safety
-/// `addr` readable for `len` bytes (or null).
-pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
-    let a = addr::parse(addr, len)?;
-    let wanted = match a.ip {
-        Ip::V4(ip) if ip.is_multicast() => true,
-        Ip::V4(ip) if ip.is_unspecified() => has_memberships(fd),
-        Ip::V6Any => has_memberships(fd),
-        _ => false,
-    };
-    if !wanted {
-        return None;
-    }
-    let domain = managed(fd)?;
-    let v6only = domain == libc::AF_INET6
-        && sys::sockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1);
-    // Anything the kernel would refuse (wrong family, already bound) it refuses itself.
-    let bound = sys::local_addr(fd)
-        .and_then(|(ss, l)| addr::parse_storage(&ss, l))
-        .is_some_and(|b| b.port != 0);
-    if domain != a.family || v6only || bound {
-        return None;
-    }
-    match delivery::bind_own(fd, domain, a.port) {
-        Ok(at) => {
-            let shown = SockAddr { port: 0, ..a };
-            bound_to_delivery(fd, at, Some(shown));
-            Some(0)
-        }
-        Err(e) => Some(fail(e)),
-    }
-}
-
-/// The shim is about to bind an unbound socket implicitly (a first send): a member socket
-/// gets its delivery address rather than the wildcard.
-pub fn before_implicit_bind(fd: c_int, domain: c_int) -> Result<(), i32> {
-    if !has_memberships(fd) {
-        return Ok(());
-    }
-    // SAFETY: the program's socket, unbound (the caller checked).
-    let at = unsafe { delivery::bind_own(fd, domain, 0) }?;
-    let (ss, len) = addr::wildcard(domain);
-    let shown = addr::parse_storage(&ss, len);
-    bound_to_delivery(fd, at, shown);
-    Ok(())
-}
-
-/// `getsockname` of a socket the shim bound to its delivery address: what the program bound.
-pub fn shown_local(
-    fd: c_int,
-    ss: &sockaddr_storage,
-    len: socklen_t,
-) -> Option<(sockaddr_storage, socklen_t)> {
-    if fdtable::flags(fd) & fdtable::TRACKED == 0 {
-        return None;
-    }
-    let real = addr::parse_storage(ss, len)?;
-    match real.ip {
-        Ip::V4(ip) if delivery::in_block(ip) => {}
-        _ => return None,
-    }
-    let shown = snapshot(fd)?.shown?;
-    Some(match shown.ip {
-        Ip::V4(ip) => addr::encode(shown.family, SocketAddrV4::new(ip, real.port)),
-        _ => {
-            let (mut out, l) = addr::wildcard(shown.family);
-            // SAFETY: wildcard() wrote a sockaddr_in(6) at the start of the storage.
-            unsafe {
-                if shown.family == libc::AF_INET6 {
-                    (*(&mut out as *mut sockaddr_storage as *mut libc::sockaddr_in6)).sin6_port =
-                        real.port.to_be();
-                } else {
-                    (*(&mut out as *mut sockaddr_storage as *mut libc::sockaddr_in)).sin_port =
-                        real.port.to_be();
-                }
-            }
-            (out, l)
-        }
-    })
-}
-
-/// The socket's last descriptor closed: it leaves every group.
+/// The socket's last descriptor in this process closed. Delivery addresses: it leaves every
+/// group. Kernel delivery: the kernel ended its memberships if no other process holds it;
+/// the daemon looks now.
 pub fn release(g: &SocketGroups) {
+    if g.kernel_member {
+        let _ = control::request(Request::MulticastCheck);
+        return;
+    }
     if g.owner != sys::getpid() {
         return;
     }
     if let Some(to) = g.deliver_to {
-        let _ = tell(&g.members.leave_all(), to);
+        let _ = emulated::tell(
+            &Memberships::default(),
+            &emulated::all_groups(&g.members),
+            to,
+        );
     }
 }
 
@@ -434,8 +374,21 @@ pub fn release(g: &SocketGroups) {
 
 /// Bound (to its delivery address if it is a member), registered for replies, and its send
 /// options with the daemon: ready to send to groups. Returns the port.
-fn prepare_sender(fd: c_int, domain: c_int) -> Result<u16, i32> {
+fn prepare_sender(fd: c_int, domain: c_int, mode: Mode) -> Result<u16, i32> {
     let port = dgram::ensure_registered(fd, domain)?;
+    if mode == Mode::Kernel {
+        // The kernel holds the options (a socket inherited across exec has no shim state).
+        let ttl = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL);
+        let lp = sys::sockopt_int(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP);
+        with_groups(fd, |g| {
+            if let Some(t) = ttl {
+                g.ttl = t.clamp(0, 255) as u8;
+            }
+            if let Some(l) = lp {
+                g.loopback = l != 0;
+            }
+        });
+    }
     let (announced, hops, loopback) = with_groups(fd, |g| (g.announced, g.ttl, g.loopback));
     if announced != Some(port) {
         control::request(Request::MulticastSend {
@@ -446,6 +399,24 @@ fn prepare_sender(fd: c_int, domain: c_int) -> Result<u16, i32> {
         with_groups(fd, |g| g.announced = Some(port));
     }
     Ok(port)
+}
+
+/// Kernel delivery: the socket sends on loopback, so the kernel's send is the right one.
+fn kernel_sends_on_loopback(fd: c_int) -> bool {
+    let (address, index) = match snapshot(fd) {
+        Some(g) => (g.interface, g.interface_index),
+        None => {
+            let a: Option<libc::in_addr> =
+                sys::sockopt_raw(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF);
+            (
+                a.map_or(Ipv4Addr::UNSPECIFIED, |a| {
+                    Ipv4Addr::from(u32::from_be(a.s_addr))
+                }),
+                0,
+            )
+        }
+    };
+    kernel::sends_on_loopback(address, index)
 }
 
 /// What `sendto`/`sendmsg`/`sendmmsg` to group `dst` become.
@@ -472,11 +443,14 @@ pub fn destination(fd: c_int, family: c_int, dst: SocketAddrV4) -> Dest {
             }
         }
     }
-    let Some(domain) = managed(fd) else {
+    let Some((domain, mode)) = managed(fd) else {
         return Dest::Keep;
     };
     let _errno = KeepErrno::new();
-    if let Err(e) = prepare_sender(fd, domain) {
+    if mode == Mode::Kernel && kernel_sends_on_loopback(fd) {
+        return Dest::Keep;
+    }
+    if let Err(e) = prepare_sender(fd, domain, mode) {
         return Dest::Fail(e);
     }
     match dgram::proxy_for(remote) {
@@ -491,11 +465,14 @@ pub fn destination(fd: c_int, family: c_int, dst: SocketAddrV4) -> Dest {
 /// `connect()` of a datagram socket to group `dst` (iperf2's sender): connected to the
 /// group's proxy, so `write`/`send` multicast. `None`: the kernel's connect.
 pub fn connect(fd: c_int, family: c_int, dst: SocketAddrV4) -> Option<c_int> {
-    let domain = managed(fd)?;
+    let (domain, mode) = managed(fd)?;
     if domain != family {
         return None;
     }
-    if let Err(e) = prepare_sender(fd, domain) {
+    if mode == Mode::Kernel && kernel_sends_on_loopback(fd) {
+        return None;
+    }
+    if let Err(e) = prepare_sender(fd, domain, mode) {
         return Some(fail(e));
     }
     Some(dgram::connect(fd, family, Endpoint::from(dst)))
