@@ -31,8 +31,9 @@ pub struct WeftdArgs {
     /// UDP address for links to neighbours, e.g. 192.0.2.1:7470.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Neighbour daemon address, optionally with emulation for packets from it:
-    /// 192.0.2.2:7470 or 192.0.2.2:7470/delay=10ms,loss=1%. Repeatable.
+    /// Neighbour daemon address, optionally with emulation for packets from it, its public
+    /// key and its node id: 192.0.2.2:7470 or 192.0.2.2:7470/delay=10ms,loss=1%,key=KEY.
+    /// Repeatable.
     #[arg(long = "neighbor", value_name = "ADDR[/SPEC]")]
     pub neighbors: Vec<String>,
     /// Control socket path (default /tmp/weft/weftd.sock).
@@ -76,6 +77,17 @@ pub struct WeftdArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9470 (default: off).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// This node's secret key file (`weft keygen FILE` makes one). Links are authenticated
+    /// and encrypted, flooded state signed; each neighbour needs a public key
+    /// (`--neighbor ADDR/key=KEY` or `[[neighbor]] public_key`) or an entry in --admitted-keys.
+    #[arg(long = "key", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The overlay-wide list of admitted node keys: `NODE PUBLIC_KEY` lines.
+    #[arg(long, value_name = "FILE")]
+    pub admitted_keys: Option<PathBuf>,
+    /// Run without link security: nothing authenticated, encrypted or signed.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl WeftdArgs {
@@ -99,6 +111,9 @@ impl WeftdArgs {
             log: self.log.clone(),
             log_format: self.log_format.clone(),
             metrics: self.metrics.clone(),
+            key_file: self.key_file.clone(),
+            admitted_keys: self.admitted_keys.clone(),
+            insecure: self.insecure,
         }
     }
 

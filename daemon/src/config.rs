@@ -9,8 +9,10 @@ use crate::overlay::{NeighborConfig, NodeConfig};
 use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use weft_core::NodeId;
+use weft_secure::{Admitted, LinkConfig, PeerConfig, PublicKey, SecretKey};
 use weft_transport::arq::RedundancyConfig;
 use weft_transport::session::RecoveryMode;
 
@@ -71,6 +73,12 @@ pub struct FileConfig {
     pub ttl: Option<u8>,
     /// Log filter: a level or per-module directives (checked, see `logging::parse_filter`).
     pub log: Option<String>,
+    /// This node's secret key (written by `weft keygen`, mode 0600).
+    pub key_file: Option<String>,
+    /// The overlay-wide list of admitted node keys (`NODE PUBLIC_KEY` lines).
+    pub admitted_keys: Option<String>,
+    /// Links without authentication or encryption, flooded state unsigned.
+    pub insecure: Option<bool>,
     /// `text` or `json`.
     pub log_format: Option<String>,
     /// Address of the Prometheus endpoint, or `off`.
@@ -86,6 +94,8 @@ pub struct FileNeighbor {
     pub node: Option<String>,
     /// Emulation for packets from this neighbour, e.g. `delay=10ms loss=1%`.
     pub link: Option<String>,
+    /// The neighbour's public key (`weft keygen` prints it); may come from `admitted_keys`.
+    pub public_key: Option<String>,
 }
 
 /// Flags, as parsed by `weftd`'s command line.
@@ -104,11 +114,15 @@ pub struct Flags {
     pub dead_interval: Option<String>,
     pub mtu: Option<u32>,
     pub ttl: Option<u8>,
-    /// `ADDR` or `ADDR/SPEC` (emulation for packets from that neighbour).
+    /// `ADDR` or `ADDR/SPEC`: emulation for packets from that neighbour, and `key=PUBLIC_KEY`
+    /// and `node=IP` items.
     pub neighbors: Vec<String>,
     pub log: Option<String>,
     pub log_format: Option<String>,
     pub metrics: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub admitted_keys: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 /// Everything `weftd` needs to run.
@@ -123,6 +137,7 @@ pub struct DaemonConfig {
     pub log: LogConfig,
     /// Where `/metrics` is served (None: off).
     pub metrics: Option<SocketAddr>,
+    pub security: Security,
 }
 
 /// How the daemon logs: a checked filter and a line format.
@@ -155,6 +170,25 @@ impl DaemonConfig {
             self.socket.display(),
             self.metrics.map_or("off".into(), |m| m.to_string()),
         )
+    }
+}
+
+
+/// How links and flooded state are protected.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// `insecure = true`: nothing authenticated, nothing encrypted, nothing signed.
+    Insecure,
+    Keys {
+        identity: Arc<SecretKey>,
+        /// The link layer's configuration (its `wall_clock_us` is set when the daemon starts).
+        links: LinkConfig,
+    },
+}
+
+impl Security {
+    pub fn is_secure(&self) -> bool {
+        matches!(self, Security::Keys { .. })
     }
 }
 
@@ -393,6 +427,7 @@ impl DaemonConfig {
         }
 
         let mut neighbors: Vec<(NeighborConfig, LinkParams)> = Vec::new();
+        let mut neighbor_keys: Vec<Option<PublicKey>> = Vec::new();
         for (i, n) in file.neighbors.iter().enumerate() {
             let name = format!("neighbor[{i}]");
             let addr = field(&format!("{name}.addr"), parse_socket_addr(&n.addr))?;
@@ -407,7 +442,15 @@ impl DaemonConfig {
                 )?,
                 None => LinkParams::default(),
             };
+            let key = match &n.public_key {
+                Some(k) => Some(field(
+                    &format!("{name}.public_key"),
+                    PublicKey::parse(k).map_err(|e| e.to_string()),
+                )?),
+                None => None,
+            };
             neighbors.push((NeighborConfig { addr, id }, link));
+            neighbor_keys.push(key);
         }
         for s in &flags.neighbors {
             let (addr, spec) = match s.split_once('/') {
@@ -415,11 +458,16 @@ impl DaemonConfig {
                 None => (s.as_str(), None),
             };
             let addr = field("neighbor", parse_socket_addr(addr))?;
-            let link = match spec {
-                Some(sp) => field("neighbor", LinkParams::default().apply_spec(sp))?,
-                None => LinkParams::default(),
-            };
-            neighbors.push((NeighborConfig { addr, id: None }, link));
+            let spec = field("neighbor", NeighborSpec::parse(spec.unwrap_or("")))?;
+            let link = field("neighbor", LinkParams::default().apply_spec(&spec.link))?;
+            neighbors.push((
+                NeighborConfig {
+                    addr,
+                    id: spec.node,
+                },
+                link,
+            ));
+            neighbor_keys.push(spec.key);
         }
         for (i, (n, link)) in neighbors.iter().enumerate() {
             if n.addr == listen {
@@ -438,11 +486,19 @@ impl DaemonConfig {
                 ));
             }
         }
+        let configured: Vec<NeighborConfig> = neighbors.iter().map(|(n, _)| n.clone()).collect();
+        let security = resolve_security(flags, &file, &node, &configured, neighbor_keys)?;
+        if let Security::Keys { identity, links } = &security {
+            node.trust = Some(crate::overlay::trust::TrustConfig {
+                identity: identity.clone(),
+                admitted: links.admitted.clone(),
+            });
+        }
         let emulation = EmulationConfig {
             enabled: emulation,
             links: neighbors.iter().map(|(n, link)| (n.addr, *link)).collect(),
         };
-        node.neighbors = neighbors.into_iter().map(|(n, _)| n).collect();
+        node.neighbors = configured;
 
         let socket = match pick(&flags.socket, &file.socket) {
             Some(s) => PathBuf::from(s),
@@ -478,8 +534,140 @@ impl DaemonConfig {
             proxy_ip,
             log: LogConfig { filter, format },
             metrics,
+            security,
         })
     }
+}
+
+/// What a `--neighbor ADDR/SPEC` flag's SPEC says besides emulation.
+struct NeighborSpec {
+    link: String,
+    key: Option<PublicKey>,
+    node: Option<NodeId>,
+}
+
+impl NeighborSpec {
+    fn parse(spec: &str) -> Result<NeighborSpec, String> {
+        let mut out = NeighborSpec {
+            link: String::new(),
+            key: None,
+            node: None,
+        };
+        for item in spec
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+        {
+            if let Some(k) = item.strip_prefix("key=") {
+                out.key = Some(PublicKey::parse(k).map_err(|e| format!("`key`: {e}"))?);
+            } else if let Some(n) = item.strip_prefix("node=") {
+                out.node = Some(NodeId::from(parse_ipv4(n)?));
+            } else {
+                if !out.link.is_empty() {
+                    out.link.push(',');
+                }
+                out.link.push_str(item);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn resolve_security(
+    flags: &Flags,
+    file: &FileConfig,
+    node: &NodeConfig,
+    neighbors: &[NeighborConfig],
+    keys: Vec<Option<PublicKey>>,
+) -> Result<Security, String> {
+    let key_file = flags
+        .key_file
+        .clone()
+        .or_else(|| file.key_file.as_ref().map(PathBuf::from));
+    let admitted_path = flags
+        .admitted_keys
+        .clone()
+        .or_else(|| file.admitted_keys.as_ref().map(PathBuf::from));
+    let insecure = flags.insecure || file.insecure.unwrap_or(false);
+    if insecure {
+        if key_file.is_some() || admitted_path.is_some() || keys.iter().any(Option::is_some) {
+            return Err(
+                "`insecure`: cannot be combined with `key_file`, `admitted_keys` or neighbour keys"
+                    .into(),
+            );
+        }
+        return Ok(Security::Insecure);
+    }
+    let Some(key_file) = key_file else {
+        return Err("`key_file`: required: link security needs this node's key (create one with `weft keygen FILE`, pass --key FILE), or run unprotected with --insecure".into());
+    };
+    let identity = field(
+        "key_file",
+        weft_secure::read_key_file(&key_file).map_err(|e| e.to_string()),
+    )?;
+    let admitted: Option<Admitted> = match &admitted_path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("`admitted_keys`: {}: {e}", p.display()))?;
+            Some(
+                weft_secure::admitted::parse(&text)
+                    .map_err(|e| format!("`admitted_keys`: {}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(a) = &admitted {
+        match a.get(&node.id) {
+            Some(k) if *k == identity.public() => {}
+            Some(_) => {
+                return Err(format!(
+                    "`admitted_keys`: lists another key for this node ({})",
+                    node.id
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "`admitted_keys`: does not list this node ({})",
+                    node.id
+                ))
+            }
+        }
+    }
+    let mut peers = Vec::with_capacity(neighbors.len());
+    for (n, key) in neighbors.iter().zip(keys) {
+        let by_id = n.id.or(match n.addr {
+            SocketAddr::V4(a) => Some(NodeId::from(*a.ip())),
+            SocketAddr::V6(_) => None,
+        });
+        let listed = by_id.and_then(|id| admitted.as_ref()?.get(&id).copied());
+        if let (Some(k), Some(l)) = (key, listed) {
+            if k != l {
+                return Err(format!(
+                    "`neighbor`: {}: its public key differs from the one `admitted_keys` lists",
+                    n.addr
+                ));
+            }
+        }
+        if key.is_none() && listed.is_none() {
+            return Err(format!(
+                "`neighbor`: {}: no public key (give `public_key`, or list its node in `admitted_keys`)",
+                n.addr
+            ));
+        }
+        peers.push(PeerConfig {
+            addr: n.addr,
+            node: n.id,
+            key,
+        });
+    }
+    Ok(Security::Keys {
+        links: LinkConfig {
+            node: node.id,
+            peers,
+            admitted: admitted.map(Arc::new),
+            wall_clock_us: 0,
+        },
+        identity: Arc::new(identity),
+    })
 }
 
 #[cfg(test)]
@@ -490,6 +678,7 @@ mod tests {
     fn flags() -> Flags {
         Flags {
             listen: Some("127.0.0.1:7470".into()),
+            insecure: true,
             ..Default::default()
         }
     }
@@ -553,7 +742,7 @@ mod tests {
         let mut f = std::fs::File::create(&good).unwrap();
         writeln!(
             f,
-            "listen = \"127.0.0.3:7000\"\nemulation = true\nmetric = \"hops\"\nredundancy = \"off\"\n[[neighbor]]\naddr = \"127.0.0.4:7000\"\nlink = \"delay=5ms loss=1%\""
+            "listen = \"127.0.0.3:7000\"\ninsecure = true\nemulation = true\nmetric = \"hops\"\nredundancy = \"off\"\n[[neighbor]]\naddr = \"127.0.0.4:7000\"\nlink = \"delay=5ms loss=1%\""
         )
         .unwrap();
         let c = DaemonConfig::resolve(&Flags {
@@ -582,6 +771,93 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("weft-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn keys_or_an_explicit_insecure_are_required() {
+        let bare = Flags {
+            listen: Some("127.0.0.1:7470".into()),
+            ..Default::default()
+        };
+        let e = DaemonConfig::resolve(&bare).unwrap_err();
+        assert!(
+            e.starts_with("`key_file`") && e.contains("--insecure"),
+            "{e}"
+        );
+        assert!(!DaemonConfig::resolve(&flags())
+            .unwrap()
+            .security
+            .is_secure());
+
+        let dir = temp_dir("keys");
+        let me = SecretKey::generate();
+        let peer = SecretKey::generate();
+        let key_file = dir.join("me.key");
+        weft_secure::write_key_file(&key_file, &me, false).unwrap();
+        let secure = |neighbors: Vec<String>, admitted: Option<PathBuf>| Flags {
+            listen: Some("127.0.0.1:7470".into()),
+            key_file: Some(key_file.clone()),
+            admitted_keys: admitted,
+            neighbors,
+            ..Default::default()
+        };
+        let c = DaemonConfig::resolve(&secure(
+            vec![format!("127.0.0.2:7470/key={}", peer.public())],
+            None,
+        ))
+        .unwrap();
+        let Security::Keys { identity, links } = &c.security else {
+            panic!("secure config expected");
+        };
+        assert_eq!(identity.public(), me.public());
+        assert_eq!(links.peers[0].key, Some(peer.public()));
+
+        let e = DaemonConfig::resolve(&secure(vec!["127.0.0.2:7470".into()], None)).unwrap_err();
+        assert!(e.contains("no public key"), "{e}");
+
+        let admitted = dir.join("admitted");
+        let mut list = weft_secure::Admitted::new();
+        list.insert(NodeId::from(Ipv4Addr::new(127, 0, 0, 1)), me.public());
+        list.insert(NodeId::from(Ipv4Addr::new(127, 0, 0, 2)), peer.public());
+        std::fs::write(&admitted, weft_secure::admitted::render(&list)).unwrap();
+        let c = DaemonConfig::resolve(&secure(
+            vec!["127.0.0.2:7470/delay=0ms".into()],
+            Some(admitted.clone()),
+        ))
+        .unwrap();
+        assert!(
+            c.security.is_secure(),
+            "the admitted list supplies the neighbour's key"
+        );
+        let other = SecretKey::generate().public();
+        let e = DaemonConfig::resolve(&secure(
+            vec![format!("127.0.0.2:7470/key={other}")],
+            Some(admitted),
+        ))
+        .unwrap_err();
+        assert!(e.contains("differs"), "{e}");
+
+        let mut both = secure(vec![], None);
+        both.insecure = true;
+        assert!(DaemonConfig::resolve(&both)
+            .unwrap_err()
+            .starts_with("`insecure`"));
+
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let e = DaemonConfig::resolve(&secure(vec![], None)).unwrap_err();
+        assert!(e.starts_with("`key_file`") && e.contains("chmod"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod emulation;
 pub mod io;
+pub mod link_security;
 pub mod logging;
 pub mod metrics;
 pub mod overlay;

@@ -241,7 +241,7 @@ fn spf_cost(sim: &Sim) -> Duration {
     let Some(node) = sim.node(0) else {
         return Duration::ZERO;
     };
-    let mut routing = Routing::new(Sim::id_of(0), 1);
+    let mut routing = Routing::new(Sim::id_of(0), 1, None);
     let mut adverts: Vec<LinkStateAdvert> = node
         .known_nodes()
         .into_iter()

@@ -5,6 +5,7 @@
 pub mod netns;
 pub mod netns_scenario;
 pub mod shim;
+pub mod spoof;
 
 use serde_json::Value;
 use std::fs::File;
@@ -102,6 +103,8 @@ pub struct OverlayBuilder {
     links: Vec<(usize, usize, String)>,
     extra: Vec<String>,
     emulation: bool,
+    secure: bool,
+    external: Vec<usize>,
     metrics: bool,
 }
 
@@ -115,6 +118,20 @@ impl OverlayBuilder {
     /// Daemons without `--emulation` (link emulation commands are then refused).
     pub fn without_emulation(mut self) -> Self {
         self.emulation = false;
+        self
+    }
+
+    /// Daemons with `--insecure` instead of keys (links unauthenticated, state unsigned).
+    pub fn insecure(mut self) -> Self {
+        self.secure = false;
+        self
+    }
+
+    /// Node `n` is in the topology and the admitted list, but no daemon runs for it: the
+    /// test plays it (with `key_file(n)`), e.g. as an authenticated neighbour that lies.
+    pub fn external(mut self, n: usize) -> Self {
+        self.nodes = self.nodes.max(n);
+        self.external.push(n);
         self
     }
 
@@ -148,6 +165,21 @@ impl OverlayBuilder {
             nodes: self.nodes,
             daemons: Vec::new(),
         };
+        // Every daemon gets a key; one admitted list names them all (the neighbours' keys
+        // come from it by node id), as `weft overlay up` does.
+        let mut admitted = weft_secure::Admitted::new();
+        if self.secure {
+            for n in 1..=self.nodes {
+                let key = weft_secure::SecretKey::generate();
+                weft_secure::write_key_file(&o.key_file(n), &key, true).expect("write key file");
+                admitted.insert(
+                    weft_core::NodeId::from(o.ip(n).parse::<std::net::Ipv4Addr>().expect("ip")),
+                    key.public(),
+                );
+            }
+            std::fs::write(o.admitted_file(), weft_secure::admitted::render(&admitted))
+                .expect("write admitted keys");
+        }
         for n in 1..=self.nodes {
             let mut args = vec![
                 "--listen".to_string(),
@@ -159,6 +191,14 @@ impl OverlayBuilder {
             ];
             if self.emulation {
                 args.push("--emulation".into());
+            }
+            if self.secure {
+                args.push("--key".into());
+                args.push(o.key_file(n).display().to_string());
+                args.push("--admitted-keys".into());
+                args.push(o.admitted_file().display().to_string());
+            } else {
+                args.push("--insecure".into());
             }
             if self.metrics {
                 args.push("--metrics".into());
@@ -188,7 +228,9 @@ impl OverlayBuilder {
             });
         }
         for n in 1..=o.nodes {
-            o.start_daemon(n);
+            if !self.external.contains(&n) {
+                o.start_daemon(n);
+            }
         }
         o
     }
@@ -201,8 +243,27 @@ impl Overlay {
             links: Vec::new(),
             extra: Vec::new(),
             emulation: true,
+            secure: true,
+            external: Vec::new(),
             metrics: false,
         }
+    }
+
+    /// Node `n`'s secret key file (secure overlays).
+    pub fn key_file(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("node{n}.key"))
+    }
+
+    /// The admitted list every daemon of a secure overlay reads.
+    pub fn admitted_file(&self) -> PathBuf {
+        self.dir.join("admitted")
+    }
+
+    /// Node `n`'s public key (secure overlays).
+    pub fn public_key(&self, n: usize) -> weft_secure::PublicKey {
+        weft_secure::read_key_file(&self.key_file(n))
+            .expect("key file")
+            .public()
     }
 
     pub fn ip(&self, n: usize) -> String {

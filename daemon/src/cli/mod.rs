@@ -1,6 +1,7 @@
 //! The `weft` command line.
 
 mod datagram;
+mod keys;
 mod diag;
 mod docs;
 mod overlay;
@@ -54,6 +55,10 @@ enum Command {
     Run(run::RunArgs),
     /// Start, stop or inspect a local overlay of daemons on 127.0.0.N (no root needed).
     Overlay(overlay::OverlayArgs),
+    /// Create a node's secret key file (mode 0600) and print its public key.
+    Keygen(keys::KeygenArgs),
+    /// Print the public key of a secret key (from FILE or standard input).
+    Pubkey(keys::PubkeyArgs),
     /// Round-trip time and loss to a node over the overlay, and the path the routes give.
     Ping(diag::PingArgs),
     /// Every hop of the path to a node: its round-trip time, and the RTT and loss of the link
@@ -128,6 +133,8 @@ pub fn main() -> i32 {
         Command::Listen(a) => stream::listen(&socket, a),
         Command::Run(a) => run::run(&socket, a),
         Command::Overlay(a) => overlay::run(a),
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Pubkey(a) => keys::pubkey(a),
         Command::Ping(a) => diag::ping(&socket, a),
         Command::Trace(a) => diag::trace(&socket, a),
         Command::Neighbor { action } => neighbor(&socket, action),

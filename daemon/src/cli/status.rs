@@ -82,9 +82,18 @@ pub fn render(v: &Value) -> String {
         v["uptime_ms"].as_f64().unwrap_or(0.0) / 1e3,
         s(&v["emulation"]),
     );
+    let security = &v["security"];
+    out += &format!(
+        "links {}{}\n",
+        s(&security["mode"]),
+        match &security["public_key"] {
+            Value::String(k) => format!("  public key {k}"),
+            _ => String::new(),
+        }
+    );
     out += "\nneighbours:\n";
     out += &format!(
-        "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>7} {:>7}  {}\n",
+        "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>7} {:>7}  {:<10} {:<10}  {}\n",
         "address",
         "node",
         "state",
@@ -92,9 +101,25 @@ pub fn render(v: &Value) -> String {
         "min ms",
         "loss",
         format!("cost {}", s(&v["cost_unit"])),
+        "encrypted",
+        "peer key",
         "link"
     );
     for n in v["neighbors"].as_array().into_iter().flatten() {
+        let sec = security["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["addr"] == n["addr"]);
+        let encrypted = match sec.map(|l| l["encrypted"].as_bool()) {
+            Some(Some(true)) => "yes",
+            Some(_) => "no",
+            None => "insecure",
+        };
+        let peer_key: String = sec
+            .and_then(|l| l["public_key"].as_str())
+            .map(|k| format!("{}…", k.chars().take(8).collect::<String>()))
+            .unwrap_or_else(|| "-".into());
         let loss = n["hello_loss_ratio"].as_f64().unwrap_or(0.0) * 100.0;
         let link = emulation_summary(&n["emulation"]["params"]);
         let cut = if n["cut"].as_bool().unwrap_or(false) {
@@ -103,7 +128,7 @@ pub fn render(v: &Value) -> String {
             ""
         };
         out += &format!(
-            "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>6.1}% {:>7}  {}{}\n",
+            "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>6.1}% {:>7}  {:<10} {:<10}  {}{}\n",
             s(&n["addr"]),
             s(&n["node"]),
             s(&n["state"]),
@@ -111,6 +136,8 @@ pub fn render(v: &Value) -> String {
             s(&n["min_rtt_ms"]),
             loss,
             s(&n["cost"]),
+            encrypted,
+            peer_key,
             link,
             cut
         );

@@ -18,6 +18,7 @@ pub mod udp;
 
 use crate::config::DaemonConfig;
 use crate::emulation::{Emulation, EmulationStatus, Verdict};
+use crate::link_security::{LinkSecurity, SecurityStatus};
 use crate::overlay::links::NeighborStatus;
 use crate::overlay::{Node, NodeEvent, SendError};
 use clock::Clock;
@@ -105,6 +106,7 @@ struct DaemonStatus<'a> {
     daemon_counters: &'a DaemonCounters,
     udp: udp::UdpCounters,
     rings: rings::RingCounters,
+    security: SecurityStatus,
 }
 
 /// A neighbour as the node sees it, with what the emulation layer does to its packets.
@@ -127,7 +129,10 @@ pub struct Daemon {
     poll: Poll,
     clock: Clock,
     node: Node,
-    /// Between the socket and the node: what `--emulation` does to received packets.
+    /// Nearest the socket: every datagram authenticated and decrypted on the way in, sealed
+    /// on the way out (nothing with `--insecure`).
+    security: LinkSecurity,
+    /// Between link security and the node: what `--emulation` does to received packets.
     emulation: Emulation,
     udp: OverlaySocket,
     udp_backlog: TxQueue,
@@ -225,11 +230,17 @@ impl Daemon {
             rand::random(),
         );
         let emulation = Emulation::new(cfg.emulation.enabled, &cfg.emulation.links, rand::random());
+        let wall_clock_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let security = LinkSecurity::new(&cfg.security, clock.now(), wall_clock_us);
         Ok(Daemon {
             cfg,
             poll,
             clock,
             node,
+            security,
             emulation,
             udp,
             udp_backlog: TxQueue::default(),
@@ -273,17 +284,24 @@ impl Daemon {
             socket = %self.cfg.socket.display(),
             neighbors = self.cfg.node.neighbors.len(),
             metrics = %self.metrics.as_ref().and_then(|m| m.local_addr()).map_or("off".into(), |a| format!("http://{a}/metrics")),
+            security = if self.security.is_secure() { "encrypted" } else { "insecure" },
+            public_key = self.security.public_key().map(|k| k.to_string()).unwrap_or_default(),
             "weftd running"
         );
         let mut events = Events::with_capacity(256);
         while !self.stop {
             // Streams left with work (a busy ring yields after a few passes) must not wait.
             let mut timeout = if self.dirty_streams.is_empty() {
-                let next = [self.node.poll_timeout(), self.emulation.next_due()]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map(|t| self.clock.until(t));
+                let now = self.clock.now();
+                let next = [
+                    self.node.poll_timeout(),
+                    self.emulation.next_due(),
+                    self.security.poll_timeout(now),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| self.clock.until(t));
                 match (next, self.kernel_check_timeout()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -343,6 +361,7 @@ impl Daemon {
                 }
             }
             let now = self.clock.now();
+            self.security.handle_timeout(now);
             // Emulated packets whose time has come.
             while let Some((from, packet)) = self.emulation.pop_due(now) {
                 self.node.handle_datagram(now, from, &packet);
@@ -391,13 +410,18 @@ impl Daemon {
             }
             let now = self.clock.now();
             for i in 0..n {
-                let (from, datagrams) = self.udp.received(i);
+                let (from, datagrams) = self.udp.received_mut(i);
                 for data in datagrams {
-                    if self.emulation.admit(now, from, data) == Verdict::Pass {
-                        self.node.handle_datagram(now, from, data);
+                    // Authenticated and decrypted before anything else reads it.
+                    let Some(packet) = self.security.open(now, from, data) else {
+                        continue;
+                    };
+                    if self.emulation.admit(now, from, packet) == Verdict::Pass {
+                        self.node.handle_datagram(now, from, packet);
                     }
                 }
             }
+            self.bind_identities();
             self.drain_node();
         }
     }
@@ -434,13 +458,31 @@ impl Daemon {
         }
     }
 
+    /// Keys that link handshakes proved for neighbours' node ids: the keys that may sign
+    /// their flooded state.
+    fn bind_identities(&mut self) {
+        while let Some((node, key)) = self.security.poll_identity() {
+            self.node.bind_neighbor_key(node, key);
+        }
+    }
+
     /// Moves everything the node produced to where it goes.
     fn drain_node(&mut self) {
         let now = self.clock.now();
-        let node = &mut self.node;
+        let (node, security) = (&mut self.node, &mut self.security);
+        // Each datagram is sealed where the node wrote it; one without a session yet is
+        // dropped (counted) and the node's own retries resend it.
+        while self.udp_backlog.push_with(|buf| loop {
+            let start = buf.len();
+            let t = node.poll_transmit(now, buf)?;
+            match security.seal(now, t.dst, buf, start) {
+                Some(len) => return Some((t.dst, len)),
+                None => buf.truncate(start),
+            }
+        }) {}
         while self
             .udp_backlog
-            .push_with(|buf| node.poll_transmit(now, buf).map(|t| (t.dst, t.len)))
+            .push_with(|buf| security.poll_transmit(buf))
         {}
         // Sends are batched until the end of the loop iteration (fewer, larger sendmmsg and
         // GSO runs), unless enough piled up to fill a batch now.
@@ -546,6 +588,7 @@ impl Daemon {
             member_sockets_closed: self.kernel_groups.as_ref().map_or(0, |k| k.closed_found),
             rings: self.ring_counters(),
             udp: self.udp.counters(),
+            security: self.security.status(now),
             daemon_counters: &self.counters,
         }
     }

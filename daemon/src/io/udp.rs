@@ -207,6 +207,18 @@ impl OverlaySocket {
         (from_sockaddr(&self.addrs[i]), buf.chunks(seg))
     }
 
+    /// Like [`Self::received`], with the datagrams writable (link security decrypts them in
+    /// place).
+    pub fn received_mut(&mut self, i: usize) -> (SocketAddr, std::slice::ChunksMut<'_, u8>) {
+        let buf = &mut self.bufs[i * SLOT..i * SLOT + self.lens[i]];
+        let seg = if self.segs[i] == 0 {
+            buf.len().max(1)
+        } else {
+            self.segs[i]
+        };
+        (from_sockaddr(&self.addrs[i]), buf.chunks_mut(seg))
+    }
+
     /// Sends as many of `packets` as the socket takes; returns how many packets were consumed
     /// (the rest should wait for writability). Runs of packets to one destination with one
     /// size (the last may be shorter) go out as one segmented send.

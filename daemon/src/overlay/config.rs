@@ -2,6 +2,7 @@
 //! sessions are built from.
 
 use crate::overlay::neighbor::Metric;
+use crate::overlay::trust::TrustConfig;
 use crate::overlay::wire::RoutedHeader;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,8 +18,8 @@ pub struct NeighborConfig {
     pub id: Option<NodeId>,
 }
 
-/// Bytes kept free at the end of every datagram for a future authentication tag.
-pub const AUTH_RESERVE: usize = 16;
+/// Bytes kept free at the end of every datagram for link security's trailer (counter + tag).
+pub const AUTH_RESERVE: usize = weft_secure::TRAILER_LEN;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -37,6 +38,8 @@ pub struct NodeConfig {
     pub arq: ArqConfig,
     /// Template for every session (its `mss` and `mode` are derived).
     pub session: SessionConfig,
+    /// Signing and checking of flooded state (None: an insecure overlay).
+    pub trust: Option<TrustConfig>,
 }
 
 impl NodeConfig {
@@ -52,6 +55,7 @@ impl NodeConfig {
             recovery: RecoveryMode::HopByHop,
             arq: ArqConfig::default(),
             session: SessionConfig::default(),
+            trust: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! waiting to leave. It knows nothing of routes, sessions or groups: what others must react to
 //! it reports as [`LinkEvent`]s, and what it received for others it hands back as [`Inbound`].
 
+use crate::overlay::config::AUTH_RESERVE;
 mod membership;
 
 use crate::logging::Maybe;
@@ -579,7 +580,7 @@ impl Links {
 
     /// Sends the records due on every link, batched into as few packets as fit.
     pub fn flush_floods(&mut self, now: Instant) {
-        let budget = self.cfg.mtu.saturating_sub(HEADER_LEN + 2);
+        let budget = self.cfg.mtu.saturating_sub(HEADER_LEN + AUTH_RESERVE + 2);
         for link in 0..self.neighbors.len() {
             let nbr = &mut self.neighbors[link];
             if nbr.state != LinkState::Up || nbr.cut || nbr.flood.is_empty() {

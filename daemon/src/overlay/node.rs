@@ -9,6 +9,8 @@
 //! - [`Sessions`]: end-to-end sessions ending here; the node pumps their segments.
 //! - [`Groups`]: multicast membership, trees and reliable-group order.
 //! - [`Datagrams`]: fragmentation and reassembly.
+//! - [`Trust`]: which key may speak for each node; flooded records are checked against it
+//!   before Routing or Groups see them (secure overlays; Routing and Groups sign their own).
 //!
 //! Inputs record what changed; floods, route recomputation and the session pump run once per
 //! batch, in the first `poll_transmit` after it (the I/O layer hands a receive batch over,
@@ -25,6 +27,7 @@ use crate::overlay::neighbor::{LinkState, Metric};
 use crate::overlay::routing::{AdvertOutcome, Routing, RoutingStats};
 use crate::overlay::sessions::{OpenError, SessionSummary, Sessions, SessionsConfig};
 use crate::overlay::status::{Counters, NodeStatus};
+use crate::overlay::trust::Trust;
 use crate::overlay::wire::{
     self, Class, GroupDatagram, LinkStateAdvert, Proto, RoutedHeader, RoutedPacket, StateKind,
 };
@@ -57,6 +60,7 @@ pub struct Node {
     datagrams: Datagrams,
     sessions: Sessions,
     groups: Groups,
+    trust: Trust,
     events: VecDeque<NodeEvent>,
     /// Input arrived (at this time) since the last poll: floods, routes and sessions have
     /// work for the next `poll_transmit`.
@@ -106,14 +110,16 @@ impl Node {
             },
             seed,
         );
+        let signer = cfg.trust.as_ref().map(|t| t.identity.clone());
         let mut node = Node {
             incarnation,
             links,
-            routing: Routing::new(cfg.id, first_seq),
+            routing: Routing::new(cfg.id, first_seq, signer.clone()),
             forwarder: Forwarder::default(),
             datagrams: Datagrams::new(seed),
             sessions,
-            groups: Groups::new(cfg.id, first_seq),
+            groups: Groups::new(cfg.id, first_seq, signer),
+            trust: Trust::new(cfg.id, cfg.trust.clone()),
             events: VecDeque::new(),
             pending: None,
             malformed: 0,
@@ -136,6 +142,12 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    /// A neighbour's link proved `key` for `node` (link security's handshake): that key alone
+    /// may sign its flooded state.
+    pub fn bind_neighbor_key(&mut self, node: NodeId, key: weft_secure::PublicKey) {
+        self.trust.bind_neighbor(node, key);
     }
 
     // ----- inputs -------------------------------------------------------------------------
@@ -289,6 +301,12 @@ impl Node {
                         continue;
                     };
                     acks.push(advert.id());
+                    // Only its origin may speak for a node: refused (and counted) before the
+                    // database sees it, acknowledged so the sender stops resending it.
+                    if let Err(why) = self.trust.check_advert(&advert) {
+                        debug!(origin = %advert.origin, ?why, "advert refused");
+                        continue;
+                    }
                     match self.routing.on_advert(advert) {
                         AdvertOutcome::Flood(a) => {
                             self.links
@@ -303,7 +321,11 @@ impl Node {
                     }
                 }
                 StateKind::Membership => {
-                    let Some((id, outcome)) = self.groups.on_membership(bytes) else {
+                    let trust = &mut self.trust;
+                    let checked = self
+                        .groups
+                        .on_membership(bytes, |rec| trust.check_membership(rec));
+                    let Some((id, outcome)) = checked else {
                         continue;
                     };
                     acks.push(id);
@@ -329,6 +351,9 @@ impl Node {
             return None;
         };
         let header = view.header();
+        if !self.forwarder.admit_source(&self.routing, origin, &header) {
+            return None;
+        }
         if header.dst.node.is_multicast() {
             self.forward_group(now, origin, &header, &packet);
             return None;
@@ -796,6 +821,7 @@ impl Node {
             ce_marked: f.ce_marked,
             dropped_backpressure: f.dropped_backpressure,
             sessions_refused: s.sessions_refused,
+            unknown_source: f.unknown_source,
             reassembly: self.datagrams.reassembly(),
         }
     }
@@ -826,6 +852,7 @@ impl Node {
             multicast: self.mc_status(),
             multicast_counters: self.mc_counters(),
             counters: self.counters(),
+            trust: self.trust.counters(),
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::overlay::links::NeighborStatus;
 use crate::overlay::neighbor::Metric;
 use crate::overlay::routing::{RouteStatus, RoutingStats};
 use crate::overlay::sessions::SessionSummary;
+use crate::overlay::trust::TrustCounters;
 use serde::Serialize;
 use weft_core::NodeId;
 
@@ -35,6 +36,9 @@ pub struct Counters {
     pub ce_marked: u64,
     pub dropped_backpressure: u64,
     pub sessions_refused: u64,
+    /// Routed packets from a neighbour naming a source node the overlay does not know (or
+    /// this node itself), dropped.
+    pub unknown_source: u64,
     pub reassembly: ReassemblyCounters,
 }
 
@@ -59,4 +63,6 @@ pub struct NodeStatus {
     pub multicast: weft_multicast::MulticastStatus,
     pub multicast_counters: MulticastCounters,
     pub counters: Counters,
+    /// Flooded records refused for their origin's signature (secure overlays).
+    pub trust: TrustCounters,
 }
