@@ -225,7 +225,11 @@ fn zeromq_epgm_pub_sub_clean_and_through_two_percent_loss() {
                 .into_iter()
                 .flatten()
                 .filter(|nb| nb["node"] == net.hosts.addr(1).as_str())
-                .map(|nb| nb["emulation"][1]["dropped_loss"].as_u64().unwrap_or(0))
+                .map(|nb| {
+                    nb["emulation"]["counters"]["dropped_loss"]
+                        .as_u64()
+                        .unwrap_or(0)
+                })
                 .sum()
         })
         .collect();
