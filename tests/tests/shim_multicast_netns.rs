@@ -157,7 +157,9 @@ if role == 'pub':
     for i in range(n):
         s.send(b'msg %d' % i)
         time.sleep(0.002)
-    time.sleep(3)
+    # A PGM sender must stay to answer NAKs: a lost tail (or a lost repair) is found only by
+    # the heartbeats after the last message, and a repair may need several NAK rounds.
+    time.sleep(8)
     print('sent', n, flush=True)
 else:
     s = ctx.socket(zmq.SUB)
