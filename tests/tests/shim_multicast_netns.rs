@@ -163,6 +163,11 @@ if role == 'pub':
     print('sent', n, flush=True)
 else:
     s = ctx.socket(zmq.SUB)
+    # OpenPGM sizes the receive window from ZMQ_RATE x ZMQ_RECOVERY_IVL. At the default
+    # 100 kbit/s it holds ~80 packets (160 ms here): a loss whose repair is lost too is then
+    # pulled off the trailing edge ("Data loss due to pulled trailing edge") before the second
+    # NAK's repair arrives, on a kernel network as much as on weft.
+    s.setsockopt(zmq.RATE, 10000)
     s.setsockopt(zmq.SUBSCRIBE, b'')
     s.setsockopt(zmq.RCVTIMEO, 15000)
     s.connect(url)
@@ -173,7 +178,8 @@ else:
             got.add(int(s.recv().split()[1]))
     except zmq.Again:
         pass
-    print('got', len(got), flush=True)
+    missing = sorted(set(range(n)) - got)
+    print('got', len(got), 'missing', missing[:20], flush=True)
 "#;
     let url = |n: usize| format!("epgm://{};{group}:{port}", net.hosts.addr(n));
     let mut subs: Vec<Bg> = (2..=3)
