@@ -10,8 +10,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 use weft_core::NodeId;
 use weft_daemon::overlay::routing::Routing;
@@ -79,50 +78,14 @@ fn build(family: Family, n: usize, seed: u64) -> Sim {
     sim
 }
 
-fn edge_cost(l: &SimLink) -> u64 {
-    1_000 + l.delay.as_micros() as u64
-}
-
-fn adjacency(sim: &Sim) -> Vec<Vec<(usize, u64)>> {
-    let mut adj = vec![Vec::new(); sim.len()];
-    for (a, b, l) in sim.links() {
-        if l.up && sim.is_alive(a) && sim.is_alive(b) {
-            adj[a].push((b, edge_cost(&l)));
-        }
-    }
-    adj
-}
-
-/// Distances from `src`, and the hop count of the shortest path found.
-fn distances(adj: &[Vec<(usize, u64)>], src: usize) -> (Vec<u64>, Vec<u32>) {
-    let mut dist = vec![u64::MAX; adj.len()];
-    let mut hops = vec![0u32; adj.len()];
-    let mut heap = BinaryHeap::new();
-    dist[src] = 0;
-    heap.push(Reverse((0u64, src)));
-    while let Some(Reverse((d, u))) = heap.pop() {
-        if d > dist[u] {
-            continue;
-        }
-        for &(v, c) in &adj[u] {
-            if d + c < dist[v] {
-                dist[v] = d + c;
-                hops[v] = hops[u] + 1;
-                heap.push(Reverse((d + c, v)));
-            }
-        }
-    }
-    (dist, hops)
-}
-
 /// Every node routes to every other along a shortest path: its route's cost is the true
 /// distance (within the RTT measurement's rounding, 20 µs per hop) and its next hop is a
 /// neighbour on a shortest path.
 fn check_routes(sim: &Sim) -> Result<(), String> {
-    let adj = adjacency(sim);
+    let graph = sim.live_graph();
     let n = sim.len();
     let index: BTreeMap<NodeId, usize> = (0..n).map(|i| (Sim::id_of(i), i)).collect();
-    let all: Vec<(Vec<u64>, Vec<u32>)> = (0..n).map(|s| distances(&adj, s)).collect();
+    let all: Vec<(Vec<u64>, Vec<u32>)> = (0..n).map(|s| graph.shortest_from(s)).collect();
     for (src, (dist, hops)) in all.iter().enumerate() {
         let routes: BTreeMap<usize, (usize, u64)> = sim
             .node(src)
@@ -145,7 +108,7 @@ fn check_routes(sim: &Sim) -> Result<(), String> {
                     dist[dst]
                 ));
             }
-            let Some(&(_, c)) = adj[src].iter().find(|(v, _)| *v == hop) else {
+            let Some(&(_, c)) = graph.adj[src].iter().find(|(v, _)| *v == hop) else {
                 return Err(format!(
                     "node {src} -> {dst}: next hop {hop} is no neighbour"
                 ));
@@ -184,7 +147,7 @@ fn hops_diameter(adj: &[Vec<(usize, u64)>]) -> usize {
 
 /// Whether removing the link a–b leaves the graph connected.
 fn stays_connected(sim: &Sim, a: usize, b: usize) -> bool {
-    let adj = adjacency(sim);
+    let adj = sim.live_graph().adj;
     let mut seen = vec![false; adj.len()];
     let mut q = VecDeque::from([a]);
     seen[a] = true;
@@ -362,7 +325,7 @@ fn run(family: Family, n: usize, seed: u64) -> Row {
     if let Err(e) = check_routes(&sim) {
         panic!("seed {seed}: {family:?} {n}: after link {a}-{b} failed: {e}");
     }
-    let diameter = hops_diameter(&adjacency(&sim));
+    let diameter = hops_diameter(&sim.live_graph().adj);
     let memory: usize = (0..n)
         .filter_map(|i| sim.node(i).map(|nd| nd.routing_stats().memory_bytes))
         .sum();

@@ -129,9 +129,24 @@ fn metrics_parse_as_prometheus_text_and_count_traffic() {
         },
         || "the relay's forwarded and byte counters did not move with the traffic".into(),
     );
-    // The far end counts what nobody listened for, by reason.
-    let far = parse_prometheus(&http_get(&o.metrics_addr(4), "/metrics").2);
-    assert!(far["weft_dropped_packets_total{reason=\"no_listener\"}"] >= 150.0);
+    // The far end counts what nobody listened for, by reason. The relay counts a packet as
+    // forwarded before it reaches the far end, so the far end's count is awaited, not sampled.
+    let no_listener = "weft_dropped_packets_total{reason=\"no_listener\"}";
+    let counted = std::cell::Cell::new(0.0);
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            let far = parse_prometheus(&http_get(&o.metrics_addr(4), "/metrics").2);
+            counted.set(far.get(no_listener).copied().unwrap_or(0.0));
+            counted.get() >= 150.0
+        },
+        || {
+            format!(
+                "the far end counted {} of 200 in {no_listener}",
+                counted.get()
+            )
+        },
+    );
 
     let (code, _, _) = http_get(&relay, "/");
     assert_eq!(code, 404);

@@ -167,6 +167,9 @@ pub struct Daemon {
     metrics: Option<metrics::MetricsServer>,
     /// Set by SIGTERM/SIGINT: until when local sessions may finish (`stop.rs`).
     stopping: Option<std::time::Instant>,
+    /// Set once the sessions are finished or reset: until when the links may deliver the
+    /// last resets before the node leaves (`stop.rs`).
+    lingering: Option<std::time::Instant>,
     echo_budget: echo::EchoBudget,
     /// Kernel delivery of group datagrams, when this daemon holds its namespace's claim.
     kernel_groups: Option<kernel_groups::KernelGroups>,
@@ -268,6 +271,7 @@ impl Daemon {
             reloader: None,
             metrics,
             stopping: None,
+            lingering: None,
             echo_budget: Default::default(),
             kernel_groups: None,
         })

@@ -10,6 +10,10 @@ use tracing::info;
 /// How long open sessions may take to finish after their FIN before they are reset.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// How long the links may take to deliver the last resets before the node leaves (a leave
+/// takes the links down at once, and what they still held would be lost with them).
+pub const STOP_LINGER: Duration = Duration::from_millis(500);
+
 impl Daemon {
     pub(super) fn begin_stop(&mut self) {
         let now = self.clock.now();
@@ -42,21 +46,31 @@ impl Daemon {
     }
 
     /// Called every loop pass while stopping: once sessions are done (or the grace is over),
-    /// reset the rest, tell the neighbours and end the loop.
+    /// reset the rest; once the links delivered those resets (or the linger is over), tell the
+    /// neighbours and end the loop.
     pub(super) fn continue_stop(&mut self, deadline: Instant) {
-        let open = self.open_sessions();
-        if !open.is_empty() && Instant::now() < deadline {
-            return;
-        }
         let now = self.clock.now();
-        if !open.is_empty() {
-            info!(
-                sessions = open.len(),
-                "grace period over: resetting sessions"
-            );
-        }
-        for id in open {
-            self.node.session_abort(now, id);
+        let Some(linger) = self.lingering else {
+            let open = self.open_sessions();
+            if !open.is_empty() && Instant::now() < deadline {
+                return;
+            }
+            if !open.is_empty() {
+                info!(
+                    sessions = open.len(),
+                    "grace period over: resetting sessions"
+                );
+            }
+            for id in open {
+                self.node.session_abort(now, id);
+            }
+            self.drain_node();
+            self.flush_udp();
+            self.lingering = Some(Instant::now() + STOP_LINGER);
+            return;
+        };
+        if !self.node.links_delivered() && Instant::now() < linger {
+            return;
         }
         self.node.leave(now);
         self.drain_node();

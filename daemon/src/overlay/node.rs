@@ -493,6 +493,11 @@ impl Node {
         Ok(())
     }
 
+    /// Every live link has delivered what it carries (see `Links::all_delivered`).
+    pub fn links_delivered(&self) -> bool {
+        self.links.all_delivered()
+    }
+
     /// The node is stopping: every neighbour is told, so it reroutes at once.
     pub fn leave(&mut self, now: Instant) {
         self.links.leave(now);

@@ -66,6 +66,15 @@ impl Links {
         Ok(())
     }
 
+    /// Every live link has delivered what it carries (nothing queued or unacknowledged): a
+    /// stopping node waits for this before it leaves, so its last resets reach their peers.
+    pub fn all_delivered(&self) -> bool {
+        self.neighbors
+            .iter()
+            .filter(|n| !n.retired && n.state == LinkState::Up && !n.cut)
+            .all(|n| n.arq.as_ref().is_none_or(|a| a.is_idle()))
+    }
+
     /// The node is stopping: tell every neighbour, so it reroutes now rather than after the
     /// dead interval. The hellos leave with the next polls.
     pub fn leave(&mut self, now: Instant) {
