@@ -173,7 +173,6 @@ impl DaemonConfig {
     }
 }
 
-
 /// How links and flooded state are protected.
 #[derive(Debug, Clone)]
 pub enum Security {

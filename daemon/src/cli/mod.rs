@@ -1,9 +1,9 @@
 //! The `weft` command line.
 
 mod datagram;
-mod keys;
 mod diag;
 mod docs;
+mod keys;
 mod overlay;
 mod run;
 mod status;
