@@ -860,6 +860,23 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// A key file for the example's node 192.0.2.1 and an admitted list naming it.
+    fn example_keys(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("weft-example-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = weft_secure::SecretKey::generate();
+        let key_file = dir.join("weftd.key");
+        weft_secure::write_key_file(&key_file, &key, true).unwrap();
+        let mut list = Admitted::new();
+        list.insert(
+            NodeId::from(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            key.public(),
+        );
+        let admitted = dir.join("admitted");
+        std::fs::write(&admitted, weft_secure::admitted::render(&list)).unwrap();
+        (key_file, admitted)
+    }
+
     /// The keys serde accepts at one level, read from its own "expected one of" message.
     fn accepted_keys(probe: &str) -> Vec<String> {
         let e = parse_file(probe).unwrap_err();
@@ -892,12 +909,17 @@ mod tests {
                 "packaging/weftd.toml lacks `neighbor.{k}`"
             );
         }
+        // The example names /etc/weft paths; this host's key and list stand in for them.
+        let (key_file, admitted) = example_keys("example");
         let c = DaemonConfig::resolve(&Flags {
             config: Some(path),
+            key_file: Some(key_file),
+            admitted_keys: Some(admitted),
             ..Default::default()
         })
         .unwrap();
         assert_eq!(c.node.neighbors.len(), 2);
+        assert!(c.security.is_secure());
         assert_eq!(c.metrics, None);
     }
 }

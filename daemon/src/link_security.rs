@@ -11,7 +11,9 @@
 use crate::config::Security;
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use weft_core::{Instant, NodeId};
+use weft_secure::link::PeerConfig;
 use weft_secure::{LinkCounters, Links, Opened, PeerStatus, PublicKey};
 
 pub struct LinkSecurity {
@@ -74,6 +76,11 @@ impl LinkSecurity {
         from: SocketAddr,
         data: &'a mut [u8],
     ) -> Option<&'a [u8]> {
+        if weft_secure::link::other_wire_version(data).is_some() {
+            // Handed to the node unopened: it only reads the version byte, drops the packet
+            // and shows the version on the neighbour (diagnostic state; no link changes).
+            return Some(data);
+        }
         match self.links.as_mut() {
             Some(links) => match links.open(now, from, data) {
                 Opened::Deliver(packet) => Some(packet),
@@ -108,6 +115,39 @@ impl LinkSecurity {
         let (dst, message) = self.links.as_mut()?.poll_transmit()?;
         buf.extend_from_slice(&message);
         Some((dst, message.len()))
+    }
+
+    /// A neighbour linked at run time. Errors (changing nothing): already a neighbour, or no
+    /// key is known for it (none given and the admitted list does not name it).
+    pub fn add_peer(&mut self, now: Instant, peer: PeerConfig) -> Result<(), String> {
+        let Some(links) = self.links.as_mut() else {
+            return Ok(());
+        };
+        let addr = peer.addr;
+        if !links.add_peer(peer, now) {
+            return Err(format!("{addr} is already a neighbour"));
+        }
+        if links.peer_identity(addr).is_none() {
+            links.remove_peer(addr);
+            return Err(format!(
+                "no key for {addr}: give its public key (`weft neighbor add --public-key`, or `public_key` in the file) or list its node in `admitted_keys`"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A neighbour unlinked: its sessions and keys are forgotten.
+    pub fn remove_peer(&mut self, addr: SocketAddr) {
+        if let Some(links) = self.links.as_mut() {
+            links.remove_peer(addr);
+        }
+    }
+
+    /// A reloaded admitted list.
+    pub fn set_admitted(&mut self, admitted: Option<Arc<weft_secure::Admitted>>) {
+        if let Some(links) = self.links.as_mut() {
+            links.set_admitted(admitted);
+        }
     }
 
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {

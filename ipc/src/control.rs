@@ -211,10 +211,12 @@ pub enum GroupDelivery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NeighborAction {
     /// `node`: its overlay address if it differs from `addr`; `link`: emulation for packets
-    /// from it (`weft link set` syntax, empty for none).
+    /// from it (`weft link set` syntax, empty for none); `key`: its public key.
     Add {
         node: Option<NodeId>,
         link: String,
+        /// Its public key (`weft keygen` prints it), when the admitted list does not name it.
+        key: Option<String>,
     },
     Remove,
 }

@@ -352,6 +352,9 @@ struct Pending {
 struct Peer {
     addr: SocketAddr,
     node: Option<NodeId>,
+    /// The key the configuration gave (else `key` came from the admitted list or, without
+    /// one, from the first handshake).
+    configured_key: Option<PublicKey>,
     key: Option<PublicKey>,
     jar: Option<CookieJar>,
     current: Option<Keypair>,
@@ -394,6 +397,14 @@ pub fn is_secured(packet: &[u8]) -> bool {
             packet[KIND_OFFSET],
             KIND_INITIATION | KIND_RESPONSE | KIND_COOKIE | KIND_KEEPALIVE
         ) || packet[AUTH_LEN_OFFSET] != 0)
+}
+
+/// The wire version a weft datagram of another version declares (its magic is ours, its
+/// version byte is not): such a packet cannot be authenticated by this version, so the node
+/// reports the mismatch on the neighbour instead of counting it as malformed.
+pub fn other_wire_version(packet: &[u8]) -> Option<u8> {
+    let version = *packet.get(2)?;
+    (packet.len() >= 3 && u16_at(packet, 0) == MAGIC && version != WIRE_VERSION).then_some(version)
 }
 
 /// Noise's ChaChaPoly nonce: 32 zero bits, then the counter little-endian.
@@ -458,31 +469,86 @@ impl Links {
             identity,
         };
         for p in cfg.peers {
-            let key = p.key.or_else(|| {
-                let n = p.node.or_else(|| match p.addr {
-                    SocketAddr::V4(a) => Some(NodeId::from(*a.ip())),
-                    SocketAddr::V6(_) => None,
-                })?;
-                links.admitted.as_ref()?.get(&n).copied()
-            });
-            links.by_addr.insert(p.addr, links.peers.len());
-            links.peers.push(Peer {
-                addr: p.addr,
-                node: p.node,
-                key,
-                jar: key.as_ref().map(CookieJar::new),
-                current: None,
-                previous: None,
-                next: None,
-                pending: None,
-                next_attempt: now,
-                last_timestamp: 0,
-                handshake_budget: TokenBucket::new(PEER_HANDSHAKE_RATE, PEER_HANDSHAKE_RATE),
-                handshakes: 0,
-                rejected: 0,
-            });
+            links.add_peer(p, now);
         }
         links
+    }
+
+    /// The key a peer is known by: the configured one, else the admitted list's entry for its
+    /// node id (configured, or the address's).
+    fn admitted_key(&self, p: &PeerConfig) -> Option<PublicKey> {
+        p.key.or_else(|| {
+            let n = p.node.or_else(|| match p.addr {
+                SocketAddr::V4(a) => Some(NodeId::from(*a.ip())),
+                SocketAddr::V6(_) => None,
+            })?;
+            self.admitted.as_ref()?.get(&n).copied()
+        })
+    }
+
+    /// A neighbour linked at run time (or at start). Returns false, changing nothing, when
+    /// `p.addr` is one already.
+    pub fn add_peer(&mut self, p: PeerConfig, now: Instant) -> bool {
+        if self.by_addr.contains_key(&p.addr) {
+            return false;
+        }
+        let key = self.admitted_key(&p);
+        self.by_addr.insert(p.addr, self.peers.len());
+        self.peers.push(Peer {
+            addr: p.addr,
+            node: p.node,
+            configured_key: p.key,
+            key,
+            jar: key.as_ref().map(CookieJar::new),
+            current: None,
+            previous: None,
+            next: None,
+            pending: None,
+            next_attempt: now,
+            last_timestamp: 0,
+            handshake_budget: TokenBucket::new(PEER_HANDSHAKE_RATE, PEER_HANDSHAKE_RATE),
+            handshakes: 0,
+            rejected: 0,
+        });
+        true
+    }
+
+    /// Unlinks a neighbour: its sessions and keys are forgotten and its packets are refused
+    /// as from a stranger. Returns false when `addr` was no neighbour.
+    pub fn remove_peer(&mut self, addr: SocketAddr) -> bool {
+        let Some(idx) = self.by_addr.remove(&addr) else {
+            return false;
+        };
+        self.peers.swap_remove(idx);
+        if let Some(moved) = self.peers.get(idx) {
+            self.by_addr.insert(moved.addr, idx);
+        }
+        true
+    }
+
+    /// A reloaded admitted list. A peer whose key came from the list takes the new entry;
+    /// when that differs (or is gone) its sessions end and the next handshake proves the new
+    /// key. Peers with a configured key keep it.
+    pub fn set_admitted(&mut self, admitted: Option<Arc<BTreeMap<NodeId, PublicKey>>>) {
+        self.admitted = admitted;
+        for idx in 0..self.peers.len() {
+            let p = &self.peers[idx];
+            let cfg = PeerConfig {
+                addr: p.addr,
+                node: p.node,
+                key: p.configured_key,
+            };
+            let key = self.admitted_key(&cfg);
+            let p = &mut self.peers[idx];
+            if key != p.key {
+                p.key = key;
+                p.jar = key.as_ref().map(CookieJar::new);
+                p.current = None;
+                p.previous = None;
+                p.next = None;
+                p.pending = None;
+            }
+        }
     }
 
     /// Restricts the transport ciphers this node offers and accepts to `mask` (bits of

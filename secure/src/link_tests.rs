@@ -535,6 +535,58 @@ fn admitted_list_supplies_keys_and_binds_node_ids() {
     );
 }
 
+#[test]
+fn peers_added_and_removed_at_run_time_and_a_reloaded_admitted_list() {
+    let mut n = Net::established();
+    // Removed: its sessions and keys are gone, its packets are a stranger's, sealing fails.
+    let sealed = n.seal(false, b"before removal").unwrap();
+    assert!(n.a.links.remove_peer(addr(2)));
+    assert!(!n.a.links.remove_peer(addr(2)));
+    assert_eq!(
+        n.deliver(addr(2), addr(1), sealed),
+        Some(Reject::NotANeighbour)
+    );
+    assert!(n
+        .a
+        .links
+        .seal(n.now, addr(2), &mut packet(1, b"x"), 0)
+        .is_err());
+    assert!(n.a.links.status(n.now).is_empty());
+    // Added back (with its key): a fresh handshake, data flows again; adding twice is refused.
+    let kb = n.b.key.public();
+    let peer = PeerConfig {
+        addr: addr(2),
+        node: None,
+        key: Some(kb),
+    };
+    assert!(n.a.links.add_peer(peer.clone(), n.now));
+    assert!(!n.a.links.add_peer(peer, n.now));
+    n.tick(Duration::from_secs(1));
+    assert!(n.send(true, b"again"));
+    assert!(n.send(false, b"and back"));
+
+    // A peer known only through the admitted list: a reloaded list without it ends its
+    // session; the list naming it again lets a new handshake through.
+    let now = n.now;
+    let kc = Arc::new(SecretKey::generate());
+    let listed: BTreeMap<NodeId, crate::PublicKey> = [(node(3), kc.public())].into();
+    n.a.links.set_admitted(Some(Arc::new(listed.clone())));
+    let unlisted = PeerConfig {
+        addr: addr(3),
+        node: None,
+        key: None,
+    };
+    assert!(n.a.links.add_peer(unlisted, now));
+    assert_eq!(n.a.links.peer_identity(addr(3)), Some((kc.public(), None)));
+    n.a.links.set_admitted(Some(Arc::new(BTreeMap::new())));
+    assert_eq!(n.a.links.peer_identity(addr(3)), None);
+    // The configured key of peer 2 is not the list's to take away.
+    assert_eq!(n.a.links.peer_identity(addr(2)).map(|k| k.0), Some(kb));
+    assert!(n.send(true, b"still linked"));
+    n.a.links.set_admitted(Some(Arc::new(listed)));
+    assert_eq!(n.a.links.peer_identity(addr(3)), Some((kc.public(), None)));
+}
+
 #[derive(Debug, Clone)]
 enum Attack {
     Legit(bool, u8),

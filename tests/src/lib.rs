@@ -326,8 +326,10 @@ impl Overlay {
         let out = self.weft(n, args);
         assert!(
             out.status.success(),
-            "weft {args:?} on node {n} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "weft {args:?} on node {n} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -434,8 +436,15 @@ impl Overlay {
         }
     }
 
+    /// Whether the daemons run with keys and one admitted list (the default).
+    pub fn is_secure(&self) -> bool {
+        self.admitted_file().exists()
+    }
+
     /// Starts one more daemon, number `nodes + 1`, with exactly `args` after its address,
-    /// socket and proxy flags (no neighbours unless `args` names some).
+    /// socket, proxy and key flags (no neighbours unless `args` names some). In a secure
+    /// overlay it gets a new key, which is added to the admitted list every daemon reads (the
+    /// running ones apply it when reloaded: `signal(n, SIGHUP)`).
     pub fn add_daemon(&mut self, args: &[&str]) -> usize {
         let n = self.daemons.len() + 1;
         let mut all = vec![
@@ -446,6 +455,29 @@ impl Overlay {
             "--proxy-ip".into(),
             format!("127.{}.1.{n}", self.subnet.t),
         ];
+        if self.is_secure() {
+            let key = weft_secure::SecretKey::generate();
+            weft_secure::write_key_file(&self.key_file(n), &key, true).expect("write key file");
+            let text = std::fs::read_to_string(self.admitted_file()).expect("read admitted keys");
+            let mut admitted = weft_secure::admitted::parse(&text).expect("admitted keys");
+            admitted.insert(
+                weft_core::NodeId::from(self.ip(n).parse::<std::net::Ipv4Addr>().expect("ip")),
+                key.public(),
+            );
+            std::fs::write(
+                self.admitted_file(),
+                weft_secure::admitted::render(&admitted),
+            )
+            .expect("write admitted keys");
+            all.extend([
+                "--key".into(),
+                self.key_file(n).display().to_string(),
+                "--admitted-keys".into(),
+                self.admitted_file().display().to_string(),
+            ]);
+        } else {
+            all.push("--insecure".into());
+        }
         all.extend(args.iter().map(|s| s.to_string()));
         self.daemons.push(Daemon {
             n,
@@ -471,6 +503,15 @@ impl Overlay {
             self.socket(n).display(),
             self.subnet.t
         );
+        if self.is_secure() {
+            toml += &format!(
+                "key_file = \"{}\"\nadmitted_keys = \"{}\"\n",
+                self.key_file(n).display(),
+                self.admitted_file().display()
+            );
+        } else {
+            toml += "insecure = true\n";
+        }
         for m in neighbors {
             toml += &format!("[[neighbor]]\naddr = \"{}:7470\"\n", self.ip(*m));
         }

@@ -397,10 +397,34 @@ fn sighup_adds_a_neighbour_and_keeps_an_open_session_flowing() {
 fn neighbor_add_links_a_fifth_daemon_that_no_configuration_names() {
     let mut o = Overlay::builder().chain(4, "").start();
     o.wait_converged(Duration::from_secs(15));
+    // Adding node 4's neighbour before node 5 is admitted is refused: no key is known for it.
+    let ip5 = o.ip(5);
+    let early = o.weft(4, &["neighbor", "add", &ip5]);
+    assert!(!early.status.success());
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("no key for"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    // As an operator would: the new node's key joins the admitted list, the running daemons
+    // reload it, and both ends add each other at run time.
     let five = o.add_daemon(&["--emulation"]);
     assert_eq!(five, 5);
-    let (ip4, ip5) = (o.ip(4), o.ip(5));
-    // Both ends add each other at run time.
+    for n in 1..=4 {
+        o.signal(n, libc::SIGHUP);
+    }
+    for n in 1..=4 {
+        wait_for(
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(o.log(n))
+                    .unwrap()
+                    .contains("admitted_keys")
+            },
+            || format!("node {n} did not reload the admitted list"),
+        );
+    }
+    let ip4 = o.ip(4);
     o.weft_ok(4, &["neighbor", "add", &format!("{ip5}:7470")]);
     o.weft_ok(5, &["neighbor", "add", &ip4]);
     o.wait_converged(Duration::from_secs(15));

@@ -53,11 +53,28 @@ fn check_config_names_the_key_in_every_broken_sample() {
 #[test]
 fn the_packaged_example_passes_check_config() {
     let example = repo().join("packaging/weftd.toml");
+    // The example names /etc/weft/weftd.key and /etc/weft/admitted; the flags stand in for
+    // them with a key and a list made here (flags win over the file, as documented).
+    let dir = std::env::temp_dir().join(format!("weft-example-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = weft_secure::SecretKey::generate();
+    weft_secure::write_key_file(&dir.join("weftd.key"), &key, true).unwrap();
+    let mut list = weft_secure::Admitted::new();
+    list.insert(
+        weft_core::NodeId::from(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        key.public(),
+    );
+    std::fs::write(dir.join("admitted"), weft_secure::admitted::render(&list)).unwrap();
     let out = Command::new(weftd_bin())
         .arg("--check-config")
         .arg(&example)
+        .arg("--key")
+        .arg(dir.join("weftd.key"))
+        .arg("--admitted-keys")
+        .arg(dir.join("admitted"))
         .output()
         .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
     assert!(
         out.status.success(),
         "{}",

@@ -88,6 +88,10 @@ enum NeighborCmd {
         /// Emulation for packets from it, e.g. "delay=10ms loss=1%" (needs weftd --emulation).
         #[arg(long, default_value = "")]
         link: String,
+        /// Its public key (what `weft keygen` printed on it), when this daemon's admitted
+        /// list does not name it.
+        #[arg(long = "public-key", value_name = "KEY")]
+        key: Option<String>,
     },
     /// Stop linking to the daemon at ADDR: it is told at once and traffic reroutes.
     Remove { addr: String },
@@ -152,11 +156,17 @@ pub fn main() -> i32 {
 
 fn neighbor(socket: &std::path::Path, cmd: NeighborCmd) -> Result<i32, String> {
     let (addr, action) = match cmd {
-        NeighborCmd::Add { addr, node, link } => (
+        NeighborCmd::Add {
+            addr,
+            node,
+            link,
+            key,
+        } => (
             addr,
             weft_ipc::NeighborAction::Add {
                 node: node.map(weft_core::NodeId::from),
                 link,
+                key,
             },
         ),
         NeighborCmd::Remove { addr } => (addr, weft_ipc::NeighborAction::Remove),

@@ -5,12 +5,14 @@
 //! is logged and nothing changes.
 
 use super::Daemon;
-use crate::config::{DaemonConfig, Flags};
+use crate::config::{DaemonConfig, Flags, Security};
 use crate::emulation::LinkParams;
 use crate::logging::LogHandle;
 use crate::overlay::NeighborConfig;
 use std::net::SocketAddr;
 use tracing::{info, warn};
+use weft_secure::link::PeerConfig;
+use weft_secure::PublicKey;
 
 /// What a reload starts from.
 pub struct Reloader {
@@ -115,6 +117,7 @@ impl Daemon {
         for (name, was, now) in needs_restart(&self.cfg, &new) {
             warn!(setting = name, running = %was, configured = %now, "reload: needs a restart; keeping the running value");
         }
+        changed.extend(self.reload_security(&new));
         changed.extend(self.reload_neighbors(&new));
         self.cfg.log = new.log;
         info!(changed = %if changed.is_empty() { "nothing".to_string() } else { changed.join(" ") }, "configuration reloaded");
@@ -122,6 +125,55 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// A changed admitted list applies at once, to the links (which key each neighbour must
+    /// prove) and to the flooded records; this node's own key and the insecure mode need a
+    /// restart.
+    fn reload_security(&mut self, new: &DaemonConfig) -> Vec<String> {
+        let (
+            Security::Keys {
+                identity: running,
+                links: old,
+            },
+            Security::Keys {
+                identity: configured,
+                links: wanted,
+            },
+        ) = (&mut self.cfg.security, &new.security)
+        else {
+            if self.cfg.security.is_secure() != new.security.is_secure() {
+                warn!(
+                    setting = "insecure",
+                    "reload: needs a restart; keeping the running value"
+                );
+            }
+            return Vec::new();
+        };
+        if running.public() != configured.public() {
+            warn!(
+                setting = "key_file",
+                running = %running.public(),
+                configured = %configured.public(),
+                "reload: needs a restart; keeping the running value"
+            );
+        }
+        if old.admitted.as_deref() == wanted.admitted.as_deref() {
+            return Vec::new();
+        }
+        old.admitted = wanted.admitted.clone();
+        self.security.set_admitted(wanted.admitted.clone());
+        self.node.set_admitted(wanted.admitted.clone());
+        vec!["admitted_keys".to_string()]
+    }
+
+    /// The public key the configuration gives neighbour `addr`, if it gives one (else the
+    /// admitted list supplies it).
+    fn configured_key(cfg: &DaemonConfig, addr: SocketAddr) -> Option<PublicKey> {
+        match &cfg.security {
+            Security::Keys { links, .. } => links.peers.iter().find(|p| p.addr == addr)?.key,
+            Security::Insecure => None,
+        }
+    }
+
     /// Applies the difference between what the file said at the last (re)load and what it
     /// says now: neighbours added, removed, or with new emulation. Neighbours added or
     /// removed at run time (`weft neighbor`) stay as they are unless the file names them.
@@ -142,10 +194,12 @@ impl Daemon {
         }
         for (n, link) in &wanted {
             match old.iter().find(|(o, _)| o.addr == n.addr) {
-                None => match self.add_neighbor(n.clone(), *link) {
-                    Ok(()) => changed.push(format!("+neighbor {}", n.addr)),
-                    Err(e) => warn!(peer = %n.addr, error = %e, "reload: cannot add"),
-                },
+                None => {
+                    match self.add_neighbor(n.clone(), *link, Self::configured_key(new, n.addr)) {
+                        Ok(()) => changed.push(format!("+neighbor {}", n.addr)),
+                        Err(e) => warn!(peer = %n.addr, error = %e, "reload: cannot add"),
+                    }
+                }
                 Some((_, was)) if was != link => match self.emulation.add_link(n.addr, *link) {
                     Ok(()) => {
                         info!(peer = %n.addr, params = %link, "link emulation set");
@@ -161,7 +215,12 @@ impl Daemon {
     }
 
     /// Links to a neighbour at run time: the node's link and its emulation.
-    fn add_neighbor(&mut self, n: NeighborConfig, link: LinkParams) -> Result<(), String> {
+    fn add_neighbor(
+        &mut self,
+        n: NeighborConfig,
+        link: LinkParams,
+        key: Option<PublicKey>,
+    ) -> Result<(), String> {
         if n.addr == self.cfg.listen {
             return Err(format!("{} is this daemon's own address", n.addr));
         }
@@ -169,7 +228,22 @@ impl Daemon {
             return Err("link emulation is disabled: start weftd with --emulation".into());
         }
         let addr = n.addr;
-        self.node.add_neighbor(self.clock.now(), n)?;
+        let now = self.clock.now();
+        if self.node.config().neighbors.iter().any(|m| m.addr == addr) {
+            return Err(format!("{addr} is already a neighbour"));
+        }
+        self.security.add_peer(
+            now,
+            PeerConfig {
+                addr,
+                node: n.id,
+                key,
+            },
+        )?;
+        if let Err(e) = self.node.add_neighbor(now, n) {
+            self.security.remove_peer(addr);
+            return Err(e);
+        }
         self.emulation.add_link(addr, link)?;
         self.neighbors_changed();
         Ok(())
@@ -177,6 +251,9 @@ impl Daemon {
 
     fn remove_neighbor(&mut self, addr: SocketAddr) -> Result<(), String> {
         self.node.remove_neighbor(self.clock.now(), addr)?;
+        // The leave the node just queued is sealed with the link's keys before they go.
+        self.drain_node();
+        self.security.remove_peer(addr);
         self.emulation.remove_link(addr);
         self.neighbors_changed();
         Ok(())
@@ -206,9 +283,18 @@ impl Daemon {
         action: weft_ipc::NeighborAction,
     ) -> Result<(), String> {
         match action {
-            weft_ipc::NeighborAction::Add { node, link } => {
+            weft_ipc::NeighborAction::Add { node, link, key } => {
                 let link = LinkParams::default().apply_spec(&link)?;
-                self.add_neighbor(NeighborConfig { addr, id: node }, link)?;
+                let key = match key {
+                    Some(k) => {
+                        Some(PublicKey::parse(&k).map_err(|e| format!("`--public-key`: {e}"))?)
+                    }
+                    None => None,
+                };
+                if key.is_some() && !self.security.is_secure() {
+                    return Err("`--public-key`: this daemon runs --insecure (no link keys)".into());
+                }
+                self.add_neighbor(NeighborConfig { addr, id: node }, link, key)?;
             }
             weft_ipc::NeighborAction::Remove => self.remove_neighbor(addr)?,
         }

@@ -476,6 +476,11 @@ impl Node {
         found
     }
 
+    /// A reloaded admitted list (`admitted_keys`) for the records flooded to us.
+    pub fn set_admitted(&mut self, admitted: Option<std::sync::Arc<weft_secure::Admitted>>) {
+        self.trust.set_admitted(admitted);
+    }
+
     /// Links to a new neighbour while running (`weft neighbor add`, a reload).
     pub fn add_neighbor(&mut self, now: Instant, n: NeighborConfig) -> Result<(), String> {
         self.links.add_neighbor(now, n.addr, n.id)?;

@@ -78,6 +78,14 @@ impl Trust {
         self.cfg.is_some()
     }
 
+    /// A reloaded admitted list: records are checked against it from now on (what was
+    /// accepted before stays until it ages out or is replaced).
+    pub fn set_admitted(&mut self, admitted: Option<Arc<Admitted>>) {
+        if let Some(cfg) = self.cfg.as_mut() {
+            cfg.admitted = admitted;
+        }
+    }
+
     pub fn counters(&self) -> TrustCounters {
         self.counters
     }
