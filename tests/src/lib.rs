@@ -170,12 +170,7 @@ impl OverlayBuilder {
         let mut admitted = weft_secure::Admitted::new();
         if self.secure {
             for n in 1..=self.nodes {
-                let key = weft_secure::SecretKey::generate();
-                weft_secure::write_key_file(&o.key_file(n), &key, true).expect("write key file");
-                admitted.insert(
-                    weft_core::NodeId::from(o.ip(n).parse::<std::net::Ipv4Addr>().expect("ip")),
-                    key.public(),
-                );
+                o.new_key(n, &mut admitted);
             }
             std::fs::write(o.admitted_file(), weft_secure::admitted::render(&admitted))
                 .expect("write admitted keys");
@@ -311,6 +306,31 @@ impl Overlay {
         let _ = std::fs::remove_file(self.socket(n));
     }
 
+    /// `weft listen --port PORT` against node `n`, its stdout piped (what it receives).
+    pub fn spawn_listen(&self, n: usize, port: u16, stdin: Stdio) -> Child {
+        Command::new(weft_bin())
+            .arg("--socket")
+            .arg(self.socket(n))
+            .args(["listen", "--port", &port.to_string()])
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn weft listen")
+    }
+
+    /// Waits until node `n` lists `port` among its listeners.
+    pub fn wait_listening(&self, n: usize, port: u16) {
+        wait_for(
+            Duration::from_secs(10),
+            || {
+                self.status(n)["listeners"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|v| v == port))
+            },
+            || format!("`weft listen --port {port}` did not register on node {n}"),
+        );
+    }
+
     /// Runs `weft ARGS` against node `n`.
     pub fn weft(&self, n: usize, args: &[&str]) -> Output {
         Command::new(weft_bin())
@@ -436,6 +456,16 @@ impl Overlay {
         }
     }
 
+    /// A new secret key for node `n`, written to `key_file(n)` and listed in `admitted`.
+    fn new_key(&self, n: usize, admitted: &mut weft_secure::Admitted) {
+        let key = weft_secure::SecretKey::generate();
+        weft_secure::write_key_file(&self.key_file(n), &key, true).expect("write key file");
+        admitted.insert(
+            weft_core::NodeId::from(self.ip(n).parse::<std::net::Ipv4Addr>().expect("ip")),
+            key.public(),
+        );
+    }
+
     /// Whether the daemons run with keys and one admitted list (the default).
     pub fn is_secure(&self) -> bool {
         self.admitted_file().exists()
@@ -456,14 +486,9 @@ impl Overlay {
             format!("127.{}.1.{n}", self.subnet.t),
         ];
         if self.is_secure() {
-            let key = weft_secure::SecretKey::generate();
-            weft_secure::write_key_file(&self.key_file(n), &key, true).expect("write key file");
             let text = std::fs::read_to_string(self.admitted_file()).expect("read admitted keys");
             let mut admitted = weft_secure::admitted::parse(&text).expect("admitted keys");
-            admitted.insert(
-                weft_core::NodeId::from(self.ip(n).parse::<std::net::Ipv4Addr>().expect("ip")),
-                key.public(),
-            );
+            self.new_key(n, &mut admitted);
             std::fs::write(
                 self.admitted_file(),
                 weft_secure::admitted::render(&admitted),

@@ -278,14 +278,7 @@ fn listener(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     std::thread::JoinHandle<Vec<u8>>,
 ) {
-    let mut child = Command::new(weft_bin())
-        .arg("--socket")
-        .arg(o.socket(n))
-        .args(["listen", "--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("weft listen");
+    let mut child = o.spawn_listen(n, port, Stdio::null());
     let mut out = child.stdout.take().unwrap();
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = count.clone();
@@ -590,18 +583,15 @@ fn held_listener(
     Option<std::process::ChildStdin>,
     std::thread::JoinHandle<(Vec<u8>, std::process::ExitStatus)>,
 ) {
-    let mut child = Command::new(weft_bin())
-        .arg("--socket")
-        .arg(o.socket(n))
-        .args(["listen", "--port", &port.to_string()])
-        .stdin(if hold_stdin {
+    let mut child = o.spawn_listen(
+        n,
+        port,
+        if hold_stdin {
             Stdio::piped()
         } else {
             Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("weft listen");
+        },
+    );
     let stdin = child.stdin.take();
     let mut out = child.stdout.take().unwrap();
     let h = std::thread::spawn(move || {

@@ -260,23 +260,8 @@ fn spoofed_syn_cannot_take_a_one_shot_listener() {
     let o = encrypted_overlay(3);
     let spoofer = Spoofer::new();
     let port = 9400u16;
-    let listener = std::process::Command::new(weft_tests::weft_bin())
-        .arg("--socket")
-        .arg(o.socket(1))
-        .args(["listen", "--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("weft listen");
-    wait_for(
-        Duration::from_secs(10),
-        || {
-            o.status(1)["listeners"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|v| v == port))
-        },
-        || "weft listen did not register".into(),
-    );
+    let listener = o.spawn_listen(1, port, Stdio::null());
+    o.wait_listening(1, port);
     let before = rejected(&o.status(1));
     let dst = SocketAddrV4::new(ip(&o, 1), port);
     for i in 0..50u32 {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use weft_secure::{LinkConfig, Links, Opened, PeerConfig, SecretKey};
 use weft_tests::spoof;
-use weft_tests::{wait_for, Overlay};
+use weft_tests::Overlay;
 
 /// Node 4 as a puppet: a real link (handshake, hellos) to daemon 1, and whatever packets the
 /// test wants to send over it.
@@ -326,23 +326,8 @@ fn an_authenticated_neighbour_cannot_inject_made_up_sources_or_claim_a_session()
     // SYNs in node 3's name to a one-shot listener on node 1: the SYN|ACK goes to the real
     // node 3, which knows no such session, so nothing is ever announced to the listener.
     let port = 9700u16;
-    let listener = std::process::Command::new(weft_tests::weft_bin())
-        .arg("--socket")
-        .arg(o.socket(1))
-        .args(["listen", "--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("weft listen");
-    wait_for(
-        Duration::from_secs(10),
-        || {
-            o.status(1)["listeners"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|v| v == port))
-        },
-        || "listener registered".into(),
-    );
+    let listener = o.spawn_listen(1, port, Stdio::null());
+    o.wait_listening(1, port);
     for i in 0..10u32 {
         let syn = spoof::syn(0x5150_0000 + i, 41_000 + i as u16, port);
         let d = spoof::routed(
