@@ -404,7 +404,7 @@ pub fn is_secured(packet: &[u8]) -> bool {
 /// reports the mismatch on the neighbour instead of counting it as malformed.
 pub fn other_wire_version(packet: &[u8]) -> Option<u8> {
     let version = *packet.get(2)?;
-    (packet.len() >= 3 && u16_at(packet, 0) == MAGIC && version != WIRE_VERSION).then_some(version)
+    (u16_at(packet, 0) == MAGIC && version != WIRE_VERSION).then_some(version)
 }
 
 /// Noise's ChaChaPoly nonce: 32 zero bits, then the counter little-endian.
