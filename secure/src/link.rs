@@ -8,11 +8,12 @@
 //!
 //! ```text
 //! transport (any node kind, auth_len = 24): header | body, encrypted | counter u64 LE | tag 16
-//!     AEAD ChaCha20-Poly1305, nonce = 0u32 | counter LE, associated data = the header
-//! initiation (kind 16): header | sender index u16 | Noise IK message 1 (108) | mac1 | mac2
-//!     its encrypted payload: timestamp u64 | node id u32
-//! response (kind 17):   header | sender index u16 | receiver index u16 | Noise IK message 2 (52) | mac1 | mac2
-//!     its encrypted payload: node id u32
+//!     AEAD AES-256-GCM or ChaCha20-Poly1305 (negotiated), nonce = 0u32 | counter LE,
+//!     associated data = the header
+//! initiation (kind 16): header | sender index u16 | Noise IK message 1 (109) | mac1 | mac2
+//!     its encrypted payload: timestamp u64 | node id u32 | transport ciphers offered u8
+//! response (kind 17):   header | sender index u16 | receiver index u16 | Noise IK message 2 (53) | mac1 | mac2
+//!     its encrypted payload: node id u32 | transport cipher chosen u8
 //! cookie reply (kind 18): header | receiver index u16 | nonce 24 | encrypted cookie 16 | tag 16
 //! keepalive (kind 19):  a transport packet with an empty body (confirms a new session)
 //! ```

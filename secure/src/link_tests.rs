@@ -1,6 +1,7 @@
 //! The link machine between two simulated nodes, with an attacker who can read everything on
 //! the wire, replay, modify, reorder and inject packets from any address.
 
+use crate::cookie::{CookieJar, MAC_LEN};
 use crate::keys::SecretKey;
 use crate::link::*;
 use proptest::prelude::*;
@@ -670,13 +671,8 @@ proptest! {
 fn both_ends_agree_on_the_transport_cipher_inside_the_handshake() {
     // Both offer what this machine runs: the best both run.
     let n = Net::established();
-    let best = if Cipher::offered() & Cipher::Aes256Gcm as u8 != 0 {
-        Cipher::Aes256Gcm.name()
-    } else {
-        Cipher::ChaCha20Poly1305.name()
-    };
-    assert_eq!(n.a.links.status(n.now)[0].cipher, Some(best));
-    assert_eq!(n.b.links.status(n.now)[0].cipher, Some(best));
+    assert_eq!(n.a.links.status(n.now)[0].cipher, Some(best_cipher()));
+    assert_eq!(n.b.links.status(n.now)[0].cipher, Some(best_cipher()));
 
     // One end without AES: ChaCha20-Poly1305 both ways, whoever initiates.
     for initiator_restricted in [true, false] {
@@ -715,6 +711,88 @@ fn a_response_naming_a_cipher_never_offered_is_refused() {
     assert_eq!(n.deliver(addr(2), to, resp), Some(Reject::HandshakeInvalid));
     assert_eq!(n.a.links.counters().rejected(), rejected_before + 1);
     assert!(!n.a.links.status(n.now)[0].encrypted);
+}
+
+/// The best cipher both ends of a [`Net`] run.
+fn best_cipher() -> &'static str {
+    if Cipher::offered() & Cipher::Aes256Gcm as u8 != 0 {
+        Cipher::Aes256Gcm.name()
+    } else {
+        Cipher::ChaCha20Poly1305.name()
+    }
+}
+
+#[test]
+fn an_on_path_attacker_cannot_rewrite_the_cipher_offer() {
+    // The offer is the last byte of the initiation's encrypted Noise payload (before its tag).
+    // The cipher stream lets an attacker flip its bits (strip AES-256-GCM, or add it); mac1 is
+    // keyed by the responder's public key, so the attacker can make it valid again. The
+    // payload's AEAD tag still fails: the responder computes nothing more and answers nothing.
+    let mut n = Net::new();
+    n.a.links.handle_timeout(n.now);
+    let (to, init) = n.a.links.poll_transmit().expect("an initiation");
+    assert_eq!(init.len(), INITIATION_LEN);
+    let offer_at = INITIATION_LEN - 2 * MAC_LEN - 16 - 1;
+    let mut forged = init.clone();
+    forged[offer_at] ^= Cipher::Aes256Gcm as u8;
+    CookieJar::new(&n.b.key.public()).stamp(n.now, &mut forged);
+    let before = *n.b.links.counters();
+    assert_eq!(
+        n.deliver(addr(1), to, forged),
+        Some(Reject::HandshakeInvalid)
+    );
+    assert_eq!(
+        n.b.links.counters().handshake_invalid,
+        before.handshake_invalid + 1
+    );
+    assert_eq!(n.b.links.counters().handshakes_answered, 0);
+    assert!(n.b.links.poll_transmit().is_none(), "nothing answered");
+    assert!(!n.b.links.status(n.now)[0].encrypted);
+
+    // The genuine initiation still gets the cipher both run.
+    assert_eq!(n.deliver(addr(1), to, init), None);
+    n.pump();
+    assert!(n.send(true, b"hello") && n.send(false, b"back"));
+    for side in [&n.a, &n.b] {
+        assert_eq!(side.links.status(n.now)[0].cipher, Some(best_cipher()));
+    }
+}
+
+#[test]
+fn an_on_path_attacker_cannot_rewrite_the_responders_choice() {
+    // The same with the response: its chosen cipher is the last byte of its encrypted Noise
+    // payload. A rewritten choice (either way), mac1 made valid, fails the initiator's
+    // handshake read and leaves its handshake as it was, so the genuine response completes
+    // it with the genuine choice.
+    let mut n = Net::new();
+    n.a.links.handle_timeout(n.now);
+    let (to, init) = n.a.links.poll_transmit().expect("an initiation");
+    assert_eq!(n.deliver(addr(1), to, init), None);
+    let (to, resp) = n.b.links.poll_transmit().expect("a response");
+    assert_eq!(resp.len(), RESPONSE_LEN);
+    let choice_at = RESPONSE_LEN - 2 * MAC_LEN - 16 - 1;
+    for flip in [
+        Cipher::Aes256Gcm as u8 ^ Cipher::ChaCha20Poly1305 as u8,
+        Cipher::Aes256Gcm as u8,
+        Cipher::ChaCha20Poly1305 as u8,
+    ] {
+        let mut forged = resp.clone();
+        forged[choice_at] ^= flip;
+        CookieJar::new(&n.a.key.public()).stamp(n.now, &mut forged);
+        let before = n.a.links.counters().handshake_invalid;
+        assert_eq!(
+            n.deliver(addr(2), to, forged),
+            Some(Reject::HandshakeInvalid)
+        );
+        assert_eq!(n.a.links.counters().handshake_invalid, before + 1);
+        assert!(!n.a.links.status(n.now)[0].encrypted);
+    }
+    assert_eq!(n.deliver(addr(2), to, resp), None);
+    n.pump();
+    assert!(n.send(true, b"hello") && n.send(false, b"back"));
+    for side in [&n.a, &n.b] {
+        assert_eq!(side.links.status(n.now)[0].cipher, Some(best_cipher()));
+    }
 }
 
 /// Seal and open cost per byte for each cipher this machine runs (run with --ignored
