@@ -19,6 +19,10 @@ NODE_COUNTERS = ["no_route", "dropped_cut", "ttl_expired", "rerouted", "ce_marke
 # The daemon's socket and event loop (cumulative): datagrams per system call, wake-ups.
 UDP_COUNTERS = ["recv_calls", "recv_datagrams", "recv_coalesced", "send_calls", "send_messages",
                 "send_datagrams"]
+# Link security (cumulative): what it refused, and sends that found no session yet.
+SECURITY_REJECTS = ["not_a_neighbour", "malformed", "unauthenticated", "unknown_key", "replayed",
+                    "auth_failed", "handshake_bad_mac", "handshake_invalid", "handshake_wrong_key",
+                    "handshake_replayed", "handshake_rate_limited", "handshake_unexpected"]
 SESSION_FIELDS = ["state", "rtt_ms", "cwnd_bytes", "bytes_sent", "bytes_received", "retransmits",
                   "fast_retransmits", "timeouts", "ce_reductions"]
 
@@ -71,6 +75,8 @@ class Observer:
         arq = {k: 0 for k in ARQ_COUNTERS + LINK_COUNTERS}
         nodes = {k: 0 for k in NODE_COUNTERS}
         io = {k: 0 for k in UDP_COUNTERS + ["loop_passes"]}
+        security = {"ciphers": set(), "rejected": 0, "sent_without_session": 0,
+                    "handshakes_completed": 0}
         per_link = []
         for node in self.overlay.daemons:
             after = self.overlay.status(node)
@@ -96,5 +102,15 @@ class Observer:
                 io[k] += (u1.get(k) or 0) - (u0.get(k) or 0)
             d0, d1 = before.get("daemon_counters") or {}, after.get("daemon_counters") or {}
             io["loop_passes"] += (d1.get("loop_passes") or 0) - (d0.get("loop_passes") or 0)
+            s0, s1 = before.get("security") or {}, after.get("security") or {}
+            security["ciphers"].update(link.get("cipher") or "none"
+                                       for link in s1.get("links") or [])
+            k0, k1 = s0.get("counters") or {}, s1.get("counters") or {}
+            security["rejected"] += sum((k1.get(k) or 0) - (k0.get(k) or 0)
+                                        for k in SECURITY_REJECTS)
+            for k in ["sent_without_session", "handshakes_completed"]:
+                security[k] += (k1.get(k) or 0) - (k0.get(k) or 0)
+        security["ciphers"] = sorted(security["ciphers"])
         return {"arq": arq, "arq_max": self.gauges, "node_counters": nodes, "io": io,
-                "links": per_link, "sessions": list(self.sessions.values())}
+                "security": security, "links": per_link,
+                "sessions": list(self.sessions.values())}

@@ -446,8 +446,9 @@ def weft_internals(results):
     lines = ["## weft internals per cell (from `weft status --json`)", "",
              "| cell | arm | link packets | link retransmissions | copies sent / used | "
              "lost by SACK / timer | link timeouts | congestion events | max cwnd kB | "
-             "max srtt ms | session retx / timeouts / CE cuts | rerouted | back-pressure drops |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max srtt ms | session retx / timeouts / CE cuts | rerouted | back-pressure drops | "
+             "link AEAD: cipher / refused / sent before a session |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in cells:
         w = r["weft"]
         arq, top, nodes = w["arq"], w["arq_max"], w["node_counters"]
@@ -462,14 +463,25 @@ def weft_internals(results):
             f"{sum(x.get('retransmits') or 0 for x in senders)} / "
             f"{sum(x.get('timeouts') or 0 for x in senders)} / "
             f"{sum(x.get('ce_reductions') or 0 for x in senders)} | "
-            f"{nodes['rerouted']} | {nodes['dropped_backpressure']} |")
+            f"{nodes['rerouted']} | {nodes['dropped_backpressure']} | {link_aead(w)} |")
     lines += ["", "Link columns sum every ARQ link of every daemon over the cell (copies: "
               "redundant copies on sparse links, and how many of them arrived where the "
               "original had not); max cwnd and "
               "srtt are the largest seen on any link; session columns sum the sessions whose "
               "sending end is s (sampled every 0.5 s, so a session shorter than that may be "
-              "missing). The latency cells share the path with the other arms' streams."]
+              "missing). The latency cells share the path with the other arms' streams. Link "
+              "AEAD: the transport cipher the links negotiated (`none`: a link without a "
+              "session at the end), datagrams link security refused, and sends dropped "
+              "because a link had no session yet (– with --insecure)."]
     return lines
+
+
+def link_aead(w):
+    sec = w.get("security") or {}
+    if not sec.get("ciphers"):
+        return "–"
+    return (f"{'+'.join(sec['ciphers'])} / {sec.get('rejected', 0)} / "
+            f"{sec.get('sent_without_session', 0)}")
 
 
 def goals(results):
