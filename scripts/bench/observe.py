@@ -75,7 +75,7 @@ class Observer:
         arq = {k: 0 for k in ARQ_COUNTERS + LINK_COUNTERS}
         nodes = {k: 0 for k in NODE_COUNTERS}
         io = {k: 0 for k in UDP_COUNTERS + ["loop_passes"]}
-        security = {"ciphers": set(), "rejected": 0, "sent_without_session": 0,
+        security = {"ciphers": set(), "rejected": 0, "reasons": {}, "sent_without_session": 0,
                     "handshakes_completed": 0}
         per_link = []
         for node in self.overlay.daemons:
@@ -106,8 +106,11 @@ class Observer:
             security["ciphers"].update(link.get("cipher") or "none"
                                        for link in s1.get("links") or [])
             k0, k1 = s0.get("counters") or {}, s1.get("counters") or {}
-            security["rejected"] += sum((k1.get(k) or 0) - (k0.get(k) or 0)
-                                        for k in SECURITY_REJECTS)
+            for k in SECURITY_REJECTS:
+                d = (k1.get(k) or 0) - (k0.get(k) or 0)
+                if d:
+                    security["rejected"] += d
+                    security["reasons"][k] = security["reasons"].get(k, 0) + d
             for k in ["sent_without_session", "handshakes_completed"]:
                 security[k] += (k1.get(k) or 0) - (k0.get(k) or 0)
         security["ciphers"] = sorted(security["ciphers"])

@@ -480,8 +480,9 @@ def link_aead(w):
     sec = w.get("security") or {}
     if not sec.get("ciphers"):
         return "–"
-    return (f"{'+'.join(sec['ciphers'])} / {sec.get('rejected', 0)} / "
-            f"{sec.get('sent_without_session', 0)}")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted((sec.get("reasons") or {}).items()))
+    refused = f"{sec.get('rejected', 0)}" + (f" ({reasons})" if reasons else "")
+    return f"{'+'.join(sec['ciphers'])} / {refused} / {sec.get('sent_without_session', 0)}"
 
 
 def goals(results):
