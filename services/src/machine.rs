@@ -203,13 +203,17 @@ impl Services {
 
     /// A record a neighbour flooded.
     pub fn on_record(&mut self, now: Instant, bytes: &[u8]) -> Result<RecordOutcome, DecodeError> {
-        let rec = match ServiceRecord::decode(bytes) {
-            Ok(r) => r,
+        match ServiceRecord::decode(bytes) {
+            Ok(rec) => Ok(self.on_decoded(now, rec)),
             Err(e) => {
                 self.malformed += 1;
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// A record a neighbour flooded, decoded.
+    pub fn on_decoded(&mut self, now: Instant, rec: ServiceRecord) -> RecordOutcome {
         if rec.origin == self.cfg.local {
             let ours = self.version();
             if rec.version > ours {
@@ -217,24 +221,24 @@ impl Services {
                 self.cfg.epoch = rec.version.epoch;
                 self.seq = rec.version.seq.saturating_add(1);
                 self.own_dirty = false;
-                return Ok(RecordOutcome::FloodAll(self.own_record()));
+                return RecordOutcome::FloodAll(self.own_record());
             }
             if rec.version < ours {
-                return Ok(RecordOutcome::Reply(self.own_record()));
+                return RecordOutcome::Reply(self.own_record());
             }
-            return Ok(RecordOutcome::Nothing);
+            return RecordOutcome::Nothing;
         }
         match self.records.get(&rec.origin) {
             Some((held, _)) if held.version > rec.version => {
-                return Ok(RecordOutcome::Reply(held.clone()))
+                return RecordOutcome::Reply(held.clone())
             }
-            Some((held, _)) if held.version == rec.version => return Ok(RecordOutcome::Nothing),
+            Some((held, _)) if held.version == rec.version => return RecordOutcome::Nothing,
             _ => {}
         }
         let stale = !self.live.contains(&rec.origin);
         self.records.insert(rec.origin, (rec.clone(), stale));
         self.recompute(now);
-        Ok(RecordOutcome::Flood(rec))
+        RecordOutcome::Flood(rec)
     }
 
     /// Rebalancing waits for a stable period; call at [`Services::next_deadline`].
