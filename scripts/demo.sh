@@ -24,12 +24,12 @@ say "building (release)"
 cargo build --release -q --workspace
 bin="$root/target/release"
 weft="$bin/weft"
-topo="$root/scripts/overlays/demo.topo"
+topo="$root/scripts/overlays/demo.toml"
 dir="$(mktemp -d /tmp/weft-demo.XXXXXX)"
 cleanup() { kill $(jobs -p) 2>/dev/null || true; "$weft" overlay down "$topo" --dir "$dir/overlay" >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT INT TERM
 
-say "starting 5 daemons: $(grep -v '^#' "$topo" | awk '{printf "%s-%s ", $1, $2}')(2% loss on every link)"
+say "starting 5 daemons: $(grep '^between' "$topo" | tr -d 'n"[],' | awk '{printf "%s-%s ", $3, $4}')(2% loss on every link)"
 "$weft" overlay up "$topo" --dir "$dir/overlay"
 sock() { echo "$dir/overlay/node$1.sock"; }
 
@@ -119,7 +119,7 @@ sent = c.get("copies_sent", "?")
 print(f"node 1 put {sent} copies on its links for 5 datagrams to 3 members (one per tree branch)")'
 
 say "best-effort datagrams 1 -> 5 while the link 1-2 is cut mid-stream"
-"$weft" --socket "$(sock 5)" recv --port 9100 > "$dir/recv.txt" &
+"$weft" --socket "$(sock 5)" recv --port 9100 --time mono > "$dir/recv.txt" &
 receiver=$!
 sleep 0.3
 "$weft" --socket "$(sock 1)" send --to 127.0.0.5:9100 --count 300 --interval 10ms &

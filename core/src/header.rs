@@ -2,10 +2,13 @@
 //!
 //! ```text
 //!  0      2        3      4       5          6          8          12            16
-//!  | magic | version | kind | flags | auth_len | reserved | sender  | incarnation |
+//!  | magic | version | kind | flags | auth_len | key id   | sender  | incarnation |
 //! ```
-//! `auth_len` is the length of an authentication trailer at the end of the datagram (0 today):
-//! link security slots in without a new wire version. `incarnation` is random per daemon start,
+//! `auth_len` is the length of the authentication trailer at the end of the datagram (0 on
+//! insecure links; `weft_secure::TRAILER_LEN` with link security, which also puts the
+//! session's key id in bytes 6..8 and authenticates the whole header). Kinds 16–19 are link
+//! security's own messages (handshake, response, cookie reply, keepalive), consumed below the
+//! node. `incarnation` is random per daemon start,
 //! so a neighbour that restarted is recognised from its first packet.
 
 use crate::codec::{DecodeError, Reader, Writer};

@@ -73,6 +73,22 @@ fn main() {
         sim.packets_sent,
         sim.bytes_sent
     );
+    // Where the datagrams went: per node and neighbour, all datagrams out, then the ARQ's new
+    // data packets and redundant copies (the rest are acks, hellos and flooding).
+    for i in 0..=hops {
+        let Some(status) = sim.with_node(i, |n, now| n.status(now)) else {
+            continue;
+        };
+        for nb in status.neighbors {
+            let (data, copies) = nb
+                .arq
+                .map_or((0, 0), |a| (a.packets_sent, a.redundant_copies));
+            println!(
+                "  node {i} -> {}: {} datagrams, {} bytes; arq data {data}, copies {copies}",
+                nb.addr, nb.packets_out, nb.bytes_out
+            );
+        }
+    }
     if received < total {
         std::process::exit(1);
     }

@@ -3,13 +3,16 @@
 //! field, and `weftd` exits with status 2 before starting anything.
 
 use crate::emulation::{parse_duration, LinkParams};
+use crate::logging::{parse_filter, LogFormat};
 use crate::overlay::neighbor::Metric;
 use crate::overlay::{NeighborConfig, NodeConfig};
 use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use weft_core::NodeId;
+use weft_secure::{Admitted, LinkConfig, PeerConfig, PublicKey, SecretKey};
 use weft_transport::arq::RedundancyConfig;
 use weft_transport::session::RecoveryMode;
 
@@ -68,7 +71,18 @@ pub struct FileConfig {
     pub dead_interval: Option<String>,
     pub mtu: Option<u32>,
     pub ttl: Option<u8>,
+    /// Log filter: a level or per-module directives (checked, see `logging::parse_filter`).
     pub log: Option<String>,
+    /// This node's secret key (written by `weft keygen`, mode 0600).
+    pub key_file: Option<String>,
+    /// The overlay-wide list of admitted node keys (`NODE PUBLIC_KEY` lines).
+    pub admitted_keys: Option<String>,
+    /// Links without authentication or encryption, flooded state unsigned.
+    pub insecure: Option<bool>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// Address of the Prometheus endpoint, or `off`.
+    pub metrics: Option<String>,
     #[serde(default, rename = "neighbor")]
     pub neighbors: Vec<FileNeighbor>,
 }
@@ -80,6 +94,8 @@ pub struct FileNeighbor {
     pub node: Option<String>,
     /// Emulation for packets from this neighbour, e.g. `delay=10ms loss=1%`.
     pub link: Option<String>,
+    /// The neighbour's public key (`weft keygen` prints it); may come from `admitted_keys`.
+    pub public_key: Option<String>,
 }
 
 /// Flags, as parsed by `weftd`'s command line.
@@ -97,9 +113,16 @@ pub struct Flags {
     pub hello_interval: Option<String>,
     pub dead_interval: Option<String>,
     pub mtu: Option<u32>,
-    /// `ADDR` or `ADDR/SPEC` (emulation for packets from that neighbour).
+    pub ttl: Option<u8>,
+    /// `ADDR` or `ADDR/SPEC`: emulation for packets from that neighbour, and `key=PUBLIC_KEY`
+    /// and `node=IP` items.
     pub neighbors: Vec<String>,
     pub log: Option<String>,
+    pub log_format: Option<String>,
+    pub metrics: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub admitted_keys: Option<PathBuf>,
+    pub insecure: bool,
 }
 
 /// Everything `weftd` needs to run.
@@ -111,7 +134,61 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     pub socket: PathBuf,
     pub proxy_ip: Ipv4Addr,
-    pub log: String,
+    pub log: LogConfig,
+    /// Where `/metrics` is served (None: off).
+    pub metrics: Option<SocketAddr>,
+    pub security: Security,
+}
+
+/// How the daemon logs: a checked filter and a line format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+fn parse_metrics(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Ok(Some(a)),
+        Err(_) => Err(format!(
+            "`{s}` is not an address like 127.0.0.1:9470 (or `off`)"
+        )),
+    }
+}
+
+impl DaemonConfig {
+    /// One line for `--check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "node {}, listen {}, {} neighbours, socket {}, metrics {}",
+            self.node.id,
+            self.listen,
+            self.node.neighbors.len(),
+            self.socket.display(),
+            self.metrics.map_or("off".into(), |m| m.to_string()),
+        )
+    }
+}
+
+/// How links and flooded state are protected.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// `insecure = true`: nothing authenticated, nothing encrypted, nothing signed.
+    Insecure,
+    Keys {
+        identity: Arc<SecretKey>,
+        /// The link layer's configuration (its `wall_clock_us` is set when the daemon starts).
+        links: LinkConfig,
+    },
+}
+
+impl Security {
+    pub fn is_secure(&self) -> bool {
+        matches!(self, Security::Keys { .. })
+    }
 }
 
 /// Whether emulation is allowed, and each neighbour's initial link parameters.
@@ -166,28 +243,127 @@ pub fn default_proxy_ip(node: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::new(127, 77, o[2], o[3])
 }
 
-/// Reads the TOML file, turning parser errors into `file:line: field: problem`.
+/// Reads the TOML file, turning parser errors into `file:line: key: problem`.
 pub fn read_file(path: &Path) -> Result<FileConfig, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| {
-            text.as_bytes()[..s.start.min(text.len())]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1
-        });
+    parse_file(&text).map_err(|e| format!("{}:{e}", path.display()))
+}
+
+/// Parses the file's text; an error reads `line: key: problem` (or `line: problem` when the
+/// problem already names the key, as an unknown key's does).
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
         let msg = e.message().replace('\n', " ");
-        match line {
-            Some(l) => format!("{}:{l}: {msg}", path.display()),
-            None => format!("{}: {msg}", path.display()),
+        let Some(span) = e.span() else {
+            return format!(" {msg}");
+        };
+        let at = span.start.min(text.len());
+        let line = text.as_bytes()[..at]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        match key_at(text, at) {
+            Some(key) if !msg.contains(&format!("`{key}`")) => format!("{line}: `{key}`: {msg}"),
+            _ => format!("{line}: {msg}"),
         }
+    })
+}
+
+/// The line of the file that set the key an error names (`` `mtu`: ...``,
+/// `` `neighbor[1].addr`: ...``), unless a flag set it.
+fn blame(text: &str, flags: &Flags, error: &str) -> Option<usize> {
+    let key = error.strip_prefix('`')?.split('`').next()?;
+    let from_flag = match key {
+        "node" => flags.node.is_some(),
+        "listen" => flags.listen.is_some(),
+        "socket" => flags.socket.is_some(),
+        "proxy_ip" => flags.proxy_ip.is_some(),
+        "metric" => flags.metric.is_some(),
+        "recovery" => flags.recovery.is_some(),
+        "redundancy" => flags.redundancy.is_some(),
+        "hello_interval" => flags.hello_interval.is_some(),
+        "dead_interval" => flags.dead_interval.is_some(),
+        "mtu" => flags.mtu.is_some(),
+        "ttl" => flags.ttl.is_some(),
+        "log" => flags.log.is_some(),
+        "log_format" => flags.log_format.is_some(),
+        "metrics" => flags.metrics.is_some(),
+        _ => false,
+    };
+    if from_flag {
+        return None;
+    }
+    let mut offset = 0;
+    for (i, line) in text.lines().enumerate() {
+        let found = line.trim_start().split_once('=').is_some_and(|(k, _)| {
+            k.trim().trim_matches('"') == key.rsplit('.').next().unwrap_or(key)
+        });
+        if found
+            && key_at(text, offset + line.len() - line.trim_start().len()).as_deref() == Some(key)
+        {
+            return Some(i + 1);
+        }
+        offset += line.len() + 1;
+    }
+    None
+}
+
+/// The dotted name of the key whose line holds byte `at`: `mtu`, `neighbor[1].addr`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = text[start..end].trim();
+    // The innermost table the line belongs to, with its index for arrays of tables.
+    let mut table: Option<String> = None;
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    for l in text[..start].lines().map(str::trim) {
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = Some(format!("{name}[{n}]"));
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(name.trim().to_string());
+        }
+    }
+    let key = if line.starts_with('[') {
+        return Some(
+            line.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string(),
+        );
+    } else {
+        let (k, _) = line.split_once('=')?;
+        k.trim().trim_matches('"').to_string()
+    };
+    if key.is_empty() {
+        return None;
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key,
     })
 }
 
 impl DaemonConfig {
     /// Merges file and flags (flags win) and validates everything.
     pub fn resolve(flags: &Flags) -> Result<DaemonConfig, String> {
+        Self::resolve_inner(flags).map_err(|e| match &flags.config {
+            Some(path) if !e.starts_with(&path.display().to_string()) => {
+                match std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|text| blame(&text, flags, &e))
+                {
+                    Some(line) => format!("{}:{line}: {e}", path.display()),
+                    None => e,
+                }
+            }
+            _ => e,
+        })
+    }
+
+    fn resolve_inner(flags: &Flags) -> Result<DaemonConfig, String> {
         let file = match &flags.config {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
@@ -236,7 +412,7 @@ impl DaemonConfig {
             }
             node.mtu = m as usize;
         }
-        if let Some(t) = file.ttl {
+        if let Some(t) = flags.ttl.or(file.ttl) {
             if t == 0 {
                 return Err("`ttl`: must be at least 1".into());
             }
@@ -250,6 +426,7 @@ impl DaemonConfig {
         }
 
         let mut neighbors: Vec<(NeighborConfig, LinkParams)> = Vec::new();
+        let mut neighbor_keys: Vec<Option<PublicKey>> = Vec::new();
         for (i, n) in file.neighbors.iter().enumerate() {
             let name = format!("neighbor[{i}]");
             let addr = field(&format!("{name}.addr"), parse_socket_addr(&n.addr))?;
@@ -264,7 +441,15 @@ impl DaemonConfig {
                 )?,
                 None => LinkParams::default(),
             };
+            let key = match &n.public_key {
+                Some(k) => Some(field(
+                    &format!("{name}.public_key"),
+                    PublicKey::parse(k).map_err(|e| e.to_string()),
+                )?),
+                None => None,
+            };
             neighbors.push((NeighborConfig { addr, id }, link));
+            neighbor_keys.push(key);
         }
         for s in &flags.neighbors {
             let (addr, spec) = match s.split_once('/') {
@@ -272,11 +457,16 @@ impl DaemonConfig {
                 None => (s.as_str(), None),
             };
             let addr = field("neighbor", parse_socket_addr(addr))?;
-            let link = match spec {
-                Some(sp) => field("neighbor", LinkParams::default().apply_spec(sp))?,
-                None => LinkParams::default(),
-            };
-            neighbors.push((NeighborConfig { addr, id: None }, link));
+            let spec = field("neighbor", NeighborSpec::parse(spec.unwrap_or("")))?;
+            let link = field("neighbor", LinkParams::default().apply_spec(&spec.link))?;
+            neighbors.push((
+                NeighborConfig {
+                    addr,
+                    id: spec.node,
+                },
+                link,
+            ));
+            neighbor_keys.push(spec.key);
         }
         for (i, (n, link)) in neighbors.iter().enumerate() {
             if n.addr == listen {
@@ -295,11 +485,19 @@ impl DaemonConfig {
                 ));
             }
         }
+        let configured: Vec<NeighborConfig> = neighbors.iter().map(|(n, _)| n.clone()).collect();
+        let security = resolve_security(flags, &file, &node, &configured, neighbor_keys)?;
+        if let Security::Keys { identity, links } = &security {
+            node.trust = Some(crate::overlay::trust::TrustConfig {
+                identity: identity.clone(),
+                admitted: links.admitted.clone(),
+            });
+        }
         let emulation = EmulationConfig {
             enabled: emulation,
             links: neighbors.iter().map(|(n, link)| (n.addr, *link)).collect(),
         };
-        node.neighbors = neighbors.into_iter().map(|(n, _)| n).collect();
+        node.neighbors = configured;
 
         let socket = match pick(&flags.socket, &file.socket) {
             Some(s) => PathBuf::from(s),
@@ -314,16 +512,161 @@ impl DaemonConfig {
                 "`proxy_ip`: {proxy_ip} must be a loopback address (127.0.0.0/8)"
             ));
         }
-        let log = pick(&flags.log, &file.log).unwrap_or_else(|| "info".into());
+        let filter = pick(&flags.log, &file.log).unwrap_or_else(|| "info".into());
+        field("log", parse_filter(&filter))?;
+        let format = match pick(&flags.log_format, &file.log_format) {
+            Some(s) => field("log_format", s.parse())?,
+            None => LogFormat::Text,
+        };
+        let metrics = match pick(&flags.metrics, &file.metrics) {
+            Some(s) => field("metrics", parse_metrics(&s))?,
+            None => None,
+        };
+        if metrics.is_some_and(|m| m.port() == 0) {
+            return Err("`metrics`: needs a port (e.g. 127.0.0.1:9470)".into());
+        }
         Ok(DaemonConfig {
             node,
             emulation,
             listen,
             socket,
             proxy_ip,
-            log,
+            log: LogConfig { filter, format },
+            metrics,
+            security,
         })
     }
+}
+
+/// What a `--neighbor ADDR/SPEC` flag's SPEC says besides emulation.
+struct NeighborSpec {
+    link: String,
+    key: Option<PublicKey>,
+    node: Option<NodeId>,
+}
+
+impl NeighborSpec {
+    fn parse(spec: &str) -> Result<NeighborSpec, String> {
+        let mut out = NeighborSpec {
+            link: String::new(),
+            key: None,
+            node: None,
+        };
+        for item in spec
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|s| !s.is_empty())
+        {
+            if let Some(k) = item.strip_prefix("key=") {
+                out.key = Some(PublicKey::parse(k).map_err(|e| format!("`key`: {e}"))?);
+            } else if let Some(n) = item.strip_prefix("node=") {
+                out.node = Some(NodeId::from(parse_ipv4(n)?));
+            } else {
+                if !out.link.is_empty() {
+                    out.link.push(',');
+                }
+                out.link.push_str(item);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn resolve_security(
+    flags: &Flags,
+    file: &FileConfig,
+    node: &NodeConfig,
+    neighbors: &[NeighborConfig],
+    keys: Vec<Option<PublicKey>>,
+) -> Result<Security, String> {
+    let key_file = flags
+        .key_file
+        .clone()
+        .or_else(|| file.key_file.as_ref().map(PathBuf::from));
+    let admitted_path = flags
+        .admitted_keys
+        .clone()
+        .or_else(|| file.admitted_keys.as_ref().map(PathBuf::from));
+    let insecure = flags.insecure || file.insecure.unwrap_or(false);
+    if insecure {
+        if key_file.is_some() || admitted_path.is_some() || keys.iter().any(Option::is_some) {
+            return Err(
+                "`insecure`: cannot be combined with `key_file`, `admitted_keys` or neighbour keys"
+                    .into(),
+            );
+        }
+        return Ok(Security::Insecure);
+    }
+    let Some(key_file) = key_file else {
+        return Err("`key_file`: required: link security needs this node's key (create one with `weft keygen FILE`, pass --key FILE), or run unprotected with --insecure".into());
+    };
+    let identity = field(
+        "key_file",
+        weft_secure::read_key_file(&key_file).map_err(|e| e.to_string()),
+    )?;
+    let admitted: Option<Admitted> = match &admitted_path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("`admitted_keys`: {}: {e}", p.display()))?;
+            Some(
+                weft_secure::admitted::parse(&text)
+                    .map_err(|e| format!("`admitted_keys`: {}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    if let Some(a) = &admitted {
+        match a.get(&node.id) {
+            Some(k) if *k == identity.public() => {}
+            Some(_) => {
+                return Err(format!(
+                    "`admitted_keys`: lists another key for this node ({})",
+                    node.id
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "`admitted_keys`: does not list this node ({})",
+                    node.id
+                ))
+            }
+        }
+    }
+    let mut peers = Vec::with_capacity(neighbors.len());
+    for (n, key) in neighbors.iter().zip(keys) {
+        let by_id = n.id.or(match n.addr {
+            SocketAddr::V4(a) => Some(NodeId::from(*a.ip())),
+            SocketAddr::V6(_) => None,
+        });
+        let listed = by_id.and_then(|id| admitted.as_ref()?.get(&id).copied());
+        if let (Some(k), Some(l)) = (key, listed) {
+            if k != l {
+                return Err(format!(
+                    "`neighbor`: {}: its public key differs from the one `admitted_keys` lists",
+                    n.addr
+                ));
+            }
+        }
+        if key.is_none() && listed.is_none() {
+            return Err(format!(
+                "`neighbor`: {}: no public key (give `public_key`, or list its node in `admitted_keys`)",
+                n.addr
+            ));
+        }
+        peers.push(PeerConfig {
+            addr: n.addr,
+            node: n.id,
+            key,
+        });
+    }
+    Ok(Security::Keys {
+        links: LinkConfig {
+            node: node.id,
+            peers,
+            admitted: admitted.map(Arc::new),
+            wall_clock_us: 0,
+        },
+        identity: Arc::new(identity),
+    })
 }
 
 #[cfg(test)]
@@ -334,6 +677,7 @@ mod tests {
     fn flags() -> Flags {
         Flags {
             listen: Some("127.0.0.1:7470".into()),
+            insecure: true,
             ..Default::default()
         }
     }
@@ -397,7 +741,7 @@ mod tests {
         let mut f = std::fs::File::create(&good).unwrap();
         writeln!(
             f,
-            "listen = \"127.0.0.3:7000\"\nemulation = true\nmetric = \"hops\"\nredundancy = \"off\"\n[[neighbor]]\naddr = \"127.0.0.4:7000\"\nlink = \"delay=5ms loss=1%\""
+            "listen = \"127.0.0.3:7000\"\ninsecure = true\nemulation = true\nmetric = \"hops\"\nredundancy = \"off\"\n[[neighbor]]\naddr = \"127.0.0.4:7000\"\nlink = \"delay=5ms loss=1%\""
         )
         .unwrap();
         let c = DaemonConfig::resolve(&Flags {
@@ -427,5 +771,155 @@ mod tests {
         );
         assert!(!e.contains('\n'));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("weft-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn keys_or_an_explicit_insecure_are_required() {
+        let bare = Flags {
+            listen: Some("127.0.0.1:7470".into()),
+            ..Default::default()
+        };
+        let e = DaemonConfig::resolve(&bare).unwrap_err();
+        assert!(
+            e.starts_with("`key_file`") && e.contains("--insecure"),
+            "{e}"
+        );
+        assert!(!DaemonConfig::resolve(&flags())
+            .unwrap()
+            .security
+            .is_secure());
+
+        let dir = temp_dir("keys");
+        let me = SecretKey::generate();
+        let peer = SecretKey::generate();
+        let key_file = dir.join("me.key");
+        weft_secure::write_key_file(&key_file, &me, false).unwrap();
+        let secure = |neighbors: Vec<String>, admitted: Option<PathBuf>| Flags {
+            listen: Some("127.0.0.1:7470".into()),
+            key_file: Some(key_file.clone()),
+            admitted_keys: admitted,
+            neighbors,
+            ..Default::default()
+        };
+        let c = DaemonConfig::resolve(&secure(
+            vec![format!("127.0.0.2:7470/key={}", peer.public())],
+            None,
+        ))
+        .unwrap();
+        let Security::Keys { identity, links } = &c.security else {
+            panic!("secure config expected");
+        };
+        assert_eq!(identity.public(), me.public());
+        assert_eq!(links.peers[0].key, Some(peer.public()));
+
+        let e = DaemonConfig::resolve(&secure(vec!["127.0.0.2:7470".into()], None)).unwrap_err();
+        assert!(e.contains("no public key"), "{e}");
+
+        let admitted = dir.join("admitted");
+        let mut list = weft_secure::Admitted::new();
+        list.insert(NodeId::from(Ipv4Addr::new(127, 0, 0, 1)), me.public());
+        list.insert(NodeId::from(Ipv4Addr::new(127, 0, 0, 2)), peer.public());
+        std::fs::write(&admitted, weft_secure::admitted::render(&list)).unwrap();
+        let c = DaemonConfig::resolve(&secure(
+            vec!["127.0.0.2:7470/delay=0ms".into()],
+            Some(admitted.clone()),
+        ))
+        .unwrap();
+        assert!(
+            c.security.is_secure(),
+            "the admitted list supplies the neighbour's key"
+        );
+        let other = SecretKey::generate().public();
+        let e = DaemonConfig::resolve(&secure(
+            vec![format!("127.0.0.2:7470/key={other}")],
+            Some(admitted),
+        ))
+        .unwrap_err();
+        assert!(e.contains("differs"), "{e}");
+
+        let mut both = secure(vec![], None);
+        both.insecure = true;
+        assert!(DaemonConfig::resolve(&both)
+            .unwrap_err()
+            .starts_with("`insecure`"));
+
+        std::fs::set_permissions(
+            &key_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let e = DaemonConfig::resolve(&secure(vec![], None)).unwrap_err();
+        assert!(e.starts_with("`key_file`") && e.contains("chmod"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A key file for the example's node 192.0.2.1 and an admitted list naming it.
+    fn example_keys(tag: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("weft-example-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = weft_secure::SecretKey::generate();
+        let key_file = dir.join("weftd.key");
+        weft_secure::write_key_file(&key_file, &key, true).unwrap();
+        let mut list = Admitted::new();
+        list.insert(
+            NodeId::from(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+            key.public(),
+        );
+        let admitted = dir.join("admitted");
+        std::fs::write(&admitted, weft_secure::admitted::render(&list)).unwrap();
+        (key_file, admitted)
+    }
+
+    /// The keys serde accepts at one level, read from its own "expected one of" message.
+    fn accepted_keys(probe: &str) -> Vec<String> {
+        let e = parse_file(probe).unwrap_err();
+        let list = e.split("expected one of").nth(1).unwrap_or_default();
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn the_packaged_example_sets_every_key_and_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/weftd.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let top = accepted_keys("__probe__ = 1");
+        let neighbor = accepted_keys("[[neighbor]]\n__probe__ = 1");
+        assert!(
+            top.len() > 10 && neighbor.len() >= 3,
+            "{top:?} {neighbor:?}"
+        );
+        for k in &top {
+            assert!(table.contains_key(k), "packaging/weftd.toml lacks `{k}`");
+        }
+        let first = &table["neighbor"].as_array().unwrap()[0];
+        for k in &neighbor {
+            assert!(
+                first.get(k).is_some(),
+                "packaging/weftd.toml lacks `neighbor.{k}`"
+            );
+        }
+        // The example names /etc/weft paths; this host's key and list stand in for them.
+        let (key_file, admitted) = example_keys("example");
+        let c = DaemonConfig::resolve(&Flags {
+            config: Some(path),
+            key_file: Some(key_file),
+            admitted_keys: Some(admitted),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.node.neighbors.len(), 2);
+        assert!(c.security.is_secure());
+        assert_eq!(c.metrics, None);
     }
 }

@@ -24,6 +24,7 @@ pub struct Emulation {
     enabled: bool,
     links: Vec<(SocketAddr, Emulator)>,
     by_addr: HashMap<SocketAddr, usize>,
+    seed: u64,
 }
 
 impl Emulation {
@@ -34,17 +35,49 @@ impl Emulation {
             enabled,
             links: Vec::new(),
             by_addr: HashMap::new(),
+            seed: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
         };
-        if enabled {
-            for (i, &(addr, params)) in links.iter().enumerate() {
-                let seed = seed
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                    .wrapping_add(i as u64);
-                e.by_addr.insert(addr, e.links.len());
-                e.links.push((addr, Emulator::new(params, seed)));
-            }
+        for &(addr, params) in links {
+            // Checked when the configuration was resolved: without emulation every link is
+            // the identity.
+            let _ = e.add_link(addr, params);
         }
         e
+    }
+
+    /// A neighbour joined (`weft neighbor add`, a reload) with these parameters, or a known
+    /// neighbour's parameters changed (a reload). Refused when emulation is off and `params`
+    /// would emulate something.
+    pub fn add_link(&mut self, addr: SocketAddr, params: LinkParams) -> Result<(), String> {
+        if !self.enabled {
+            return match params.is_identity() {
+                true => Ok(()),
+                false => Err("link emulation is disabled: start weftd with --emulation".into()),
+            };
+        }
+        match self.by_addr.get(&addr) {
+            Some(&i) => self.links[i].1.set_params(params),
+            None => {
+                self.seed = self.seed.wrapping_add(1);
+                self.by_addr.insert(addr, self.links.len());
+                self.links.push((addr, Emulator::new(params, self.seed)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A neighbour was removed: its held packets are dropped with it.
+    pub fn remove_link(&mut self, addr: SocketAddr) {
+        if self.by_addr.remove(&addr).is_none() {
+            return;
+        }
+        self.links.retain(|(a, _)| *a != addr);
+        self.by_addr = self
+            .links
+            .iter()
+            .enumerate()
+            .map(|(i, (a, _))| (*a, i))
+            .collect();
     }
 
     pub fn enabled(&self) -> bool {
@@ -71,10 +104,18 @@ impl Emulation {
             .find_map(|(addr, e)| e.pop_due(now).map(|p| (*addr, p)))
     }
 
-    pub fn status(&self, addr: SocketAddr) -> Option<(LinkParams, EmulationCounters)> {
+    /// The parameters of the link from `addr` (None: not emulated).
+    pub fn params(&self, addr: SocketAddr) -> Option<LinkParams> {
+        self.by_addr.get(&addr).map(|&i| *self.links[i].1.params())
+    }
+
+    pub fn status(&self, addr: SocketAddr) -> Option<EmulationStatus> {
         let &i = self.by_addr.get(&addr)?;
         let e = &self.links[i].1;
-        Some((*e.params(), e.counters))
+        Some(EmulationStatus {
+            params: e.params().into(),
+            counters: e.counters,
+        })
     }
 
     /// `weft link set|cut|heal`: `peer` is a node id or a neighbour address.
@@ -107,7 +148,7 @@ impl Emulation {
                 let e = &mut self.links[i].1;
                 let params = e.params().apply_spec(spec)?;
                 e.set_params(params);
-                info!(peer, ?params, "link emulation set");
+                info!(peer, params = %params, "link emulation set");
             }
         }
         Ok(())
@@ -154,6 +195,22 @@ mod duration_us {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_micros(u64::deserialize(d)?))
+    }
+}
+
+/// As `weft link set` takes it: `loss=1% burst=30% delay=10ms jitter=1ms rate=50000000bit`.
+impl std::fmt::Display for LinkParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loss={}% burst={}% delay={:?} jitter={:?} rate={}bit queue={}b",
+            self.loss * 100.0,
+            self.burst * 100.0,
+            self.delay,
+            self.jitter,
+            self.rate_bps,
+            self.queue_bytes
+        )
     }
 }
 
@@ -279,6 +336,42 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         _ => return None,
     };
     v.checked_mul(mult)
+}
+
+/// Receive-side emulation of one link in `weft status --json`: what is set and what it did.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmulationStatus {
+    pub params: EmulationParams,
+    pub counters: EmulationCounters,
+}
+
+/// [`LinkParams`] with units in the names.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmulationParams {
+    /// Long-run fraction of packets lost, 0..1.
+    pub loss_ratio: f64,
+    /// Probability that a loss follows a loss, 0..1 (0: independent losses).
+    pub burst_ratio: f64,
+    pub delay_us: u64,
+    pub jitter_us: u64,
+    /// 0: unlimited.
+    pub rate_bps: u64,
+    /// 0: 50 ms at the rate (at least 64 KiB).
+    pub queue_bytes: u64,
+}
+
+impl From<&LinkParams> for EmulationParams {
+    fn from(p: &LinkParams) -> Self {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        EmulationParams {
+            loss_ratio: p.loss,
+            burst_ratio: p.burst,
+            delay_us: us(p.delay),
+            jitter_us: us(p.jitter),
+            rate_bps: p.rate_bps,
+            queue_bytes: p.queue_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]

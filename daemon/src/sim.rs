@@ -31,6 +31,13 @@ pub struct SimLink {
 }
 
 impl SimLink {
+    /// The cost the latency metric gives this link once its RTT is measured (1 ms per hop plus
+    /// the one-way delay, in µs), written out independently of the node so tests can check
+    /// the routes against it.
+    pub fn latency_cost(&self) -> u64 {
+        1_000 + self.delay.as_micros() as u64
+    }
+
     pub fn with_delay(delay: Duration) -> Self {
         SimLink {
             delay,
@@ -162,7 +169,8 @@ impl Sim {
         i
     }
 
-    /// A bidirectional link (same parameters both ways). Call before `start`.
+    /// A bidirectional link (same parameters both ways), configured on both nodes. Call
+    /// before `start`.
     pub fn connect(&mut self, a: usize, b: usize, link: SimLink) {
         let (aa, ba) = (self.nodes[a].addr, self.nodes[b].addr);
         self.nodes[a]
@@ -173,6 +181,12 @@ impl Sim {
             .cfg
             .neighbors
             .push(NeighborConfig { addr: aa, id: None });
+        self.cable(a, b, link);
+    }
+
+    /// A path that carries packets between `a` and `b` without either being configured as
+    /// the other's neighbour (they may be linked at run time with `Node::add_neighbor`).
+    pub fn cable(&mut self, a: usize, b: usize, link: SimLink) {
         for key in [(a, b), (b, a)] {
             self.links.insert(key, link);
             let mut model = DirectionModel::new(link.params(), self.direction_seed(key));
@@ -395,5 +409,49 @@ impl Sim {
                 return done(self);
             }
         }
+    }
+}
+
+/// The overlay as it really is — live links between live nodes, with their latency costs — for
+/// checking the nodes' routes against the true shortest paths.
+pub struct LiveGraph {
+    /// Per node, its live neighbours and the cost of the link to each.
+    pub adj: Vec<Vec<(usize, u64)>>,
+}
+
+impl LiveGraph {
+    /// True distances from `src` (`u64::MAX` where unreachable) and the hop count of the
+    /// shortest path found to each.
+    pub fn shortest_from(&self, src: usize) -> (Vec<u64>, Vec<u32>) {
+        let mut dist = vec![u64::MAX; self.adj.len()];
+        let mut hops = vec![0u32; self.adj.len()];
+        let mut heap = BinaryHeap::new();
+        dist[src] = 0;
+        heap.push(Reverse((0u64, src)));
+        while let Some(Reverse((d, u))) = heap.pop() {
+            if d > dist[u] {
+                continue;
+            }
+            for &(v, c) in &self.adj[u] {
+                if d + c < dist[v] {
+                    dist[v] = d + c;
+                    hops[v] = hops[u] + 1;
+                    heap.push(Reverse((d + c, v)));
+                }
+            }
+        }
+        (dist, hops)
+    }
+}
+
+impl Sim {
+    pub fn live_graph(&self) -> LiveGraph {
+        let mut adj = vec![Vec::new(); self.len()];
+        for (a, b, l) in self.links() {
+            if l.up && self.is_alive(a) && self.is_alive(b) {
+                adj[a].push((b, l.latency_cost()));
+            }
+        }
+        LiveGraph { adj }
     }
 }

@@ -3,8 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use weft_core::NodeId;
 use weft_daemon::sim::{Sim, SimLink};
@@ -38,40 +37,12 @@ fn random_topology(seed: u64, n: usize, extra: usize) -> Sim {
     sim
 }
 
-fn edge_cost(l: &SimLink) -> u64 {
-    1_000 + l.delay.as_micros() as u64
-}
-
-/// True distances from `src` over live links between live nodes.
-fn truth(sim: &Sim, src: usize) -> BTreeMap<usize, u64> {
-    let mut adj: BTreeMap<usize, Vec<(usize, u64)>> = BTreeMap::new();
-    for (a, b, l) in sim.links() {
-        if l.up && sim.is_alive(a) && sim.is_alive(b) {
-            adj.entry(a).or_default().push((b, edge_cost(&l)));
-        }
-    }
-    let mut dist = BTreeMap::new();
-    let mut heap = BinaryHeap::new();
-    heap.push(Reverse((0u64, src)));
-    while let Some(Reverse((d, u))) = heap.pop() {
-        if dist.contains_key(&u) {
-            continue;
-        }
-        dist.insert(u, d);
-        for &(v, c) in adj.get(&u).into_iter().flatten() {
-            if !dist.contains_key(&v) {
-                heap.push(Reverse((d + c, v)));
-            }
-        }
-    }
-    dist
-}
-
 /// Every live node has a route to exactly the nodes it can reach, each route's cost is the
 /// true distance, and following next hops node by node reaches the destination along a path
 /// whose true cost is the shortest.
 fn check(sim: &Sim) -> Result<(), String> {
     let ids: BTreeMap<NodeId, usize> = (0..sim.len()).map(|i| (Sim::id_of(i), i)).collect();
+    let graph = sim.live_graph();
     let tables: Vec<Option<BTreeMap<usize, (usize, u64)>>> = (0..sim.len())
         .map(|i| {
             sim.node(i).map(|n| {
@@ -83,9 +54,9 @@ fn check(sim: &Sim) -> Result<(), String> {
         .collect();
     for i in (0..sim.len()).filter(|&i| sim.is_alive(i)) {
         let routes = tables[i].as_ref().ok_or("dead")?;
-        let t = truth(sim, i);
+        let (t, _) = graph.shortest_from(i);
         for j in (0..sim.len()).filter(|&j| j != i && sim.is_alive(j)) {
-            match (t.get(&j), routes.get(&j)) {
+            match (t.get(j).filter(|&&d| d != u64::MAX), routes.get(&j)) {
                 (None, None) => {}
                 (None, Some(_)) => return Err(format!("node {i} routes to unreachable {j}")),
                 (Some(_), None) => return Err(format!("node {i} has no route to reachable {j}")),
@@ -106,7 +77,7 @@ fn check(sim: &Sim) -> Result<(), String> {
                         let link = sim.link(at, next).filter(|l| l.up).ok_or_else(|| {
                             format!("walk {i}→{j}: {at}→{next} is not a live link")
                         })?;
-                        total += edge_cost(&link);
+                        total += link.latency_cost();
                         at = next;
                         hops += 1;
                         if hops > sim.len() as u64 {

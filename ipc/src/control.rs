@@ -167,6 +167,12 @@ pub enum Request {
     /// A member socket may have closed: the daemon checks which kernel-held memberships
     /// still have a socket now instead of at its next periodic check.
     MulticastCheck,
+    /// `weft neighbor add|remove`: link to (or unlink from) the daemon at `addr` now,
+    /// without a restart. Answered with `Reply::Ok`.
+    Neighbor {
+        addr: SocketAddr,
+        action: NeighborAction,
+    },
 }
 
 /// The socket a [`Request::GroupFilter`] is about.
@@ -200,6 +206,19 @@ pub enum GroupDelivery {
     /// Per socket, to a delivery address of its own (a daemon that shares its network
     /// namespace with another daemon: loopback multicast would reach both daemons' sockets).
     Addresses,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NeighborAction {
+    /// `node`: its overlay address if it differs from `addr`; `link`: emulation for packets
+    /// from it (`weft link set` syntax, empty for none); `key`: its public key.
+    Add {
+        node: Option<NodeId>,
+        link: String,
+        /// Its public key (`weft keygen` prints it), when the admitted list does not name it.
+        key: Option<String>,
+    },
+    Remove,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

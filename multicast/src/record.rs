@@ -1,21 +1,28 @@
 //! Membership records: what one node says about one group, versioned so that flooding
 //! converges whatever order the records arrive in.
 //!
-//! Wire format (big-endian, `weft_core::codec`), 21 bytes plus 4 per listed source:
+//! Wire format (big-endian, `weft_core::codec`), 21 bytes plus 4 per listed source, plus 64
+//! when signed:
 //!
 //! ```text
 //!  0        4       8               16    20      21                23
-//!  | origin | group | version.epoch | seq | flags | [source count | sources (u32 each)]
+//!  | origin | group | version.epoch | seq | flags | [source count | sources (u32 each)] | [signature]
 //! ```
-//! `flags`: bit 0 present (clear = withdrawn), bit 1 reliable, bit 2 source list follows.
-//! Other bits must be zero. Sources are strictly ascending, so a record has exactly one
-//! encoding and two nodes that hold equal records hold equal bytes.
+//! `flags`: bit 0 present (clear = withdrawn), bit 1 reliable, bit 2 source list follows,
+//! bit 3 an Ed25519 signature by the origin follows. Other bits must be zero. Sources are
+//! strictly ascending, so a record has exactly one encoding and two nodes that hold equal
+//! records hold equal bytes (Ed25519 signatures are deterministic).
+//!
+//! The signature covers the domain `weft_secure::domain::MEMBERSHIP` and the record's
+//! encoding without bit 3 and without the signature: only the origin's key can make a
+//! record about its memberships, so no relay or neighbour can join or leave for it.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::fmt;
 use thiserror::Error;
 use weft_core::{DecodeError, NodeId, Reader, Writer};
+use weft_secure::{PublicKey, SecretKey, Signature, SIGNATURE_LEN};
 
 /// Most sources one record may list. A node's aggregate over all its sockets is capped here so
 /// that a record always fits one state packet (21 + 4 · 256 bytes).
@@ -27,7 +34,8 @@ pub const RECORD_HEADER_LEN: usize = 21;
 const FLAG_PRESENT: u8 = 1 << 0;
 const FLAG_RELIABLE: u8 = 1 << 1;
 const FLAG_SOURCE_LIST: u8 = 1 << 2;
-const KNOWN_FLAGS: u8 = FLAG_PRESENT | FLAG_RELIABLE | FLAG_SOURCE_LIST;
+const FLAG_SIGNED: u8 = 1 << 3;
+const KNOWN_FLAGS: u8 = FLAG_PRESENT | FLAG_RELIABLE | FLAG_SOURCE_LIST | FLAG_SIGNED;
 
 /// Version of a record, ordered by `epoch` then `seq`. The daemon passes an epoch that grows
 /// across restarts (a start timestamp or a persisted counter), so records issued before a
@@ -127,12 +135,30 @@ impl From<InvalidRecord> for DecodeError {
 /// One flooded fact: `origin`'s membership of `group` as of `version`. Keyed by
 /// (origin, group); of two records with the same key the greater one (see [`Self::supersedes`])
 /// wins everywhere.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// Equality and hashing ignore the signature: it proves a record, it is not part of it.
+#[derive(Clone, Debug)]
 pub struct MembershipRecord {
     origin: NodeId,
     group: NodeId,
     version: Version,
     membership: Membership,
+    signature: Option<Box<Signature>>,
+}
+
+impl PartialEq for MembershipRecord {
+    fn eq(&self, other: &Self) -> bool {
+        (self.origin, self.group, self.version, &self.membership)
+            == (other.origin, other.group, other.version, &other.membership)
+    }
+}
+
+impl Eq for MembershipRecord {}
+
+impl std::hash::Hash for MembershipRecord {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (self.origin, self.group, self.version, &self.membership).hash(h);
+    }
 }
 
 impl MembershipRecord {
@@ -170,6 +196,32 @@ impl MembershipRecord {
             group,
             version,
             membership,
+            signature: None,
+        })
+    }
+
+    pub fn signature(&self) -> Option<&Signature> {
+        self.signature.as_deref()
+    }
+
+    /// The bytes a signature covers: the unsigned encoding.
+    pub fn signed_body(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode_body(&mut Writer::new(&mut buf), false);
+        buf
+    }
+
+    /// This record signed with the origin's key.
+    pub fn signed(mut self, key: &SecretKey) -> Self {
+        let sig = key.sign(weft_secure::domain::MEMBERSHIP, &self.signed_body());
+        self.signature = Some(Box::new(sig));
+        self
+    }
+
+    /// Whether the record carries a valid signature by `key`.
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        self.signature.as_deref().is_some_and(|sig| {
+            key.verify(weft_secure::domain::MEMBERSHIP, &self.signed_body(), sig)
         })
     }
 
@@ -208,26 +260,41 @@ impl MembershipRecord {
     }
 
     pub fn encoded_len(&self) -> usize {
-        match &self.membership {
-            Membership::Present {
-                sources: SourceFilter::Only(list),
-                ..
-            } => RECORD_HEADER_LEN + 2 + 4 * list.len(),
-            _ => RECORD_HEADER_LEN,
-        }
+        let signature = if self.signature.is_some() {
+            SIGNATURE_LEN
+        } else {
+            0
+        };
+        signature
+            + match &self.membership {
+                Membership::Present {
+                    sources: SourceFilter::Only(list),
+                    ..
+                } => RECORD_HEADER_LEN + 2 + 4 * list.len(),
+                _ => RECORD_HEADER_LEN,
+            }
     }
 
     pub fn encode(&self, w: &mut Writer<'_>) {
+        self.encode_body(w, true);
+    }
+
+    fn encode_body(&self, w: &mut Writer<'_>, with_signature: bool) {
+        let signed = if with_signature && self.signature.is_some() {
+            FLAG_SIGNED
+        } else {
+            0
+        };
         w.u32(self.origin.0)
             .u32(self.group.0)
             .u64(self.version.epoch)
             .u32(self.version.seq);
         match &self.membership {
             Membership::Absent => {
-                w.u8(0);
+                w.u8(signed);
             }
             Membership::Present { sources, reliable } => {
-                let mut flags = FLAG_PRESENT;
+                let mut flags = FLAG_PRESENT | signed;
                 if *reliable {
                     flags |= FLAG_RELIABLE;
                 }
@@ -246,6 +313,11 @@ impl MembershipRecord {
                 }
             }
         }
+        if signed != 0 {
+            if let Some(sig) = &self.signature {
+                w.bytes(&sig[..]);
+            }
+        }
     }
 
     /// Reads exactly one record, so a state packet may carry several back to back.
@@ -260,6 +332,8 @@ impl MembershipRecord {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(DecodeError::Invalid("unknown membership flags"));
         }
+        let signed = flags & FLAG_SIGNED != 0;
+        let flags = flags & !FLAG_SIGNED;
         let membership = if flags & FLAG_PRESENT == 0 {
             if flags != 0 {
                 return Err(DecodeError::Invalid("flags on a withdrawn membership"));
@@ -290,7 +364,13 @@ impl MembershipRecord {
                 reliable: flags & FLAG_RELIABLE != 0,
             }
         };
-        Ok(MembershipRecord::new(origin, group, version, membership)?)
+        let mut record = MembershipRecord::new(origin, group, version, membership)?;
+        if signed {
+            let mut sig = [0u8; SIGNATURE_LEN];
+            sig.copy_from_slice(r.bytes(SIGNATURE_LEN)?);
+            record.signature = Some(Box::new(sig));
+        }
+        Ok(record)
     }
 
     /// Encodes into a fresh buffer (tests, status).
@@ -442,6 +522,46 @@ mod tests {
                 Err(DecodeError::Truncated { .. })
             ));
         }
+    }
+
+    #[test]
+    fn signatures_round_trip_and_bind_the_content() {
+        let key = SecretKey::generate();
+        let rec = MembershipRecord::new(
+            node(1),
+            group(2),
+            Version::new(3, 4),
+            Membership::Present {
+                sources: only(&[node(5)]),
+                reliable: true,
+            },
+        )
+        .expect("valid");
+        assert!(!rec.verify(&key.public()), "unsigned");
+        let signed = rec.clone().signed(&key);
+        assert_eq!(signed, rec, "the signature is not part of the content");
+        let bytes = signed.to_bytes();
+        assert_eq!(bytes.len(), rec.encoded_len() + SIGNATURE_LEN);
+        let mut r = Reader::new(&bytes);
+        let back = MembershipRecord::decode(&mut r).expect("decodes");
+        assert!(r.is_empty());
+        assert!(back.verify(&key.public()));
+        assert!(!back.verify(&SecretKey::generate().public()));
+        assert_eq!(back.to_bytes(), bytes, "one canonical encoding");
+        // Any change to what was signed breaks the signature.
+        for at in 0..RECORD_HEADER_LEN {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            if let Ok(rec) = MembershipRecord::decode(&mut Reader::new(&bad)) {
+                assert!(!rec.verify(&key.public()), "byte {at}");
+            }
+        }
+        let absent =
+            MembershipRecord::new(node(1), group(2), Version::new(3, 5), Membership::Absent)
+                .expect("valid")
+                .signed(&key);
+        let back = MembershipRecord::decode(&mut Reader::new(&absent.to_bytes())).expect("decodes");
+        assert!(back.verify(&key.public()));
     }
 
     #[test]

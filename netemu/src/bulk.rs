@@ -146,7 +146,9 @@ mod tests {
 
         #[test]
         fn a_hole_is_found_where_it_starts(len in 16usize..5000, start in 0usize..5000, hole in 1usize..300) {
-            let start = start % len;
+            // At least 8 bytes follow the hole: with fewer, all of them may match the bytes
+            // they replace (1 byte: 1 in 256), and the property speaks of the first 8.
+            let start = start % (len - 8);
             let data = stream(0, len + hole);
             let mut received = data[..start].to_vec();
             received.extend_from_slice(&data[start + hole..]);

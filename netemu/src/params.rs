@@ -1,114 +1,17 @@
-//! Link parameters as people write them: in topology files (`[defaults]`, per link, per
-//! direction) and in the control command `set LINK key=value ...`. One patch type serves both,
-//! so a key means the same thing everywhere.
+//! Link parameters as people write them (`weft_topology::ParamPatch`: topology files,
+//! shapes and the control command `set LINK key=value ...`) applied to netemu's link model.
 
 use crate::model::{LinkParams, LossModel, QueueLimit};
-use serde::Deserialize;
-use std::time::Duration;
-use thiserror::Error;
+pub use weft_topology::params::{invalid, millis, percent, ParamError, ParamPatch};
 
-#[derive(Debug, Error, PartialEq)]
-#[error("{key}: {problem}")]
-pub struct ParamError {
-    pub key: String,
-    pub problem: String,
-}
-
-fn invalid(key: &str, problem: impl Into<String>) -> ParamError {
-    ParamError {
-        key: key.to_string(),
-        problem: problem.into(),
-    }
-}
-
-/// A partial set of link parameters; absent fields keep their current value.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ParamPatch {
-    /// One-way propagation delay.
-    pub delay_ms: Option<f64>,
-    /// Uniform ± jitter around the delay (order-preserving).
-    pub jitter_ms: Option<f64>,
-    /// Average loss in percent (Bernoulli, or bursty together with `burst_pct`).
-    pub loss_pct: Option<f64>,
-    /// Spines-style burstiness: P(loss | previous loss) in percent.
-    pub burst_pct: Option<f64>,
-    /// Explicit Gilbert-Elliott chain: [p_good_to_bad, p_bad_to_good, loss_good, loss_bad],
-    /// all fractions.
-    pub ge: Option<[f64; 4]>,
-    /// Link rate in Mbit/s; 0 removes the limit.
-    pub rate_mbit: Option<f64>,
-    /// Transmit queue limit in bytes.
-    pub queue_bytes: Option<u64>,
-    /// Transmit queue limit as time of link occupancy at the link rate.
-    pub queue_ms: Option<f64>,
-}
-
-impl ParamPatch {
-    /// Parse `key=value` words as typed in a control command.
-    pub fn from_assignments<'a>(
-        words: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Self, ParamError> {
-        let mut patch = ParamPatch::default();
-        for word in words {
-            let (key, value) = word
-                .split_once('=')
-                .ok_or_else(|| invalid(word, "expected key=value"))?;
-            let number = || -> Result<f64, ParamError> {
-                value
-                    .trim_end_matches('%')
-                    .parse::<f64>()
-                    .map_err(|_| invalid(key, format!("not a number: {value:?}")))
-            };
-            match key {
-                "delay_ms" => patch.delay_ms = Some(number()?),
-                "jitter_ms" => patch.jitter_ms = Some(number()?),
-                "loss_pct" | "loss" => patch.loss_pct = Some(number()?),
-                "burst_pct" | "burst" => patch.burst_pct = Some(number()?),
-                "rate_mbit" => patch.rate_mbit = Some(number()?),
-                "queue_ms" => patch.queue_ms = Some(number()?),
-                "queue_bytes" => {
-                    patch.queue_bytes = Some(
-                        value
-                            .parse::<u64>()
-                            .map_err(|_| invalid(key, format!("not a byte count: {value:?}")))?,
-                    )
-                }
-                "ge" => {
-                    let parts: Result<Vec<f64>, _> =
-                        value.split(',').map(|p| p.parse::<f64>()).collect();
-                    match parts.ok().and_then(|v| <[f64; 4]>::try_from(v).ok()) {
-                        Some(ge) => patch.ge = Some(ge),
-                        None => {
-                            return Err(invalid(
-                                key,
-                                "expected p_gb,p_bg,loss_good,loss_bad (fractions)",
-                            ))
-                        }
-                    }
-                }
-                _ => return Err(invalid(key, "unknown parameter")),
-            }
-        }
-        Ok(patch)
-    }
-
-    /// Later patches win field by field.
-    pub fn overlay(&self, later: &ParamPatch) -> ParamPatch {
-        ParamPatch {
-            delay_ms: later.delay_ms.or(self.delay_ms),
-            jitter_ms: later.jitter_ms.or(self.jitter_ms),
-            loss_pct: later.loss_pct.or(self.loss_pct),
-            burst_pct: later.burst_pct.or(self.burst_pct),
-            ge: later.ge.or(self.ge),
-            rate_mbit: later.rate_mbit.or(self.rate_mbit),
-            queue_bytes: later.queue_bytes.or(self.queue_bytes),
-            queue_ms: later.queue_ms.or(self.queue_ms),
-        }
-    }
-
+/// What a patch does to netemu's model.
+pub trait ApplyPatch {
     /// The parameters that result from applying this patch to `current`.
-    pub fn apply(&self, current: &LinkParams) -> Result<LinkParams, ParamError> {
+    fn apply(&self, current: &LinkParams) -> Result<LinkParams, ParamError>;
+}
+
+impl ApplyPatch for ParamPatch {
+    fn apply(&self, current: &LinkParams) -> Result<LinkParams, ParamError> {
         let mut next = *current;
         if let Some(ms) = self.delay_ms {
             next.delay = millis("delay_ms", ms)?;
@@ -181,23 +84,10 @@ fn spines_burst(model: &LossModel) -> Option<f64> {
     }
 }
 
-fn millis(key: &str, ms: f64) -> Result<Duration, ParamError> {
-    if !ms.is_finite() || !(0.0..=600_000.0).contains(&ms) {
-        return Err(invalid(key, "must be between 0 and 600000 ms"));
-    }
-    Ok(Duration::from_nanos((ms * 1e6).round() as u64))
-}
-
-fn percent(key: &str, pct: f64, max: f64) -> Result<f64, ParamError> {
-    if !pct.is_finite() || !(0.0..=max).contains(&pct) {
-        return Err(invalid(key, format!("must be between 0 and {max} percent")));
-    }
-    Ok(pct / 100.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn assignments_parse_and_apply() {

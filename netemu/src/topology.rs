@@ -1,16 +1,5 @@
-//! Topology files (TOML) and the addressing/routing plan derived from them.
-//!
-//! ```toml
-//! name = "diamond"
-//! nodes = ["s", "a", "b", "d"]
-//! [defaults]            # every direction of every link
-//! delay_ms = 10
-//! [[link]]
-//! between = ["s", "b"]
-//! delay_ms = 15         # both directions of this link
-//! [link.forward]        # s -> b only ("reverse" is b -> s)
-//! loss_pct = 1
-//! ```
+//! Topologies (the shared format of `weft_topology`: TOML files or built-in shapes) applied
+//! to netemu's link model, and the addressing/routing plan derived from them.
 //!
 //! Addresses: node `i` (0-based, in file order) owns `10.76.0.(i+1)/32` on its loopback; link
 //! `j` is the point-to-point pair `10.77.j.1` (first node) ↔ `10.77.j.2` (second node). Kernel
@@ -19,64 +8,25 @@
 //! from u to v is the reverse of the path from v to u.
 
 use crate::model::LinkParams;
-use crate::params::{ParamError, ParamPatch};
+use crate::params::{ApplyPatch, ParamError};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TopologyError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
     #[error("{0}")]
-    Syntax(#[from] toml::de::Error),
+    Format(#[from] weft_topology::TopologyError),
     #[error("{context}: {source}")]
     Param { context: String, source: ParamError },
     #[error("{0}")]
     Invalid(String),
 }
 
-/// Longest node name: device names are `to-<peer>` and Linux allows 15 characters.
-const MAX_NODE_NAME: usize = 12;
 /// Link bits of the tie-breaking cost must fit in 64 bits.
 pub const MAX_LINKS: usize = 64;
-pub const MAX_NODES: usize = 250;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TopologyFile {
-    name: String,
-    #[serde(default)]
-    description: String,
-    nodes: Vec<String>,
-    #[serde(default)]
-    mtu: Option<u32>,
-    #[serde(default)]
-    congestion_control: Option<String>,
-    #[serde(default)]
-    defaults: ParamPatch,
-    #[serde(default, rename = "link")]
-    links: Vec<LinkFile>,
-}
-
-#[derive(Debug, Deserialize)]
-struct LinkFile {
-    between: [String; 2],
-    #[serde(default)]
-    cost: Option<f64>,
-    #[serde(default)]
-    forward: Option<ParamPatch>,
-    #[serde(default)]
-    reverse: Option<ParamPatch>,
-    /// Parameters for both directions; checked against `ParamPatch`'s fields.
-    #[serde(flatten)]
-    both: toml::Table,
-}
+pub const MAX_NODES: usize = weft_topology::MAX_NODES;
 
 /// A parsed, validated topology.
 #[derive(Clone, Debug)]
@@ -104,105 +54,56 @@ pub struct Link {
 
 impl Topology {
     pub fn from_file(path: &Path) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::parse(&text)
+        Self::from_shared(weft_topology::Topology::from_file(path)?)
     }
 
     pub fn parse(text: &str) -> Result<Self, TopologyError> {
-        let file: TopologyFile = toml::from_str(text)?;
-        let invalid = |s: String| Err(TopologyError::Invalid(s));
-        if file.nodes.is_empty() || file.nodes.len() > MAX_NODES {
-            return invalid(format!("nodes: need 1 to {MAX_NODES} nodes"));
+        Self::from_shared(weft_topology::Topology::parse(text)?)
+    }
+
+    /// A file or a built-in shape (`chain:4@delay=10ms`).
+    pub fn load(spec: &str) -> Result<Self, TopologyError> {
+        Self::from_shared(weft_topology::Topology::load(spec)?)
+    }
+
+    /// Applies the shared description's parameters to netemu's model.
+    pub fn from_shared(t: weft_topology::Topology) -> Result<Self, TopologyError> {
+        if t.links.len() > MAX_LINKS {
+            return Err(TopologyError::Invalid(format!(
+                "link: at most {MAX_LINKS} links"
+            )));
         }
-        let mut seen = BTreeSet::new();
-        for name in &file.nodes {
-            let valid = !name.is_empty()
-                && name.len() <= MAX_NODE_NAME
-                && name.starts_with(|c: char| c.is_ascii_lowercase())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !valid {
-                return invalid(format!(
-                    "nodes: {name:?} must be 1-{MAX_NODE_NAME} characters [a-z0-9_], starting with a letter"
-                ));
-            }
-            if !seen.insert(name.as_str()) {
-                return invalid(format!("nodes: {name:?} appears twice"));
-            }
-        }
-        if file.links.len() > MAX_LINKS {
-            return invalid(format!("link: at most {MAX_LINKS} links"));
-        }
-        let index = |name: &str| file.nodes.iter().position(|n| n == name);
-        let base = file
-            .defaults
-            .apply(&LinkParams::default())
-            .map_err(|source| TopologyError::Param {
-                context: "defaults".into(),
-                source,
-            })?;
+        let base =
+            t.defaults
+                .apply(&LinkParams::default())
+                .map_err(|source| TopologyError::Param {
+                    context: "defaults".into(),
+                    source,
+                })?;
         let mut links = Vec::new();
-        let mut pairs = BTreeSet::new();
-        for spec in file.links {
-            let [first, second] = &spec.between;
-            let context = format!("link {first}-{second}");
-            let (Some(a), Some(b)) = (index(first), index(second)) else {
-                return invalid(format!("{context}: between names an unknown node"));
-            };
-            if a == b {
-                return invalid(format!("{context}: a link needs two different nodes"));
-            }
-            if !pairs.insert((a.min(b), a.max(b))) {
-                return invalid(format!("{context}: these nodes are already linked"));
-            }
-            let both: ParamPatch =
-                toml::Value::Table(spec.both)
-                    .try_into()
-                    .map_err(|e: toml::de::Error| {
-                        TopologyError::Invalid(format!("{context}: {}", e.message()))
-                    })?;
-            let direction = |patch: &Option<ParamPatch>, label: &str| {
-                let merged = both.overlay(patch.as_ref().unwrap_or(&ParamPatch::default()));
-                merged.apply(&base).map_err(|source| TopologyError::Param {
+        for l in &t.links {
+            let context = format!("link {}-{}", t.nodes[l.a], t.nodes[l.b]);
+            let direction = |patch: &weft_topology::ParamPatch, label: &str| {
+                patch.apply(&base).map_err(|source| TopologyError::Param {
                     context: format!("{context} {label}"),
                     source,
                 })
             };
-            let cost_us = match spec.cost {
-                None => None,
-                Some(c) if c.is_finite() && (0.0..=1e9).contains(&c) => {
-                    Some((c * 1000.0).round() as u64)
-                }
-                Some(_) => return invalid(format!("{context}: cost must be ≥ 0 (ms)")),
-            };
             links.push(Link {
-                a,
-                b,
-                cost_us,
-                forward: direction(&spec.forward, "forward")?,
-                reverse: direction(&spec.reverse, "reverse")?,
+                a: l.a,
+                b: l.b,
+                cost_us: l.cost_ms.map(|c| (c * 1000.0).round() as u64),
+                forward: direction(&l.forward, "forward")?,
+                reverse: direction(&l.reverse, "reverse")?,
             });
         }
-        let mtu = file.mtu.unwrap_or(1500);
-        if !(576..=9000).contains(&mtu) {
-            return invalid("mtu: must be between 576 and 9000".into());
-        }
-        if let Some(cc) = &file.congestion_control {
-            if cc.is_empty() || !cc.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return invalid("congestion_control: must be a kernel algorithm name".into());
-            }
-        }
         Ok(Topology {
-            name: file.name,
-            description: file.description,
-            nodes: file.nodes,
+            name: t.name,
+            description: t.description,
+            nodes: t.nodes,
             links,
-            mtu,
-            congestion_control: file.congestion_control,
+            mtu: t.mtu.unwrap_or(1500),
+            congestion_control: t.congestion_control,
         })
     }
 

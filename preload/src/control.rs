@@ -46,6 +46,8 @@ static PATH: OnceLock<Option<CString>> = OnceLock::new();
 static FD: AtomicI32 = AtomicI32::new(-1);
 static INODE: AtomicU64 = AtomicU64::new(0);
 static SAID_NO_DAEMON: AtomicBool = AtomicBool::new(false);
+/// The daemon answered at least once in this process.
+static EVER_UP: AtomicBool = AtomicBool::new(false);
 /// Until when (CLOCK_MONOTONIC ms) the daemon is known to be unreachable: lets pass-through
 /// calls skip the locks entirely. `u64::MAX`: no `WEFT_SOCKET` at all.
 static DOWN_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
@@ -265,6 +267,7 @@ fn establish(now: u64) -> Result<Link, i32> {
             INODE.store(c.ino, Ordering::Relaxed);
             fdtable::mark_private(c.fd, true);
             DOWN_UNTIL_MS.store(0, Ordering::Relaxed);
+            EVER_UP.store(true, Ordering::Relaxed);
             view::publish(&w, now);
             Ok(Link::Up(c))
         }
@@ -273,6 +276,14 @@ fn establish(now: u64) -> Result<Link, i32> {
                 "daemon at {:?} unreachable (errno {e}): passing through",
                 path
             );
+            if EVER_UP.load(Ordering::Relaxed) || !crate::log::reported_down_at_start() {
+                crate::log::notice(format_args!(
+                    "no weftd answers at {} ({}): {}",
+                    String::from_utf8_lossy(path.as_bytes()),
+                    errno_text(e),
+                    fallback_text()
+                ));
+            }
             DOWN_UNTIL_MS.store(now + RETRY_MS, Ordering::Relaxed);
             Ok(Link::Down {
                 retry_at_ms: now + RETRY_MS,
@@ -295,6 +306,11 @@ fn roundtrip_locked(
         Ok(r) => Ok(r),
         Err(e) => {
             debug!("control connection failed (errno {e}); will reconnect");
+            crate::log::notice(format_args!(
+                "lost the connection to weftd ({}): {}",
+                errno_text(e),
+                fallback_text()
+            ));
             let retry_at_ms = sys::monotonic_ms() + RETRY_MS;
             DOWN_UNTIL_MS.store(retry_at_ms, Ordering::Relaxed);
             **link = Link::Down { retry_at_ms };
@@ -343,6 +359,37 @@ pub fn local_addresses() -> Option<(Ipv4Addr, Ipv4Addr)> {
 /// The daemon's proxy address, if we already talked to it (no lock, no connection attempt).
 pub fn cached_proxy_ip() -> Option<Ipv4Addr> {
     view::addresses().map(|(_, proxy)| proxy)
+}
+
+fn errno_text(e: i32) -> &'static str {
+    match e {
+        libc::ENOENT => "no such socket",
+        libc::ECONNREFUSED => "nothing listens on the socket",
+        libc::EACCES | libc::EPERM => "permission denied",
+        libc::ETIMEDOUT | libc::EAGAIN => "no reply",
+        libc::EPROTO => "unexpected reply",
+        _ => "cannot connect",
+    }
+}
+
+fn fallback_text() -> &'static str {
+    if crate::log::strict() {
+        "connections to overlay nodes fail (--strict)"
+    } else {
+        "sockets to overlay nodes use the kernel network instead"
+    }
+}
+
+/// With `WEFT_STRICT` and no daemon: must a call to `ip` fail rather than go to the kernel?
+/// Yes for a node of the last view, and, without any view, for every address off loopback.
+pub fn refuse_fallback(ip: Ipv4Addr) -> bool {
+    if !crate::log::strict() || ip.is_unspecified() || ip.is_multicast() || !known_down() {
+        return false;
+    }
+    match view::contains(ip) {
+        Some(known) => known,
+        None => !ip.is_loopback(),
+    }
 }
 
 /// The daemon is known to be unreachable right now.

@@ -247,6 +247,9 @@ pub unsafe fn destination(fd: c_int, addr: *const sockaddr, len: socklen_t) -> D
         return crate::multicast::destination(fd, sa.family, dst);
     }
     if !control::is_overlay(*dst.ip()) || !state::in_owner() {
+        if state::in_owner() && control::refuse_fallback(*dst.ip()) {
+            return Dest::Fail(libc::ENETUNREACH);
+        }
         return Dest::Keep;
     }
     let remote = Endpoint::from(dst);

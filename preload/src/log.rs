@@ -7,6 +7,14 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// `WEFT_QUIET`: no notices (`weft run -q`).
+static QUIET: AtomicBool = AtomicBool::new(false);
+/// `WEFT_STRICT`: fail instead of falling back to the kernel (`weft run --strict`).
+static STRICT: AtomicBool = AtomicBool::new(false);
+/// `WEFT_REPORTED_DOWN`: `weft run` already said that no daemon answered at start.
+static REPORTED_DOWN: AtomicBool = AtomicBool::new(false);
+/// A notice went out already (one per process).
+static NOTICED: AtomicBool = AtomicBool::new(false);
 static FD: AtomicI32 = AtomicI32::new(-1);
 static INODE: AtomicU64 = AtomicU64::new(0);
 
@@ -38,8 +46,51 @@ pub fn relocate(fd: libc::c_int) {
     crate::fdtable::mark_private(fd, false);
 }
 
-/// Turns logging on when `WEFT_LOG` asks for debug or trace (the daemon's variable).
+/// An environment flag is set: present, non-empty and not `0`.
+fn env_flag(name: &std::ffi::CStr) -> bool {
+    // SAFETY: getenv during the constructor, before the program's threads exist.
+    let val = unsafe { libc::getenv(name.as_ptr()) };
+    if val.is_null() {
+        return false;
+    }
+    // SAFETY: getenv returned a NUL-terminated string.
+    let v = unsafe { std::ffi::CStr::from_ptr(val) }.to_bytes();
+    !v.is_empty() && v != b"0"
+}
+
+pub fn strict() -> bool {
+    STRICT.load(Ordering::Relaxed)
+}
+
+pub fn reported_down_at_start() -> bool {
+    REPORTED_DOWN.load(Ordering::Relaxed)
+}
+
+/// One line on the program's stderr, at most once per process, unless `WEFT_QUIET`: what
+/// `weft run` promises when a redirect cannot happen.
+pub fn notice(args: std::fmt::Arguments<'_>) {
+    if QUIET.load(Ordering::Relaxed) || NOTICED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let _errno = KeepErrno::new();
+    let mut b = StackBuf {
+        buf: [0; 640],
+        len: 0,
+    };
+    let _ = write!(b, "weft: ");
+    let _ = b.write_fmt(args);
+    b.buf[b.len] = b'\n';
+    b.len += 1;
+    // SAFETY: raw write of an initialised stack buffer to the program's stderr.
+    unsafe { libc::syscall(libc::SYS_write, 2, b.buf.as_ptr(), b.len) };
+}
+
+/// Turns logging on when `WEFT_LOG` asks for debug or trace (the daemon's variable), and
+/// reads the notice settings.
 pub fn init() {
+    QUIET.store(env_flag(c"WEFT_QUIET"), Ordering::Relaxed);
+    STRICT.store(env_flag(c"WEFT_STRICT"), Ordering::Relaxed);
+    REPORTED_DOWN.store(env_flag(c"WEFT_REPORTED_DOWN"), Ordering::Relaxed);
     // SAFETY: getenv during the constructor, before the program's threads exist.
     let val = unsafe { libc::getenv(c"WEFT_LOG".as_ptr()) };
     if val.is_null() {

@@ -36,7 +36,7 @@ import loopback  # noqa: E402
 import report  # noqa: E402
 from lab import RELEASE, ROOT, BenchError, Emulator, Lab, WeftOverlay  # noqa: E402
 from workloads import (  # noqa: E402
-    KERNEL_ARMS, RECOVERY, WEFT_ARMS, Arm, PortAllocator, finish_bulk, finish_stream, goodput,
+    INSECURE_ARMS, KERNEL_ARMS, RECOVERY, WEFT_ARMS, WEFT_PORTS, Arm, PortAllocator, finish_bulk, finish_stream, goodput,
     outage, stall_after, start_bulk, start_stream, window_rates,
 )
 from stats import jain  # noqa: E402
@@ -126,9 +126,10 @@ class Bench:
                 arms[name] = Arm(name)
             elif name in WEFT_ARMS and self.weft:
                 overlay = WeftOverlay(self.lab, em, RECOVERY[name],
-                                      port=7100 if name == "weft-hbh" else 7200,
+                                      port=WEFT_PORTS[name],
                                       addressing=self.args.weft_addressing,
-                                      bin_dir=self.args.weft_bin)
+                                      bin_dir=self.args.weft_bin,
+                                      secure=name not in INSECURE_ARMS)
                 try:
                     overlay.start()
                 except BenchError as e:
@@ -342,7 +343,8 @@ class Bench:
         """A saturating verified bulk transfer and a 1 kHz probe stream s -> d at the same time;
         the emulator cuts s-a (both directions) and heals it later."""
         em = self.emulator("diamond")
-        wanted = ["cubic"] + [a for a in WEFT_ARMS if a in self.arm_names]
+        wanted = ["cubic"] + [a for a in WEFT_ARMS
+                              if a in self.arm_names and a not in INSECURE_ARMS]
         arms, overlays = self.arms_for(em, wanted)
         total = self.p["failover_total_s"]
         for rep in range(self.p["repeats"]):
@@ -489,7 +491,8 @@ class Bench:
             "clean": 2 * r * n_arms,
             "ceiling": self.ceiling_repeats() * (1 + (2 * len(self.ceiling_arms()) if ceiling.steering_cpus() else 0)),
             "loss": n_levels * r * (n_arms + 1),
-            "failover": r * (1 + len([a for a in WEFT_ARMS if a in self.arm_names])),
+            "failover": r * (1 + len([a for a in WEFT_ARMS
+                                      if a in self.arm_names and a not in INSECURE_ARMS])),
             "fairness": r * len(self.fairness_pairs()),
             "shim": 1 if self.weft else 0,
             "idle": 1 if self.weft else 0,

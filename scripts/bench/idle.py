@@ -30,10 +30,12 @@ def measure(bin_dir, neighbours=10, seconds=20.0, settle=3.0):
     """Node 1's CPU (% of one core) and per-neighbour control traffic over `seconds`."""
     weft = os.path.join(bin_dir, "weft")
     with tempfile.TemporaryDirectory(prefix="weft-idle-") as d:
-        topo = os.path.join(d, "star.topo")
+        topo = os.path.join(d, "star.toml")
         with open(topo, "w") as f:
-            for n in range(2, neighbours + 2):
-                f.write(f"1 {n}\n")
+            names = [f"n{n}" for n in range(1, neighbours + 2)]
+            f.write('name = "star"\nnodes = [' + ", ".join(f'"{x}"' for x in names) + "]\n")
+            for x in names[1:]:
+                f.write(f'[[link]]\nbetween = ["n1", "{x}"]\n')
         state = os.path.join(d, "overlay")
         subprocess.run([weft, "overlay", "up", topo, "--dir", state], check=True,
                        stdout=subprocess.DEVNULL)

@@ -271,8 +271,12 @@ class WeftOverlay:
     --recovery MODE. Overlay links are UDP between the link addresses of neighbouring
     namespaces, so they cross the same emulated links as kernel TCP."""
 
-    def __init__(self, lab, emulator, recovery, port, addressing="link", bin_dir=RELEASE):
+    def __init__(self, lab, emulator, recovery, port, addressing="link", bin_dir=RELEASE,
+                 secure=True):
         self.lab = lab
+        # Links authenticated and encrypted (every daemon has a key, one admitted list names
+        # them all), or `--insecure` for the encryption-off comparison.
+        self.secure = secure
         self.weftd = str(Path(bin_dir) / "weftd")
         self.weft = str(Path(bin_dir) / "weft")
         self.emulator = emulator
@@ -287,21 +291,42 @@ class WeftOverlay:
     def available(bin_dir=RELEASE):
         return all((Path(bin_dir) / f).exists() for f in ("weftd", "weft", "libweft.so"))
 
+    def keys(self):
+        """A key file per node and the admitted list naming them (`weft keygen`)."""
+        em = self.emulator
+        key_dir = self.lab.out / "keys" / f"{em.prefix}-{self.port}"
+        key_dir.mkdir(parents=True, exist_ok=True)
+        files, lines = {}, []
+        for node in em.nodes:
+            files[node] = key_dir / f"{node}.key"
+            public = subprocess.run([self.weft, "keygen", "--force", str(files[node])],
+                                    capture_output=True, text=True, check=True, timeout=10)
+            lines.append(f"{em.address(node)} {public.stdout.strip()}")
+        admitted = key_dir / "admitted"
+        admitted.write_text("\n".join(lines) + "\n")
+        return files, admitted
+
     def start(self, timeout=30.0):
         em = self.emulator
         started = time.monotonic()
+        key_files, admitted = self.keys() if self.secure else (None, None)
         for node in em.nodes:
-            sock = Path(f"/run/{em.prefix}-{node}-{self.recovery}.weft.sock")
+            sock = Path(f"/run/{em.prefix}-{node}-{self.recovery}-{self.port}.weft.sock")
             self.sockets[node] = sock
             argv = [self.weftd, "--node", em.address(node)]
+            if self.secure:
+                argv += ["--key", str(key_files[node]), "--admitted-keys", str(admitted)]
+            else:
+                argv += ["--insecure"]
             if self.addressing == "node":
                 argv += ["--listen", f"{em.address(node)}:{self.port}"]
                 for peer, _, _ in em.neighbours(node):
                     argv += ["--neighbor", f"{em.address(peer)}:{self.port}"]
             else:
                 argv += ["--listen", f"0.0.0.0:{self.port}"]
-                for _, _, peer_address in em.neighbours(node):
-                    argv += ["--neighbor", f"{peer_address}:{self.port}"]
+                # The neighbour's node id names its key in the admitted list.
+                for peer, _, peer_address in em.neighbours(node):
+                    argv += ["--neighbor", f"{peer_address}:{self.port}/node={em.address(peer)}"]
             argv += ["--socket", str(sock), "--recovery", self.recovery]
             self.daemons[node] = self.lab.spawn(
                 in_ns(em, node, argv), f"weftd-{self.recovery}-{node}"

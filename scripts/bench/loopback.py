@@ -54,9 +54,13 @@ def shim_throughput(lab, bin_dir, seconds, repeats, port):
 
     try:
         daemons = []
+        keys = {n: work / f"node{n}.key" for n in (1, 2)}
+        public = {n: subprocess.run([weft, "keygen", "--force", str(keys[n])], check=True,
+                                    capture_output=True, text=True).stdout.strip() for n in (1, 2)}
         for n in (1, 2):
             argv = [weftd, "--listen", f"{net}.0.{n}:7470", "--socket", sockets[n],
-                    "--proxy-ip", f"{net}.1.{n}", "--neighbor", f"{net}.0.{3 - n}:7470"]
+                    "--proxy-ip", f"{net}.1.{n}", "--key", str(keys[n]),
+                    "--neighbor", f"{net}.0.{3 - n}:7470/key={public[3 - n]}"]
             daemons.append(lab.spawn(argv, f"shim-weftd-{n}"))
         procs += daemons
         wait(lambda: all((status(n) or {}).get("routes") for n in (1, 2)), "daemons not routed")

@@ -8,12 +8,18 @@ import threading
 # Cumulative per-link ARQ counters; the difference over a cell is what the cell caused.
 ARQ_COUNTERS = ["packets_sent", "retransmissions", "losses_by_sack", "losses_by_timer",
                 "timeouts", "congestion_events", "duplicates", "redundant_copies",
-                "redundant_copies_used"]
+                "redundant_copies_used", "redundant_copies_skipped", "acks_sent"]
+# Cumulative per-neighbour datagram counters (everything sent on the link: ARQ data, standalone
+# acks, copies, hellos, flooding).
+LINK_COUNTERS = ["packets_out", "bytes_out"]
 # Instantaneous per-link ARQ figures; the cell keeps the largest seen.
-ARQ_GAUGES = ["cwnd", "srtt_ms", "in_flight_bytes", "queued_bytes"]
+ARQ_GAUGES = ["cwnd_bytes", "srtt_ms", "in_flight_bytes", "queued_bytes"]
 NODE_COUNTERS = ["no_route", "dropped_cut", "ttl_expired", "rerouted", "ce_marked",
                  "dropped_backpressure", "neighbors_declared_dead", "reliable_before_up"]
-SESSION_FIELDS = ["state", "rtt_ms", "cwnd", "bytes_sent", "bytes_received", "retransmits",
+# The daemon's socket and event loop (cumulative): datagrams per system call, wake-ups.
+UDP_COUNTERS = ["recv_calls", "recv_datagrams", "recv_coalesced", "send_calls", "send_messages",
+                "send_datagrams"]
+SESSION_FIELDS = ["state", "rtt_ms", "cwnd_bytes", "bytes_sent", "bytes_received", "retransmits",
                   "fast_retransmits", "timeouts", "ce_reductions"]
 
 
@@ -22,6 +28,7 @@ def link_counters(status):
     for n in status.get("neighbors", []):
         arq = n.get("arq") or {}
         out[n.get("addr")] = {k: arq.get(k, 0) for k in ARQ_COUNTERS + ARQ_GAUGES}
+        out[n.get("addr")].update({k: n.get(k, 0) for k in LINK_COUNTERS})
     return out
 
 
@@ -61,8 +68,9 @@ class Observer:
     def finish(self):
         self._stop.set()
         self._thread.join()
-        arq = {k: 0 for k in ARQ_COUNTERS}
+        arq = {k: 0 for k in ARQ_COUNTERS + LINK_COUNTERS}
         nodes = {k: 0 for k in NODE_COUNTERS}
+        io = {k: 0 for k in UDP_COUNTERS + ["loop_passes"]}
         per_link = []
         for node in self.overlay.daemons:
             after = self.overlay.status(node)
@@ -73,8 +81,9 @@ class Observer:
             old = link_counters(before)
             for addr, now in link_counters(after).items():
                 was = old.get(addr, {})
-                delta = {k: (now[k] or 0) - (was.get(k) or 0) for k in ARQ_COUNTERS}
-                for k in ARQ_COUNTERS:
+                delta = {k: (now[k] or 0) - (was.get(k) or 0)
+                         for k in ARQ_COUNTERS + LINK_COUNTERS}
+                for k in ARQ_COUNTERS + LINK_COUNTERS:
                     arq[k] += delta[k]
                 if delta["packets_sent"]:
                     per_link.append({"node": node, "peer": addr, **delta,
@@ -82,5 +91,10 @@ class Observer:
             c0, c1 = before.get("counters", {}), after.get("counters", {})
             for k in NODE_COUNTERS:
                 nodes[k] += (c1.get(k) or 0) - (c0.get(k) or 0)
-        return {"arq": arq, "arq_max": self.gauges, "node_counters": nodes,
+            u0, u1 = before.get("udp") or {}, after.get("udp") or {}
+            for k in UDP_COUNTERS:
+                io[k] += (u1.get(k) or 0) - (u0.get(k) or 0)
+            d0, d1 = before.get("daemon_counters") or {}, after.get("daemon_counters") or {}
+            io["loop_passes"] += (d1.get("loop_passes") or 0) - (d0.get("loop_passes") or 0)
+        return {"arq": arq, "arq_max": self.gauges, "node_counters": nodes, "io": io,
                 "links": per_link, "sessions": list(self.sessions.values())}

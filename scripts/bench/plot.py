@@ -21,7 +21,7 @@ from report import ARM_LABEL, ARM_ORDER, goodput_of  # noqa: E402
 from stats import iqr, median  # noqa: E402
 
 COLOURS = {"cubic": "tab:blue", "reno": "tab:cyan", "bbr": "tab:purple",
-           "weft-hbh": "tab:red", "weft-e2e": "tab:orange", "udp": "tab:gray"}
+           "weft-hbh": "tab:red", "weft-e2e": "tab:orange", "weft-insecure": "tab:pink", "udp": "tab:gray"}
 
 
 def latencies(folder, row, warmup_ns):

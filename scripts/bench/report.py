@@ -8,9 +8,10 @@ from pathlib import Path
 from stats import (bootstrap_median_ci, iqr, jain, mathis_mbps, median, paired_ratios,
                    pooled_quantile)
 
-ARM_ORDER = ["cubic", "reno", "bbr", "weft-hbh", "weft-e2e", "udp"]
+ARM_ORDER = ["cubic", "reno", "bbr", "weft-hbh", "weft-e2e", "weft-insecure", "udp"]
 ARM_LABEL = {"cubic": "kernel CUBIC", "reno": "kernel Reno", "bbr": "kernel BBR",
              "weft-hbh": "weft hop-by-hop", "weft-e2e": "weft end-to-end",
+             "weft-insecure": "weft hop-by-hop, links unencrypted (--insecure)",
              "udp": "raw UDP (no recovery)"}
 LOSS_CI_TOLERANCE = 0.01  # share of checks allowed outside a 99.9 % interval
 
@@ -186,8 +187,8 @@ def clean_table(results):
         return []
     lines = ["## (a) Clean paths (no delay, loss or rate limit): goodput and CPU", "",
              "| path | arm | goodput Mbit/s, median [IQR] | vs CUBIC (paired) | "
-             "CPU s/GB: iperf3 | weftd (all) | emulator | total |",
-             "|---|---|---|---|---|---|---|---|"]
+             "CPU s/GB: iperf3 | weftd (all) | emulator | total | encrypted / unencrypted (paired) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for topo in ["chain1", "chain4"]:
         sub = [r for r in rows if r["topology"] == topo]
         for arm in arms_present(sub):
@@ -201,8 +202,12 @@ def clean_table(results):
             ratio = "–" if arm == "cubic" else fmt_ratio(paired(sub, arm, "cubic", goodput_of))
             hops = "1 hop" if topo == "chain1" else "4 hops"
             weftd = fmt(daemons, 2) if arm.startswith("weft") else "–"
+            security = "–"
+            if arm == "weft-hbh" and any(r["arm"] == "weft-insecure" for r in sub):
+                security = fmt_ratio(paired(sub, "weft-hbh", "weft-insecure", goodput_of))
             lines.append(f"| {hops} | {ARM_LABEL[arm]} | {fmt_iqr(gp, 1)} | {ratio} | "
-                         f"{fmt(app, 2)} | {weftd} | {fmt(emu, 2)} | {fmt(total, 2)} |")
+                         f"{fmt(app, 2)} | {weftd} | {fmt(emu, 2)} | {fmt(total, 2)} | "
+                         f"{security} |")
     lines += ["", "CPU seconds per GB of goodput, from `/proc/<pid>/task/*/schedstat`: the two "
               "iperf3 processes (for weft arms including the shim), every weftd of the path, "
               "and the emulator. Kernel TCP's receive and forwarding work, and the delivery of "
@@ -258,7 +263,8 @@ def loss_goodput_table(results):
         return []
     arms = arms_present(rows)
     header = "| loss per link | " + " | ".join(ARM_LABEL[a] for a in arms)
-    ratio_cols = [("weft-hbh", "cubic"), ("weft-hbh", "bbr"), ("weft-hbh", "weft-e2e")]
+    ratio_cols = [("weft-hbh", "cubic"), ("weft-hbh", "bbr"), ("weft-hbh", "weft-e2e"),
+                  ("weft-hbh", "weft-insecure")]
     ratio_cols = [(a, b) for a, b in ratio_cols if a in arms and b in arms]
     header += "".join(f" | {a} / {b}" for a, b in ratio_cols) + " |"
     lines = ["## (b) 4 hops × (10 ms, 10 Mbit/s), loss on every link: goodput (Mbit/s)", "",
@@ -452,7 +458,7 @@ def weft_internals(results):
             f"{arq.get('redundant_copies', 0)} / {arq.get('redundant_copies_used', 0)} | "
             f"{arq['losses_by_sack']} / {arq['losses_by_timer']} | "
             f"{arq['timeouts']} | {arq['congestion_events']} | "
-            f"{fmt((top.get('cwnd') or 0) / 1000, 0)} | {fmt(top.get('srtt_ms'), 0)} | "
+            f"{fmt((top.get('cwnd_bytes') or 0) / 1000, 0)} | {fmt(top.get('srtt_ms'), 0)} | "
             f"{sum(x.get('retransmits') or 0 for x in senders)} / "
             f"{sum(x.get('timeouts') or 0 for x in senders)} / "
             f"{sum(x.get('ce_reductions') or 0 for x in senders)} | "

@@ -68,8 +68,11 @@ class Bench:
         self.node = f"{net}.0.1"
         self.socket = str(self.work / "weftd.sock")
         log = open(self.work / "weftd.log", "w")
+        key = self.work / "weftd.key"
+        subprocess.run([str(self.bin / "weft"), "keygen", "--force", str(key)], check=True,
+                       capture_output=True)
         argv = [str(self.bin / "weftd"), "--listen", f"{self.node}:7470", "--socket", self.socket,
-                "--proxy-ip", f"{net}.1.1", "--log", "warn"]
+                "--proxy-ip", f"{net}.1.1", "--log", "warn", "--key", str(key)]
         self.daemon = subprocess.Popen(argv, stdout=log, stderr=log)
         self.procs.append(self.daemon)
         wait(lambda: self.status() is not None, "the daemon did not answer")

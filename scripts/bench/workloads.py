@@ -13,8 +13,12 @@ from observe import Observer
 from stats import longest_empty_run
 
 KERNEL_ARMS = ["cubic", "reno", "bbr"]
-WEFT_ARMS = ["weft-hbh", "weft-e2e"]
-RECOVERY = {"weft-hbh": "hop-by-hop", "weft-e2e": "end-to-end"}
+WEFT_ARMS = ["weft-hbh", "weft-e2e", "weft-insecure"]
+RECOVERY = {"weft-hbh": "hop-by-hop", "weft-e2e": "end-to-end", "weft-insecure": "hop-by-hop"}
+# Arms whose links run without authentication and encryption (the cost of link security is
+# weft-hbh against weft-insecure, measured in the same run).
+INSECURE_ARMS = {"weft-insecure"}
+WEFT_PORTS = {"weft-hbh": 7100, "weft-e2e": 7200, "weft-insecure": 7300}
 
 
 class Arm:

@@ -290,6 +290,7 @@ impl Services {
                     claimed: self.claimed.contains(&address),
                 })
                 .collect(),
+            signature: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod netns;
 pub mod netns_scenario;
 pub mod shim;
+pub mod spoof;
 
 use serde_json::Value;
 use std::fs::File;
@@ -102,6 +103,9 @@ pub struct OverlayBuilder {
     links: Vec<(usize, usize, String)>,
     extra: Vec<String>,
     emulation: bool,
+    secure: bool,
+    external: Vec<usize>,
+    metrics: bool,
 }
 
 impl OverlayBuilder {
@@ -114,6 +118,26 @@ impl OverlayBuilder {
     /// Daemons without `--emulation` (link emulation commands are then refused).
     pub fn without_emulation(mut self) -> Self {
         self.emulation = false;
+        self
+    }
+
+    /// Daemons with `--insecure` instead of keys (links unauthenticated, state unsigned).
+    pub fn insecure(mut self) -> Self {
+        self.secure = false;
+        self
+    }
+
+    /// Node `n` is in the topology and the admitted list, but no daemon runs for it: the
+    /// test plays it (with `key_file(n)`), e.g. as an authenticated neighbour that lies.
+    pub fn external(mut self, n: usize) -> Self {
+        self.nodes = self.nodes.max(n);
+        self.external.push(n);
+        self
+    }
+
+    /// Every daemon serves /metrics at `Overlay::metrics_addr(n)`.
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -141,6 +165,16 @@ impl OverlayBuilder {
             nodes: self.nodes,
             daemons: Vec::new(),
         };
+        // Every daemon gets a key; one admitted list names them all (the neighbours' keys
+        // come from it by node id), as `weft overlay up` does.
+        let mut admitted = weft_secure::Admitted::new();
+        if self.secure {
+            for n in 1..=self.nodes {
+                o.new_key(n, &mut admitted);
+            }
+            std::fs::write(o.admitted_file(), weft_secure::admitted::render(&admitted))
+                .expect("write admitted keys");
+        }
         for n in 1..=self.nodes {
             let mut args = vec![
                 "--listen".to_string(),
@@ -152,6 +186,18 @@ impl OverlayBuilder {
             ];
             if self.emulation {
                 args.push("--emulation".into());
+            }
+            if self.secure {
+                args.push("--key".into());
+                args.push(o.key_file(n).display().to_string());
+                args.push("--admitted-keys".into());
+                args.push(o.admitted_file().display().to_string());
+            } else {
+                args.push("--insecure".into());
+            }
+            if self.metrics {
+                args.push("--metrics".into());
+                args.push(format!("{}:9470", o.ip(n)));
             }
             for (a, b, spec) in &self.links {
                 let peer = if *a == n {
@@ -177,7 +223,9 @@ impl OverlayBuilder {
             });
         }
         for n in 1..=o.nodes {
-            o.start_daemon(n);
+            if !self.external.contains(&n) {
+                o.start_daemon(n);
+            }
         }
         o
     }
@@ -190,7 +238,27 @@ impl Overlay {
             links: Vec::new(),
             extra: Vec::new(),
             emulation: true,
+            secure: true,
+            external: Vec::new(),
+            metrics: false,
         }
+    }
+
+    /// Node `n`'s secret key file (secure overlays).
+    pub fn key_file(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("node{n}.key"))
+    }
+
+    /// The admitted list every daemon of a secure overlay reads.
+    pub fn admitted_file(&self) -> PathBuf {
+        self.dir.join("admitted")
+    }
+
+    /// Node `n`'s public key (secure overlays).
+    pub fn public_key(&self, n: usize) -> weft_secure::PublicKey {
+        weft_secure::read_key_file(&self.key_file(n))
+            .expect("key file")
+            .public()
     }
 
     pub fn ip(&self, n: usize) -> String {
@@ -238,6 +306,31 @@ impl Overlay {
         let _ = std::fs::remove_file(self.socket(n));
     }
 
+    /// `weft listen --port PORT` against node `n`, its stdout piped (what it receives).
+    pub fn spawn_listen(&self, n: usize, port: u16, stdin: Stdio) -> Child {
+        Command::new(weft_bin())
+            .arg("--socket")
+            .arg(self.socket(n))
+            .args(["listen", "--port", &port.to_string()])
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn weft listen")
+    }
+
+    /// Waits until node `n` lists `port` among its listeners.
+    pub fn wait_listening(&self, n: usize, port: u16) {
+        wait_for(
+            Duration::from_secs(10),
+            || {
+                self.status(n)["listeners"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|v| v == port))
+            },
+            || format!("`weft listen --port {port}` did not register on node {n}"),
+        );
+    }
+
     /// Runs `weft ARGS` against node `n`.
     pub fn weft(&self, n: usize, args: &[&str]) -> Output {
         Command::new(weft_bin())
@@ -253,8 +346,10 @@ impl Overlay {
         let out = self.weft(n, args);
         assert!(
             out.status.success(),
-            "weft {args:?} on node {n} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "weft {args:?} on node {n} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
@@ -329,4 +424,145 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl Fn
         assert!(Instant::now() < deadline, "{}", what());
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+// ----- operator tooling (issue 19): signals, extra daemons, config files, metrics ---------
+
+impl Overlay {
+    /// Sends `signal` to daemon `n` (SIGHUP reloads, SIGTERM stops cleanly).
+    pub fn signal(&self, n: usize, signal: i32) {
+        let pid = self.daemons[n - 1]
+            .child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("daemon running");
+        // SAFETY: signalling a child process we started.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Waits for daemon `n` to exit and returns its status (None on timeout).
+    pub fn wait_exit(&mut self, n: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.daemons[n - 1].child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.daemons[n - 1].child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A new secret key for node `n`, written to `key_file(n)` and listed in `admitted`.
+    fn new_key(&self, n: usize, admitted: &mut weft_secure::Admitted) {
+        let key = weft_secure::SecretKey::generate();
+        weft_secure::write_key_file(&self.key_file(n), &key, true).expect("write key file");
+        admitted.insert(
+            weft_core::NodeId::from(self.ip(n).parse::<std::net::Ipv4Addr>().expect("ip")),
+            key.public(),
+        );
+    }
+
+    /// Whether the daemons run with keys and one admitted list (the default).
+    pub fn is_secure(&self) -> bool {
+        self.admitted_file().exists()
+    }
+
+    /// Starts one more daemon, number `nodes + 1`, with exactly `args` after its address,
+    /// socket, proxy and key flags (no neighbours unless `args` names some). In a secure
+    /// overlay it gets a new key, which is added to the admitted list every daemon reads (the
+    /// running ones apply it when reloaded: `signal(n, SIGHUP)`).
+    pub fn add_daemon(&mut self, args: &[&str]) -> usize {
+        let n = self.daemons.len() + 1;
+        let mut all = vec![
+            "--listen".to_string(),
+            format!("{}:7470", self.ip(n)),
+            "--socket".into(),
+            self.socket(n).display().to_string(),
+            "--proxy-ip".into(),
+            format!("127.{}.1.{n}", self.subnet.t),
+        ];
+        if self.is_secure() {
+            let text = std::fs::read_to_string(self.admitted_file()).expect("read admitted keys");
+            let mut admitted = weft_secure::admitted::parse(&text).expect("admitted keys");
+            self.new_key(n, &mut admitted);
+            std::fs::write(
+                self.admitted_file(),
+                weft_secure::admitted::render(&admitted),
+            )
+            .expect("write admitted keys");
+            all.extend([
+                "--key".into(),
+                self.key_file(n).display().to_string(),
+                "--admitted-keys".into(),
+                self.admitted_file().display().to_string(),
+            ]);
+        } else {
+            all.push("--insecure".into());
+        }
+        all.extend(args.iter().map(|s| s.to_string()));
+        self.daemons.push(Daemon {
+            n,
+            child: None,
+            args: all,
+        });
+        self.nodes = self.nodes.max(n);
+        self.start_daemon(n);
+        n
+    }
+
+    /// The address daemon `n` serves metrics on when started with `metrics_flag(n)`.
+    pub fn metrics_addr(&self, n: usize) -> String {
+        format!("{}:9470", self.ip(n))
+    }
+
+    /// A configuration file for daemon `n` (what `--config` reads), written to the test
+    /// directory: its listen address, socket, proxy, emulation and these neighbours.
+    pub fn write_config(&self, n: usize, neighbors: &[usize], extra: &str) -> PathBuf {
+        let mut toml = format!(
+            "listen = \"{}:7470\"\nsocket = \"{}\"\nproxy_ip = \"127.{}.1.{n}\"\nemulation = true\n{extra}\n",
+            self.ip(n),
+            self.socket(n).display(),
+            self.subnet.t
+        );
+        if self.is_secure() {
+            toml += &format!(
+                "key_file = \"{}\"\nadmitted_keys = \"{}\"\n",
+                self.key_file(n).display(),
+                self.admitted_file().display()
+            );
+        } else {
+            toml += "insecure = true\n";
+        }
+        for m in neighbors {
+            toml += &format!("[[neighbor]]\naddr = \"{}:7470\"\n", self.ip(*m));
+        }
+        let path = self.dir.join(format!("node{n}.toml"));
+        std::fs::write(&path, toml).expect("write config");
+        path
+    }
+}
+
+/// One HTTP/1.1 GET on a fresh connection: (status code, headers, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_string(), body.to_string())
 }

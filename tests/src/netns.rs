@@ -250,6 +250,19 @@ impl Daemons {
         assert_eq!(hosts.wiring, Wiring::Routed, "daemons run on routed hosts");
         let mut daemons = Vec::new();
         let mut sockets = Vec::new();
+        // Encrypted links, as every overlay the harness starts: a key per host and one
+        // admitted list naming them all by node id (the listen address).
+        let admitted_file = hosts.dir.join("admitted");
+        let key_file = |n: usize| hosts.dir.join(format!("node{n}.key"));
+        let mut admitted = weft_secure::Admitted::new();
+        for n in 1..=hosts.hosts {
+            let key = weft_secure::SecretKey::generate();
+            weft_secure::write_key_file(&key_file(n), &key, true).expect("write key file");
+            let ip: std::net::Ipv4Addr = hosts.addr(n).parse().expect("host address");
+            admitted.insert(weft_core::NodeId::from(ip), key.public());
+        }
+        std::fs::write(&admitted_file, weft_secure::admitted::render(&admitted))
+            .expect("write admitted keys");
         for n in 1..=hosts.hosts {
             let sock = hosts.dir.join(format!("node{n}.sock"));
             let _ = std::fs::remove_file(&sock);
@@ -257,7 +270,11 @@ impl Daemons {
             c.args(["--listen", &format!("{}:7470", hosts.addr(n))])
                 .arg("--socket")
                 .arg(&sock)
-                .arg("--emulation");
+                .arg("--emulation")
+                .arg("--key")
+                .arg(key_file(n))
+                .arg("--admitted-keys")
+                .arg(&admitted_file);
             for m in (1..=hosts.hosts).filter(|&m| m != n) {
                 c.args(["--neighbor", &format!("{}:7470", hosts.addr(m))]);
             }

@@ -54,7 +54,7 @@ fn reroutes_around_a_cut_link_and_back() {
         || format!("1→5 should go via 2, got {:?}", o.path(1, 5)),
     );
 
-    let mut recv = o.spawn_weft(5, &["recv", "--port", "9000"]);
+    let mut recv = o.spawn_weft(5, &["recv", "--port", "9000", "--time", "mono"]);
     let stdout = recv.stdout.take().expect("recv stdout");
     let reader = std::thread::spawn(move || {
         BufReader::new(stdout)
@@ -327,6 +327,12 @@ fn link_emulation_needs_the_daemon_flag() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("loss"));
     let status = o.status(1);
     let nbr = &status["neighbors"][0];
-    assert_eq!(nbr["emulation"][0]["loss"].as_f64(), Some(0.05));
-    assert_eq!(nbr["emulation"][0]["delay"].as_u64(), Some(10_000));
+    assert_eq!(
+        nbr["emulation"]["params"]["loss_ratio"].as_f64(),
+        Some(0.05)
+    );
+    assert_eq!(
+        nbr["emulation"]["params"]["delay_us"].as_u64(),
+        Some(10_000)
+    );
 }

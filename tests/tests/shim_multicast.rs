@@ -71,15 +71,18 @@ fn options_and_data_match_kernel_multicast() {
 
     let node = "127.66.0.1";
     let sock = dir.join("ns-node.sock");
+    let key = dir.join("ns-node.key");
+    weft_secure::write_key_file(&key, &weft_secure::SecretKey::generate(), true).expect("key file");
     let overlay = in_namespace(
         &format!(
             "ip link set lo up
-             {weftd} --listen {node}:7470 --socket {sock} --proxy-ip 127.66.1.1 2>{log} &
+             {weftd} --listen {node}:7470 --socket {sock} --proxy-ip 127.66.1.1 --key {key} 2>{log} &
              daemon=$!
              i=0; while [ ! -S {sock} ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done
              LD_PRELOAD={shim} WEFT_SOCKET={sock} {prog} {groups} {PORT} {node}
              kill $daemon",
             weftd = weftd_bin().display(),
+            key = key.display(),
             sock = sock.display(),
             log = dir.join("ns-node.log").display(),
             shim = shim_lib().display(),

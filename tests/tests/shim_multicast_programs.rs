@@ -482,7 +482,9 @@ fn reliable_group_delivers_everything_in_order_through_two_percent_loss_per_link
             .as_u64()
             .unwrap_or(0);
         for nb in st["neighbors"].as_array().into_iter().flatten() {
-            dropped += nb["emulation"][1]["dropped_loss"].as_u64().unwrap_or(0);
+            dropped += nb["emulation"]["counters"]["dropped_loss"]
+                .as_u64()
+                .unwrap_or(0);
             retransmitted += nb["arq"]["retransmissions"].as_u64().unwrap_or(0);
         }
     }

@@ -71,15 +71,7 @@ fn send(o: &Overlay, n: usize, to: &str, data: Vec<u8>) -> std::thread::JoinHand
 }
 
 fn listen(o: &Overlay, n: usize, port: u16) -> std::thread::JoinHandle<Received> {
-    let port = port.to_string();
-    let child = std::process::Command::new(weft_tests::weft_bin())
-        .arg("--socket")
-        .arg(o.socket(n))
-        .args(["listen", "--port", &port])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn weft listen");
+    let child = o.spawn_listen(n, port, Stdio::null());
     std::thread::sleep(Duration::from_millis(300));
     receive(child)
 }

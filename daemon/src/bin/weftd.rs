@@ -1,77 +1,12 @@
 //! `weftd`: the overlay daemon. Runs in the foreground, logs to stderr, exits 0 on SIGTERM.
 
 use clap::Parser;
-use std::path::PathBuf;
-use weft_daemon::config::{DaemonConfig, Flags};
-
-/// The weft overlay daemon.
-#[derive(Parser, Debug)]
-#[command(name = "weftd", version, about)]
-struct Args {
-    /// TOML configuration file (flags override it).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// This node's overlay address (default: the listen address).
-    #[arg(long)]
-    node: Option<String>,
-    /// UDP address for links to neighbours, e.g. 127.0.0.1:7470.
-    #[arg(long)]
-    listen: Option<String>,
-    /// Neighbour daemon address, optionally with emulation for packets from it:
-    /// 127.0.0.2:7470 or 127.0.0.2:7470/delay=10ms,loss=1%. Repeatable.
-    #[arg(long = "neighbor")]
-    neighbors: Vec<String>,
-    /// Control socket path (default /tmp/weft/weftd.sock).
-    #[arg(long, env = "WEFT_SOCKET")]
-    socket: Option<String>,
-    /// Loopback address the daemon's proxies use (default 127.77.x.y from the node address).
-    #[arg(long)]
-    proxy_ip: Option<String>,
-    /// Accept link emulation (loss, delay, jitter, rate, cuts) in config and at run time.
-    #[arg(long)]
-    emulation: bool,
-    /// Routing metric: latency or hops.
-    #[arg(long)]
-    metric: Option<String>,
-    /// Session recovery: hop-by-hop or end-to-end.
-    #[arg(long)]
-    recovery: Option<String>,
-    /// Redundant copies of packets on sparse links (lower tail latency under loss): off, on
-    /// (default) or the copy's delay after its original (default 2ms).
-    #[arg(long)]
-    redundancy: Option<String>,
-    /// Hello period (default 100ms).
-    #[arg(long)]
-    hello_interval: Option<String>,
-    /// Silence after which a neighbour is dead (default 350ms).
-    #[arg(long)]
-    dead_interval: Option<String>,
-    /// Largest UDP payload between daemons (default 1472).
-    #[arg(long)]
-    mtu: Option<u32>,
-    /// Log filter (error, warn, info, debug, trace; or a tracing filter). Also WEFT_LOG.
-    #[arg(long)]
-    log: Option<String>,
-}
+use weft_daemon::args::WeftdArgs;
+use weft_daemon::config::DaemonConfig;
 
 fn main() {
-    let args = Args::parse();
-    let flags = Flags {
-        config: args.config,
-        node: args.node,
-        listen: args.listen,
-        socket: args.socket,
-        proxy_ip: args.proxy_ip,
-        emulation: args.emulation,
-        metric: args.metric,
-        recovery: args.recovery,
-        redundancy: args.redundancy,
-        hello_interval: args.hello_interval,
-        dead_interval: args.dead_interval,
-        mtu: args.mtu,
-        neighbors: args.neighbors,
-        log: args.log,
-    };
+    let args = WeftdArgs::parse();
+    let flags = args.flags();
     let cfg = match DaemonConfig::resolve(&flags) {
         Ok(c) => c,
         Err(e) => {
@@ -79,19 +14,18 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let filter = std::env::var("WEFT_LOG").unwrap_or_else(|_| cfg.log.clone());
-    let filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
-        Ok(f) => f,
+    if let Some(path) = &args.check_config {
+        println!("{}: ok ({})", path.display(), cfg.summary());
+        return;
+    }
+    let logs = match weft_daemon::logging::init(&cfg.log) {
+        Ok(h) => h,
         Err(e) => {
-            eprintln!("weftd: `log`: {e}");
+            eprintln!("weftd: {e}");
             std::process::exit(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let result = weft_daemon::io::Daemon::new(cfg).and_then(|d| d.run());
+    let result = weft_daemon::io::Daemon::new(cfg).and_then(|d| d.with_reload(flags, logs).run());
     if let Err(e) = result {
         eprintln!("weftd: {e}");
         std::process::exit(1);

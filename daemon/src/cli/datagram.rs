@@ -1,6 +1,7 @@
 //! `weft send` / `weft recv`: a tiny datagram tool over the overlay, for tests and demos.
 //! Generated payloads start with `seq=N t=MONO_NS` so receivers can measure order, loss and
-//! one-way delay (CLOCK_MONOTONIC is shared by every process on the machine).
+//! one-way delay (CLOCK_MONOTONIC is shared by every process on the machine): `weft recv
+//! --time mono` stamps lines with that clock; by default they carry the readable wall time.
 
 use super::{connect, monotonic_ns};
 use crate::client::check;
@@ -60,6 +61,29 @@ pub struct RecvArgs {
     /// With --join: ask for the reliable mode (hop-by-hop repair, per-source order).
     #[arg(long)]
     reliable: bool,
+    /// How each line's receive time is written: `wall` (RFC 3339 UTC, microseconds), `mono`
+    /// (CLOCK_MONOTONIC nanoseconds, comparable with the `t=` of `weft send` payloads on the
+    /// same machine) or `none`.
+    #[arg(long, value_enum, default_value_t = TimeFormat::Wall)]
+    time: TimeFormat,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeFormat {
+    Wall,
+    Mono,
+    None,
+}
+
+/// The receive time as `weft recv --time` asks for it (one token, no spaces).
+fn stamp(format: TimeFormat) -> Option<String> {
+    match format {
+        TimeFormat::Wall => {
+            Some(humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string())
+        }
+        TimeFormat::Mono => Some(monotonic_ns().to_string()),
+        TimeFormat::None => None,
+    }
 }
 
 pub fn send(socket: &Path, a: SendArgs) -> Result<i32, String> {
@@ -175,17 +199,11 @@ pub fn recv(socket: &Path, a: RecvArgs) -> Result<i32, String> {
                     .map(|c| if c.is_control() { '.' } else { c })
                     .collect();
                 let mut out = stdout.lock();
+                let time = stamp(a.time).map(|t| t + " ").unwrap_or_default();
                 // A closed stdout (e.g. `| head`) ends the program quietly.
-                if writeln!(
-                    out,
-                    "{} {} {} {}",
-                    monotonic_ns(),
-                    src,
-                    payload.len(),
-                    preview
-                )
-                .and_then(|_| out.flush())
-                .is_err()
+                if writeln!(out, "{time}{src} {} {preview}", payload.len())
+                    .and_then(|_| out.flush())
+                    .is_err()
                 {
                     return Ok(0);
                 }

@@ -1,6 +1,9 @@
 //! The `weft` command line.
 
 mod datagram;
+mod diag;
+mod docs;
+mod keys;
 mod overlay;
 mod run;
 mod status;
@@ -9,7 +12,7 @@ pub mod topology;
 
 use crate::client::{check, ControlClient};
 use crate::config::DEFAULT_SOCKET;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use weft_ipc::{ClientKind, LinkAction, Reply, Request};
 
@@ -52,6 +55,46 @@ enum Command {
     Run(run::RunArgs),
     /// Start, stop or inspect a local overlay of daemons on 127.0.0.N (no root needed).
     Overlay(overlay::OverlayArgs),
+    /// Create a node's secret key file (mode 0600) and print its public key.
+    Keygen(keys::KeygenArgs),
+    /// Print the public key of a secret key (from FILE or standard input).
+    Pubkey(keys::PubkeyArgs),
+    /// Round-trip time and loss to a node over the overlay, and the path the routes give.
+    Ping(diag::PingArgs),
+    /// Every hop of the path to a node: its round-trip time, and the RTT and loss of the link
+    /// leading to it as that hop measures them.
+    Trace(diag::TraceArgs),
+    /// Link to or unlink from a neighbour daemon now, without a restart (not saved in the
+    /// configuration file: add it there too to keep it).
+    Neighbor {
+        #[command(subcommand)]
+        action: NeighborCmd,
+    },
+    /// Print a shell completion script: `weft completions bash > /etc/bash_completion.d/weft`.
+    Completions(docs::CompletionsArgs),
+    /// Write the manual pages (weft.1, weft-SUBCOMMAND.1, weftd.8) into a directory.
+    Man(docs::ManArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum NeighborCmd {
+    /// Start linking to the daemon at ADDR (IP or IP:PORT, default port 7470). The other
+    /// daemon must list this one too (or `weft neighbor add` it back).
+    Add {
+        addr: String,
+        /// Its overlay address, when it differs from ADDR's.
+        #[arg(long)]
+        node: Option<std::net::Ipv4Addr>,
+        /// Emulation for packets from it, e.g. "delay=10ms loss=1%" (needs weftd --emulation).
+        #[arg(long, default_value = "")]
+        link: String,
+        /// Its public key (what `weft keygen` printed on it), when this daemon's admitted
+        /// list does not name it.
+        #[arg(long = "public-key", value_name = "KEY")]
+        key: Option<String>,
+    },
+    /// Stop linking to the daemon at ADDR: it is told at once and traffic reroutes.
+    Remove { addr: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +109,11 @@ enum LinkCmd {
     Cut { peer: String },
     /// Undo a cut.
     Heal { peer: String },
+}
+
+/// The `weft` command line as clap sees it (for completions and manual pages).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
@@ -89,6 +137,13 @@ pub fn main() -> i32 {
         Command::Listen(a) => stream::listen(&socket, a),
         Command::Run(a) => run::run(&socket, a),
         Command::Overlay(a) => overlay::run(a),
+        Command::Keygen(a) => keys::keygen(a),
+        Command::Pubkey(a) => keys::pubkey(a),
+        Command::Ping(a) => diag::ping(&socket, a),
+        Command::Trace(a) => diag::trace(&socket, a),
+        Command::Neighbor { action } => neighbor(&socket, action),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
     };
     match result {
         Ok(code) => code,
@@ -96,6 +151,44 @@ pub fn main() -> i32 {
             eprintln!("weft: {e}");
             1
         }
+    }
+}
+
+fn neighbor(socket: &std::path::Path, cmd: NeighborCmd) -> Result<i32, String> {
+    let (addr, action) = match cmd {
+        NeighborCmd::Add {
+            addr,
+            node,
+            link,
+            key,
+        } => (
+            addr,
+            weft_ipc::NeighborAction::Add {
+                node: node.map(weft_core::NodeId::from),
+                link,
+                key,
+            },
+        ),
+        NeighborCmd::Remove { addr } => (addr, weft_ipc::NeighborAction::Remove),
+    };
+    let sock_addr = match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => match addr.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => std::net::SocketAddr::new(ip.into(), crate::config::DEFAULT_PORT),
+            Err(_) => return Err(format!("`{addr}` is not an address like 192.0.2.2:7470")),
+        },
+    };
+    let mut c = connect(socket)?;
+    match check(
+        c.request(Request::Neighbor {
+            addr: sock_addr,
+            action,
+        })
+        .map_err(|e| e.to_string())?,
+    ) {
+        Ok(Reply::Ok) => Ok(0),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `weft overlay up|down|status TOPOLOGY`: N daemons on 127.0.0.1..N of this machine (no root
-//! needed), wired per a topology with per-link emulation, and a clean teardown.
+//! needed), wired per a topology with per-link emulation, each with its own key and its
+//! neighbours' public keys, and a clean teardown.
 
 use super::status::fetch;
 use super::topology::Topology;
@@ -15,8 +16,9 @@ pub struct OverlayArgs {
 
 #[derive(Args, Debug, Clone)]
 struct Where {
-    /// chain:N, ring:N, diamond, diamond-tail, grid:RxC, random:N[:SEED] (optionally @SPEC),
-    /// or a topology file.
+    /// chain:N, ring:N, diamond, diamond-tail, grid:RxC, random:N[:SEED] (optionally
+    /// @PARAMS, e.g. chain:4@delay=10ms,loss=1%), or a topology file (TOML, the format netemu
+    /// reads: topologies/*.toml).
     topology: String,
     /// State directory (configs, sockets, logs; default /tmp/weft-overlay/<name>).
     #[arg(long)]
@@ -114,14 +116,19 @@ pub fn run(a: OverlayArgs) -> Result<i32, String> {
             }
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let weftd = weftd_path()?;
+            let keys = node_keys(&dir, topo.nodes)?;
             let mut pids = String::new();
             let mut children = Vec::new();
             for n in 1..=topo.nodes {
                 let mut toml = format!(
-                    "listen = \"{}:{port}\"\nsocket = \"{}\"\nemulation = true\nlog = \"{log}\"\n",
+                    "listen = \"{}:{port}\"\nsocket = \"{}\"\nemulation = true\nlog = \"{log}\"\nkey_file = \"{}\"\n",
                     node_ip(n),
-                    dir.join(format!("node{n}.sock")).display()
+                    dir.join(format!("node{n}.sock")).display(),
+                    key_path(&dir, n).display()
                 );
+                if let Some(mtu) = topo.daemon_mtu {
+                    toml += &format!("mtu = {mtu}\n");
+                }
                 for (k, v) in [
                     ("hello_interval", &hello_interval),
                     ("dead_interval", &dead_interval),
@@ -133,7 +140,11 @@ pub fn run(a: OverlayArgs) -> Result<i32, String> {
                     }
                 }
                 for (m, spec) in topo.neighbors_of(n) {
-                    toml += &format!("\n[[neighbor]]\naddr = \"{}:{port}\"\n", node_ip(m));
+                    toml += &format!(
+                        "\n[[neighbor]]\naddr = \"{}:{port}\"\npublic_key = \"{}\"\n",
+                        node_ip(m),
+                        keys[m - 1]
+                    );
                     if !spec.is_empty() {
                         toml += &format!("link = \"{spec}\"\n");
                     }
@@ -239,6 +250,29 @@ pub fn run(a: OverlayArgs) -> Result<i32, String> {
             Ok(if bad == 0 { 0 } else { 1 })
         }
     }
+}
+
+fn key_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("node{n}.key"))
+}
+
+/// A secret key file per node (mode 0600, kept across `up`s of the same state directory) and
+/// the public keys, which go into the neighbours' configs: every link of a local overlay is
+/// authenticated and encrypted without anyone handling keys.
+fn node_keys(dir: &Path, nodes: usize) -> Result<Vec<weft_secure::PublicKey>, String> {
+    (1..=nodes)
+        .map(|n| {
+            let path = key_path(dir, n);
+            if path.exists() {
+                return weft_secure::read_key_file(&path)
+                    .map(|k| k.public())
+                    .map_err(|e| e.to_string());
+            }
+            let key = weft_secure::SecretKey::generate();
+            weft_secure::write_key_file(&path, &key, false).map_err(|e| e.to_string())?;
+            Ok(key.public())
+        })
+        .collect()
 }
 
 fn read_pids(dir: &Path) -> Result<Vec<(usize, i32)>, String> {

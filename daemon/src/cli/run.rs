@@ -1,5 +1,10 @@
 //! `weft run -- PROG ARGS`: exec PROG in place with the shim preloaded (same PID, so signals,
 //! job control and the exit status are PROG's own); writes nothing to stdout.
+//!
+//! It is loud about falling back: with no daemon answering it says so in one line on stderr
+//! before PROG starts, and the shim says so once if a redirect fails later (the daemon went
+//! away). `-q` silences both; `--strict` refuses to start PROG without a daemon (exit 69) and
+//! makes the shim fail calls to overlay nodes (ENETUNREACH) instead of using the kernel.
 
 use clap::Args;
 use std::os::unix::process::CommandExt;
@@ -12,6 +17,13 @@ pub struct RunArgs {
     /// Repeatable; added to WEFT_RELIABLE_GROUPS.
     #[arg(long = "reliable-group", value_name = "GROUP")]
     reliable_groups: Vec<String>,
+    /// Say nothing when the program's sockets fall back to the kernel network.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Fail instead of falling back: no daemon, no program (exit 69); a lost daemon makes
+    /// connections to overlay nodes fail with ENETUNREACH.
+    #[arg(long, conflicts_with = "quiet")]
+    strict: bool,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -24,7 +36,13 @@ pub fn shim_path() -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate weft: {e}"))?;
     let dir = exe.parent().ok_or("cannot locate weft's directory")?;
-    for candidate in [dir.join("libweft.so"), dir.join("../lib/libweft.so")] {
+    let candidates = [
+        dir.join("libweft.so"),
+        // Where packaging/install.sh puts it (PREFIX/bin/weft, PREFIX/lib/weft/libweft.so).
+        dir.join("../lib/weft/libweft.so"),
+        dir.join("../lib/libweft.so"),
+    ];
+    for candidate in candidates {
         if candidate.exists() {
             return Ok(candidate);
         }
@@ -35,8 +53,12 @@ pub fn shim_path() -> Result<PathBuf, String> {
     ))
 }
 
+/// sysexits' EX_UNAVAILABLE: `--strict` and no daemon.
+const EXIT_NO_DAEMON: i32 = 69;
+
 pub fn run(socket: &Path, a: RunArgs) -> Result<i32, String> {
     let shim = shim_path()?;
+    let daemon_down = super::connect(socket).err();
     let shim = std::fs::canonicalize(&shim).map_err(|e| format!("{}: {e}", shim.display()))?;
     let socket = std::path::absolute(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     let preload = match std::env::var("LD_PRELOAD") {
@@ -44,12 +66,31 @@ pub fn run(socket: &Path, a: RunArgs) -> Result<i32, String> {
         _ => shim.display().to_string(),
     };
     let (prog, args) = a.command.split_first().ok_or("no program given")?;
+    if let Some(why) = &daemon_down {
+        if a.strict {
+            eprintln!("weft run: {why}: not starting {prog} (--strict)");
+            return Ok(EXIT_NO_DAEMON);
+        }
+        if !a.quiet {
+            eprintln!("weft run: {why}: {prog} runs on the kernel network (start weftd, or -q to silence this)");
+        }
+    }
     let mut cmd = std::process::Command::new(prog);
     cmd.args(args)
         .env("LD_PRELOAD", preload)
         .env("WEFT_SOCKET", &socket);
     if let Some(groups) = reliable_groups(&a.reliable_groups)? {
         cmd.env(RELIABLE_GROUPS_ENV, groups);
+    }
+    if a.quiet {
+        cmd.env("WEFT_QUIET", "1");
+    }
+    if a.strict {
+        cmd.env("WEFT_STRICT", "1");
+    }
+    if daemon_down.is_some() {
+        // Said above; the shim only speaks up again if a daemon appears and is lost.
+        cmd.env("WEFT_REPORTED_DOWN", "1");
     }
     let err = cmd.exec();
     eprintln!("weft run: {prog}: {err}");

@@ -18,6 +18,14 @@ pub fn fetch(socket: &Path) -> Result<Value, String> {
 
 pub fn run(socket: &Path, json: bool) -> Result<i32, String> {
     let v = fetch(socket)?;
+    let version = v["schema_version"].as_u64();
+    if version != Some(u64::from(crate::io::STATUS_SCHEMA_VERSION)) {
+        eprintln!(
+            "weft: the daemon's status is schema {}, this weft reads schema {} (upgrade one of them)",
+            version.map_or("unversioned".into(), |v| v.to_string()),
+            crate::io::STATUS_SCHEMA_VERSION
+        );
+    }
     if json {
         println!(
             "{}",
@@ -41,6 +49,28 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// What a link's emulation parameters set, as `weft link set` would take them.
+fn emulation_summary(p: &Value) -> String {
+    let num = |k: &str| p[k].as_f64().unwrap_or(0.0);
+    let mut parts = vec![];
+    if num("loss_ratio") > 0.0 {
+        parts.push(format!("loss={}%", num("loss_ratio") * 100.0));
+    }
+    if num("burst_ratio") > 0.0 {
+        parts.push(format!("burst={}%", num("burst_ratio") * 100.0));
+    }
+    if num("delay_us") > 0.0 {
+        parts.push(format!("delay={}ms", num("delay_us") / 1e3));
+    }
+    if num("jitter_us") > 0.0 {
+        parts.push(format!("jitter={}ms", num("jitter_us") / 1e3));
+    }
+    if num("rate_bps") > 0.0 {
+        parts.push(format!("rate={}mbit", num("rate_bps") / 1e6));
+    }
+    parts.join(" ")
+}
+
 pub fn render(v: &Value) -> String {
     let mut out = String::new();
     out += &format!(
@@ -52,40 +82,53 @@ pub fn render(v: &Value) -> String {
         v["uptime_ms"].as_f64().unwrap_or(0.0) / 1e3,
         s(&v["emulation"]),
     );
+    let security = &v["security"];
+    out += &format!(
+        "links {}{}\n",
+        s(&security["mode"]),
+        match &security["public_key"] {
+            Value::String(k) => format!("  public key {k}"),
+            _ => String::new(),
+        }
+    );
     out += "\nneighbours:\n";
     out += &format!(
-        "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>7} {:>7}  {}\n",
-        "address", "node", "state", "rtt ms", "min ms", "loss", "cost", "link"
+        "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>7} {:>7}  {:<10} {:<10}  {}\n",
+        "address",
+        "node",
+        "state",
+        "rtt ms",
+        "min ms",
+        "loss",
+        format!("cost {}", s(&v["cost_unit"])),
+        "encrypted",
+        "peer key",
+        "link"
     );
     for n in v["neighbors"].as_array().into_iter().flatten() {
-        let loss = n["hello_loss"].as_f64().unwrap_or(0.0) * 100.0;
-        let link = match &n["emulation"] {
-            Value::Array(a) if !a.is_empty() => {
-                let p = &a[0];
-                let mut parts = vec![];
-                if p["loss"].as_f64().unwrap_or(0.0) > 0.0 {
-                    parts.push(format!(
-                        "loss={:.2}%",
-                        p["loss"].as_f64().unwrap_or(0.0) * 100.0
-                    ));
-                }
-                if p["delay"].as_u64().unwrap_or(0) > 0 {
-                    parts.push(format!("delay={}us", p["delay"]));
-                }
-                if p["rate_bps"].as_u64().unwrap_or(0) > 0 {
-                    parts.push(format!("rate={}bit", p["rate_bps"]));
-                }
-                parts.join(" ")
-            }
-            _ => String::new(),
+        let sec = security["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["addr"] == n["addr"]);
+        let encrypted = match sec.map(|l| l["encrypted"].as_bool()) {
+            Some(Some(true)) => "yes",
+            Some(_) => "no",
+            None => "insecure",
         };
+        let peer_key: String = sec
+            .and_then(|l| l["public_key"].as_str())
+            .map(|k| format!("{}…", k.chars().take(8).collect::<String>()))
+            .unwrap_or_else(|| "-".into());
+        let loss = n["hello_loss_ratio"].as_f64().unwrap_or(0.0) * 100.0;
+        let link = emulation_summary(&n["emulation"]["params"]);
         let cut = if n["cut"].as_bool().unwrap_or(false) {
             " CUT"
         } else {
             ""
         };
         out += &format!(
-            "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>6.1}% {:>7}  {}{}\n",
+            "  {:<22} {:<15} {:<5} {:>9} {:>9} {:>6.1}% {:>7}  {:<10} {:<10}  {}{}\n",
             s(&n["addr"]),
             s(&n["node"]),
             s(&n["state"]),
@@ -93,6 +136,8 @@ pub fn render(v: &Value) -> String {
             s(&n["min_rtt_ms"]),
             loss,
             s(&n["cost"]),
+            encrypted,
+            peer_key,
             link,
             cut
         );
@@ -117,7 +162,7 @@ pub fn render(v: &Value) -> String {
         out += "\nsessions:\n";
         out += &format!(
             "  {:<22} {:<22} {:<12} {:>8} {:>10} {:>12} {:>12} {:>6}\n",
-            "local", "remote", "state", "rtt ms", "cwnd", "sent", "received", "retx"
+            "local", "remote", "state", "rtt ms", "cwnd B", "sent B", "recv B", "retx"
         );
         for x in sessions {
             let ep = |e: &Value| format!("{}:{}", s(&e["node"]), s(&e["port"]));
@@ -127,7 +172,7 @@ pub fn render(v: &Value) -> String {
                 ep(&x["remote"]),
                 s(&x["state"]),
                 s(&x["rtt_ms"]),
-                s(&x["cwnd"]),
+                s(&x["cwnd_bytes"]),
                 s(&x["bytes_sent"]),
                 s(&x["bytes_received"]),
                 s(&x["retransmits"])

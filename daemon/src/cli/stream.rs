@@ -77,7 +77,51 @@ fn pump(stream: UnixStream) -> Result<i32, String> {
     result
 }
 
+/// Why `node` cannot be reached right now, from the daemon's status (None: it can).
+pub fn unreachable_reason(status: &serde_json::Value, node: std::net::Ipv4Addr) -> Option<String> {
+    let name = node.to_string();
+    if status["node"].as_str() == Some(name.as_str()) {
+        return None;
+    }
+    let has_route = status["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["dst"].as_str() == Some(name.as_str()));
+    if has_route {
+        return None;
+    }
+    let known = status["known_nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| n.as_str() == Some(name.as_str()));
+    Some(if known {
+        format!("{name} is unreachable: the daemon knows it but has no route to it now (weft status shows the links)")
+    } else {
+        let reachable: Vec<&str> = status["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["dst"].as_str())
+            .collect();
+        format!(
+            "{name} is not a node of this overlay (reachable: {})",
+            if reachable.is_empty() {
+                "none".to_string()
+            } else {
+                reachable.join(" ")
+            }
+        )
+    })
+}
+
 pub fn cat(socket: &Path, a: CatArgs) -> Result<i32, String> {
+    // A session to a node nobody can reach would wait for its handshake to time out: say why
+    // at once instead.
+    if let Some(why) = unreachable_reason(&super::status::fetch(socket)?, *a.to.ip()) {
+        return Err(format!("connect to {}: {why}", a.to));
+    }
     let mut c = connect(socket)?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
     // SAFETY: `theirs` is a valid descriptor we own; converted to pass it to the daemon.
@@ -107,7 +151,16 @@ pub fn cat(socket: &Path, a: CatArgs) -> Result<i32, String> {
         inode(&fd)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next_route_check = Instant::now() + Duration::from_millis(500);
     loop {
+        if Instant::now() >= next_route_check {
+            next_route_check = Instant::now() + Duration::from_millis(500);
+            if let Ok(status) = super::status::fetch(socket) {
+                if let Some(why) = unreachable_reason(&status, *a.to.ip()) {
+                    return Err(format!("connect to {}: {why}", a.to));
+                }
+            }
+        }
         match check(
             c.request(Request::ConnectStatus { inode: ino })
                 .map_err(|e| e.to_string())?,

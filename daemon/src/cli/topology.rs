@@ -1,220 +1,186 @@
-//! Small topologies for local overlays: built-in shapes or a file of links.
-//!
-//! Built-ins: `chain:N`, `ring:N`, `diamond`, `diamond-tail`, `grid:RxC`, `random:N[:SEED]`,
-//! each optionally followed by `@SPEC` (link emulation for every link, e.g.
-//! `chain:5@delay=20ms,loss=2%`). A file has one link per line, `A B [SPEC...]`, nodes
-//! numbered from 1 (node N lives at 127.0.0.N); `#` starts a comment.
+//! Topologies for local overlays, in the one format netemu reads too (`weft_topology`: TOML
+//! files like `topologies/diamond.toml`, or `chain:N`, `ring:N`, `diamond`, `diamond-tail`,
+//! `grid:RxC`, `random:N[:SEED]`, optionally `@PARAMS`). Node `i` (1-based, in file order)
+//! lives at 127.0.0.i; each direction's parameters become the receive-side emulation of the
+//! daemon at its far end. `cost` and `congestion_control` are netemu's (weft routes by itself);
+//! `mtu` (an IP MTU) sets the daemons' UDP payload (`mtu - 28`).
 
 use crate::emulation::LinkParams;
-use rand::{Rng, SeedableRng};
-use std::collections::BTreeSet;
-use std::path::Path;
+use weft_topology::ParamPatch;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topology {
     pub name: String,
+    /// Node names from the file (`n1`, `n2`, ... for shapes).
+    pub names: Vec<String>,
     pub nodes: usize,
-    /// (a, b, emulation spec applied to both directions), 1-based node numbers, a < b.
-    pub links: Vec<(usize, usize, String)>,
+    /// (a, b), 1-based node numbers, a < b.
+    pub links: Vec<(usize, usize)>,
+    /// Per node (1-based index - 1): its neighbours and the emulation spec for packets from
+    /// each (`weftd --neighbor ADDR/SPEC` / `[[neighbor]] link` syntax; empty: none).
+    neighbors: Vec<Vec<(usize, String)>>,
+    /// The daemons' `mtu` (UDP payload), when the file sets an IP MTU.
+    pub daemon_mtu: Option<u32>,
 }
 
-fn edges_to_links(
-    edges: impl IntoIterator<Item = (usize, usize)>,
-    spec: &str,
-) -> Vec<(usize, usize, String)> {
-    let set: BTreeSet<(usize, usize)> = edges
-        .into_iter()
-        .map(|(a, b)| (a.min(b), a.max(b)))
-        .collect();
-    set.into_iter()
-        .map(|(a, b)| (a, b, spec.to_string()))
-        .collect()
-}
-
-fn count(s: &str, what: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|_| format!("topology `{what}`: `{s}` is not a number"))?;
-    if !(2..=250).contains(&n) {
-        return Err(format!("topology `{what}`: {n} nodes is outside 2..=250"));
+/// A patch as the daemons' emulation spec, applied on top of `base`.
+fn to_daemon(base: LinkParams, patch: &ParamPatch) -> Result<LinkParams, String> {
+    if patch.ge.is_some() {
+        return Err(
+            "ge: the daemons' emulation has no explicit Gilbert-Elliott chain (use loss_pct and burst_pct)"
+                .into(),
+        );
     }
-    Ok(n)
+    let mut words = Vec::new();
+    if let Some(ms) = patch.delay_ms {
+        words.push(format!("delay={}us", (ms * 1e3).round()));
+    }
+    if let Some(ms) = patch.jitter_ms {
+        words.push(format!("jitter={}us", (ms * 1e3).round()));
+    }
+    if let Some(p) = patch.loss_pct {
+        words.push(format!("loss={p}%"));
+    }
+    if let Some(p) = patch.burst_pct {
+        words.push(format!("burst={p}%"));
+    }
+    if let Some(m) = patch.rate_mbit {
+        words.push(format!("rate={}bit", (m * 1e6).round()));
+    }
+    let mut params = base.apply_spec(&words.join(" "))?;
+    match (patch.queue_bytes, patch.queue_ms) {
+        (Some(_), Some(_)) => return Err("queue_bytes: give either queue_bytes or queue_ms".into()),
+        (Some(b), None) => params.queue_bytes = b,
+        (None, Some(ms)) if params.rate_bps > 0 => {
+            params.queue_bytes = (params.rate_bps as f64 / 8.0 * ms / 1e3).round() as u64
+        }
+        (None, Some(_)) => return Err("queue_ms: needs a rate (rate_mbit)".into()),
+        (None, None) => {}
+    }
+    Ok(params)
+}
+
+/// The spec string `LinkParams::apply_spec` reads back into `p` (empty for no emulation).
+fn spec_of(p: &LinkParams) -> String {
+    if p.is_identity() && p.queue_bytes == 0 {
+        return String::new();
+    }
+    let mut words = vec![
+        format!("delay={}us", p.delay.as_micros()),
+        format!("jitter={}us", p.jitter.as_micros()),
+        format!("loss={}%", p.loss * 100.0),
+        format!("burst={}%", p.burst * 100.0),
+    ];
+    if p.rate_bps > 0 {
+        words.push(format!("rate={}bit", p.rate_bps));
+    }
+    if p.queue_bytes > 0 {
+        words.push(format!("queue={}b", p.queue_bytes));
+    }
+    words.join(" ")
 }
 
 impl Topology {
     pub fn parse(spec: &str) -> Result<Topology, String> {
-        if Path::new(spec).is_file() {
-            return Self::from_file(Path::new(spec));
+        let t =
+            weft_topology::Topology::load(spec).map_err(|e| format!("topology `{spec}`: {e}"))?;
+        if t.links.is_empty() {
+            return Err(format!("topology `{spec}`: no links"));
         }
-        let (shape, link_spec) = match spec.split_once('@') {
-            Some((s, l)) => (s, l.replace(',', " ")),
-            None => (spec, String::new()),
-        };
-        if !link_spec.is_empty() {
-            LinkParams::default().apply_spec(&link_spec)?;
+        let base = to_daemon(LinkParams::default(), &t.defaults)
+            .map_err(|e| format!("topology `{spec}`: defaults: {e}"))?;
+        let mut neighbors = vec![Vec::new(); t.nodes.len()];
+        for l in &t.links {
+            let context = |e: String| {
+                format!(
+                    "topology `{spec}`: link {}-{}: {e}",
+                    t.nodes[l.a], t.nodes[l.b]
+                )
+            };
+            // What a receives comes from b (the reverse direction), and the other way round.
+            let at_a = to_daemon(base, &l.reverse).map_err(context)?;
+            let at_b = to_daemon(base, &l.forward).map_err(context)?;
+            neighbors[l.a].push((l.b + 1, spec_of(&at_a)));
+            neighbors[l.b].push((l.a + 1, spec_of(&at_b)));
         }
-        let mut parts = shape.split(':');
-        let kind = parts.next().unwrap_or_default();
-        let arg = parts.next();
-        let (nodes, edges): (usize, Vec<(usize, usize)>) = match (kind, arg) {
-            ("chain", Some(n)) => {
-                let n = count(n, "chain")?;
-                (n, (1..n).map(|i| (i, i + 1)).collect())
-            }
-            ("ring", Some(n)) => {
-                let n = count(n, "ring")?;
-                let mut e: Vec<_> = (1..n).map(|i| (i, i + 1)).collect();
-                if n > 2 {
-                    e.push((n, 1));
-                }
-                (n, e)
-            }
-            ("diamond", None) => (4, vec![(1, 2), (1, 3), (2, 4), (3, 4)]),
-            ("diamond-tail", None) => (5, vec![(1, 2), (1, 3), (2, 4), (3, 4), (4, 5)]),
-            ("grid", Some(rc)) => {
-                let (r, c) = rc.split_once('x').ok_or("topology `grid`: expected grid:RxC")?;
-                let (r, c): (usize, usize) = (
-                    r.parse().map_err(|_| "topology `grid`: bad row count")?,
-                    c.parse().map_err(|_| "topology `grid`: bad column count")?,
-                );
-                if r * c < 2 || r * c > 250 {
-                    return Err("topology `grid`: 2..=250 nodes".into());
-                }
-                let id = |i: usize, j: usize| i * c + j + 1;
-                let mut e = Vec::new();
-                for i in 0..r {
-                    for j in 0..c {
-                        if j + 1 < c {
-                            e.push((id(i, j), id(i, j + 1)));
-                        }
-                        if i + 1 < r {
-                            e.push((id(i, j), id(i + 1, j)));
-                        }
-                    }
-                }
-                (r * c, e)
-            }
-            ("random", Some(n)) => {
-                let n = count(n, "random")?;
-                let seed: u64 = match parts.next() {
-                    Some(s) => s.parse().map_err(|_| format!("topology `random`: bad seed `{s}`"))?,
-                    None => 1,
-                };
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-                let mut e = BTreeSet::new();
-                for i in 2..=n {
-                    let j = rng.gen_range(1..i);
-                    e.insert((j, i));
-                }
-                let extra = n / 2;
-                let mut tries = 0;
-                while e.len() < n - 1 + extra && tries < 10_000 {
-                    tries += 1;
-                    let (a, b) = (rng.gen_range(1..=n), rng.gen_range(1..=n));
-                    if a != b {
-                        e.insert((a.min(b), a.max(b)));
-                    }
-                }
-                (n, e.into_iter().collect())
-            }
-            _ => {
-                return Err(format!(
-                    "topology `{spec}`: expected a file or chain:N, ring:N, diamond, diamond-tail, grid:RxC, random:N[:SEED]"
-                ))
-            }
+        let name = match std::path::Path::new(spec).is_file() {
+            true => weft_topology::sanitize(&t.name),
+            false => t.name.clone(),
         };
         Ok(Topology {
-            name: sanitize(spec),
-            nodes,
-            links: edges_to_links(edges, &link_spec),
+            name,
+            nodes: t.nodes.len(),
+            links: t
+                .links
+                .iter()
+                .map(|l| ((l.a + 1).min(l.b + 1), (l.a + 1).max(l.b + 1)))
+                .collect(),
+            names: t.nodes,
+            neighbors,
+            daemon_mtu: t.mtu.map(|m| m.saturating_sub(28)),
         })
     }
 
-    pub fn from_file(path: &Path) -> Result<Topology, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut links = Vec::new();
-        let mut nodes = 0;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
-                continue;
-            }
-            let at = |msg: String| format!("{}:{}: {msg}", path.display(), i + 1);
-            let mut words = line.split_whitespace();
-            let a: usize = words
-                .next()
-                .and_then(|w| w.parse().ok())
-                .ok_or_else(|| at("expected `A B [link spec]`".into()))?;
-            let b: usize = words
-                .next()
-                .and_then(|w| w.parse().ok())
-                .ok_or_else(|| at("expected `A B [link spec]`".into()))?;
-            if a == 0 || b == 0 || a > 250 || b > 250 || a == b {
-                return Err(at(format!("bad link {a}-{b} (nodes are 1..=250)")));
-            }
-            let spec: Vec<&str> = words.collect();
-            let spec = spec.join(" ");
-            LinkParams::default().apply_spec(&spec).map_err(at)?;
-            nodes = nodes.max(a).max(b);
-            links.push((a.min(b), a.max(b), spec));
-        }
-        if links.is_empty() {
-            return Err(format!("{}: no links", path.display()));
-        }
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "overlay".into());
-        Ok(Topology {
-            name: sanitize(&name),
-            nodes,
-            links,
-        })
-    }
-
+    /// Node `n`'s (1-based) neighbours and the emulation spec for packets from each.
     pub fn neighbors_of(&self, n: usize) -> impl Iterator<Item = (usize, &str)> + '_ {
-        self.links.iter().filter_map(move |(a, b, s)| {
-            if *a == n {
-                Some((*b, s.as_str()))
-            } else if *b == n {
-                Some((*a, s.as_str()))
-            } else {
-                None
-            }
-        })
+        self.neighbors
+            .get(n.wrapping_sub(1))
+            .into_iter()
+            .flatten()
+            .map(|(m, s)| (*m, s.as_str()))
     }
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
-    fn shapes() {
+    fn shapes_and_files_give_per_direction_emulation() {
         let t = Topology::parse("chain:4").unwrap();
         assert_eq!(t.nodes, 4);
         assert_eq!(t.links.len(), 3);
-        assert_eq!(Topology::parse("ring:5").unwrap().links.len(), 5);
-        assert_eq!(Topology::parse("diamond-tail").unwrap().links.len(), 5);
-        assert_eq!(Topology::parse("grid:3x3").unwrap().links.len(), 12);
-        let r = Topology::parse("random:20:7").unwrap();
-        assert_eq!(r.nodes, 20);
-        assert!(r.links.len() >= 19);
+        assert_eq!(
+            t.neighbors_of(2).map(|(m, _)| m).collect::<Vec<_>>(),
+            [1, 3]
+        );
+        assert_eq!(t.neighbors_of(1).next(), Some((2, "")));
         let t = Topology::parse("chain:3@delay=20ms,loss=2%").unwrap();
-        assert_eq!(t.links[0].2, "delay=20ms loss=2%");
+        let spec = t.neighbors_of(1).next().unwrap().1.to_string();
+        let p = LinkParams::default().apply_spec(&spec).unwrap();
+        assert_eq!(p.delay, Duration::from_millis(20));
+        assert!((p.loss - 0.02).abs() < 1e-12);
         assert!(Topology::parse("chain:3@delay=soon").is_err());
         assert!(Topology::parse("blob").is_err());
+
+        // The shipped diamond: s-b is 15 ms both ways on top of the 10 ms / 100 Mbit/s default.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../topologies/diamond.toml");
+        let t = Topology::parse(path).unwrap();
+        assert_eq!(t.names, ["s", "a", "b", "d"]);
+        let (_, from_b) = t.neighbors_of(1).find(|(m, _)| *m == 3).unwrap();
+        let p = LinkParams::default().apply_spec(from_b).unwrap();
+        assert_eq!(p.delay, Duration::from_millis(15));
+        assert_eq!(p.rate_bps, 100_000_000);
+        // queue_ms = 50 at 100 Mbit/s.
+        assert_eq!(p.queue_bytes, 625_000);
+    }
+
+    #[test]
+    fn directions_land_at_the_receiving_daemon() {
+        let dir = std::env::temp_dir().join(format!("weft-topo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("asym.toml");
+        std::fs::write(
+            &f,
+            "name = \"asym\"\nnodes = [\"x\", \"y\"]\n[[link]]\nbetween = [\"x\", \"y\"]\n[link.forward]\nloss_pct = 5\n",
+        )
+        .unwrap();
+        let t = Topology::parse(f.to_str().unwrap()).unwrap();
+        // x -> y loses 5 %: y's emulation of packets from x.
+        let at_y = t.neighbors_of(2).next().unwrap().1;
+        assert!(at_y.contains("loss=5%"), "{at_y}");
+        assert_eq!(t.neighbors_of(1).next().unwrap().1, "");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -155,6 +155,10 @@ impl Daemon {
                     Err(e) => ipc_err(libc::EINVAL, e),
                 }
             }
+            Request::Neighbor { addr, action } => match self.neighbor_request(addr, action) {
+                Ok(()) => Reply::Ok,
+                Err(e) => ipc_err(libc::EINVAL, e),
+            },
             Request::BindDatagram { port, deliver_to } => {
                 let port = if port == 0 {
                     match (49152..=65535u16).find(|p| !self.ports.contains_key(p)) {

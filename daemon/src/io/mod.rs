@@ -4,16 +4,21 @@
 mod clients;
 pub mod clock;
 pub mod control;
+pub mod echo;
 mod groups;
 mod kernel_groups;
 mod listeners;
+mod metrics;
 mod proxies;
+mod reload;
 mod rings;
+mod stop;
 pub mod streams;
 pub mod udp;
 
 use crate::config::DaemonConfig;
-use crate::emulation::{Emulation, EmulationCounters, LinkParams, Verdict};
+use crate::emulation::{Emulation, EmulationStatus, Verdict};
+use crate::link_security::{LinkSecurity, SecurityStatus};
 use crate::overlay::links::NeighborStatus;
 use crate::overlay::{Node, NodeEvent, SendError};
 use clock::Clock;
@@ -35,6 +40,8 @@ const UDP: Token = Token(0);
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CONN_BASE: usize = 1 << 32;
+/// Loop wake-up period while a clean stop waits for sessions.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 const STREAM_BASE: usize = 2 << 32;
 const PROXY_BASE: usize = 3 << 32;
 const CLAIM_BASE: usize = 4 << 32;
@@ -70,10 +77,17 @@ struct DaemonCounters {
     proxy_send_failed: u64,
     /// Group datagrams sent once to loopback for the kernel to deliver to member sockets.
     group_loopback_sends: u64,
+    /// Passes of the event loop (wake-ups from epoll, timers included).
+    loop_passes: u64,
 }
+
+/// Version of the `weft status --json` document. Bump it when a field changes meaning or
+/// disappears (adding a field does not); docs/status-json.md describes each version.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
 
 #[derive(Serialize)]
 struct DaemonStatus<'a> {
+    schema_version: u32,
     #[serde(flatten)]
     node: crate::overlay::status::NodeStatus,
     emulation: bool,
@@ -90,7 +104,9 @@ struct DaemonStatus<'a> {
     member_checks: u64,
     member_sockets_closed: u64,
     daemon_counters: &'a DaemonCounters,
+    udp: udp::UdpCounters,
     rings: rings::RingCounters,
+    security: SecurityStatus,
 }
 
 /// A neighbour as the node sees it, with what the emulation layer does to its packets.
@@ -98,7 +114,7 @@ struct DaemonStatus<'a> {
 struct DaemonNeighbor {
     #[serde(flatten)]
     link: NeighborStatus,
-    emulation: Option<(LinkParams, EmulationCounters)>,
+    emulation: Option<EmulationStatus>,
 }
 
 #[derive(Serialize)]
@@ -113,7 +129,10 @@ pub struct Daemon {
     poll: Poll,
     clock: Clock,
     node: Node,
-    /// Between the socket and the node: what `--emulation` does to received packets.
+    /// Nearest the socket: every datagram authenticated and decrypted on the way in, sealed
+    /// on the way out (nothing with `--insecure`).
+    security: LinkSecurity,
+    /// Between link security and the node: what `--emulation` does to received packets.
     emulation: Emulation,
     udp: OverlaySocket,
     udp_backlog: TxQueue,
@@ -142,6 +161,16 @@ pub struct Daemon {
     /// Per local port: how its datagrams to groups travel.
     mc_send: HashMap<u16, groups::SendOptions>,
     proxies: proxies::Proxies,
+    /// What SIGHUP reloads from (None: started without a configuration to re-read).
+    reloader: Option<reload::Reloader>,
+    /// The Prometheus endpoint, when `metrics` is set.
+    metrics: Option<metrics::MetricsServer>,
+    /// Set by SIGTERM/SIGINT: until when local sessions may finish (`stop.rs`).
+    stopping: Option<std::time::Instant>,
+    /// Set once the sessions are finished or reset: until when the links may deliver the
+    /// last resets before the node leaves (`stop.rs`).
+    lingering: Option<std::time::Instant>,
+    echo_budget: echo::EchoBudget,
     /// Kernel delivery of group datagrams, when this daemon holds its namespace's claim.
     kernel_groups: Option<kernel_groups::KernelGroups>,
 }
@@ -190,6 +219,10 @@ impl Daemon {
                 )
             })
             .map_err(|e| format!("epoll register: {e}"))?;
+        let metrics = match cfg.metrics {
+            Some(addr) => Some(metrics::MetricsServer::bind(addr, poll.registry())?),
+            None => None,
+        };
         let clock = Clock::new();
         let incarnation: u32 = rand::random::<u32>() | 1;
         let node = Node::new(
@@ -200,11 +233,17 @@ impl Daemon {
             rand::random(),
         );
         let emulation = Emulation::new(cfg.emulation.enabled, &cfg.emulation.links, rand::random());
+        let wall_clock_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let security = LinkSecurity::new(&cfg.security, clock.now(), wall_clock_us);
         Ok(Daemon {
             cfg,
             poll,
             clock,
             node,
+            security,
             emulation,
             udp,
             udp_backlog: TxQueue::default(),
@@ -229,6 +268,11 @@ impl Daemon {
             ring_counters: Default::default(),
             mc_send: HashMap::new(),
             proxies: proxies::Proxies::default(),
+            reloader: None,
+            metrics,
+            stopping: None,
+            lingering: None,
+            echo_budget: Default::default(),
             kernel_groups: None,
         })
         .map(|mut d| {
@@ -243,17 +287,25 @@ impl Daemon {
             listen = %self.cfg.listen,
             socket = %self.cfg.socket.display(),
             neighbors = self.cfg.node.neighbors.len(),
+            metrics = %self.metrics.as_ref().and_then(|m| m.local_addr()).map_or("off".into(), |a| format!("http://{a}/metrics")),
+            security = if self.security.is_secure() { "encrypted" } else { "insecure" },
+            public_key = self.security.public_key().map(|k| k.to_string()).unwrap_or_default(),
             "weftd running"
         );
         let mut events = Events::with_capacity(256);
         while !self.stop {
             // Streams left with work (a busy ring yields after a few passes) must not wait.
-            let timeout = if self.dirty_streams.is_empty() {
-                let next = [self.node.poll_timeout(), self.emulation.next_due()]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map(|t| self.clock.until(t));
+            let mut timeout = if self.dirty_streams.is_empty() {
+                let now = self.clock.now();
+                let next = [
+                    self.node.poll_timeout(),
+                    self.emulation.next_due(),
+                    self.security.poll_timeout(now),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| self.clock.until(t));
                 match (next, self.kernel_check_timeout()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -261,11 +313,16 @@ impl Daemon {
             } else {
                 Some(std::time::Duration::ZERO)
             };
+            if self.stopping.is_some() {
+                // Look at the sessions' progress often while stopping.
+                timeout = Some(timeout.map_or(STOP_POLL, |t| t.min(STOP_POLL)));
+            }
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(format!("epoll: {e}"));
                 }
             }
+            self.counters.loop_passes += 1;
             for ev in events.iter() {
                 match ev.token() {
                     UDP => {
@@ -278,6 +335,12 @@ impl Daemon {
                     }
                     LISTENER => self.accept_clients(),
                     SIGNALS => self.read_signals(),
+                    metrics::LISTENER => self.metrics_listener_event(),
+                    Token(t) if t >= metrics::CONN_BASE => self.metrics_conn_event(
+                        t - metrics::CONN_BASE,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable(),
+                    ),
                     Token(t) if t >= RING_BASE => self.ring_event((t - RING_BASE) as u64),
                     Token(t) if t >= CLAIM_BASE => self.claim_event((t - CLAIM_BASE) as u16),
                     Token(t) if t >= PROXY_BASE => self.read_proxy(t - PROXY_BASE),
@@ -302,6 +365,7 @@ impl Daemon {
                 }
             }
             let now = self.clock.now();
+            self.security.handle_timeout(now);
             // Emulated packets whose time has come.
             while let Some((from, packet)) = self.emulation.pop_due(now) {
                 self.node.handle_datagram(now, from, &packet);
@@ -313,6 +377,9 @@ impl Daemon {
             self.service_streams();
             self.housekeeping();
             self.flush_udp();
+            if let Some(deadline) = self.stopping {
+                self.continue_stop(deadline);
+            }
         }
         info!("weftd stopping");
         Ok(())
@@ -320,8 +387,13 @@ impl Daemon {
 
     fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            info!(signal = info.ssi_signo, "signal received");
-            self.stop = true;
+            if info.ssi_signo == Signal::SIGHUP as u32 {
+                info!("SIGHUP: reloading the configuration");
+                self.reload();
+            } else {
+                info!(signal = info.ssi_signo, "signal received: stopping");
+                self.begin_stop();
+            }
         }
     }
 
@@ -342,13 +414,18 @@ impl Daemon {
             }
             let now = self.clock.now();
             for i in 0..n {
-                let (from, datagrams) = self.udp.received(i);
+                let (from, datagrams) = self.udp.received_mut(i);
                 for data in datagrams {
-                    if self.emulation.admit(now, from, data) == Verdict::Pass {
-                        self.node.handle_datagram(now, from, data);
+                    // Authenticated and decrypted before anything else reads it.
+                    let Some(packet) = self.security.open(now, from, data) else {
+                        continue;
+                    };
+                    if self.emulation.admit(now, from, packet) == Verdict::Pass {
+                        self.node.handle_datagram(now, from, packet);
                     }
                 }
             }
+            self.bind_identities();
             self.drain_node();
         }
     }
@@ -385,13 +462,31 @@ impl Daemon {
         }
     }
 
+    /// Keys that link handshakes proved for neighbours' node ids: the keys that may sign
+    /// their flooded state.
+    fn bind_identities(&mut self) {
+        while let Some((node, key)) = self.security.poll_identity() {
+            self.node.bind_neighbor_key(node, key);
+        }
+    }
+
     /// Moves everything the node produced to where it goes.
     fn drain_node(&mut self) {
         let now = self.clock.now();
-        let node = &mut self.node;
+        let (node, security) = (&mut self.node, &mut self.security);
+        // Each datagram is sealed where the node wrote it; one without a session yet is
+        // dropped (counted) and the node's own retries resend it.
+        while self.udp_backlog.push_with(|buf| loop {
+            let start = buf.len();
+            let t = node.poll_transmit(now, buf)?;
+            match security.seal(now, t.dst, buf, start) {
+                Some(len) => return Some((t.dst, len)),
+                None => buf.truncate(start),
+            }
+        }) {}
         while self
             .udp_backlog
-            .push_with(|buf| node.poll_transmit(now, buf).map(|t| (t.dst, t.len)))
+            .push_with(|buf| security.poll_transmit(buf))
         {}
         // Sends are batched until the end of the loop iteration (fewer, larger sendmmsg and
         // GSO runs), unless enough piled up to fill a batch now.
@@ -439,12 +534,19 @@ impl Daemon {
                 let to = *to;
                 self.deliver_via_proxy(src, to, &payload);
             }
-            None => self.counters.datagrams_no_listener += 1,
+            None => {
+                if !(dst.port == echo::ECHO_PORT && self.echo(src, &payload)) {
+                    self.counters.datagrams_no_listener += 1;
+                }
+            }
         }
     }
 
     fn housekeeping(&mut self) {
         self.expire_outcomes();
+        if let Some(m) = self.metrics.as_mut() {
+            m.expire();
+        }
         self.check_kernel_members(false);
         let now = self.clock.now();
         for sid in self.listeners.expire_claims() {
@@ -463,6 +565,7 @@ impl Daemon {
             })
             .collect();
         DaemonStatus {
+            schema_version: STATUS_SCHEMA_VERSION,
             node,
             emulation: self.emulation.enabled(),
             neighbors,
@@ -488,6 +591,8 @@ impl Daemon {
             member_checks: self.kernel_groups.as_ref().map_or(0, |k| k.checks),
             member_sockets_closed: self.kernel_groups.as_ref().map_or(0, |k| k.closed_found),
             rings: self.ring_counters(),
+            udp: self.udp.counters(),
+            security: self.security.status(now),
             daemon_counters: &self.counters,
         }
     }

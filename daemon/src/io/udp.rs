@@ -20,6 +20,21 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
 const CMSG_SPACE: usize = 32;
 
+/// What the socket did, for `weft status` (the bench divides datagrams by calls: how well
+/// batching and segmentation offload work on the path at hand).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct UdpCounters {
+    /// `recvmmsg` calls that returned something, and the datagrams they carried.
+    pub recv_calls: u64,
+    pub recv_datagrams: u64,
+    /// Receive buffers that held several coalesced (GRO) datagrams.
+    pub recv_coalesced: u64,
+    /// `sendmmsg` calls, the messages they carried (one per segmented run) and the datagrams.
+    pub send_calls: u64,
+    pub send_messages: u64,
+    pub send_datagrams: u64,
+}
+
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct Cmsg([u8; CMSG_SPACE]);
@@ -33,6 +48,7 @@ pub struct OverlaySocket {
     addrs: [libc::sockaddr_in; BATCH],
     cmsgs: [Cmsg; BATCH],
     gso: bool,
+    counters: UdpCounters,
 }
 
 fn to_sockaddr(a: &SocketAddrV4) -> libc::sockaddr_in {
@@ -114,7 +130,12 @@ impl OverlaySocket {
             addrs: [to_sockaddr(&SocketAddrV4::new(0.into(), 0)); BATCH],
             cmsgs: [Cmsg([0; CMSG_SPACE]); BATCH],
             gso: std::env::var_os("WEFT_NO_GSO").is_none(),
+            counters: UdpCounters::default(),
         })
+    }
+
+    pub fn counters(&self) -> UdpCounters {
+        self.counters
     }
 
     /// Receives up to `BATCH` buffers; returns how many (0 when none are waiting).
@@ -151,6 +172,7 @@ impl OverlaySocket {
                     _ => Err(e),
                 };
             }
+            self.counters.recv_calls += 1;
             for (i, msg) in msgs.iter().enumerate().take(n as usize) {
                 self.lens[i] = msg.msg_len as usize;
                 self.segs[i] = 0;
@@ -161,6 +183,13 @@ impl OverlaySocket {
                         self.segs[i] = size as usize;
                     }
                     hdr = libc::CMSG_NXTHDR(&msg.msg_hdr, hdr);
+                }
+                let seg = self.segs[i];
+                if seg > 0 && self.lens[i] > seg {
+                    self.counters.recv_coalesced += 1;
+                    self.counters.recv_datagrams += self.lens[i].div_ceil(seg) as u64;
+                } else {
+                    self.counters.recv_datagrams += 1;
                 }
             }
             Ok(n as usize)
@@ -176,6 +205,18 @@ impl OverlaySocket {
             self.segs[i]
         };
         (from_sockaddr(&self.addrs[i]), buf.chunks(seg))
+    }
+
+    /// Like [`Self::received`], with the datagrams writable (link security decrypts them in
+    /// place).
+    pub fn received_mut(&mut self, i: usize) -> (SocketAddr, std::slice::ChunksMut<'_, u8>) {
+        let buf = &mut self.bufs[i * SLOT..i * SLOT + self.lens[i]];
+        let seg = if self.segs[i] == 0 {
+            buf.len().max(1)
+        } else {
+            self.segs[i]
+        };
+        (from_sockaddr(&self.addrs[i]), buf.chunks_mut(seg))
     }
 
     /// Sends as many of `packets` as the socket takes; returns how many packets were consumed
@@ -252,6 +293,7 @@ impl OverlaySocket {
                 msgs.len() as libc::c_uint,
                 libc::MSG_DONTWAIT,
             );
+            self.counters.send_calls += 1;
             if n < 0 {
                 let e = io::Error::last_os_error();
                 return match e.raw_os_error() {
@@ -266,7 +308,10 @@ impl OverlaySocket {
                     _ => Err(e),
                 };
             }
-            Ok(groups.iter().take(n as usize).map(|g| g.3).sum())
+            let sent: usize = groups.iter().take(n as usize).map(|g| g.3).sum();
+            self.counters.send_messages += n as u64;
+            self.counters.send_datagrams += sent as u64;
+            Ok(sent)
         }
     }
 }

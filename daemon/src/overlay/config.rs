@@ -3,6 +3,7 @@
 
 use crate::overlay::neighbor::Metric;
 use crate::overlay::services::{ServiceConfig, DEFAULT_STABLE_PERIOD};
+use crate::overlay::trust::TrustConfig;
 use crate::overlay::wire::RoutedHeader;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,8 +19,8 @@ pub struct NeighborConfig {
     pub id: Option<NodeId>,
 }
 
-/// Bytes kept free at the end of every datagram for a future authentication tag.
-pub const AUTH_RESERVE: usize = 16;
+/// Bytes kept free at the end of every datagram for link security's trailer (counter + tag).
+pub const AUTH_RESERVE: usize = weft_secure::TRAILER_LEN;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -43,6 +44,8 @@ pub struct NodeConfig {
     /// How long a better-balanced owner must have been available before an address moves
     /// to it.
     pub service_stable_period: Duration,
+    /// Signing and checking of flooded state (None: an insecure overlay).
+    pub trust: Option<TrustConfig>,
 }
 
 impl NodeConfig {
@@ -60,6 +63,7 @@ impl NodeConfig {
             session: SessionConfig::default(),
             services: Vec::new(),
             service_stable_period: DEFAULT_STABLE_PERIOD,
+            trust: None,
         }
     }
 

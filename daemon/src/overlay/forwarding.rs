@@ -66,6 +66,9 @@ pub struct ForwardingCounters {
     pub rerouted: u64,
     pub ce_marked: u64,
     pub dropped_backpressure: u64,
+    /// Routed packets from a neighbour naming a source node the overlay does not know (or
+    /// this node itself): made-up senders never reach an application or another link.
+    pub unknown_source: u64,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +88,21 @@ impl Forwarder {
 
     pub fn count_no_route(&mut self) {
         self.counters.no_route += 1;
+    }
+
+    /// Whether a routed packet may be handled at all: one relayed by a neighbour must name a
+    /// source node the overlay knows, other than this one (counted when not).
+    pub fn admit_source(
+        &mut self,
+        routing: &Routing,
+        origin: Origin,
+        header: &RoutedHeader,
+    ) -> bool {
+        if matches!(origin, Origin::Relayed(_)) && !routing.knows_other(header.src.node) {
+            self.counters.unknown_source += 1;
+            return false;
+        }
+        true
     }
 
     /// The TTL a packet leaves with: one less on a relay (`Err` when it expires here), as it

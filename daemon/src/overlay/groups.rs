@@ -6,16 +6,19 @@
 
 use crate::overlay::events::NodeEvent;
 use crate::overlay::routing::{Routing, ShortestPathTree};
+use crate::overlay::trust::Refused;
 use crate::overlay::wire::{GroupDatagram, RoutedHeader, StateId, StateKind};
 use ahash::AHashMap as HashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use weft_core::{Endpoint, Instant, NodeId, Reader, Writer};
 use weft_multicast::{
     Applied, Forwarding, JoinError, MembershipRecord, MulticastStatus, ShortestPaths, SocketFilter,
     SocketId,
 };
+use weft_secure::SecretKey;
 
 /// A reliable group's receiver waits this long for a missing datagram before giving up on it.
 const ORDER_HOLD: Duration = Duration::from_secs(2);
@@ -85,6 +88,25 @@ impl FloodRecord {
     }
 }
 
+/// Signs this node's own records as they leave (secure overlays; others' records carry
+/// their origin's signature already). Ed25519 is deterministic: every copy is the same bytes.
+#[derive(Clone)]
+struct Signer {
+    local: NodeId,
+    key: Option<Arc<SecretKey>>,
+}
+
+impl Signer {
+    fn record(&self, rec: &MembershipRecord) -> FloodRecord {
+        match &self.key {
+            Some(key) if rec.origin() == self.local && rec.signature().is_none() => {
+                FloodRecord::of(&rec.clone().signed(key))
+            }
+            _ => FloodRecord::of(rec),
+        }
+    }
+}
+
 /// What to do about a membership record a neighbour sent.
 pub enum MembershipOutcome {
     /// Installed: flood it to every neighbour but the sender.
@@ -132,6 +154,7 @@ pub struct MulticastCounters {
 
 pub struct Groups {
     local: NodeId,
+    signer: Signer,
     mc: weft_multicast::Multicast,
     trees: SourceTrees,
     order: HashMap<(Endpoint, NodeId), Reorder>,
@@ -145,9 +168,11 @@ pub struct Groups {
 type Events = VecDeque<NodeEvent>;
 
 impl Groups {
-    pub fn new(local: NodeId, epoch: u64) -> Self {
+    /// `signer`: this node's key in a secure overlay (its records are signed).
+    pub fn new(local: NodeId, epoch: u64, signer: Option<Arc<SecretKey>>) -> Self {
         Groups {
             local,
+            signer: Signer { local, key: signer },
             mc: weft_multicast::Multicast::new(local, epoch),
             trees: SourceTrees::default(),
             order: HashMap::new(),
@@ -174,10 +199,11 @@ impl Groups {
         source: Option<NodeId>,
         reliable: bool,
     ) -> Result<Option<FloodRecord>, JoinError> {
+        let signer = &self.signer;
         Ok(self
             .mc
             .local_join(socket, group, source, reliable)?
-            .map(|r| FloodRecord::of(&r)))
+            .map(|r| signer.record(&r)))
     }
 
     pub fn leave(
@@ -186,10 +212,11 @@ impl Groups {
         group: NodeId,
         source: Option<NodeId>,
     ) -> Result<Option<FloodRecord>, JoinError> {
+        let signer = &self.signer;
         Ok(self
             .mc
             .local_leave(socket, group, source)?
-            .map(|r| FloodRecord::of(&r)))
+            .map(|r| signer.record(&r)))
     }
 
     /// A local socket's filter of `group` as the kernel holds it (`None`: not a member),
@@ -203,7 +230,7 @@ impl Groups {
     ) -> Option<FloodRecord> {
         self.mc
             .local_set_filter(socket, group, filter, reliable)
-            .map(|r| FloodRecord::of(&r))
+            .map(|r| self.signer.record(&r))
     }
 
     /// Some local socket is a member of `group`.
@@ -221,10 +248,11 @@ impl Groups {
 
     /// A socket went away: every membership it held ends.
     pub fn close(&mut self, socket: SocketId) -> Vec<FloodRecord> {
+        let signer = &self.signer;
         self.mc
             .local_close(socket)
             .iter()
-            .map(FloodRecord::of)
+            .map(|r| signer.record(r))
             .collect()
     }
 
@@ -239,24 +267,38 @@ impl Groups {
 
     /// Every record held, for a new neighbour's full sync.
     pub fn full_sync(&self) -> Vec<FloodRecord> {
-        self.mc.records().map(FloodRecord::of).collect()
+        self.mc.records().map(|r| self.signer.record(r)).collect()
     }
 
     /// A membership record from a neighbour: its id to acknowledge, and what to flood.
-    pub fn on_membership(&mut self, bytes: &[u8]) -> Option<(StateId, MembershipOutcome)> {
+    /// `check` says whether its origin signed it (`Trust`), before the database sees it: a
+    /// record refused for good is acknowledged (so the sender stops resending it) and
+    /// dropped; one whose origin's key is not known yet is not acknowledged, so it comes
+    /// again after the origin's advert.
+    pub fn on_membership(
+        &mut self,
+        bytes: &[u8],
+        check: impl FnOnce(&MembershipRecord) -> Result<(), Refused>,
+    ) -> Option<(StateId, MembershipOutcome)> {
         let Ok(rec) = MembershipRecord::decode(&mut Reader::new(bytes)) else {
             self.malformed += 1;
             return None;
         };
         let id = membership_id(&rec);
+        match check(&rec) {
+            Ok(()) => {}
+            Err(Refused::UnknownOrigin) => return None,
+            Err(_) => return Some((id, MembershipOutcome::Nothing)),
+        }
+        let signer = &self.signer;
         let outcome = match self.mc.apply(rec.clone()) {
             Applied::Newer => MembershipOutcome::Flood(FloodRecord::of(&rec)),
             Applied::Same => MembershipOutcome::Nothing,
             Applied::Older => match self.mc.record(rec.origin(), rec.group()) {
-                Some(ours) => MembershipOutcome::Reply(FloodRecord::of(ours)),
+                Some(ours) => MembershipOutcome::Reply(signer.record(ours)),
                 None => MembershipOutcome::Nothing,
             },
-            Applied::Corrected(fix) => MembershipOutcome::FloodAll(FloodRecord::of(&fix)),
+            Applied::Corrected(fix) => MembershipOutcome::FloodAll(signer.record(&fix)),
         };
         Some((id, outcome))
     }

@@ -4,6 +4,10 @@
 //! waiting to leave. It knows nothing of routes, sessions or groups: what others must react to
 //! it reports as [`LinkEvent`]s, and what it received for others it hands back as [`Inbound`].
 
+use crate::overlay::config::AUTH_RESERVE;
+mod membership;
+
+use crate::logging::Maybe;
 use crate::overlay::neighbor::{LinkState, Metric, Neighbor};
 use crate::overlay::wire::{self, Hello, StateId, StateKind, HELLO_PROBE};
 use ahash::AHashMap as HashMap;
@@ -13,13 +17,14 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tracing::{debug, info};
-use weft_core::{Header, Instant, NodeId, PacketKind, Writer, HEADER_LEN};
+use weft_core::{DecodeError, Header, Instant, NodeId, PacketKind, Writer, HEADER_LEN};
 use weft_transport::arq::{ArqConfig, ArqLink, Backpressure, BufferPool, FlowId};
 
 /// Spare packet buffers the links keep (about a megabyte and a half at the default MTU).
 const POOL_BUFFERS: usize = 1024;
 
-/// A neighbour's position in the configuration (stable for the node's life).
+/// A neighbour's slot (stable for the node's life: a removed neighbour's slot is retired,
+/// never reused for another address).
 pub type LinkId = usize;
 
 /// What `Links` needs from the node's configuration.
@@ -76,7 +81,14 @@ pub struct LinkCounters {
     pub dropped_cut: u64,
     pub neighbors_declared_dead: u64,
     pub neighbor_restarts: u64,
+    /// Neighbours that said they were leaving (a clean stop): links taken down at once.
+    pub neighbor_leaves: u64,
+    /// Datagrams from a neighbour speaking another wire version (dropped).
+    pub wire_version_mismatch: u64,
     pub state_packets_sent: u64,
+    /// Flooded records in those packets (resends included) and their bytes.
+    pub state_records_sent: u64,
+    pub state_record_bytes_sent: u64,
     pub reliable_before_up: u64,
 }
 
@@ -150,13 +162,18 @@ impl Links {
         self.events.pop_front()
     }
 
-    /// Each neighbour's address and node id (once known), in configuration order.
+    /// The neighbours linked now (not the removed ones), in the order they were added.
+    fn current(&self) -> impl Iterator<Item = &Neighbor> + '_ {
+        self.neighbors.iter().filter(|n| !n.retired)
+    }
+
+    /// Each neighbour's address and node id (once known), in the order they were added.
     pub fn neighbors(&self) -> impl Iterator<Item = (SocketAddr, Option<NodeId>)> + '_ {
-        self.neighbors.iter().map(|n| (n.addr, n.id))
+        self.current().map(|n| (n.addr, n.id))
     }
 
     pub fn states(&self) -> Vec<LinkState> {
-        self.neighbors.iter().map(|n| n.state).collect()
+        self.current().map(|n| n.state).collect()
     }
 
     pub fn is_up(&self, link: LinkId) -> bool {
@@ -214,6 +231,10 @@ impl Links {
         }
         let (header, body) = match Header::decode(data) {
             Ok(x) => x,
+            Err(DecodeError::Version(theirs)) => {
+                self.wire_version_mismatch(link, theirs);
+                return None;
+            }
             Err(e) => {
                 self.counters.malformed += 1;
                 debug!(peer = %self.neighbors[link].addr, "malformed packet: {e}");
@@ -231,7 +252,7 @@ impl Links {
         }
         let was_up = nbr.state == LinkState::Up;
         if nbr.observe_incarnation(header.sender, header.incarnation) {
-            info!(peer = %nbr.addr, node = %header.sender, "neighbour restarted (new incarnation)");
+            info!(peer = %nbr.addr, node = %header.sender, "neighbour restarted: new incarnation");
             self.counters.neighbor_restarts += 1;
             if was_up {
                 self.went_down(link);
@@ -245,6 +266,7 @@ impl Links {
         match header.kind {
             PacketKind::Hello => {
                 match Hello::decode(body) {
+                    Ok(_) if self.on_leaving_hello(now, link, header.flags) => {}
                     Ok(h) => {
                         self.on_hello(now, link, &h);
                         if header.flags & HELLO_PROBE != 0 {
@@ -324,7 +346,7 @@ impl Links {
             return;
         }
         let nbr = &self.neighbors[link];
-        info!(peer = %nbr.addr, node = ?nbr.id, ?before, ?state, "link state");
+        info!(peer = %nbr.addr, node = %Maybe(&nbr.id), before = %before, state = %state, "link state");
         if state == LinkState::Up {
             let cost = nbr.cost(self.cfg.metric);
             let arq_cfg = &self.cfg.arq;
@@ -370,12 +392,16 @@ impl Links {
     pub fn handle_timeout(&mut self, now: Instant) {
         for link in 0..self.neighbors.len() {
             let nbr = &mut self.neighbors[link];
+            if nbr.retired {
+                continue;
+            }
             if nbr.state != LinkState::Down
                 && nbr
                     .last_heard
                     .is_some_and(|t| now - t >= self.cfg.dead_interval)
             {
-                info!(peer = %nbr.addr, node = ?nbr.id, "neighbour dead: silent for {:?}", now - nbr.last_heard.unwrap_or(now));
+                let silent = now - nbr.last_heard.unwrap_or(now);
+                info!(peer = %nbr.addr, node = %Maybe(&nbr.id), silent_ms = silent.as_millis() as u64, "neighbour dead");
                 self.counters.neighbors_declared_dead += 1;
                 self.set_state(now, link, LinkState::Down);
             }
@@ -408,6 +434,9 @@ impl Links {
         let mut t: Option<Instant> = None;
         let mut at = |d: Instant| t = Some(t.map_or(d, |t| t.min(d)));
         for (i, n) in self.neighbors.iter().enumerate() {
+            if n.retired {
+                continue;
+            }
             at(n.next_hello);
             if let Some(p) = self.probe_due(i) {
                 at(p);
@@ -551,7 +580,7 @@ impl Links {
 
     /// Sends the records due on every link, batched into as few packets as fit.
     pub fn flush_floods(&mut self, now: Instant) {
-        let budget = self.cfg.mtu.saturating_sub(HEADER_LEN + 2);
+        let budget = self.cfg.mtu.saturating_sub(HEADER_LEN + AUTH_RESERVE + 2);
         for link in 0..self.neighbors.len() {
             let nbr = &mut self.neighbors[link];
             if nbr.state != LinkState::Up || nbr.cut || nbr.flood.is_empty() {
@@ -562,6 +591,9 @@ impl Links {
                 let refs: Vec<(StateKind, &[u8])> =
                     batch.iter().map(|(k, b)| (*k, b.as_slice())).collect();
                 self.counters.state_packets_sent += 1;
+                self.counters.state_records_sent += refs.len() as u64;
+                self.counters.state_record_bytes_sent +=
+                    refs.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
                 self.send(link, PacketKind::State, 0, |w| wire::encode_state(&refs, w));
             }
         }
@@ -606,18 +638,19 @@ impl Links {
 
     // ----- status -------------------------------------------------------------------------
 
+    /// One entry per current neighbour, in the order of [`Links::neighbors`].
     pub fn status(&self, now: Instant) -> Vec<NeighborStatus> {
-        self.neighbors
-            .iter()
+        self.current()
             .map(|n| NeighborStatus {
                 addr: n.addr.to_string(),
                 node: n.id,
                 state: n.state,
                 rtt_ms: n.srtt().map(|d| d.as_secs_f64() * 1e3),
                 min_rtt_ms: n.min_rtt().map(|d| d.as_secs_f64() * 1e3),
-                hello_loss: n.hello_loss,
+                hello_loss_ratio: n.hello_loss,
                 cost: (n.state == LinkState::Up).then_some(n.announced_cost),
                 cut: n.cut,
+                wire_version_mismatch: n.wire_version_mismatch,
                 up_for_ms: n.up_since.map(|t| (now - t).as_millis() as u64),
                 packets_in: n.packets_in,
                 packets_out: n.packets_out,
@@ -644,10 +677,13 @@ pub struct NeighborStatus {
     pub state: LinkState,
     pub rtt_ms: Option<f64>,
     pub min_rtt_ms: Option<f64>,
-    /// Fraction of the neighbour's hellos lost (EWMA).
-    pub hello_loss: f64,
+    /// Fraction of the neighbour's hellos lost (EWMA), 0..1.
+    pub hello_loss_ratio: f64,
+    /// The link's routing cost (unit: the status's `cost_unit`).
     pub cost: Option<u32>,
     pub cut: bool,
+    /// The neighbour's wire version when it differs from ours (its packets are dropped).
+    pub wire_version_mismatch: Option<u8>,
     pub up_for_ms: Option<u64>,
     pub packets_in: u64,
     pub packets_out: u64,
@@ -662,7 +698,7 @@ pub struct NeighborStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct ArqStatus {
     pub srtt_ms: f64,
-    pub cwnd: u64,
+    pub cwnd_bytes: u64,
     pub in_flight_bytes: u64,
     pub queued_bytes: u64,
     pub queued_flows: u64,
@@ -682,13 +718,17 @@ pub struct ArqStatus {
     pub congestion_events: u64,
     pub loss_rate_ppm: u64,
     pub duplicates: u64,
+    /// Standalone acks sent (acks riding on data are not counted).
+    pub acks_sent: u64,
+    /// Copies not sent because a stream of new packets followed their original.
+    pub redundant_copies_skipped: u64,
 }
 
 impl From<weft_transport::arq::ArqStats> for ArqStatus {
     fn from(s: weft_transport::arq::ArqStats) -> Self {
         ArqStatus {
             srtt_ms: s.srtt.as_secs_f64() * 1e3,
-            cwnd: s.cwnd,
+            cwnd_bytes: s.cwnd,
             in_flight_bytes: s.in_flight_bytes,
             queued_bytes: s.queued_bytes,
             queued_flows: s.queued_flows,
@@ -705,6 +745,8 @@ impl From<weft_transport::arq::ArqStats> for ArqStatus {
             congestion_events: s.congestion_events,
             loss_rate_ppm: s.loss_rate_ppm,
             duplicates: s.duplicates,
+            acks_sent: s.acks_sent,
+            redundant_copies_skipped: s.redundant_copies_skipped,
         }
     }
 }

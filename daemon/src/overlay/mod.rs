@@ -3,7 +3,7 @@
 //! back datagrams to send, events for local applications, and its next deadline.
 //!
 //! Modules depend on each other in one direction only (listed bottom-up): `wire`, `fragment`,
-//! `events`, `neighbor`, `flood`, `config` → `links`, `routing`, `datagrams`, `sessions` →
+//! `events`, `neighbor`, `flood`, `trust`, `config` → `links`, `routing`, `datagrams`, `sessions` →
 //! `forwarding`, `groups`, `services` → `status` → `node`.
 
 pub mod config;
@@ -20,6 +20,7 @@ pub mod routing;
 pub mod services;
 pub mod sessions;
 pub mod status;
+pub mod trust;
 pub mod wire;
 
 pub use config::{NeighborConfig, NodeConfig, AUTH_RESERVE};

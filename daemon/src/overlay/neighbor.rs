@@ -20,6 +20,16 @@ pub enum LinkState {
     Up,
 }
 
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkState::Down => "down",
+            LinkState::Init => "init",
+            LinkState::Up => "up",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Metric {
@@ -93,6 +103,11 @@ pub struct Neighbor {
     pub bytes_out: u64,
     /// Multicast copies sent on this link.
     pub mcast_out: u64,
+    /// Removed at run time (`weft neighbor remove`, a reload): kept as a cut, silent slot so
+    /// that link ids stay valid; `links/membership.rs` revives it if the address comes back.
+    pub retired: bool,
+    /// The wire version of the last packet it sent that we could not read (another weft).
+    pub wire_version_mismatch: Option<u8>,
 }
 
 impl Neighbor {
@@ -123,6 +138,8 @@ impl Neighbor {
             bytes_in: 0,
             bytes_out: 0,
             mcast_out: 0,
+            retired: false,
+            wire_version_mismatch: None,
         }
     }
 

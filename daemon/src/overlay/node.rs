@@ -10,23 +10,26 @@
 //! - [`Groups`]: multicast membership, trees and reliable-group order.
 //! - [`Datagrams`]: fragmentation and reassembly.
 //! - [`ServiceAddresses`]: who owns each service address, and where traffic to one goes.
+//! - [`Trust`]: which key may speak for each node; flooded records are checked against it
+//!   before Routing or Groups see them (secure overlays; Routing and Groups sign their own).
 //!
 //! Inputs record what changed; floods, route recomputation and the session pump run once per
 //! batch, in the first `poll_transmit` after it (the I/O layer hands a receive batch over,
 //! then drains).
 
-use crate::overlay::config::NodeConfig;
+use crate::overlay::config::{NeighborConfig, NodeConfig};
 use crate::overlay::datagrams::Datagrams;
 use crate::overlay::events::{NodeEvent, SessionId};
 use crate::overlay::forwarding::{Forwarder, Origin};
 use crate::overlay::fragment::MAX_DATAGRAM;
 use crate::overlay::groups::{FloodRecord, Groups, MembershipOutcome, MulticastCounters};
 use crate::overlay::links::{Inbound, LinkEvent, LinkId, Links, LinksConfig, TransmitMeta};
-use crate::overlay::neighbor::LinkState;
-use crate::overlay::routing::{AdvertOutcome, Routing};
+use crate::overlay::neighbor::{LinkState, Metric};
+use crate::overlay::routing::{AdvertOutcome, Routing, RoutingStats};
 use crate::overlay::services::{Resolved, ServiceAddresses, ServiceFlood, ServiceOutcome};
 use crate::overlay::sessions::{OpenError, SessionSummary, Sessions, SessionsConfig};
 use crate::overlay::status::{Counters, NodeStatus};
+use crate::overlay::trust::Trust;
 use crate::overlay::wire::{
     self, Class, GroupDatagram, LinkStateAdvert, Proto, RoutedHeader, RoutedPacket, StateId,
     StateKind,
@@ -65,6 +68,7 @@ pub struct Node {
     listeners_changed: bool,
     /// The latest `now` any input carried (for inputs that come without one).
     clock: Instant,
+    trust: Trust,
     events: VecDeque<NodeEvent>,
     /// Input arrived (at this time) since the last poll: floods, routes and sessions have
     /// work for the next `poll_transmit`.
@@ -114,14 +118,16 @@ impl Node {
             },
             seed,
         );
+        let signer = cfg.trust.as_ref().map(|t| t.identity.clone());
         let mut node = Node {
             incarnation,
             links,
-            routing: Routing::new(cfg.id, first_seq),
+            routing: Routing::new(cfg.id, first_seq, signer.clone()),
             forwarder: Forwarder::default(),
             datagrams: Datagrams::new(seed),
             sessions,
-            groups: Groups::new(cfg.id, first_seq),
+            groups: Groups::new(cfg.id, first_seq, signer),
+            trust: Trust::new(cfg.id, cfg.trust.clone()),
             services: ServiceAddresses::new(
                 weft_services::ServicesConfig {
                     local: cfg.id,
@@ -131,6 +137,7 @@ impl Node {
                     // What a restarted node needs to link up and hear its neighbours' claims.
                     claim_hold: cfg.dead_interval + cfg.hello_interval,
                 },
+                cfg.trust.as_ref().map(|t| t.identity.clone()),
                 now,
             ),
             listeners_changed: false,
@@ -158,6 +165,12 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.cfg
+    }
+
+    /// A neighbour's link proved `key` for `node` (link security's handshake): that key alone
+    /// may sign its flooded state.
+    pub fn bind_neighbor_key(&mut self, node: NodeId, key: weft_secure::PublicKey) {
+        self.trust.bind_neighbor(node, key);
     }
 
     // ----- inputs -------------------------------------------------------------------------
@@ -332,10 +345,16 @@ impl Node {
 
     /// A service record from `link`: install, flood on, answer. Returns what to acknowledge.
     fn on_service_record(&mut self, link: LinkId, bytes: &[u8]) -> Option<StateId> {
-        let Ok((id, outcome)) = self.services.on_record(self.clock, bytes) else {
-            self.malformed += 1;
-            return None;
-        };
+        let trust = &mut self.trust;
+        let (id, outcome) =
+            self.services
+                .on_record(self.clock, bytes, |rec| match trust.check_service(rec) {
+                    Ok(()) => Ok(()),
+                    Err(why) => {
+                        debug!(origin = %rec.origin, ?why, "service record refused");
+                        Err(why)
+                    }
+                })?;
         match outcome {
             ServiceOutcome::Flood(ServiceFlood { id, bytes }) => {
                 self.links.flood_record(id, &bytes, Some(link))
@@ -371,6 +390,12 @@ impl Node {
                         continue;
                     };
                     acks.push(advert.id());
+                    // Only its origin may speak for a node: refused (and counted) before the
+                    // database sees it, acknowledged so the sender stops resending it.
+                    if let Err(why) = self.trust.check_advert(&advert) {
+                        debug!(origin = %advert.origin, ?why, "advert refused");
+                        continue;
+                    }
                     match self.routing.on_advert(advert) {
                         AdvertOutcome::Flood(a) => {
                             self.links
@@ -385,7 +410,11 @@ impl Node {
                     }
                 }
                 StateKind::Membership => {
-                    let Some((id, outcome)) = self.groups.on_membership(bytes) else {
+                    let trust = &mut self.trust;
+                    let checked = self
+                        .groups
+                        .on_membership(bytes, |rec| trust.check_membership(rec));
+                    let Some((id, outcome)) = checked else {
                         continue;
                     };
                     acks.push(id);
@@ -416,6 +445,9 @@ impl Node {
             return None;
         };
         let header = view.header();
+        if !self.forwarder.admit_source(&self.routing, origin, &header) {
+            return None;
+        }
         if header.dst.node.is_multicast() {
             self.forward_group(now, origin, &header, &packet);
             return None;
@@ -538,7 +570,40 @@ impl Node {
         found
     }
 
-    /// Each configured neighbour's address and node id (once known), in configuration order.
+    /// A reloaded admitted list (`admitted_keys`) for the records flooded to us.
+    pub fn set_admitted(&mut self, admitted: Option<std::sync::Arc<weft_secure::Admitted>>) {
+        self.trust.set_admitted(admitted);
+    }
+
+    /// Links to a new neighbour while running (`weft neighbor add`, a reload).
+    pub fn add_neighbor(&mut self, now: Instant, n: NeighborConfig) -> Result<(), String> {
+        self.links.add_neighbor(now, n.addr, n.id)?;
+        self.cfg.neighbors.push(n);
+        self.touched(now);
+        Ok(())
+    }
+
+    /// Unlinks the neighbour at `addr` (telling it so); what its link held is rerouted.
+    pub fn remove_neighbor(&mut self, now: Instant, addr: SocketAddr) -> Result<(), String> {
+        self.links.remove_neighbor(now, addr)?;
+        self.cfg.neighbors.retain(|c| c.addr != addr);
+        self.link_events(now);
+        self.touched(now);
+        Ok(())
+    }
+
+    /// Every live link has delivered what it carries (see `Links::all_delivered`).
+    pub fn links_delivered(&self) -> bool {
+        self.links.all_delivered()
+    }
+
+    /// The node is stopping: every neighbour is told, so it reroutes at once.
+    pub fn leave(&mut self, now: Instant) {
+        self.links.leave(now);
+        self.touched(now);
+    }
+
+    /// Each neighbour's address and node id (once known), in the order they were added.
     pub fn neighbors(&self) -> impl Iterator<Item = (SocketAddr, Option<NodeId>)> + '_ {
         self.links.neighbors()
     }
@@ -555,6 +620,15 @@ impl Node {
     /// Next hop and path cost toward every reachable node.
     pub fn routes(&self) -> impl Iterator<Item = (NodeId, NodeId, u64)> + '_ {
         self.routing.routes()
+    }
+
+    /// The link-state advert held for `origin` (ours included).
+    pub fn advert(&self, origin: NodeId) -> Option<&LinkStateAdvert> {
+        self.routing.advert(origin)
+    }
+
+    pub fn routing_stats(&self) -> RoutingStats {
+        self.routing.stats()
     }
 
     // ----- local requests: datagrams ------------------------------------------------------
@@ -907,17 +981,22 @@ impl Node {
             datagrams_delivered: self.datagrams.delivered(),
             neighbors_declared_dead: l.neighbors_declared_dead,
             neighbor_restarts: l.neighbor_restarts,
+            neighbor_leaves: l.neighbor_leaves,
+            wire_version_mismatch: l.wire_version_mismatch,
             state_packets_sent: l.state_packets_sent,
+            state_records_sent: l.state_records_sent,
+            state_record_bytes_sent: l.state_record_bytes_sent,
             reliable_before_up: l.reliable_before_up,
             rerouted: f.rerouted,
             ce_marked: f.ce_marked,
             dropped_backpressure: f.dropped_backpressure,
             sessions_refused: s.sessions_refused,
+            unknown_source: f.unknown_source,
             reassembly: self.datagrams.reassembly(),
         }
     }
 
-    /// Each configured neighbour's link state, in configuration order.
+    /// Each neighbour's link state, in the order they were added.
     pub fn neighbor_states(&self) -> Vec<LinkState> {
         self.links.states()
     }
@@ -927,11 +1006,16 @@ impl Node {
             node: self.cfg.id,
             incarnation: self.incarnation,
             metric: self.cfg.metric,
+            cost_unit: match self.cfg.metric {
+                Metric::Latency => "us",
+                Metric::Hops => "hops",
+            },
             uptime_ms: (now - self.started).as_millis() as u64,
             hello_interval_ms: self.cfg.hello_interval.as_millis() as u64,
             dead_interval_ms: self.cfg.dead_interval.as_millis() as u64,
             neighbors: self.links.status(now),
             routes: self.routing.status(),
+            routing: self.routing.stats(),
             known_nodes: self.known_nodes(),
             listeners: self.listeners(),
             sessions: self.session_summaries(),
@@ -940,6 +1024,7 @@ impl Node {
             services: self.services.status(now),
             service_counters: self.services.counters(),
             counters: self.counters(),
+            trust: self.trust.counters(),
         }
     }
 }

@@ -10,9 +10,11 @@ use ahash::AHashMap as HashMap;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::debug;
 use weft_core::{Instant, NodeId};
+use weft_secure::SecretKey;
 
 /// Adverts of nodes unreachable this long are forgotten.
 const FORGET_UNREACHABLE: Duration = Duration::from_secs(60);
@@ -29,10 +31,26 @@ pub enum AdvertOutcome {
     Nothing,
 }
 
+/// What routing holds and has computed (`weft status`, the scale simulation).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RoutingStats {
+    /// Adverts in the link-state database (ours included) and the adjacencies they list.
+    pub adverts: usize,
+    pub advert_links: usize,
+    /// Shortest-path computations of our own routes (one per batch of input that changed the
+    /// database), and of other sources' trees (multicast).
+    pub spf_runs: u64,
+    pub source_trees: u64,
+    /// Heap bytes of the database, the graph built from it, our tree and the first hops, from
+    /// the containers' element sizes (allocator overhead not counted).
+    pub memory_bytes: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RouteStatus {
     pub dst: NodeId,
     pub next_hop: NodeId,
+    /// Unit: the status's `cost_unit`.
     pub cost: u64,
     pub path: Vec<NodeId>,
 }
@@ -49,17 +67,24 @@ pub struct Routing {
     tree: ShortestPathTree,
     first_hops: BTreeMap<NodeId, NodeId>,
     unreachable_since: HashMap<NodeId, Instant>,
+    spf_runs: u64,
+    source_trees: u64,
+    /// Signs our adverts (secure overlays): only their origin may speak for a node.
+    signer: Option<Arc<SecretKey>>,
 }
 
 impl Routing {
-    pub fn new(local: NodeId, first_seq: u64) -> Self {
+    pub fn new(local: NodeId, first_seq: u64, signer: Option<Arc<SecretKey>>) -> Self {
         Routing {
             local,
+            signer,
             lsdb: LinkStateDb::new(local, first_seq),
             computed: None,
             tree: ShortestPathTree::default(),
             first_hops: BTreeMap::new(),
             unreachable_since: HashMap::new(),
+            spf_runs: 0,
+            source_trees: 0,
         }
     }
 
@@ -69,7 +94,12 @@ impl Routing {
         adjacencies: Vec<(NodeId, u32)>,
         force: bool,
     ) -> Option<LinkStateAdvert> {
-        let advert = self.lsdb.originate(adjacencies, force)?;
+        let signer = self.signer.as_deref();
+        let advert = self.lsdb.originate_with(adjacencies, force, |a| {
+            if let Some(key) = signer {
+                a.sign(key);
+            }
+        })?;
         debug!(
             seq = advert.seq,
             links = advert.links.len(),
@@ -106,6 +136,7 @@ impl Routing {
             return false;
         }
         self.computed = Some(self.lsdb.generation());
+        self.spf_runs += 1;
         self.tree = self.lsdb.shortest_paths(self.local);
         let hops = self.tree.first_hops();
         if hops == self.first_hops {
@@ -123,7 +154,45 @@ impl Routing {
 
     /// The shortest-path tree rooted at another node (multicast forwards along those).
     pub fn tree_from(&mut self, source: NodeId) -> ShortestPathTree {
+        self.source_trees += 1;
         self.lsdb.shortest_paths(source)
+    }
+
+    /// The advert held for `origin` (ours included).
+    pub fn advert(&self, origin: NodeId) -> Option<&LinkStateAdvert> {
+        self.lsdb.get(origin)
+    }
+
+    pub fn stats(&self) -> RoutingStats {
+        use std::mem::size_of;
+        let adverts = self.lsdb.adverts.len();
+        let advert_links: usize = self.lsdb.adverts().map(|a| a.links.len()).sum();
+        let link_bytes: usize = self
+            .lsdb
+            .adverts()
+            .map(|a| a.links.capacity() * size_of::<(NodeId, u32)>())
+            .sum();
+        let db = adverts * (size_of::<NodeId>() + size_of::<LinkStateAdvert>()) + link_bytes;
+        let graph = self.lsdb.graph.as_ref().map_or(0, |(_, g)| {
+            g.nodes.capacity() * size_of::<NodeId>()
+                + g.edges.capacity() * size_of::<Vec<(u32, u32)>>()
+                + g.edges
+                    .iter()
+                    .map(|e| e.capacity() * size_of::<(u32, u32)>())
+                    .sum::<usize>()
+        });
+        let tree = self.tree.nodes.capacity() * size_of::<NodeId>()
+            + self.tree.dist.capacity() * size_of::<u64>()
+            + self.tree.parent.capacity() * size_of::<u32>();
+        let hops = self.first_hops.len() * 2 * size_of::<NodeId>()
+            + self.unreachable_since.len() * (size_of::<NodeId>() + size_of::<Instant>());
+        RoutingStats {
+            adverts,
+            advert_links,
+            spf_runs: self.spf_runs,
+            source_trees: self.source_trees,
+            memory_bytes: db + graph + tree + hops,
+        }
     }
 
     pub fn first_hop(&self, dst: NodeId) -> Option<NodeId> {
@@ -132,6 +201,11 @@ impl Routing {
 
     pub fn is_reachable(&self, node: NodeId) -> bool {
         node == self.local || self.first_hops.contains_key(&node)
+    }
+
+    /// Whether `node` is another node this overlay knows (its advert is held).
+    pub fn knows_other(&self, node: NodeId) -> bool {
+        node != self.local && self.lsdb.get(node).is_some()
     }
 
     /// Every node in the link-state database (reachable or not), sorted.
@@ -180,6 +254,14 @@ impl Routing {
             }
         }
     }
+}
+
+/// Serial-number order (RFC 1982) on 64-bit sequence numbers: `a` is newer than `b` when it is
+/// ahead by less than half the number space. No value is a maximum, so one advert carrying
+/// 2^64−1 cannot pin an origin: the next one (wrapping to 0) is newer again, and no arithmetic
+/// on a received number can overflow.
+pub fn seq_newer(a: u64, b: u64) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 63
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -248,22 +330,26 @@ impl LinkStateDb {
     }
 
     /// Replaces our own advert if the adjacency set changed (or `force`); returns it to flood.
-    pub fn originate(
+    pub fn originate(&mut self, links: Vec<(NodeId, u32)>, force: bool) -> Option<LinkStateAdvert> {
+        self.originate_with(links, force, |_| {})
+    }
+
+    /// As [`Self::originate`], with `sign` attaching the origin's proof before the advert is
+    /// stored (full syncs send what is stored).
+    pub fn originate_with(
         &mut self,
         mut links: Vec<(NodeId, u32)>,
         force: bool,
+        sign: impl FnOnce(&mut LinkStateAdvert),
     ) -> Option<LinkStateAdvert> {
         links.sort_unstable();
         links.dedup_by_key(|(n, _)| *n);
         if !force && self.own().is_some_and(|a| a.links == links) {
             return None;
         }
-        let advert = LinkStateAdvert {
-            origin: self.local,
-            seq: self.next_seq,
-            links,
-        };
-        self.next_seq += 1;
+        let mut advert = LinkStateAdvert::new(self.local, self.next_seq, links);
+        sign(&mut advert);
+        self.next_seq = self.next_seq.wrapping_add(1);
         self.adverts.insert(self.local, advert.clone());
         self.generation += 1;
         Some(advert)
@@ -272,8 +358,13 @@ impl LinkStateDb {
     pub fn apply(&mut self, advert: LinkStateAdvert) -> Applied {
         if advert.origin == self.local {
             let ours = self.own().map_or(0, |a| a.seq);
-            return if advert.seq > ours {
-                self.next_seq = self.next_seq.max(advert.seq + 1);
+            return if seq_newer(advert.seq, ours) {
+                // Restart rule: a copy of ours from before a restart (or, unsigned, a forgery)
+                // outranks ours; originate just above it, which every node then prefers.
+                let above = advert.seq.wrapping_add(1);
+                if seq_newer(above, self.next_seq) {
+                    self.next_seq = above;
+                }
                 Applied::OwnStale
             } else if advert.seq == ours {
                 Applied::Same
@@ -282,8 +373,8 @@ impl LinkStateDb {
             };
         }
         match self.adverts.get(&advert.origin) {
-            Some(have) if have.seq > advert.seq => Applied::Older,
             Some(have) if have.seq == advert.seq => Applied::Same,
+            Some(have) if !seq_newer(advert.seq, have.seq) => Applied::Older,
             _ => {
                 self.adverts.insert(advert.origin, advert);
                 self.generation += 1;
@@ -495,11 +586,7 @@ mod tests {
                 let mut links = links;
                 links.sort_unstable();
                 assert_eq!(
-                    db.apply(LinkStateAdvert {
-                        origin: n(origin),
-                        seq: 1,
-                        links
-                    }),
+                    db.apply(LinkStateAdvert::new(n(origin), 1, links)),
                     Applied::Newer
                 );
             }
@@ -524,16 +611,8 @@ mod tests {
     fn one_way_links_are_not_used() {
         let mut db = db_with(&[(1, 2, 1)]);
         // 2 claims a link to 3, but 3 does not list 2.
-        db.apply(LinkStateAdvert {
-            origin: n(2),
-            seq: 2,
-            links: vec![(n(1), 1), (n(3), 1)],
-        });
-        db.apply(LinkStateAdvert {
-            origin: n(3),
-            seq: 1,
-            links: vec![],
-        });
+        db.apply(LinkStateAdvert::new(n(2), 2, vec![(n(1), 1), (n(3), 1)]));
+        db.apply(LinkStateAdvert::new(n(3), 1, vec![]));
         let t = db.shortest_paths(n(1));
         assert!(t.path(n(3)).is_none());
         assert!(t.path(n(2)).is_some());
@@ -542,22 +621,14 @@ mod tests {
     #[test]
     fn versions_order_and_own_stale_adverts() {
         let mut db = LinkStateDb::new(n(1), 10);
-        let a = LinkStateAdvert {
-            origin: n(2),
-            seq: 5,
-            links: vec![],
-        };
+        let a = LinkStateAdvert::new(n(2), 5, vec![]);
         assert_eq!(db.apply(a.clone()), Applied::Newer);
         assert_eq!(db.apply(a.clone()), Applied::Same);
         assert_eq!(db.apply(LinkStateAdvert { seq: 4, ..a }), Applied::Older);
         db.originate(vec![], false);
         let own_seq = db.own().unwrap().seq;
         assert_eq!(
-            db.apply(LinkStateAdvert {
-                origin: n(1),
-                seq: own_seq + 100,
-                links: vec![]
-            }),
+            db.apply(LinkStateAdvert::new(n(1), own_seq + 100, vec![])),
             Applied::OwnStale
         );
         let re = db.originate(vec![], true).unwrap();
@@ -566,5 +637,46 @@ mod tests {
             db.originate(vec![], false).is_none(),
             "no change, no advert"
         );
+    }
+
+    #[test]
+    fn the_largest_sequence_number_neither_panics_nor_pins() {
+        let mut db = LinkStateDb::new(n(1), 1000);
+        db.originate(vec![], false);
+        // Someone else's advert at 2^64-1, then the origin's next one (wrapped): newer.
+        assert_eq!(
+            db.apply(LinkStateAdvert::new(n(2), u64::MAX, vec![])),
+            Applied::Newer
+        );
+        assert_eq!(
+            db.apply(LinkStateAdvert::new(n(2), 3, vec![])),
+            Applied::Newer
+        );
+        assert_eq!(db.get(n(2)).map(|a| a.seq), Some(3));
+        // 2^64-1 is just behind small numbers: a copy of our own there is older, not newer.
+        assert_eq!(
+            db.apply(LinkStateAdvert::new(n(1), u64::MAX, vec![])),
+            Applied::Older
+        );
+        // A copy of our own far ahead: we re-originate above it, and win.
+        let ahead = 1000 + (1 << 62);
+        assert_eq!(
+            db.apply(LinkStateAdvert::new(n(1), ahead, vec![])),
+            Applied::OwnStale
+        );
+        let re = db.originate(vec![], true).expect("re-originated");
+        assert!(seq_newer(re.seq, ahead));
+        // Near the top of the space the restart rule wraps instead of overflowing.
+        let mut top = LinkStateDb::new(n(1), u64::MAX - 1);
+        top.originate(vec![], false);
+        assert_eq!(
+            top.apply(LinkStateAdvert::new(n(1), u64::MAX, vec![])),
+            Applied::OwnStale
+        );
+        let re = top.originate(vec![], true).expect("re-originated");
+        assert_eq!(re.seq, 0, "wrapped");
+        assert!(seq_newer(re.seq, u64::MAX));
+        // Half the space away is not newer either way: kept as held.
+        assert!(!seq_newer(5 + (1 << 63), 5) && !seq_newer(5, 5 + (1 << 63)));
     }
 }

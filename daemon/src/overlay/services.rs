@@ -5,10 +5,13 @@
 //! the address moves (its owner died, left this component, or lost a merge).
 
 use crate::overlay::events::SessionId;
+use crate::overlay::trust::Refused;
 use crate::overlay::wire::{StateId, StateKind};
 use ahash::AHashMap as HashMap;
 use serde::Serialize;
-use weft_core::{DecodeError, Instant, NodeId};
+use std::sync::Arc;
+use weft_core::{Instant, NodeId};
+use weft_secure::SecretKey;
 use weft_services::{RecordOutcome, ServiceRecord, ServiceStatus, Services, ServicesConfig};
 
 pub use weft_services::{ServiceConfig, DEFAULT_STABLE_PERIOD};
@@ -65,15 +68,22 @@ pub struct ServiceCounters {
 
 pub struct ServiceAddresses {
     machine: Services,
+    /// Signs our own records (secure overlays); others' records keep the signature they came
+    /// with, so re-flooding and full syncs pass them on unchanged.
+    signer: Option<Arc<SecretKey>>,
+    /// Our latest record, signed (signing once per version, not once per neighbour).
+    own_signed: Option<ServiceRecord>,
     /// Local sessions opened through a service address: (address, the owner reached).
     bound: HashMap<SessionId, (NodeId, NodeId)>,
     counters: ServiceCounters,
 }
 
 impl ServiceAddresses {
-    pub fn new(cfg: ServicesConfig, now: Instant) -> Self {
+    pub fn new(cfg: ServicesConfig, signer: Option<Arc<SecretKey>>, now: Instant) -> Self {
         ServiceAddresses {
             machine: Services::new(cfg, now),
+            signer,
+            own_signed: None,
             bound: HashMap::new(),
             counters: ServiceCounters::default(),
         }
@@ -113,27 +123,51 @@ impl ServiceAddresses {
         self.machine.set_live(now, live);
     }
 
-    /// A record a neighbour sent: its identity (to acknowledge) and what to do.
+    /// A record a neighbour sent: its identity (to acknowledge) and what to do. `None`: do
+    /// not acknowledge (malformed, or from an origin whose key is not known yet: its sender
+    /// resends it after the origin's advert arrived).
     pub fn on_record(
         &mut self,
         now: Instant,
         bytes: &[u8],
-    ) -> Result<(StateId, ServiceOutcome), DecodeError> {
-        let rec = match ServiceRecord::decode(bytes) {
-            Ok(r) => r,
-            Err(e) => {
-                self.counters.malformed += 1;
-                return Err(e);
-            }
+        check: impl FnOnce(&ServiceRecord) -> Result<(), Refused>,
+    ) -> Option<(StateId, ServiceOutcome)> {
+        let Ok(rec) = ServiceRecord::decode(bytes) else {
+            self.counters.malformed += 1;
+            return None;
         };
         let id = ServiceFlood::of(&rec).id;
+        match check(&rec) {
+            Ok(()) => {}
+            Err(Refused::UnknownOrigin) => return None,
+            Err(_) => return Some((id, ServiceOutcome::Nothing)),
+        }
         let outcome = match self.machine.on_decoded(now, rec) {
-            RecordOutcome::Flood(r) => ServiceOutcome::Flood(ServiceFlood::of(&r)),
-            RecordOutcome::Reply(r) => ServiceOutcome::Reply(ServiceFlood::of(&r)),
-            RecordOutcome::FloodAll(r) => ServiceOutcome::FloodAll(ServiceFlood::of(&r)),
+            RecordOutcome::Flood(r) => ServiceOutcome::Flood(self.flood_of(r)),
+            RecordOutcome::Reply(r) => ServiceOutcome::Reply(self.flood_of(r)),
+            RecordOutcome::FloodAll(r) => ServiceOutcome::FloodAll(self.flood_of(r)),
             RecordOutcome::Nothing => ServiceOutcome::Nothing,
         };
-        Ok((id, outcome))
+        Some((id, outcome))
+    }
+
+    /// A record ready to send: ours signed (secure overlays), another's as it came.
+    fn flood_of(&mut self, rec: ServiceRecord) -> ServiceFlood {
+        if rec.origin != self.machine.config().local {
+            return ServiceFlood::of(&rec);
+        }
+        let Some(key) = &self.signer else {
+            return ServiceFlood::of(&rec);
+        };
+        match &self.own_signed {
+            Some(held) if *held == rec => ServiceFlood::of(held),
+            _ => {
+                let signed = rec.signed(key);
+                let flood = ServiceFlood::of(&signed);
+                self.own_signed = Some(signed);
+                flood
+            }
+        }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -152,15 +186,14 @@ impl ServiceAddresses {
 
     /// Our record, if it changed: flood it to every neighbour.
     pub fn take_flood(&mut self) -> Option<ServiceFlood> {
-        self.machine.take_own_record().map(|r| ServiceFlood::of(&r))
+        let rec = self.machine.take_own_record()?;
+        Some(self.flood_of(rec))
     }
 
     /// Every record held, for a neighbour's full sync.
-    pub fn full_sync(&self) -> Vec<ServiceFlood> {
-        self.machine
-            .records()
-            .map(|r| ServiceFlood::of(&r))
-            .collect()
+    pub fn full_sync(&mut self) -> Vec<ServiceFlood> {
+        let records: Vec<ServiceRecord> = self.machine.records().collect();
+        records.into_iter().map(|r| self.flood_of(r)).collect()
     }
 
     /// Owner changes since the last call: the local sessions they reset (unbound here).

@@ -41,6 +41,36 @@ struct Entry {
     /// The application let go: forget the session once it closes.
     released: bool,
     closed: bool,
+    /// Accepted from a SYN but not yet announced: the listener hears of the session only
+    /// once the handshake completed (the opener echoed our SYN|ACK), as a kernel's accept()
+    /// returns only established connections, so a spoofed SYN claims nothing.
+    unannounced: Option<(u16, Endpoint)>,
+}
+
+impl Entry {
+    /// Moves the session's events onto the node's queue: an accepted session is announced
+    /// (`Incoming`) when it is established; one that ends before that ends unseen.
+    fn publish(&mut self, id: SessionId, events: &mut Events) {
+        while let Some(event) = self.session.poll_event() {
+            if event == SessionEvent::Closed {
+                self.closed = true;
+            }
+            if let Some((port, remote)) = self.unannounced {
+                if event != SessionEvent::Connected {
+                    // Before the handshake completes nothing is readable (the segment that
+                    // completes it is acknowledged before its data), so only the end matters:
+                    // never announced, never owned, nobody will release it.
+                    if event == SessionEvent::Closed {
+                        self.released = true;
+                    }
+                    continue;
+                }
+                self.unannounced = None;
+                events.push_back(NodeEvent::Incoming { id, port, remote });
+            }
+            events.push_back(NodeEvent::Session { id, event });
+        }
+    }
 }
 
 struct SessionTable {
@@ -63,7 +93,7 @@ pub struct SessionSummary {
     pub remote: Endpoint,
     pub state: String,
     pub rtt_ms: f64,
-    pub cwnd: u64,
+    pub cwnd_bytes: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub retransmits: u64,
@@ -122,6 +152,7 @@ impl SessionTable {
                 deadline: None,
                 released: false,
                 closed: false,
+                unannounced: None,
             },
         );
         self.ready.insert(id);
@@ -337,7 +368,7 @@ impl Sessions {
                     remote: e.session.remote(),
                     state: format!("{:?}", st.state).to_lowercase(),
                     rtt_ms: st.rtt.as_secs_f64() * 1e3,
-                    cwnd: st.cwnd,
+                    cwnd_bytes: st.cwnd,
                     bytes_sent: st.bytes_sent,
                     bytes_received: st.bytes_received,
                     retransmits: st.retransmits,
@@ -358,12 +389,7 @@ impl Sessions {
         let Some(e) = self.table.entries.get_mut(&id) else {
             return;
         };
-        while let Some(event) = e.session.poll_event() {
-            if event == SessionEvent::Closed {
-                e.closed = true;
-            }
-            events.push_back(NodeEvent::Session { id, event });
-        }
+        e.publish(id, events);
         let (closed, released, deadline) = (e.closed, e.released, e.session.poll_timeout());
         if closed && released {
             self.table.remove(id);
@@ -435,12 +461,10 @@ impl Sessions {
                     let id = self.table.next_id;
                     self.table.next_id += 1;
                     self.table.insert(id, session);
-                    debug!(id, %local, remote = %header.src, "session accepted");
-                    events.push_back(NodeEvent::Incoming {
-                        id,
-                        port: header.dst.port,
-                        remote: header.src,
-                    });
+                    if let Some(e) = self.table.entries.get_mut(&id) {
+                        e.unannounced = Some((header.dst.port, header.src));
+                    }
+                    debug!(id, %local, remote = %header.src, "session accepted (announced once established)");
                     self.touch(id, events);
                 }
                 Err(_) => self.counters.malformed += 1,
@@ -552,12 +576,7 @@ impl Sessions {
         self.table.set_deadline(id, deadline);
         // Loopback sessions may have produced events for either end.
         if let Some(e) = self.table.entries.get_mut(&id) {
-            while let Some(event) = e.session.poll_event() {
-                if event == SessionEvent::Closed {
-                    e.closed = true;
-                }
-                events.push_back(NodeEvent::Session { id, event });
-            }
+            e.publish(id, events);
             if e.closed && e.released {
                 self.table.remove(id);
             }

@@ -5,9 +5,10 @@ use crate::overlay::fragment::ReassemblyCounters;
 use crate::overlay::groups::MulticastCounters;
 use crate::overlay::links::NeighborStatus;
 use crate::overlay::neighbor::Metric;
-use crate::overlay::routing::RouteStatus;
+use crate::overlay::routing::{RouteStatus, RoutingStats};
 use crate::overlay::services::ServiceCounters;
 use crate::overlay::sessions::SessionSummary;
+use crate::overlay::trust::TrustCounters;
 use serde::Serialize;
 use weft_core::NodeId;
 
@@ -24,12 +25,21 @@ pub struct Counters {
     pub datagrams_delivered: u64,
     pub neighbors_declared_dead: u64,
     pub neighbor_restarts: u64,
+    /// Neighbours that said they were leaving (a clean stop): links taken down at once.
+    pub neighbor_leaves: u64,
+    /// Datagrams from a neighbour speaking another wire version (dropped).
+    pub wire_version_mismatch: u64,
     pub state_packets_sent: u64,
+    pub state_records_sent: u64,
+    pub state_record_bytes_sent: u64,
     pub reliable_before_up: u64,
     pub rerouted: u64,
     pub ce_marked: u64,
     pub dropped_backpressure: u64,
     pub sessions_refused: u64,
+    /// Routed packets from a neighbour naming a source node the overlay does not know (or
+    /// this node itself), dropped.
+    pub unknown_source: u64,
     pub reassembly: ReassemblyCounters,
 }
 
@@ -38,6 +48,8 @@ pub struct NodeStatus {
     pub node: NodeId,
     pub incarnation: u32,
     pub metric: Metric,
+    /// What link and route costs count: `us` (latency metric) or `hops`.
+    pub cost_unit: &'static str,
     pub uptime_ms: u64,
     pub hello_interval_ms: u64,
     pub dead_interval_ms: u64,
@@ -45,6 +57,7 @@ pub struct NodeStatus {
     #[serde(skip)]
     pub neighbors: Vec<NeighborStatus>,
     pub routes: Vec<RouteStatus>,
+    pub routing: RoutingStats,
     pub known_nodes: Vec<NodeId>,
     pub listeners: Vec<u16>,
     pub sessions: Vec<SessionSummary>,
@@ -54,4 +67,6 @@ pub struct NodeStatus {
     pub services: Vec<weft_services::ServiceStatus>,
     pub service_counters: ServiceCounters,
     pub counters: Counters,
+    /// Flooded records refused for their origin's signature (secure overlays).
+    pub trust: TrustCounters,
 }

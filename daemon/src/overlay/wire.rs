@@ -12,6 +12,7 @@
 //! ```
 
 use weft_core::{DecodeError, Endpoint, NodeId, Reader, Writer};
+use weft_secure::{PublicKey, SecretKey, Signature, SIGNATURE_LEN};
 use weft_transport::arq::FlowId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +138,55 @@ pub struct LinkStateAdvert {
     pub seq: u64,
     /// (neighbour, cost) sorted by neighbour; cost ≥ 1.
     pub links: Vec<(NodeId, u32)>,
+    /// The origin's public key and signature (secure overlays): who may speak for `origin`.
+    pub proof: Option<Box<AdvertProof>>,
 }
 
+/// Appended to a signed advert: the origin's public key, then its Ed25519 signature over
+/// `weft_secure::domain::LINK_STATE` and the advert without the proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdvertProof {
+    pub key: PublicKey,
+    pub signature: Signature,
+}
+
+pub const ADVERT_PROOF_LEN: usize = weft_secure::keys::PUBLIC_LEN + SIGNATURE_LEN;
+
 impl LinkStateAdvert {
+    pub fn new(origin: NodeId, seq: u64, links: Vec<(NodeId, u32)>) -> Self {
+        LinkStateAdvert {
+            origin,
+            seq,
+            links,
+            proof: None,
+        }
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_body(out);
+        if let Some(p) = &self.proof {
+            out.extend_from_slice(&p.key.to_bytes());
+            out.extend_from_slice(&p.signature);
+        }
+    }
+
+    /// Attaches the origin's proof: its public key and signature over the advert.
+    pub fn sign(&mut self, key: &SecretKey) {
+        let signature = key.sign(weft_secure::domain::LINK_STATE, &self.signed_body());
+        self.proof = Some(Box::new(AdvertProof {
+            key: key.public(),
+            signature,
+        }));
+    }
+
+    /// What the signature covers.
+    pub fn signed_body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(14 + 8 * self.links.len());
+        self.encode_body(&mut out);
+        out
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) {
         let mut w = Writer::new(out);
         w.u32(self.origin.0)
             .u64(self.seq)
@@ -169,9 +215,28 @@ impl LinkStateAdvert {
             }
             links.push((node, cost));
         }
-        links.sort_unstable();
-        links.dedup_by_key(|(n, _)| *n);
-        Ok(LinkStateAdvert { origin, seq, links })
+        // Links must be sorted and unique: one advert, one encoding (what is signed is what
+        // every node re-floods).
+        if links.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(DecodeError::Invalid("advert links not strictly ascending"));
+        }
+        let proof = match r.remaining() {
+            0 => None,
+            ADVERT_PROOF_LEN => {
+                let key = PublicKey::from_bytes(r.bytes(weft_secure::keys::PUBLIC_LEN)?)
+                    .map_err(|_| DecodeError::Invalid("advert key"))?;
+                let mut signature = [0u8; SIGNATURE_LEN];
+                signature.copy_from_slice(r.bytes(SIGNATURE_LEN)?);
+                Some(Box::new(AdvertProof { key, signature }))
+            }
+            _ => return Err(DecodeError::Invalid("bytes after the advert")),
+        };
+        Ok(LinkStateAdvert {
+            origin,
+            seq,
+            links,
+            proof,
+        })
     }
 
     pub fn id(&self) -> StateId {
@@ -206,6 +271,10 @@ pub const FLAG_CE: u8 = 0x01;
 /// Outer-header flag on a hello: "answer at once" (sent while a neighbour is silent, so a
 /// few lost hellos on a lossy link do not look like a dead neighbour).
 pub const HELLO_PROBE: u8 = 0x01;
+/// Outer-header flag on a hello: "I am stopping; take this link down now" (sent a few times by
+/// a daemon that exits cleanly, so its neighbours reroute without waiting out the dead
+/// interval). Daemons that do not know the flag read a plain hello.
+pub const HELLO_LEAVING: u8 = 0x02;
 
 /// The fields of a routed packet's header (its `Repr`, in smoltcp's terms): what senders
 /// fill in and what [`RoutedPacket`] reads back.
@@ -482,19 +551,25 @@ mod tests {
 
     #[test]
     fn lsa_round_trip_and_rejects_zero_cost() {
-        let lsa = LinkStateAdvert {
-            origin: NodeId(1),
-            seq: 9,
-            links: vec![(NodeId(2), 5), (NodeId(3), 1)],
-        };
+        let lsa = LinkStateAdvert::new(NodeId(1), 9, vec![(NodeId(2), 5), (NodeId(3), 1)]);
         let mut v = Vec::new();
         lsa.encode(&mut v);
-        assert_eq!(LinkStateAdvert::decode(&v), Ok(lsa));
-        let bad = LinkStateAdvert {
-            origin: NodeId(1),
-            seq: 9,
-            links: vec![(NodeId(2), 0)],
+        assert_eq!(LinkStateAdvert::decode(&v), Ok(lsa.clone()));
+        let key = weft_secure::SecretKey::generate();
+        let signature = key.sign(weft_secure::domain::LINK_STATE, &lsa.signed_body());
+        let signed = LinkStateAdvert {
+            proof: Some(Box::new(AdvertProof {
+                key: key.public(),
+                signature,
+            })),
+            ..lsa.clone()
         };
+        let mut v = Vec::new();
+        signed.encode(&mut v);
+        assert_eq!(v.len(), lsa.signed_body().len() + ADVERT_PROOF_LEN);
+        assert_eq!(LinkStateAdvert::decode(&v), Ok(signed));
+        assert!(LinkStateAdvert::decode(&v[..v.len() - 1]).is_err());
+        let bad = LinkStateAdvert::new(NodeId(1), 9, vec![(NodeId(2), 0)]);
         let mut v = Vec::new();
         bad.encode(&mut v);
         assert!(LinkStateAdvert::decode(&v).is_err());

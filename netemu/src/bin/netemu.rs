@@ -90,7 +90,8 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn load(path: &std::path::Path) -> Result<Topology, ExitCode> {
-    Topology::from_file(path).map_err(|e| fail(2, format!("{}: {e}", path.display())))
+    // A topology file, or a built-in shape of the shared format (`chain:4@delay=10ms`).
+    Topology::load(&path.to_string_lossy()).map_err(|e| fail(2, format!("{}: {e}", path.display())))
 }
 
 fn valid_prefix(prefix: &str) -> bool {

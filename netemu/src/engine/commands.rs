@@ -3,6 +3,7 @@
 use super::{direction_seed, DirectionCounters, Engine, EventRecord};
 use crate::control::{Command, Selector};
 use crate::netlink::DeviceCounters;
+use crate::params::ApplyPatch;
 use crate::stats::{LatenessHistogram, LossEstimate, Z_999};
 use crate::sys;
 use serde_json::{json, Value};

@@ -105,6 +105,12 @@ unsafe fn connect_hook(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_in
         .and_then(|a| a.v4().map(|d| (a.family, d)))
         .filter(|(_, d)| control::is_overlay(*d.ip()));
     let Some((family, dst)) = overlay else {
+        if parsed
+            .and_then(|a| a.v4())
+            .is_some_and(|d| control::refuse_fallback(*d.ip()))
+        {
+            return fail(libc::ENETUNREACH);
+        }
         // Kernel destination (or AF_UNSPEC): the kernel's socket, untouched.
         if flags & (TRACKED | CANDIDATE) != 0 {
             forget_before_kernel_connect(fd);

@@ -46,8 +46,11 @@ impl Names {
     pub(super) fn port(&self, i: usize) -> u16 {
         20000 + i as u16 * 4
     }
+    /// Fixed sender ports stay below the ephemeral range (32768-60999), as a server's fixed
+    /// ports do: under weft the daemon's proxies hold ephemeral ports in the same namespace,
+    /// and a wildcard bind to one of those is EADDRINUSE (as with any process's socket).
     pub(super) fn sport(&self, i: usize, k: usize) -> u16 {
-        40000 + i as u16 * 4 + k as u16
+        10000 + i as u16 * 4 + k as u16
     }
 }
 

@@ -114,6 +114,8 @@ pub struct ArqStats {
     pub redundant_copies: u64,
     /// Payload bytes of those copies (comparable to `bytes_sent`).
     pub redundant_bytes: u64,
+    /// Copies left unsent because a stream of new packets followed the original.
+    pub redundant_copies_skipped: u64,
     /// Copies received before their original, which was lost or late: the packets they saved.
     pub redundant_copies_used: u64,
     /// Copies received after their original (suppressed, not counted in `duplicates`).
@@ -171,6 +173,8 @@ pub struct ArqLink {
     pacing_until: Option<Instant>,
     /// The latest time any call brought (for `take_all`, which is not told the time).
     last_now: Instant,
+    /// When a data packet last asked for an immediate ack.
+    last_ack_request: Option<Instant>,
     acks_sent: u64,
     drops: ArqDrops,
 }
@@ -204,6 +208,7 @@ impl ArqLink {
             sender,
             pacing_until: None,
             last_now: now,
+            last_ack_request: None,
             acks_sent: 0,
             drops: ArqDrops::default(),
             cfg,
@@ -385,7 +390,9 @@ impl ArqLink {
         let sender = &self.sender;
         let Some(seq) = self
             .redundancy
-            .take_due(now, load, |seq| sender.in_flight_len(seq))
+            .take_due(now, load, sender.next_seq(), |seq| {
+                sender.in_flight_len(seq)
+            })
         else {
             return false;
         };
@@ -429,8 +436,24 @@ impl ArqLink {
         let seq = self.sender.send_new(now, held, queue_empty);
         let load = self.link_load();
         self.redundancy.on_new_sent(now, seq, len, load);
-        let ack_now = self.nothing_left();
+        let ack_now = self.nothing_left() && self.may_ask_for_ack(now);
         self.write_data(now, seq, ack_now, false, out);
+    }
+
+    /// The end of a burst asks the peer for an ack at once, but at most once per
+    /// `max_ack_delay`: the peer acks within that delay anyway, so asking more often gains
+    /// nothing, and a relay forwarding a stream one packet per arrival ends a "burst" with
+    /// every packet (an ack per data packet, half the datagrams on the path, before this).
+    /// A sparse flow's packets are further apart and each still asks.
+    fn may_ask_for_ack(&mut self, now: Instant) -> bool {
+        if self
+            .last_ack_request
+            .is_some_and(|t| now.saturating_since(t) < self.cfg.max_ack_delay)
+        {
+            return false;
+        }
+        self.last_ack_request = Some(now);
+        true
     }
 
     fn write_data(&mut self, now: Instant, seq: u64, ack_now: bool, copy: bool, out: &mut Vec<u8>) {
@@ -550,6 +573,7 @@ impl ArqLink {
             retransmissions: s.retransmissions,
             redundant_copies: self.redundancy.counters.copies_sent,
             redundant_bytes: self.redundancy.counters.copy_bytes,
+            redundant_copies_skipped: self.redundancy.counters.copies_skipped_followed,
             redundant_copies_used: r.copies_used,
             redundant_copies_discarded: r.copies_discarded,
             packets_acked: s.packets_acked,

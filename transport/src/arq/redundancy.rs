@@ -21,7 +21,11 @@
 //! What copies may cost is capped by a token bucket on copy bytes, refilled at a small
 //! fraction of the link's rate (window / srtt) with a floor that covers a sparse stream; a
 //! busy link is never sparse, so bulk transfers send essentially no copies. A copy whose
-//! packet was acknowledged (or declared lost) before it was due is not sent.
+//! packet was acknowledged (or declared lost) before it was due is not sent, nor is one whose
+//! packet was followed by [`FOLLOWERS_ENOUGH`] new packets by then: their acks reveal its loss
+//! within about a round trip, and a copy would only add load. That matters on relays, whose
+//! links forward each packet as it arrives and so look sparse to the tests above (nothing
+//! queued, a window grown far beyond what is in flight) while they carry a bulk stream.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -81,6 +85,10 @@ const SPARSE_IN_FLIGHT_SHARE: u64 = 4;
 const RATE_TIME_CONSTANT: Duration = Duration::from_millis(100);
 /// The bucket holds this much time's worth of budget, so a short run of messages is covered.
 const BUCKET_DEPTH: Duration = Duration::from_millis(200);
+/// A packet followed by this many new packets before its copy is due gets no copy (a stream,
+/// not a sparse flow: time-ordered loss detection hears of its loss from their acks). Two
+/// sparse flows side by side interleave one packet each: below this.
+pub(crate) const FOLLOWERS_ENOUGH: u64 = 4;
 
 /// How loaded the link is when a new packet leaves.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +113,8 @@ pub(crate) struct RedundancyCounters {
     pub copies_sent: u64,
     /// Payload bytes of the copies (comparable to `bytes_sent`).
     pub copy_bytes: u64,
+    /// Copies not sent because enough new packets followed their original.
+    pub copies_skipped_followed: u64,
 }
 
 /// Decides which packets get a copy and when it is due; owns the budget.
@@ -156,12 +166,14 @@ impl Redundancy {
         }
     }
 
-    /// The next due copy, if its packet still qualifies (`in_flight`) and the budget admits
-    /// it; copies that no longer qualify are dropped on the way.
+    /// The next due copy, if its packet still qualifies (`in_flight`, and fewer than
+    /// [`FOLLOWERS_ENOUGH`] new packets sent after it: `next_seq` is the next new sequence
+    /// number) and the budget admits it; copies that no longer qualify are dropped on the way.
     pub fn take_due(
         &mut self,
         now: Instant,
         load: LinkLoad,
+        next_seq: u64,
         mut in_flight_len: impl FnMut(u64) -> Option<u64>,
     ) -> Option<u64> {
         while let Some(&(due, seq)) = self.pending.front() {
@@ -169,6 +181,10 @@ impl Redundancy {
                 return None;
             }
             self.pending.pop_front();
+            if next_seq.saturating_sub(seq.saturating_add(1)) >= FOLLOWERS_ENOUGH {
+                self.counters.copies_skipped_followed += 1;
+                continue;
+            }
             let Some(len) = in_flight_len(seq) else {
                 continue;
             };
@@ -184,9 +200,17 @@ impl Redundancy {
         None
     }
 
-    /// Drops copies whose packets no longer need one (acknowledged), so they cause no wakeup.
+    /// Drops the copies at the front whose packets no longer need one (acknowledged), so they
+    /// cause no wakeup. Only the front: acks mostly arrive in order, and scanning the whole
+    /// schedule on every ack cost a tenth of a relay's instructions; a stale copy further back
+    /// is dropped when it falls due (`take_due` checks again).
     pub fn forget(&mut self, mut needed: impl FnMut(u64) -> bool) {
-        self.pending.retain(|&(_, seq)| needed(seq));
+        while let Some(&(_, seq)) = self.pending.front() {
+            if needed(seq) {
+                return;
+            }
+            self.pending.pop_front();
+        }
     }
 
     /// Drops every scheduled copy (the link's packets were taken or restarted).
@@ -238,10 +262,10 @@ mod tests {
         let mut r = Redundancy::new(cfg, t(0));
         r.on_new_sent(t(0), 0, 200, idle_link());
         assert_eq!(r.next_due(), Some(t(4)));
-        assert_eq!(r.take_due(t(3), idle_link(), |_| Some(200)), None);
-        assert_eq!(r.take_due(t(4), idle_link(), |_| Some(200)), Some(0));
+        assert_eq!(r.take_due(t(3), idle_link(), 1, |_| Some(200)), None);
+        assert_eq!(r.take_due(t(4), idle_link(), 1, |_| Some(200)), Some(0));
         assert_eq!(
-            r.take_due(t(4), idle_link(), |_| Some(200)),
+            r.take_due(t(4), idle_link(), 1, |_| Some(200)),
             None,
             "one copy"
         );
@@ -266,7 +290,7 @@ mod tests {
         assert_eq!(r.next_due(), None);
         r.on_new_sent(t(1), 2, 200, idle_link());
         assert_eq!(
-            r.take_due(t(10), idle_link(), |_| None),
+            r.take_due(t(10), idle_link(), 3, |_| None),
             None,
             "acked before due"
         );
@@ -276,6 +300,42 @@ mod tests {
         };
         let mut r = Redundancy::new(off, t(0));
         r.on_new_sent(t(0), 0, 200, idle_link());
+        assert_eq!(r.next_due(), None);
+    }
+
+    #[test]
+    fn a_packet_followed_by_a_stream_gets_no_copy() {
+        // A relay forwards each packet as it arrives: nothing queued, a window far above what
+        // is in flight, so every packet looks sparse when it leaves. By the time the copies
+        // fall due, those followed by enough new packets are left to loss detection.
+        let mut r = Redundancy::new(RedundancyConfig::default(), t(0));
+        r.on_new_sent(t(0), 0, 200, idle_link());
+        r.on_new_sent(t(0), 1, 200, idle_link());
+        let due = t(0) + RedundancyConfig::default().delay;
+        // Packet 0 was followed by FOLLOWERS_ENOUGH packets (1 ..= FOLLOWERS_ENOUGH), packet 1
+        // by one fewer.
+        let next_seq = 1 + FOLLOWERS_ENOUGH;
+        assert_eq!(
+            r.take_due(due, idle_link(), next_seq, |_| Some(200)),
+            Some(1)
+        );
+        assert_eq!(r.counters.copies_skipped_followed, 1);
+        assert_eq!(r.next_due(), None);
+    }
+
+    #[test]
+    fn forgetting_drops_acknowledged_copies_from_the_front() {
+        let mut r = Redundancy::new(RedundancyConfig::default(), t(0));
+        for seq in 0..3 {
+            r.on_new_sent(t(0), seq, 200, idle_link());
+        }
+        // 0 and 2 acked: 0 goes now, 2 when it falls due (behind 1, which is still needed).
+        r.forget(|seq| seq == 1);
+        assert_eq!(r.pending.len(), 2);
+        let due = t(0) + RedundancyConfig::default().delay;
+        let in_flight = |seq| (seq == 1).then_some(200);
+        assert_eq!(r.take_due(due, idle_link(), 3, in_flight), Some(1));
+        assert_eq!(r.take_due(due, idle_link(), 3, in_flight), None);
         assert_eq!(r.next_due(), None);
     }
 
@@ -305,7 +365,10 @@ mod tests {
             let now = t(20 * i);
             r.on_new_sent(now, i, 1350, idle_link());
             let due = now + Duration::from_millis(4);
-            while r.take_due(due, idle_link(), |_| Some(1350)).is_some() {}
+            while r
+                .take_due(due, idle_link(), i + 1, |_| Some(1350))
+                .is_some()
+            {}
         }
         let seconds = 10.0;
         let allowed = floor as f64 * (seconds + BUCKET_DEPTH.as_secs_f64()) + 1350.0;

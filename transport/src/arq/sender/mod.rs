@@ -204,6 +204,11 @@ impl Sender {
         self.base
     }
 
+    /// The sequence number the next new packet gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn rtt(&self) -> &RttEstimator {
         &self.rtt
     }
