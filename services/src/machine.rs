@@ -109,6 +109,23 @@ struct View {
     candidates_since: Instant,
 }
 
+/// Whether a held record speaks for its origin as it is now.
+///
+/// A record whose origin left this component may speak for an earlier run (a restarted
+/// node's old claims must not count against the owner that took over) or for the other side
+/// of a partition: it is stale, counts for nothing and is handed to nobody. When its origin
+/// is back, a newer version normally follows within a flood (a restarted node floods its new
+/// record; every node re-floods its record when its component gains nodes); if none has come
+/// within the claim hold, the record held is the current one after all (the origin only
+/// seemed to leave: a routing transient while links come and go) and counts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    Fresh,
+    Stale,
+    /// Its origin came back at this instant.
+    Returned(Instant),
+}
+
 pub struct Services {
     cfg: ServicesConfig,
     seq: u32,
@@ -116,11 +133,10 @@ pub struct Services {
     /// Addresses this node serves (a candidate with a listener) and those it claims.
     serving: BTreeSet<NodeId>,
     claimed: BTreeSet<NodeId>,
-    /// Other nodes' records, each with whether it is stale: its origin left this component
-    /// since it arrived, so it may speak for an earlier run (a restarted node's old claims) or
-    /// for the other side of a partition. A stale record counts for nothing until a newer
-    /// version arrives; every node re-floods its record when its component gains nodes.
-    records: BTreeMap<NodeId, (ServiceRecord, bool)>,
+    /// Other nodes' records, each with how far it may be believed (see [`Freshness`]).
+    records: BTreeMap<NodeId, (ServiceRecord, Freshness)>,
+    /// The latest `now` any input carried.
+    clock: Instant,
     /// Live nodes of this component other than this one.
     live: BTreeSet<NodeId>,
     views: BTreeMap<NodeId, View>,
@@ -138,6 +154,7 @@ impl Services {
             serving: BTreeSet::new(),
             claimed: BTreeSet::new(),
             records: BTreeMap::new(),
+            clock: now,
             live: BTreeSet::new(),
             views: BTreeMap::new(),
             changes: VecDeque::new(),
@@ -188,13 +205,20 @@ impl Services {
         if live == self.live {
             return;
         }
-        for (origin, (_, stale)) in self.records.iter_mut() {
-            if !live.contains(origin) {
-                *stale = true;
+        // Stale: its origin was in this component and left. A record whose origin routing
+        // has not shown yet (a node that has just started) stays as it came.
+        self.clock = self.clock.max(now);
+        for (origin, (_, fresh)) in self.records.iter_mut() {
+            match (self.live.contains(origin), live.contains(origin)) {
+                (true, false) => *fresh = Freshness::Stale,
+                (false, true) if *fresh == Freshness::Stale => *fresh = Freshness::Returned(now),
+                _ => {}
             }
         }
-        if live.difference(&self.live).next().is_some() && !self.serving.is_empty() {
-            // The newcomers may hold our record only as stale (or not at all).
+        if live.difference(&self.live).next().is_some() {
+            // The newcomers may hold our record only as stale (or not at all), or an older
+            // version that says we serve what we no longer do: every node re-floods, serving
+            // or not.
             self.bump();
         }
         self.live = live;
@@ -228,15 +252,24 @@ impl Services {
             }
             return RecordOutcome::Nothing;
         }
+        self.clock = self.clock.max(now);
         match self.records.get(&rec.origin) {
-            Some((held, _)) if held.version > rec.version => {
-                return RecordOutcome::Reply(held.clone())
+            // A stale record may speak for an earlier run: never handed on.
+            Some((held, fresh)) if held.version > rec.version => {
+                return if self.believed(*fresh) {
+                    RecordOutcome::Reply(held.clone())
+                } else {
+                    RecordOutcome::Nothing
+                };
             }
             Some((held, _)) if held.version == rec.version => return RecordOutcome::Nothing,
             _ => {}
         }
-        let stale = !self.live.contains(&rec.origin);
-        self.records.insert(rec.origin, (rec.clone(), stale));
+        // Fresh even if routing does not show its origin yet (a node that has just started
+        // hears records before adverts settle): senders hand on only records they believe,
+        // and it turns stale if its origin leaves this component.
+        self.records
+            .insert(rec.origin, (rec.clone(), Freshness::Fresh));
         self.recompute(now);
         RecordOutcome::Flood(rec)
     }
@@ -270,7 +303,11 @@ impl Services {
             (v.owner == Some(local) && !self.claimed.contains(a))
                 .then_some(v.since + self.cfg.claim_hold)
         });
-        handovers.chain(claims).min()
+        let returns = self.records.values().filter_map(|(_, fresh)| match fresh {
+            Freshness::Returned(at) if !self.believed(*fresh) => Some(*at + self.cfg.claim_hold),
+            _ => None,
+        });
+        handovers.chain(claims).chain(returns).min()
     }
 
     /// Our record, if it changed since last taken: flood it to every neighbour.
@@ -294,9 +331,23 @@ impl Services {
         }
     }
 
-    /// Every record held (ours first), for a neighbour's full sync.
+    /// Every record believed (ours first), for a neighbour's full sync. Stale ones stay
+    /// here: they may speak for an earlier run of their origin.
     pub fn records(&self) -> impl Iterator<Item = ServiceRecord> + '_ {
-        std::iter::once(self.own_record()).chain(self.records.values().map(|(r, _)| r.clone()))
+        std::iter::once(self.own_record()).chain(
+            self.records
+                .values()
+                .filter(|(_, fresh)| self.believed(*fresh))
+                .map(|(r, _)| r.clone()),
+        )
+    }
+
+    fn believed(&self, fresh: Freshness) -> bool {
+        match fresh {
+            Freshness::Fresh => true,
+            Freshness::Stale => false,
+            Freshness::Returned(at) => self.clock.saturating_since(at) >= self.cfg.claim_hold,
+        }
     }
 
     pub fn poll_change(&mut self) -> Option<OwnerChange> {
@@ -362,8 +413,8 @@ impl Services {
         for s in &self.cfg.services {
             out.entry(s.address).or_default();
         }
-        for (rec, stale) in self.records.values() {
-            let live = !stale && self.live.contains(&rec.origin);
+        for (rec, fresh) in self.records.values() {
+            let live = self.believed(*fresh) && self.live.contains(&rec.origin);
             for e in &rec.entries {
                 let list = out.entry(e.address).or_default();
                 if live {
@@ -389,6 +440,7 @@ impl Services {
     /// Recomputes every owner; claims what this node now owns and gives up what it does not
     /// (or hands over what a stable period says belongs elsewhere), until that settles.
     fn recompute(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         let local = self.cfg.local;
         // Each round changes only our own claims, and a claim we drop is not re-taken, so
         // this settles in two or three rounds.
