@@ -29,4 +29,5 @@ pub use link::{
 pub mod domain {
     pub const LINK_STATE: &[u8] = b"weft link-state advert v1\0";
     pub const MEMBERSHIP: &[u8] = b"weft membership record v1\0";
+    pub const SERVICE: &[u8] = b"weft service record v1\0";
 }

@@ -2,6 +2,7 @@
 //! sessions are built from.
 
 use crate::overlay::neighbor::Metric;
+use crate::overlay::services::{ServiceConfig, DEFAULT_STABLE_PERIOD};
 use crate::overlay::trust::TrustConfig;
 use crate::overlay::wire::RoutedHeader;
 use std::net::SocketAddr;
@@ -38,6 +39,11 @@ pub struct NodeConfig {
     pub arq: ArqConfig,
     /// Template for every session (its `mss` and `mode` are derived).
     pub session: SessionConfig,
+    /// Service addresses this node may serve (`[[service]]`).
+    pub services: Vec<ServiceConfig>,
+    /// How long a better-balanced owner must have been available before an address moves
+    /// to it.
+    pub service_stable_period: Duration,
     /// Signing and checking of flooded state (None: an insecure overlay).
     pub trust: Option<TrustConfig>,
 }
@@ -55,6 +61,8 @@ impl NodeConfig {
             recovery: RecoveryMode::HopByHop,
             arq: ArqConfig::default(),
             session: SessionConfig::default(),
+            services: Vec::new(),
+            service_stable_period: DEFAULT_STABLE_PERIOD,
             trust: None,
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! Modules depend on each other in one direction only (listed bottom-up): `wire`, `fragment`,
 //! `events`, `neighbor`, `flood`, `trust`, `config` → `links`, `routing`, `datagrams`, `sessions` →
-//! `forwarding`, `groups` → `status` → `node`.
+//! `forwarding`, `groups`, `services` → `status` → `node`.
 
 pub mod config;
 mod datagrams;
@@ -17,6 +17,7 @@ pub mod links;
 pub mod neighbor;
 pub mod node;
 pub mod routing;
+pub mod services;
 pub mod sessions;
 pub mod status;
 pub mod trust;

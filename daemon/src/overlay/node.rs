@@ -9,6 +9,7 @@
 //! - [`Sessions`]: end-to-end sessions ending here; the node pumps their segments.
 //! - [`Groups`]: multicast membership, trees and reliable-group order.
 //! - [`Datagrams`]: fragmentation and reassembly.
+//! - [`ServiceAddresses`]: who owns each service address, and where traffic to one goes.
 //! - [`Trust`]: which key may speak for each node; flooded records are checked against it
 //!   before Routing or Groups see them (secure overlays; Routing and Groups sign their own).
 //!
@@ -25,11 +26,13 @@ use crate::overlay::groups::{FloodRecord, Groups, MembershipOutcome, MulticastCo
 use crate::overlay::links::{Inbound, LinkEvent, LinkId, Links, LinksConfig, TransmitMeta};
 use crate::overlay::neighbor::{LinkState, Metric};
 use crate::overlay::routing::{AdvertOutcome, Routing, RoutingStats};
+use crate::overlay::services::{Resolved, ServiceAddresses, ServiceFlood, ServiceOutcome};
 use crate::overlay::sessions::{OpenError, SessionSummary, Sessions, SessionsConfig};
 use crate::overlay::status::{Counters, NodeStatus};
 use crate::overlay::trust::Trust;
 use crate::overlay::wire::{
-    self, Class, GroupDatagram, LinkStateAdvert, Proto, RoutedHeader, RoutedPacket, StateKind,
+    self, Class, GroupDatagram, LinkStateAdvert, Proto, RoutedHeader, RoutedPacket, StateId,
+    StateKind,
 };
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -39,7 +42,7 @@ use thiserror::Error;
 use tracing::debug;
 use weft_core::{Endpoint, Instant, NodeId};
 use weft_multicast::{JoinError, MulticastStatus, SocketFilter, SocketId};
-use weft_transport::session::{RecoveryMode, SessionStats};
+use weft_transport::session::{RecoveryMode, SessionError, SessionEvent, SessionStats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SendError {
@@ -60,6 +63,11 @@ pub struct Node {
     datagrams: Datagrams,
     sessions: Sessions,
     groups: Groups,
+    services: ServiceAddresses,
+    /// The local listeners changed: service records follow at the next poll.
+    listeners_changed: bool,
+    /// The latest `now` any input carried (for inputs that come without one).
+    clock: Instant,
     trust: Trust,
     events: VecDeque<NodeEvent>,
     /// Input arrived (at this time) since the last poll: floods, routes and sessions have
@@ -120,6 +128,20 @@ impl Node {
             sessions,
             groups: Groups::new(cfg.id, first_seq, signer),
             trust: Trust::new(cfg.id, cfg.trust.clone()),
+            services: ServiceAddresses::new(
+                weft_services::ServicesConfig {
+                    local: cfg.id,
+                    epoch: first_seq,
+                    services: cfg.services.clone(),
+                    stable_period: cfg.service_stable_period,
+                    // What a restarted node needs to link up and hear its neighbours' claims.
+                    claim_hold: cfg.dead_interval + cfg.hello_interval,
+                },
+                cfg.trust.as_ref().map(|t| t.identity.clone()),
+                now,
+            ),
+            listeners_changed: false,
+            clock: now,
             events: VecDeque::new(),
             pending: None,
             malformed: 0,
@@ -129,6 +151,7 @@ impl Node {
         };
         node.originate(false);
         node.refresh_routes();
+        node.flush_services();
         node
     }
 
@@ -171,10 +194,18 @@ impl Node {
         self.link_events(now);
         self.sessions.handle_timeout(now, &mut self.events);
         self.groups.handle_timeout(now, &mut self.events);
+        self.services.handle_timeout(now);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.datagrams.expire(now);
             self.routing.forget_long_unreachable(now);
+            let routing = &self.routing;
+            let known = routing.known_nodes();
+            self.services
+                .retain_origins(now, |n| known.binary_search(&n).is_ok());
+            let sessions = &self.sessions;
+            self.services
+                .retain_sessions(|id| sessions.session(id).is_some());
         }
         self.touched(now);
     }
@@ -189,6 +220,7 @@ impl Node {
             self.datagrams.next_expiry(),
             self.sessions.next_deadline(),
             self.groups.next_deadline(),
+            self.services.next_deadline(),
         ];
         Some(
             deadlines
@@ -204,8 +236,13 @@ impl Node {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<TransmitMeta> {
         if self.pending.take().is_some() {
             // Once per batch of input: what the batch changed.
-            self.links.flush_floods(now);
+            self.clock = self.clock.max(now);
+            if std::mem::take(&mut self.listeners_changed) {
+                self.services.set_listening(now, self.sessions.listeners());
+            }
             self.refresh_routes();
+            self.flush_services();
+            self.links.flush_floods(now);
             self.pump_sessions(now);
         }
         if let Some(t) = self.links.poll_transmit(now, buf) {
@@ -226,6 +263,7 @@ impl Node {
     }
 
     fn touched(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
         self.pending = Some(self.pending.map_or(now, |t| t.min(now)));
     }
 
@@ -242,6 +280,9 @@ impl Node {
                         self.links.push_record(link, a.id(), encode_advert(a));
                     }
                     for rec in self.groups.full_sync() {
+                        self.links.push_record(link, rec.id, rec.bytes);
+                    }
+                    for rec in self.services.full_sync() {
                         self.links.push_record(link, rec.id, rec.bytes);
                     }
                     self.originate(false);
@@ -279,7 +320,55 @@ impl Node {
         self.sessions.routes_changed();
         let routing = &self.routing;
         self.groups.forget_unreachable(|n| routing.is_reachable(n));
+        self.services
+            .set_live(self.clock, routing.routes().map(|(n, _, _)| n));
+        self.flush_services();
         self.events.push_back(NodeEvent::RoutesChanged);
+    }
+
+    /// Floods our service record if it changed, and resets the local sessions whose service
+    /// address moved away from the owner they reached (it died, left, or lost a merge).
+    fn flush_services(&mut self) {
+        if let Some(rec) = self.services.take_flood() {
+            self.links.flood_record(rec.id, &rec.bytes, None);
+        }
+        for id in self.services.take_resets() {
+            debug!(session = id, "service owner gone: resetting the session");
+            self.events.push_back(NodeEvent::Session {
+                id,
+                event: SessionEvent::Failed(SessionError::Reset),
+            });
+            self.sessions
+                .with_session(id, &mut self.events, |s| s.abort());
+        }
+    }
+
+    /// A service record from `link`: install, flood on, answer. Returns what to acknowledge.
+    fn on_service_record(&mut self, link: LinkId, bytes: &[u8]) -> Option<StateId> {
+        let trust = &mut self.trust;
+        let (id, outcome) =
+            self.services
+                .on_record(self.clock, bytes, |rec| match trust.check_service(rec) {
+                    Ok(()) => Ok(()),
+                    Err(why) => {
+                        debug!(origin = %rec.origin, ?why, "service record refused");
+                        Err(why)
+                    }
+                })?;
+        match outcome {
+            ServiceOutcome::Flood(ServiceFlood { id, bytes }) => {
+                self.links.flood_record(id, &bytes, Some(link))
+            }
+            ServiceOutcome::Reply(ServiceFlood { id, bytes }) => {
+                self.links.push_record(link, id, bytes)
+            }
+            ServiceOutcome::FloodAll(ServiceFlood { id, bytes }) => {
+                self.links.flood_record(id, &bytes, None)
+            }
+            ServiceOutcome::Nothing => {}
+        }
+        self.flush_services();
+        Some(id)
     }
 
     fn flood_membership(&mut self, rec: FloodRecord, except: Option<LinkId>) {
@@ -336,6 +425,11 @@ impl Node {
                         }
                         MembershipOutcome::FloodAll(rec) => self.flood_membership(rec, None),
                         MembershipOutcome::Nothing => {}
+                    }
+                }
+                StateKind::Service => {
+                    if let Some(id) = self.on_service_record(link, bytes) {
+                        acks.push(id);
                     }
                 }
             }
@@ -555,6 +649,14 @@ impl Node {
         if dst.node.is_multicast() {
             return self.send_group(now, src_port, dst, payload, 1, true);
         }
+        let dst = match self.services.resolve(dst.node) {
+            Resolved::Node(_) => dst,
+            Resolved::Owner { owner, .. } => Endpoint::new(owner, dst.port),
+            Resolved::NoOwner => {
+                self.forwarder.count_no_route();
+                return Err(SendError::NoRoute);
+            }
+        };
         if dst.node == self.cfg.id {
             self.events.push_back(NodeEvent::Datagram {
                 src,
@@ -708,13 +810,17 @@ impl Node {
 
     // ----- local requests: sessions -------------------------------------------------------
 
-    /// Accept sessions to `port`.
+    /// Accept sessions to `port` (which may make this node serve service addresses).
     pub fn listen(&mut self, port: u16) -> Result<(), OpenError> {
+        self.listeners_changed = true;
+        self.touched(self.clock);
         self.sessions.listen(port)
     }
 
     /// Stop accepting on `port` (established sessions carry on).
     pub fn unlisten(&mut self, port: u16) {
+        self.listeners_changed = true;
+        self.touched(self.clock);
         self.sessions.unlisten(port)
     }
 
@@ -732,10 +838,32 @@ impl Node {
         if self.routing.is_stale() {
             self.refresh_routes();
         }
-        let reachable = self.routing.is_reachable(remote.node);
+        let resolved = self.services.resolve(remote.node);
+        let remote = match resolved {
+            Resolved::Owner { owner, .. } => Endpoint::new(owner, remote.port),
+            Resolved::Node(_) | Resolved::NoOwner => remote,
+        };
+        let reachable = resolved != Resolved::NoOwner && self.routing.is_reachable(remote.node);
         let opened = self
             .sessions
             .connect(now, local_port, remote, reachable, &mut self.events);
+        match (resolved, &opened) {
+            (Resolved::Owner { address, owner }, Ok((id, _))) => {
+                self.services.bind(*id, address, owner);
+            }
+            (Resolved::NoOwner, Ok((id, _))) => {
+                // No live instance in this component: fail at once, as a kernel connect to
+                // an unreachable host would.
+                let id = *id;
+                self.events.push_back(NodeEvent::Session {
+                    id,
+                    event: SessionEvent::Failed(SessionError::Unreachable),
+                });
+                self.sessions
+                    .with_session(id, &mut self.events, |s| s.abort());
+            }
+            _ => {}
+        }
         self.touched(now);
         opened
     }
@@ -797,6 +925,38 @@ impl Node {
 
     pub fn session_summaries(&self) -> Vec<SessionSummary> {
         self.sessions.summaries()
+    }
+
+    // ----- service addresses --------------------------------------------------------------
+
+    /// The owner of a service address in this node's view (`None`: no live candidate in
+    /// this component, or not a service address).
+    pub fn service_owner(&self, address: NodeId) -> Option<NodeId> {
+        self.services.owner(address)
+    }
+
+    /// This node holds (claims) the service address.
+    pub fn service_claimed(&self, address: NodeId) -> bool {
+        self.services.claims(address)
+    }
+
+    /// Every service address this node knows of.
+    pub fn service_addresses(&self) -> Vec<NodeId> {
+        self.services.addresses().collect()
+    }
+
+    pub fn services_status(&self, now: Instant) -> Vec<weft_services::ServiceStatus> {
+        self.services.status(now)
+    }
+
+    /// Every address the overlay answers for: known nodes and service addresses (what the
+    /// shim sends to the overlay rather than the kernel).
+    pub fn overlay_addresses(&self) -> Vec<NodeId> {
+        let mut all = self.known_nodes();
+        all.extend(self.services.addresses());
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     // ----- status -------------------------------------------------------------------------
@@ -861,6 +1021,8 @@ impl Node {
             sessions: self.session_summaries(),
             multicast: self.mc_status(),
             multicast_counters: self.mc_counters(),
+            services: self.services.status(now),
+            service_counters: self.services.counters(),
             counters: self.counters(),
             trust: self.trust.counters(),
         }

@@ -6,6 +6,7 @@ use crate::overlay::groups::MulticastCounters;
 use crate::overlay::links::NeighborStatus;
 use crate::overlay::neighbor::Metric;
 use crate::overlay::routing::{RouteStatus, RoutingStats};
+use crate::overlay::services::ServiceCounters;
 use crate::overlay::sessions::SessionSummary;
 use crate::overlay::trust::TrustCounters;
 use serde::Serialize;
@@ -62,6 +63,9 @@ pub struct NodeStatus {
     pub sessions: Vec<SessionSummary>,
     pub multicast: weft_multicast::MulticastStatus,
     pub multicast_counters: MulticastCounters,
+    /// Every service address this node knows: owner, live candidates, since when.
+    pub services: Vec<weft_services::ServiceStatus>,
+    pub service_counters: ServiceCounters,
     pub counters: Counters,
     /// Flooded records refused for their origin's signature (secure overlays).
     pub trust: TrustCounters,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use weft_core::NodeId;
 use weft_multicast::MembershipRecord;
 use weft_secure::{domain, Admitted, PublicKey, SecretKey};
+use weft_services::ServiceRecord;
 
 /// What signs and checks flooded state (absent in an insecure overlay).
 #[derive(Debug, Clone)]
@@ -165,13 +166,33 @@ impl Trust {
     }
 
     pub fn check_membership(&mut self, record: &MembershipRecord) -> Result<(), Refused> {
+        self.check_signed(record.origin(), record.signature().is_some(), |k| {
+            record.verify(k)
+        })
+    }
+
+    /// A service record (issue 20): its origin's signature, checked like a membership record's.
+    pub fn check_service(&mut self, record: &ServiceRecord) -> Result<(), Refused> {
+        self.check_signed(record.origin, record.signature.is_some(), |k| {
+            record.verify(k)
+        })
+    }
+
+    /// A record signed by its origin (not an advert: its key comes from the advert or the
+    /// admitted list, never from the record itself).
+    fn check_signed(
+        &mut self,
+        origin: NodeId,
+        signed: bool,
+        verify: impl FnOnce(&PublicKey) -> bool,
+    ) -> Result<(), Refused> {
         if self.cfg.is_none() {
             return Ok(());
         }
-        if record.signature().is_none() {
+        if !signed {
             return self.refuse(Refused::Unsigned);
         }
-        let Some(key) = self.key_for(record.origin()) else {
+        let Some(key) = self.key_for(origin) else {
             let admitted = self.cfg.as_ref().is_some_and(|c| c.admitted.is_some());
             return self.refuse(if admitted {
                 Refused::Unadmitted
@@ -179,7 +200,7 @@ impl Trust {
                 Refused::UnknownOrigin
             });
         };
-        if !record.verify(&key) {
+        if !verify(&key) {
             return self.refuse(Refused::BadSignature);
         }
         Ok(())
@@ -288,5 +309,56 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(t.check_membership(&rec), Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use weft_services::{Entry, Version};
+
+    fn n(i: u8) -> NodeId {
+        NodeId(u32::from_be_bytes([127, 0, 0, i]))
+    }
+
+    #[test]
+    fn service_records_need_their_origins_signature() {
+        let me = Arc::new(SecretKey::generate());
+        let (alice, mallory) = (SecretKey::generate(), SecretKey::generate());
+        let list: Admitted = [(n(1), me.public()), (n(2), alice.public())].into();
+        let mut t = Trust::new(
+            n(1),
+            Some(TrustConfig {
+                identity: me.clone(),
+                admitted: Some(Arc::new(list)),
+            }),
+        );
+        let rec = |origin| ServiceRecord {
+            origin,
+            version: Version { epoch: 1, seq: 1 },
+            entries: vec![Entry {
+                address: NodeId(u32::from_be_bytes([10, 9, 0, 1])),
+                claimed: true,
+            }],
+            signature: None,
+        };
+        assert_eq!(t.check_service(&rec(n(2))), Err(Refused::Unsigned));
+        assert_eq!(t.check_service(&rec(n(2)).signed(&alice)), Ok(()));
+        assert_eq!(
+            t.check_service(&rec(n(2)).signed(&mallory)),
+            Err(Refused::BadSignature),
+            "nobody else may claim an address for node 2"
+        );
+        assert_eq!(
+            t.check_service(&rec(n(3)).signed(&mallory)),
+            Err(Refused::Unadmitted)
+        );
+        let mut altered = rec(n(2)).signed(&alice);
+        altered.entries[0].claimed = false;
+        assert_eq!(t.check_service(&altered), Err(Refused::BadSignature));
+        assert_eq!(t.check_service(&rec(n(1)).signed(&me)), Ok(()));
+        // An insecure overlay takes records as they come.
+        let mut open = Trust::new(n(1), None);
+        assert_eq!(open.check_service(&rec(n(2))), Ok(()));
     }
 }

@@ -57,6 +57,8 @@ impl Hello {
 pub enum StateKind {
     LinkState = 1,
     Membership = 2,
+    /// A node's service record (`weft_services::ServiceRecord`).
+    Service = 3,
 }
 
 impl StateKind {
@@ -64,6 +66,7 @@ impl StateKind {
         match v {
             1 => Ok(StateKind::LinkState),
             2 => Ok(StateKind::Membership),
+            3 => Ok(StateKind::Service),
             _ => Err(DecodeError::Invalid("state kind")),
         }
     }
