@@ -61,6 +61,11 @@ pub struct WeftdArgs {
     /// Silence after which a neighbour is dead (default 350ms).
     #[arg(long, value_name = "DURATION")]
     pub dead_interval: Option<String>,
+    /// Fast failure detection on links that carry traffic: off (default) or the keepalive
+    /// interval (e.g. 5ms); a silent neighbour is dead after a number of intervals that
+    /// grows with the measured loss.
+    #[arg(long, value_name = "off|INTERVAL")]
+    pub fast_probe: Option<String>,
     /// Largest UDP payload between daemons (default 1472).
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
@@ -105,6 +110,7 @@ impl WeftdArgs {
             redundancy: self.redundancy.clone(),
             hello_interval: self.hello_interval.clone(),
             dead_interval: self.dead_interval.clone(),
+            fast_probe: self.fast_probe.clone(),
             mtu: self.mtu,
             ttl: self.ttl,
             neighbors: self.neighbors.clone(),

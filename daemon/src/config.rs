@@ -69,6 +69,8 @@ pub struct FileConfig {
     pub redundancy: Option<String>,
     pub hello_interval: Option<String>,
     pub dead_interval: Option<String>,
+    /// Fast liveness on links that carry traffic: `off` or the keepalive interval (`5ms`).
+    pub fast_probe: Option<String>,
     pub mtu: Option<u32>,
     pub ttl: Option<u8>,
     /// Log filter: a level or per-module directives (checked, see `logging::parse_filter`).
@@ -112,6 +114,7 @@ pub struct Flags {
     pub redundancy: Option<String>,
     pub hello_interval: Option<String>,
     pub dead_interval: Option<String>,
+    pub fast_probe: Option<String>,
     pub mtu: Option<u32>,
     pub ttl: Option<u8>,
     /// `ADDR` or `ADDR/SPEC`: emulation for packets from that neighbour, and `key=PUBLIC_KEY`
@@ -228,6 +231,19 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `off` or the keepalive interval of fast liveness, 1ms..=100ms.
+fn parse_fast_probe(s: &str) -> Result<Option<Duration>, String> {
+    if matches!(s, "off" | "false") {
+        return Ok(None);
+    }
+    let d =
+        parse_duration(s).ok_or_else(|| format!("`{s}`: expected off or an interval like 5ms"))?;
+    if !(Duration::from_millis(1)..=Duration::from_millis(100)).contains(&d) {
+        return Err(format!("`{s}`: the interval must be 1ms..=100ms"));
+    }
+    Ok(Some(d))
+}
+
 fn parse_metric(s: &str) -> Result<Metric, String> {
     match s {
         "hops" => Ok(Metric::Hops),
@@ -284,6 +300,7 @@ fn blame(text: &str, flags: &Flags, error: &str) -> Option<usize> {
         "redundancy" => flags.redundancy.is_some(),
         "hello_interval" => flags.hello_interval.is_some(),
         "dead_interval" => flags.dead_interval.is_some(),
+        "fast_probe" => flags.fast_probe.is_some(),
         "mtu" => flags.mtu.is_some(),
         "ttl" => flags.ttl.is_some(),
         "log" => flags.log.is_some(),
@@ -399,6 +416,9 @@ impl DaemonConfig {
         }
         if let Some(s) = pick(&flags.dead_interval, &file.dead_interval) {
             node.dead_interval = field("dead_interval", parse_interval(&s))?;
+        }
+        if let Some(s) = pick(&flags.fast_probe, &file.fast_probe) {
+            node.fast_probe = field("fast_probe", parse_fast_probe(&s))?;
         }
         if node.dead_interval < node.hello_interval * 2 {
             return Err(format!(
@@ -919,6 +939,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.node.neighbors.len(), 2);
+        assert_eq!(c.node.fast_probe, None, "the example shows the default");
         assert!(c.security.is_secure());
         assert_eq!(c.metrics, None);
     }

@@ -348,7 +348,7 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
     for (reason, v) in reasons.into_iter().chain(daemon.dropped.iter().copied()) {
         add(&dropped, &vec![("reason", reason.to_string())], v);
     }
-    let plain: [(&str, &str, u64); 8] = [
+    let plain: [(&str, &str, u64); 10] = [
         (
             "forwarded_packets",
             "Packets relayed toward another node",
@@ -373,6 +373,16 @@ pub fn render(status: &NodeStatus, daemon: &DaemonFigures, encoding: Encoding) -
             "neighbors_declared_dead",
             "Neighbours declared dead after the dead interval of silence",
             c.neighbors_declared_dead,
+        ),
+        (
+            "fast_deaths",
+            "Of those, declared dead by fast liveness (silence on a link that carried traffic)",
+            c.fast_deaths,
+        ),
+        (
+            "fast_keepalives",
+            "Hellos sent because a link that carries traffic had been silent for the fast interval",
+            c.fast_keepalives,
         ),
         (
             "neighbor_leaves",

@@ -336,3 +336,74 @@ fn link_emulation_needs_the_daemon_flag() {
         Some(10_000)
     );
 }
+
+#[test]
+fn fast_probing_declares_a_cut_active_link_dead_before_the_dead_interval() {
+    // The diamond of `reroutes_around_a_cut_link_and_back`, every daemon with fast liveness.
+    let o = Overlay::builder()
+        .link(1, 2, "delay=2ms")
+        .link(2, 4, "delay=2ms")
+        .link(1, 3, "delay=6ms")
+        .link(3, 4, "delay=6ms")
+        .link(4, 5, "delay=1ms")
+        .flag("--fast-probe=5ms")
+        .start();
+    o.wait_converged(Duration::from_secs(15));
+    let (n1, n2, n3, n4, n5) = (o.ip(1), o.ip(2), o.ip(3), o.ip(4), o.ip(5));
+    wait_for(
+        Duration::from_secs(10),
+        || o.path(1, 5) == [n1.clone(), n2.clone(), n4.clone(), n5.clone()],
+        || format!("1→5 should go via 2, got {:?}", o.path(1, 5)),
+    );
+    let neighbour = |n: usize, ip: &str| {
+        o.status(n)["neighbors"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["node"] == ip).cloned())
+            .unwrap_or_default()
+    };
+    let idle = neighbour(1, &n2);
+    assert!(
+        idle["fast_dead_after_ms"].is_null(),
+        "no promise on an idle link: {idle}"
+    );
+    let to = format!("{n5}:9000");
+    let mut send = o.spawn_weft(
+        1,
+        &["send", "--to", &to, "--count", "400", "--interval", "5ms"],
+    );
+    // The link carries traffic: 2 promises keepalives, and 1 holds it to a short silence.
+    wait_for(
+        Duration::from_secs(5),
+        || neighbour(1, &n2)["fast_dead_after_ms"].as_f64().is_some(),
+        || format!("no fast promise from 2 at 1: {}", neighbour(1, &n2)),
+    );
+    let before = o.status(1)["counters"]["fast_deaths"].as_u64().unwrap_or(0);
+    o.weft_ok(1, &["link", "cut", &n2]);
+    wait_for(
+        Duration::from_secs(5),
+        || o.status(1)["counters"]["fast_deaths"].as_u64().unwrap_or(0) > before,
+        || {
+            format!(
+                "1 did not declare 2 dead by fast liveness: {}",
+                o.status(1)["counters"]
+            )
+        },
+    );
+    wait_for(
+        Duration::from_secs(5),
+        || o.path(1, 5) == [n1.clone(), n3.clone(), n4.clone(), n5.clone()],
+        || format!("1→5 should go via 3, got {:?}", o.path(1, 5)),
+    );
+    let _ = send.wait();
+    // Once the traffic stops, the promise lapses (after a second and a tail).
+    wait_for(
+        Duration::from_secs(10),
+        || neighbour(1, &n3)["fast_dead_after_ms"].is_null(),
+        || {
+            format!(
+                "the promise on 1-3 outlived its traffic: {}",
+                neighbour(1, &n3)
+            )
+        },
+    );
+}

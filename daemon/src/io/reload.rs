@@ -66,9 +66,10 @@ fn needs_restart(old: &DaemonConfig, new: &DaemonConfig) -> Vec<(&'static str, S
     );
     let n = |c: &DaemonConfig| {
         format!(
-            "{:?} {:?} {:?} {} {} {:?} {:?} {}",
+            "{:?} {:?} {:?} {:?} {} {} {:?} {:?} {}",
             c.node.hello_interval,
             c.node.dead_interval,
+            c.node.fast_probe,
             c.node.metric,
             c.node.mtu,
             c.node.default_ttl,

@@ -29,6 +29,10 @@ pub struct NodeConfig {
     pub hello_interval: Duration,
     /// Silence after which a neighbour is declared dead.
     pub dead_interval: Duration,
+    /// Fast liveness (`fast_liveness`): on links that carry traffic, send something at least
+    /// this often and declare a neighbour that promised the same dead after a loss-dependent
+    /// number of silent intervals. None: off (only the dead interval).
+    pub fast_probe: Option<Duration>,
     pub metric: Metric,
     /// Largest UDP payload sent between daemons.
     pub mtu: usize,
@@ -55,6 +59,7 @@ impl NodeConfig {
             neighbors: Vec::new(),
             hello_interval: Duration::from_millis(100),
             dead_interval: Duration::from_millis(350),
+            fast_probe: None,
             metric: Metric::Latency,
             mtu: 1472,
             default_ttl: 64,

@@ -37,6 +37,8 @@ pub struct LinksConfig {
     pub metric: Metric,
     pub mtu: usize,
     pub arq: ArqConfig,
+    /// Fast liveness on links that carry traffic: the keepalive interval (None: off).
+    pub fast_probe: Option<Duration>,
 }
 
 /// Something about the links that the rest of the node must act on.
@@ -80,6 +82,10 @@ pub struct LinkCounters {
     pub malformed: u64,
     pub dropped_cut: u64,
     pub neighbors_declared_dead: u64,
+    /// Of those, declared dead by fast liveness (silence under the neighbour's promise).
+    pub fast_deaths: u64,
+    /// Hellos sent because an active link had been silent for the fast interval.
+    pub fast_keepalives: u64,
     pub neighbor_restarts: u64,
     /// Neighbours that said they were leaving (a clean stop): links taken down at once.
     pub neighbor_leaves: u64,
@@ -95,21 +101,35 @@ pub struct LinkCounters {
 /// Control and best-effort datagrams waiting to leave (in buffers from the links' pool).
 #[derive(Debug, Default)]
 struct Outbox {
-    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    queue: VecDeque<Outgoing>,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    link: LinkId,
+    dst: SocketAddr,
+    /// A routed packet (not link control): the link carries traffic.
+    data: bool,
+    payload: Vec<u8>,
 }
 
 impl Outbox {
-    fn push(&mut self, dst: SocketAddr, payload: Vec<u8>) {
-        self.queue.push_back((dst, payload));
+    fn push(&mut self, out: Outgoing) {
+        self.queue.push_back(out);
     }
 
-    /// Moves the oldest datagram into `buf`, and its buffer back to `pool`.
-    fn pop_into(&mut self, buf: &mut Vec<u8>, pool: &mut BufferPool) -> Option<TransmitMeta> {
-        let (dst, payload) = self.queue.pop_front()?;
-        buf.extend_from_slice(&payload);
-        let len = payload.len();
-        pool.give(payload);
-        Some(TransmitMeta { dst, len })
+    /// Moves the oldest datagram into `buf`, and its buffer back to `pool`; returns the link
+    /// it leaves on and whether it was data.
+    fn pop_into(
+        &mut self,
+        buf: &mut Vec<u8>,
+        pool: &mut BufferPool,
+    ) -> Option<(TransmitMeta, LinkId, bool)> {
+        let out = self.queue.pop_front()?;
+        buf.extend_from_slice(&out.payload);
+        let len = out.payload.len();
+        pool.give(out.payload);
+        Some((TransmitMeta { dst: out.dst, len }, out.link, out.data))
     }
 }
 
@@ -290,12 +310,18 @@ impl Links {
                 }
                 None
             }
-            PacketKind::Data => Some(Inbound::Routed {
-                link,
-                packet: Cow::Borrowed(body),
-            }),
+            PacketKind::Data => {
+                self.neighbors[link].fast.on_data(now);
+                Some(Inbound::Routed {
+                    link,
+                    packet: Cow::Borrowed(body),
+                })
+            }
             PacketKind::ReliableData | PacketKind::ReliableAck => {
                 let nbr = &mut self.neighbors[link];
+                if header.kind == PacketKind::ReliableData {
+                    nbr.fast.on_data(now);
+                }
                 let Some(a) = nbr.arq.as_mut().filter(|_| nbr.state == LinkState::Up) else {
                     // Not (yet) two-way: the peer's ARQ will resend.
                     self.counters.reliable_before_up += 1;
@@ -373,6 +399,7 @@ impl Links {
         nbr.up_since = None;
         nbr.announced_cost = 0;
         nbr.flood.clear();
+        nbr.fast.forget_peer();
         let stranded = nbr.arq.as_mut().map(|a| a.take_all()).unwrap_or_default();
         self.events.push_back(LinkEvent::Down { link, stranded });
     }
@@ -395,14 +422,17 @@ impl Links {
             if nbr.retired {
                 continue;
             }
-            if nbr.state != LinkState::Down
-                && nbr
-                    .last_heard
-                    .is_some_and(|t| now - t >= self.cfg.dead_interval)
+            nbr.fast.update(now);
+            let (dead_after, fast) = self.dead_after(link);
+            let nbr = &mut self.neighbors[link];
+            if nbr.state != LinkState::Down && nbr.last_heard.is_some_and(|t| now - t >= dead_after)
             {
                 let silent = now - nbr.last_heard.unwrap_or(now);
-                info!(peer = %nbr.addr, node = %Maybe(&nbr.id), silent_ms = silent.as_millis() as u64, "neighbour dead");
+                info!(peer = %nbr.addr, node = %Maybe(&nbr.id), silent_ms = silent.as_millis() as u64, fast, "neighbour dead");
                 self.counters.neighbors_declared_dead += 1;
+                if fast {
+                    self.counters.fast_deaths += 1;
+                }
                 self.set_state(now, link, LinkState::Down);
             }
             let nbr = &mut self.neighbors[link];
@@ -426,7 +456,35 @@ impl Links {
                 };
                 self.send_hello(now, link, false);
             }
+            if self.keepalive_due(link).is_some_and(|t| now >= t) {
+                self.counters.fast_keepalives += 1;
+                self.send_hello(now, link, false);
+                self.neighbors[link].fast.sent_keepalive();
+            }
         }
+    }
+
+    /// The silence after which the neighbour on `link` is dead, and whether that is fast
+    /// liveness's threshold (shorter than the dead interval).
+    fn dead_after(&self, link: LinkId) -> (Duration, bool) {
+        let nbr = &self.neighbors[link];
+        match self
+            .cfg
+            .fast_probe
+            .and_then(|_| nbr.fast.dead_after(nbr.hello_loss))
+        {
+            Some(fast) if fast < self.cfg.dead_interval => (fast, true),
+            _ => (self.cfg.dead_interval, false),
+        }
+    }
+
+    /// When an Up link that carries traffic must send a keepalive (None: not owed).
+    fn keepalive_due(&self, link: LinkId) -> Option<Instant> {
+        let n = &self.neighbors[link];
+        if n.state != LinkState::Up || n.cut {
+            return None;
+        }
+        n.fast.keepalive_due(self.cfg.fast_probe)
     }
 
     /// The earliest time `handle_timeout` (or a flood flush) must run.
@@ -443,8 +501,11 @@ impl Links {
             }
             if n.state != LinkState::Down {
                 if let Some(h) = n.last_heard {
-                    at(h + self.cfg.dead_interval);
+                    at(h + self.dead_after(i).0);
                 }
+            }
+            if let Some(k) = self.keepalive_due(i) {
+                at(k);
             }
             if let Some(d) = n.arq.as_ref().and_then(|a| a.poll_timeout()) {
                 at(d);
@@ -492,18 +553,31 @@ impl Links {
         body(&mut w);
         nbr.packets_out += 1;
         nbr.bytes_out += buf.len() as u64;
-        self.outbox.push(nbr.addr, buf);
+        self.outbox.push(Outgoing {
+            link,
+            dst: nbr.addr,
+            data: kind == PacketKind::Data,
+            payload: buf,
+        });
         self.outbox
             .queue
             .back_mut()
-            .map(|(_, b)| &mut b[HEADER_LEN..])
+            .map(|o| &mut o.payload[HEADER_LEN..])
     }
 
     fn send_hello(&mut self, now: Instant, link: LinkId, probe: bool) {
         if self.neighbors[link].cut {
             return;
         }
-        let hello = self.neighbors[link].make_hello(now);
+        let nbr = &mut self.neighbors[link];
+        let promise = if nbr.state == LinkState::Up {
+            nbr.fast.promise(now, self.cfg.fast_probe)
+        } else {
+            None
+        };
+        let hello = nbr.make_hello(now, promise);
+        // Counted as sent now (it leaves at the next poll): the keepalive timer moves on.
+        nbr.fast.on_sent(now);
         let flags = if probe { HELLO_PROBE } else { 0 };
         self.send(link, PacketKind::Hello, flags, |w| hello.encode(w));
     }
@@ -604,7 +678,12 @@ impl Links {
     /// Appends the next datagram to `buf`: control and best-effort traffic first, then the
     /// reliable links in turn (each within its congestion window and pacing).
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<TransmitMeta> {
-        if let Some(t) = self.outbox.pop_into(buf, &mut self.pool) {
+        if let Some((t, link, data)) = self.outbox.pop_into(buf, &mut self.pool) {
+            let fast = &mut self.neighbors[link].fast;
+            fast.on_sent(now);
+            if data {
+                fast.on_data(now);
+            }
             return Some(t);
         }
         let n = self.neighbors.len();
@@ -628,6 +707,10 @@ impl Links {
             self.next_link = (link + 1) % n;
             nbr.packets_out += 1;
             nbr.bytes_out += len as u64;
+            nbr.fast.on_sent(now);
+            if kind == PacketKind::ReliableData {
+                nbr.fast.on_data(now);
+            }
             let dst = nbr.addr;
             // Sending may have freed queue space for sessions fed by this link.
             self.wake_writable_flows(link);
@@ -640,14 +723,21 @@ impl Links {
 
     /// One entry per current neighbour, in the order of [`Links::neighbors`].
     pub fn status(&self, now: Instant) -> Vec<NeighborStatus> {
-        self.current()
-            .map(|n| NeighborStatus {
+        self.neighbors
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.retired)
+            .map(|(i, n)| NeighborStatus {
                 addr: n.addr.to_string(),
                 node: n.id,
                 state: n.state,
                 rtt_ms: n.srtt().map(|d| d.as_secs_f64() * 1e3),
                 min_rtt_ms: n.min_rtt().map(|d| d.as_secs_f64() * 1e3),
                 hello_loss_ratio: n.hello_loss,
+                fast_dead_after_ms: match self.dead_after(i) {
+                    (d, true) => Some(d.as_secs_f64() * 1e3),
+                    _ => None,
+                },
                 cost: (n.state == LinkState::Up).then_some(n.announced_cost),
                 cut: n.cut,
                 wire_version_mismatch: n.wire_version_mismatch,
@@ -679,6 +769,9 @@ pub struct NeighborStatus {
     pub min_rtt_ms: Option<f64>,
     /// Fraction of the neighbour's hellos lost (EWMA), 0..1.
     pub hello_loss_ratio: f64,
+    /// Under the neighbour's fast-liveness promise (the link carries traffic): the silence
+    /// that declares it dead now, from the measured loss (None: the dead interval applies).
+    pub fast_dead_after_ms: Option<f64>,
     /// The link's routing cost (unit: the status's `cost_unit`).
     pub cost: Option<u32>,
     pub cut: bool,

@@ -3,12 +3,13 @@
 //! back datagrams to send, events for local applications, and its next deadline.
 //!
 //! Modules depend on each other in one direction only (listed bottom-up): `wire`, `fragment`,
-//! `events`, `neighbor`, `flood`, `trust`, `config` → `links`, `routing`, `datagrams`, `sessions` →
+//! `events`, `fast_liveness`, `neighbor`, `flood`, `trust`, `config` → `links`, `routing`, `datagrams`, `sessions` →
 //! `forwarding`, `groups`, `services` → `status` → `node`.
 
 pub mod config;
 mod datagrams;
 pub mod events;
+pub mod fast_liveness;
 pub mod flood;
 mod forwarding;
 pub mod fragment;

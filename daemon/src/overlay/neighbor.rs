@@ -1,6 +1,7 @@
 //! One configured neighbour: liveness from hellos (two-way check, incarnations), RTT and loss
 //! estimates, the link cost it contributes to routing, and whether it is administratively cut.
 
+use crate::overlay::fast_liveness::FastLiveness;
 use crate::overlay::flood::FloodQueue;
 use crate::overlay::wire::Hello;
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,8 @@ pub struct Neighbor {
     pub retired: bool,
     /// The wire version of the last packet it sent that we could not read (another weft).
     pub wire_version_mismatch: Option<u8>,
+    /// Fast failure detection while the link carries traffic (issue 22).
+    pub fast: FastLiveness,
 }
 
 impl Neighbor {
@@ -140,6 +143,7 @@ impl Neighbor {
             mcast_out: 0,
             retired: false,
             wire_version_mismatch: None,
+            fast: FastLiveness::default(),
         }
     }
 
@@ -159,6 +163,7 @@ impl Neighbor {
         self.last_rx_seq = None;
         self.up_since = None;
         self.flood.clear();
+        self.fast.forget_peer();
     }
 
     /// Validates the sender of a packet: a known neighbour with a different incarnation has
@@ -194,6 +199,7 @@ impl Neighbor {
             }
         }
         self.last_rx_seq = Some(hello.seq);
+        self.fast.on_peer_promise(hello.fast_interval_us);
         self.last_hello_rx = Some((hello.sent_us, now));
         if hello.echo_us != 0 {
             let rtt_us = now
@@ -213,7 +219,8 @@ impl Neighbor {
         }
     }
 
-    pub fn make_hello(&mut self, now: Instant) -> Hello {
+    /// Our next hello; `fast` is the fast-liveness interval we promise (None: no promise).
+    pub fn make_hello(&mut self, now: Instant, fast: Option<Duration>) -> Hello {
         self.hello_seq = self.hello_seq.wrapping_add(1);
         let (echo_us, echo_hold_us) = match self.last_hello_rx {
             Some((sent, at)) => (
@@ -232,6 +239,7 @@ impl Neighbor {
             } else {
                 self.incarnation.unwrap_or(0)
             },
+            fast_interval_us: fast.map_or(0, |d| d.as_micros().clamp(1, u32::MAX as u128) as u32),
         }
     }
 

@@ -24,6 +24,10 @@ pub struct Counters {
     pub forwarded: u64,
     pub datagrams_delivered: u64,
     pub neighbors_declared_dead: u64,
+    /// Of those, declared dead by fast liveness (silence under the neighbour's promise).
+    pub fast_deaths: u64,
+    /// Hellos sent because a link that carries traffic had sent nothing for the fast interval.
+    pub fast_keepalives: u64,
     pub neighbor_restarts: u64,
     /// Neighbours that said they were leaving (a clean stop): links taken down at once.
     pub neighbor_leaves: u64,

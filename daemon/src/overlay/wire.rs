@@ -26,17 +26,22 @@ pub struct Hello {
     pub echo_hold_us: u32,
     /// Our incarnation as the sender last saw it (0: it has not heard us): the two-way check.
     pub peer_incarnation: u32,
+    /// Fast liveness (`fast_liveness`): the sender sends something at least this often (µs)
+    /// until a hello says otherwise; 0: no promise. A trailing field: decoders that stop
+    /// after `peer_incarnation` read a plain hello, and a hello without it promises nothing.
+    pub fast_interval_us: u32,
 }
 
 impl Hello {
-    pub const LEN: usize = 28;
+    pub const LEN: usize = 32;
 
     pub fn encode(&self, w: &mut Writer<'_>) {
         w.u32(self.seq)
             .u64(self.sent_us)
             .u64(self.echo_us)
             .u32(self.echo_hold_us)
-            .u32(self.peer_incarnation);
+            .u32(self.peer_incarnation)
+            .u32(self.fast_interval_us);
     }
 
     pub fn decode(body: &[u8]) -> Result<Hello, DecodeError> {
@@ -47,6 +52,7 @@ impl Hello {
             echo_us: r.u64()?,
             echo_hold_us: r.u32()?,
             peer_incarnation: r.u32()?,
+            fast_interval_us: if r.is_empty() { 0 } else { r.u32()? },
         })
     }
 }
@@ -542,11 +548,21 @@ mod tests {
             echo_us: 2,
             echo_hold_us: 3,
             peer_incarnation: 4,
+            fast_interval_us: 5,
         };
         let mut v = Vec::new();
         h.encode(&mut Writer::new(&mut v));
         assert_eq!(v.len(), Hello::LEN);
         assert_eq!(Hello::decode(&v), Ok(h));
+        // A hello from a daemon without fast liveness: no promise.
+        assert_eq!(
+            Hello::decode(&v[..28]),
+            Ok(Hello {
+                fast_interval_us: 0,
+                ..h
+            })
+        );
+        assert!(Hello::decode(&v[..30]).is_err());
     }
 
     #[test]

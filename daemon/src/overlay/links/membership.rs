@@ -87,7 +87,7 @@ impl Links {
 
     fn send_leave(&mut self, now: Instant, link: LinkId) {
         for _ in 0..LEAVE_COPIES {
-            let hello = self.neighbors[link].make_hello(now);
+            let hello = self.neighbors[link].make_hello(now, None);
             self.send(link, PacketKind::Hello, HELLO_LEAVING, |w| hello.encode(w));
         }
     }
