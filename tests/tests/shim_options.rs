@@ -173,7 +173,7 @@ fn cork_and_msg_more_coalesce_writes_into_one_segment() {
     let mut client = Bg::spawn(cmd, &o.dir, "coalesce");
     wait_for(
         Duration::from_secs(60),
-        || client.stdout().contains("ports") || !client.running(),
+        || client.stdout().contains("ports") || client.stderr().contains("Error"),
         || format!("client: {} {}", client.stdout(), client.stderr()),
     );
     let out = client.stdout();
