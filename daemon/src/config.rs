@@ -61,6 +61,10 @@ pub struct FileConfig {
     pub node: Option<String>,
     pub listen: Option<String>,
     pub socket: Option<String>,
+    /// Group (name or gid) the control socket belongs to: who may connect.
+    pub socket_group: Option<String>,
+    /// Group (name or gid) whose members may administer the overlay.
+    pub admin_group: Option<String>,
     pub proxy_ip: Option<String>,
     pub emulation: Option<bool>,
     pub metric: Option<String>,
@@ -105,6 +109,8 @@ pub struct Flags {
     pub node: Option<String>,
     pub listen: Option<String>,
     pub socket: Option<String>,
+    pub socket_group: Option<String>,
+    pub admin_group: Option<String>,
     pub proxy_ip: Option<String>,
     pub emulation: bool,
     pub metric: Option<String>,
@@ -133,11 +139,35 @@ pub struct DaemonConfig {
     pub emulation: EmulationConfig,
     pub listen: SocketAddr,
     pub socket: PathBuf,
+    /// Who may connect to the socket and who may administer (`io::access`).
+    pub access: AccessConfig,
     pub proxy_ip: Ipv4Addr,
     pub log: LogConfig,
     /// Where `/metrics` is served (None: off).
     pub metrics: Option<SocketAddr>,
     pub security: Security,
+}
+
+/// The control socket's group and the admin group, as configured (a name or a gid; names are
+/// looked up when the daemon starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// None: the daemon's own group.
+    pub socket_group: Option<String>,
+    /// None: only root and the daemon's user administer.
+    pub admin_group: Option<String>,
+}
+
+fn parse_group(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}`: expected a group name or a gid"))
+    }
 }
 
 /// How the daemon logs: a checked filter and a line format.
@@ -278,6 +308,8 @@ fn blame(text: &str, flags: &Flags, error: &str) -> Option<usize> {
         "node" => flags.node.is_some(),
         "listen" => flags.listen.is_some(),
         "socket" => flags.socket.is_some(),
+        "socket_group" => flags.socket_group.is_some(),
+        "admin_group" => flags.admin_group.is_some(),
         "proxy_ip" => flags.proxy_ip.is_some(),
         "metric" => flags.metric.is_some(),
         "recovery" => flags.recovery.is_some(),
@@ -503,6 +535,16 @@ impl DaemonConfig {
             Some(s) => PathBuf::from(s),
             None => PathBuf::from(DEFAULT_SOCKET),
         };
+        let access = AccessConfig {
+            socket_group: match pick(&flags.socket_group, &file.socket_group) {
+                Some(g) => Some(field("socket_group", parse_group(&g))?),
+                None => None,
+            },
+            admin_group: match pick(&flags.admin_group, &file.admin_group) {
+                Some(g) => Some(field("admin_group", parse_group(&g))?),
+                None => None,
+            },
+        };
         let proxy_ip = match pick(&flags.proxy_ip, &file.proxy_ip) {
             Some(s) => field("proxy_ip", parse_ipv4(&s))?,
             None => default_proxy_ip(node_ip),
@@ -530,6 +572,7 @@ impl DaemonConfig {
             emulation,
             listen,
             socket,
+            access,
             proxy_ip,
             log: LogConfig { filter, format },
             metrics,

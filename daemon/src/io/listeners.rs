@@ -22,6 +22,8 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Claim {
     session: SessionId,
+    /// The listener's uid: only it may claim the session.
+    uid: u32,
     app_end: OwnedFd,
     /// The kernel connection that woke the application's listener; dropped once claimed.
     _kernel: OwnedFd,
@@ -30,18 +32,25 @@ struct Claim {
 
 #[derive(Default)]
 pub struct Listeners {
-    /// Port → (control connection, delivery), most recent last.
-    ports: HashMap<u16, Vec<(usize, ListenDelivery)>>,
+    /// Port → (control connection, delivery, its uid), most recent last.
+    ports: HashMap<u16, Vec<(usize, ListenDelivery, u32)>>,
     claims: HashMap<u16, Claim>,
 }
 
 impl Listeners {
     /// Returns true if this is the port's first listener.
-    pub fn add(&mut self, port: u16, conn: usize, delivery: ListenDelivery) -> bool {
+    pub fn add(&mut self, port: u16, conn: usize, delivery: ListenDelivery, uid: u32) -> bool {
         let v = self.ports.entry(port).or_default();
-        v.retain(|(c, d)| !(*c == conn && *d == delivery));
-        v.push((conn, delivery));
+        v.retain(|(c, d, _)| !(*c == conn && *d == delivery));
+        v.push((conn, delivery, uid));
         v.len() == 1
+    }
+
+    /// A uid other than `uid` listening on `port`, if any.
+    pub fn other_owner(&self, port: u16, uid: u32) -> Option<u32> {
+        self.ports
+            .get(&port)
+            .and_then(|v| v.iter().map(|(_, _, u)| *u).find(|u| *u != uid))
     }
 
     /// Returns true if the port has no listener left.
@@ -49,7 +58,7 @@ impl Listeners {
         let Some(v) = self.ports.get_mut(&port) else {
             return false;
         };
-        if let Some(i) = v.iter().rposition(|(c, _)| *c == conn) {
+        if let Some(i) = v.iter().rposition(|(c, _, _)| *c == conn) {
             v.remove(i);
         }
         if v.is_empty() {
@@ -63,7 +72,7 @@ impl Listeners {
     pub fn drop_client(&mut self, conn: usize) -> Vec<u16> {
         let mut emptied = Vec::new();
         self.ports.retain(|port, v| {
-            v.retain(|(c, _)| *c != conn);
+            v.retain(|(c, _, _)| *c != conn);
             if v.is_empty() {
                 emptied.push(*port);
             }
@@ -72,8 +81,13 @@ impl Listeners {
         emptied
     }
 
-    fn current(&self, port: u16) -> Option<(usize, ListenDelivery)> {
+    fn current(&self, port: u16) -> Option<(usize, ListenDelivery, u32)> {
         self.ports.get(&port).and_then(|v| v.last().copied())
+    }
+
+    /// The uid a waiting session at `proxy_port` belongs to.
+    pub fn claim_owner(&self, proxy_port: u16) -> Option<u32> {
+        self.claims.get(&proxy_port).map(|c| c.uid)
     }
 
     pub fn claim(&mut self, proxy_port: u16) -> Option<(SessionId, OwnedFd)> {
@@ -193,7 +207,7 @@ impl Daemon {
     /// A listener accepted a session: hand it to whoever listens on the port.
     pub(super) fn incoming_session(&mut self, id: SessionId, port: u16, remote: Endpoint) {
         let now = self.clock.now();
-        let Some((conn, delivery)) = self.listeners.current(port) else {
+        let Some((conn, delivery, uid)) = self.listeners.current(port) else {
             self.node.session_abort(now, id);
             return;
         };
@@ -211,7 +225,7 @@ impl Daemon {
             ListenDelivery::Control => Phase::Established,
             ListenDelivery::Inject(_) => Phase::Unclaimed,
         };
-        if let Err(e) = self.attach_stream(id, ours, inode, phase, 0) {
+        if let Err(e) = self.attach_stream(id, ours, inode, uid, phase, 0) {
             warn!("attach incoming session: {e}");
             return self.node.session_abort(now, id);
         }
@@ -247,6 +261,7 @@ impl Daemon {
                             proxy_port,
                             Claim {
                                 session: id,
+                                uid,
                                 app_end: theirs,
                                 _kernel: kernel,
                                 expires: Instant::now() + CLAIM_TIMEOUT,
