@@ -11,3 +11,4 @@ pub mod logging;
 pub mod metrics;
 pub mod overlay;
 pub mod sim;
+pub mod streams;

@@ -25,7 +25,8 @@ use thiserror::Error;
 use weft_core::{Endpoint, NodeId};
 
 /// 2: ring mode (`rings` in `Connect`, `ClaimAccepted` and their replies).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: `Listen` carries the listener's `backlog` (the daemon paces injected sessions to it).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest control record either side sends or accepts (a 65 507-byte datagram plus framing).
 pub const MAX_MESSAGE: usize = 70 * 1024;
 
@@ -75,10 +76,15 @@ pub enum Request {
         inode: u64,
     },
 
-    /// Accept overlay sessions on `port`.
+    /// Accept overlay sessions on `port`. `backlog`: the `listen()` backlog in force (as
+    /// the kernel applies it, at most `somaxconn`); with `Inject` delivery the daemon never
+    /// has more sessions connected to the kernel listener and unclaimed than its accept
+    /// queue holds (`backlog + 1`), and holds the others until `accept` makes room. Sent
+    /// again when the program calls `listen()` again. Ignored for `Control` delivery.
     Listen {
         port: u16,
         delivery: ListenDelivery,
+        backlog: u32,
     },
     Unlisten {
         port: u16,

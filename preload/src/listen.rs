@@ -31,30 +31,48 @@ fn inject_address(fd: c_int, a: &SockAddr) -> Option<SocketAddrV4> {
     }
 }
 
-/// After a successful real `listen()`: register the port for overlay clients.
-pub fn after_listen(fd: c_int) {
+/// The backlog a successful `listen(fd, backlog)` put in force: the kernel takes a negative
+/// or too large one as `net.core.somaxconn`.
+fn effective_backlog(backlog: c_int) -> u32 {
+    static SOMAXCONN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut max = SOMAXCONN.load(std::sync::atomic::Ordering::Relaxed);
+    if max == 0 {
+        max = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(4096);
+        SOMAXCONN.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+    u32::try_from(backlog).map_or(max, |b| b.min(max))
+}
+
+/// After a successful real `listen()`: register the port for overlay clients, with the
+/// backlog the daemon paces its injected connections to (again when `listen()` changes it).
+pub fn after_listen(fd: c_int, backlog: c_int) {
     let _errno = KeepErrno::new();
     fdtable::mark_candidate(fd, false);
     if !state::in_owner() {
         return;
     }
-    if matches!(state::lock().table.get(fd), Some(Kind::Listener { .. })) {
-        return; // listen() again only changes the backlog
-    }
+    let again = matches!(state::lock().table.get(fd), Some(Kind::Listener { .. }));
     let Some(a) = sys::local_addr(fd).and_then(|(ss, len)| addr::parse_storage(&ss, len)) else {
         return;
     };
     let Some(inject) = inject_address(fd, &a) else {
         return;
     };
+    let backlog = effective_backlog(backlog);
     let req = Request::Listen {
         port: a.port,
         delivery: ListenDelivery::Inject(SocketAddr::V4(inject)),
+        backlog,
     };
     match control::request(req) {
+        Ok(_) if again => debug!("listener fd {fd} on port {}: backlog now {backlog}", a.port),
         Ok(_) => {
             debug!(
-                "listener fd {fd} on port {} registered (inject at {inject})",
+                "listener fd {fd} on port {} registered (inject at {inject}, backlog {backlog})",
                 a.port
             );
             let mut st = state::lock();

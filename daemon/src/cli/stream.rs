@@ -191,6 +191,7 @@ pub fn listen(socket: &Path, a: ListenArgs) -> Result<i32, String> {
         c.request(Request::Listen {
             port: a.port,
             delivery: ListenDelivery::Control,
+            backlog: 0,
         })
         .map_err(|e| e.to_string())?,
     ) {

@@ -117,7 +117,7 @@ impl Daemon {
             .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
         self.ports.retain(|_, owner| owner.conn() != id);
         for port in self.listeners.drop_client(id) {
-            self.node.unlisten(port);
+            self.listener_gone(port);
         }
         self.release_memberships(conn.mc_sockets.iter().copied());
         debug!(id, pid = conn.cred.pid, "client gone");
@@ -378,7 +378,11 @@ impl Daemon {
                 }),
                 None => ipc_err(libc::EBADF, "no such overlay socket"),
             },
-            Request::Listen { port, delivery } => {
+            Request::Listen {
+                port,
+                delivery,
+                backlog,
+            } => {
                 if port == 0 {
                     return Ok(ipc_err(libc::EINVAL, "listen needs a port"));
                 }
@@ -399,11 +403,14 @@ impl Daemon {
                     // The first listener on the port: the node starts accepting.
                     let _ = self.node.listen(port);
                 }
+                if let weft_ipc::ListenDelivery::Inject(_) = delivery {
+                    self.listener_backlog(port, backlog);
+                }
                 Reply::Ok
             }
             Request::Unlisten { port } => {
                 if self.listeners.remove(port, id) {
-                    self.node.unlisten(port);
+                    self.listener_gone(port);
                 }
                 Reply::Ok
             }
@@ -419,7 +426,7 @@ impl Daemon {
                         &format!("the session waiting at proxy port {proxy_port}"),
                     )?;
                 }
-                match self.listeners.claim(proxy_port) {
+                match self.claim_accepted(proxy_port) {
                     Some((sid, app_end)) => {
                         let (local, peer) = match self.remote_of(sid) {
                             Some((l, r)) => (Some(l), Some(r)),

@@ -1,7 +1,9 @@
 //! Listening ports and the hand-over of accepted sessions: either to the CLI over its control
 //! connection, or to a shimmed application's kernel listener, which the daemon connects to
 //! from its proxy address so that the application's own `accept` wakes up; the shim then
-//! claims the session by the proxy port it sees as the peer.
+//! claims the session by the proxy port it sees as the peer. When to inject is decided by
+//! the sans-I/O [`Backlogs`] (at most what the listener's accept queue holds, the rest held
+//! in order until `accept` makes room); this file carries its actions out.
 
 use super::streams::{socketpair, Phase};
 use super::Daemon;
@@ -12,29 +14,30 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 use weft_core::Endpoint;
 use weft_ipc::{Event, ListenDelivery};
 
-/// An application that does not accept within this long loses the session.
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::streams::backlog::{AbortReason, Action, Backlogs};
 
+/// The fds of an injected session until `accept` claims it.
 struct Claim {
     session: SessionId,
-    /// The listener's uid: only it may claim the session.
+    /// The listener's uid: only it (or whoever holds the accepted connection) may claim.
     uid: u32,
     app_end: OwnedFd,
     /// The kernel connection that woke the application's listener; dropped once claimed.
-    _kernel: OwnedFd,
-    expires: Instant,
+    kernel: OwnedFd,
 }
 
 #[derive(Default)]
 pub struct Listeners {
     /// Port → (control connection, delivery, its uid), most recent last.
     ports: HashMap<u16, Vec<(usize, ListenDelivery, u32)>>,
+    /// Injected sessions by the proxy port of their kernel connection.
     claims: HashMap<u16, Claim>,
+    /// When injected sessions go to the application.
+    pub backlogs: Backlogs,
 }
 
 impl Listeners {
@@ -90,22 +93,45 @@ impl Listeners {
         self.claims.get(&proxy_port).map(|c| c.uid)
     }
 
-    pub fn claim(&mut self, proxy_port: u16) -> Option<(SessionId, OwnedFd)> {
-        self.claims
-            .remove(&proxy_port)
-            .map(|c| (c.session, c.app_end))
+    /// Whether `fd` is the application's end of the kernel connection that stands for the
+    /// session waiting at `proxy_port` (its names are ours swapped): whoever holds it accepted
+    /// that connection, whatever its uid (a server that accepts after dropping privileges).
+    pub fn proves_claim(&self, proxy_port: u16, fd: &OwnedFd) -> bool {
+        let Some(c) = self.claims.get(&proxy_port) else {
+            return false;
+        };
+        let names = |fd: &OwnedFd| Some((sock_name(fd, false)?, sock_name(fd, true)?));
+        match (names(fd), names(&c.kernel)) {
+            (Some((local, peer)), Some((k_local, k_peer))) => local == k_peer && peer == k_local,
+            _ => false,
+        }
+    }
+
+    /// `accept` took the connection from `proxy_port`: its session and the app's end.
+    pub fn claim(
+        &mut self,
+        proxy_port: u16,
+        actions: &mut Vec<Action>,
+    ) -> Option<(SessionId, OwnedFd)> {
+        let c = self.claims.remove(&proxy_port)?;
+        self.backlogs
+            .note_retransmits(retransmits_of(c.kernel.as_raw_fd()));
+        self.backlogs.claimed(proxy_port, actions);
+        Some((c.session, c.app_end))
     }
 
     /// The application closed the kernel connection that stood for an unclaimed session
     /// (typically: it closed its listener with the connection still in the backlog, and the
-    /// kernel reset it). Returns the session to abort; `None` while it is still waiting.
-    fn abandoned(&mut self, proxy_port: u16) -> Option<SessionId> {
-        let c = self.claims.get(&proxy_port)?;
+    /// kernel reset it). True when it did (the backlog then says what to abort).
+    fn abandoned(&mut self, proxy_port: u16, actions: &mut Vec<Action>) -> bool {
+        let Some(c) = self.claims.get(&proxy_port) else {
+            return false;
+        };
         let mut b = [0u8; 1];
         // SAFETY: a one-byte peek into a local buffer on a socket we own.
         let n = unsafe {
             libc::recv(
-                c._kernel.as_raw_fd(),
+                c.kernel.as_raw_fd(),
                 b.as_mut_ptr() as *mut libc::c_void,
                 1,
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
@@ -114,24 +140,32 @@ impl Listeners {
         let gone =
             n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
         if gone {
-            self.claims.remove(&proxy_port).map(|c| c.session)
-        } else {
-            None
+            self.claims.remove(&proxy_port);
+            self.backlogs.abandoned(proxy_port, actions);
         }
-    }
-
-    /// Sessions whose application never accepted them.
-    pub fn expire_claims(&mut self) -> Vec<SessionId> {
-        let now = Instant::now();
-        let mut gone = Vec::new();
-        self.claims.retain(|_, c| {
-            let keep = c.expires > now;
-            if !keep {
-                gone.push(c.session);
-            }
-            keep
-        });
         gone
+    }
+}
+
+/// Segments the kernel retransmitted on an injected connection: a SYN that a full accept
+/// queue dropped, which pacing to the backlog is there to avoid.
+fn retransmits_of(fd: std::os::fd::RawFd) -> u32 {
+    // SAFETY: getsockopt into a zeroed tcp_info of the length passed.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        );
+        if rc == 0 {
+            info.tcpi_total_retrans
+        } else {
+            0
+        }
     }
 }
 
@@ -143,6 +177,39 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
             s_addr: u32::from(*a.ip()).to_be(),
         },
         sin_zero: [0; 8],
+    }
+}
+
+/// A TCP socket's local (or, with `peer`, remote) IPv4 name.
+fn sock_name(fd: &OwnedFd, peer: bool) -> Option<SocketAddrV4> {
+    // SAFETY: get{sock,peer}name into a zeroed sockaddr_storage of the size we pass.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let p = &mut ss as *mut _ as *mut libc::sockaddr;
+        let rc = if peer {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        };
+        if rc != 0 {
+            return None;
+        }
+        match ss.ss_family as libc::c_int {
+            libc::AF_INET => {
+                let a = &*(&ss as *const _ as *const libc::sockaddr_in);
+                Some(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+            libc::AF_INET6 => {
+                let a = &*(&ss as *const _ as *const libc::sockaddr_in6);
+                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).to_ipv4_mapped()?;
+                Some(SocketAddrV4::new(ip, u16::from_be(a.sin6_port)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -194,14 +261,144 @@ fn connectable(addr: SocketAddr) -> Option<SocketAddrV4> {
 impl Daemon {
     /// Readiness on the kernel connection of an unclaimed session.
     pub(super) fn claim_event(&mut self, proxy_port: u16) {
-        if let Some(id) = self.listeners.abandoned(proxy_port) {
+        let mut actions = Vec::new();
+        if self.listeners.abandoned(proxy_port, &mut actions) {
             debug!(
                 proxy_port,
                 "injected connection dropped before it was claimed"
             );
-            let now = self.clock.now();
-            self.node.session_abort(now, id);
         }
+        self.backlog_actions(actions);
+    }
+
+    /// `ClaimAccepted`: the session behind `proxy_port`; its slot goes to the next waiting.
+    pub(super) fn claim_accepted(&mut self, proxy_port: u16) -> Option<(SessionId, OwnedFd)> {
+        let mut actions = Vec::new();
+        let claimed = self.listeners.claim(proxy_port, &mut actions);
+        self.backlog_actions(actions);
+        claimed
+    }
+
+    /// A shimmed listener registered `port` (or called `listen()` again) with `backlog`.
+    pub(super) fn listener_backlog(&mut self, port: u16, backlog: u32) {
+        let mut actions = Vec::new();
+        self.listeners
+            .backlogs
+            .set_backlog(port, backlog, &mut actions);
+        self.backlog_actions(actions);
+    }
+
+    /// The last listener on `port` went away.
+    pub(super) fn listener_gone(&mut self, port: u16) {
+        self.node.unlisten(port);
+        let mut actions = Vec::new();
+        self.listeners.backlogs.listener_gone(port, &mut actions);
+        self.backlog_actions(actions);
+    }
+
+    /// A session with no stream ended: if it waited for an accept, it waits no more.
+    pub(super) fn backlog_forget(&mut self, id: SessionId) {
+        let mut actions = Vec::new();
+        if let Some(proxy_port) = self.listeners.backlogs.forget(id, &mut actions) {
+            self.listeners.claims.remove(&proxy_port);
+        }
+        self.backlog_actions(actions);
+    }
+
+    /// Injected sessions nobody accepted in time.
+    pub(super) fn backlog_timeout(&mut self, now: weft_core::Instant) {
+        if self
+            .listeners
+            .backlogs
+            .poll_timeout()
+            .is_some_and(|t| t <= now)
+        {
+            let mut actions = Vec::new();
+            self.listeners.backlogs.handle_timeout(now, &mut actions);
+            self.backlog_actions(actions);
+        }
+    }
+
+    /// Carries out what the backlog decided, and what that leads to.
+    pub(super) fn backlog_actions(&mut self, mut actions: Vec<Action>) {
+        let mut i = 0;
+        while i < actions.len() {
+            match actions[i] {
+                Action::Inject { port, session } => {
+                    if let Err(e) = self.inject(port, session) {
+                        debug!(port, session, "cannot inject a session: {e}");
+                        self.listeners.backlogs.inject_failed(session, &mut actions);
+                    }
+                }
+                Action::Abort {
+                    session,
+                    proxy_port,
+                    reason,
+                } => {
+                    match reason {
+                        AbortReason::Overflow => warn!(
+                            session,
+                            "accept backlog full: {} sessions already wait; session refused",
+                            crate::streams::backlog::MAX_HELD
+                        ),
+                        _ => debug!(session, ?reason, "session given up before accept"),
+                    }
+                    if let Some(p) = proxy_port {
+                        self.listeners.claims.remove(&p);
+                    }
+                    let now = self.clock.now();
+                    self.node.session_abort(now, session);
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Connects to the application's listener on behalf of `session`.
+    fn inject(&mut self, port: u16, id: SessionId) -> io::Result<()> {
+        let no = |what: &str| io::Error::new(io::ErrorKind::NotFound, what.to_string());
+        let Some((_, ListenDelivery::Inject(addr), uid)) = self.listeners.current(port) else {
+            return Err(no("no shimmed listener on the port"));
+        };
+        if self.node.session_stats(id).is_none() {
+            return Err(no("the session is gone"));
+        }
+        let to = connectable(addr).ok_or_else(|| no("the listener's address"))?;
+        let (ours, theirs) = socketpair()?;
+        let inode = super::streams::inode_of(theirs.as_raw_fd()).unwrap_or(0);
+        // The session waits for its claim, which says whether the app wants ring mode.
+        let key = self.attach_stream(id, ours, inode, uid, Phase::Unclaimed, 0)?;
+        let (kernel, proxy_port) = match inject_connect(self.cfg.proxy_ip, to) {
+            Ok(k) => k,
+            Err(e) => {
+                self.detach_stream(key);
+                return Err(e);
+            }
+        };
+        // Watch it: if the application drops it unclaimed, the overlay client must hear at
+        // once, as a kernel client would, not after the timeout.
+        let _ = self.poll.registry().register(
+            &mut SourceFd(&kernel.as_raw_fd()),
+            Token(super::CLAIM_BASE + proxy_port as usize),
+            Interest::READABLE,
+        );
+        debug!(
+            port,
+            proxy_port,
+            session = id,
+            "session waiting for the application's accept"
+        );
+        self.listeners.claims.insert(
+            proxy_port,
+            Claim {
+                session: id,
+                uid,
+                app_end: theirs,
+                kernel,
+            },
+        );
+        self.listeners.backlogs.injected(id, proxy_port);
+        Ok(())
     }
 
     /// A listener accepted a session: hand it to whoever listens on the port.
@@ -211,6 +408,15 @@ impl Daemon {
             self.node.session_abort(now, id);
             return;
         };
+        if let ListenDelivery::Inject(_) = delivery {
+            debug!(port, session = id, %remote, "session for a shimmed listener");
+            let mut actions = Vec::new();
+            self.listeners
+                .backlogs
+                .incoming(now, port, id, &mut actions);
+            return self.backlog_actions(actions);
+        }
+        // The CLI takes plain bytes at once.
         let (ours, theirs) = match socketpair() {
             Ok(p) => p,
             Err(e) => {
@@ -219,61 +425,20 @@ impl Daemon {
             }
         };
         let inode = super::streams::inode_of(theirs.as_raw_fd()).unwrap_or(0);
-        // A shimmed listener's session waits for its claim, which says whether the app wants
-        // ring mode; the CLI takes plain bytes at once.
-        let phase = match delivery {
-            ListenDelivery::Control => Phase::Established,
-            ListenDelivery::Inject(_) => Phase::Unclaimed,
-        };
-        if let Err(e) = self.attach_stream(id, ours, inode, uid, phase, 0) {
+        if let Err(e) = self.attach_stream(id, ours, inode, uid, Phase::Established, 0) {
             warn!("attach incoming session: {e}");
             return self.node.session_abort(now, id);
         }
-        match delivery {
-            ListenDelivery::Control => {
-                let Ok(rec) = (Event::Incoming { port, peer: remote }).encode() else {
-                    return;
-                };
-                let sent = self
-                    .conns
-                    .get_mut(&conn)
-                    .map(|c| c.event(&rec, Some(theirs.as_raw_fd())));
-                if !matches!(sent, Some(Ok(true))) {
-                    debug!(port, "listener could not take the session");
-                    self.node.session_abort(now, id);
-                }
-            }
-            ListenDelivery::Inject(addr) => {
-                let Some(to) = connectable(addr) else {
-                    return self.node.session_abort(now, id);
-                };
-                match inject_connect(self.cfg.proxy_ip, to) {
-                    Ok((kernel, proxy_port)) => {
-                        // Watch it: if the application drops it unclaimed, the overlay client
-                        // must hear at once, as a kernel client would, not after the timeout.
-                        let _ = self.poll.registry().register(
-                            &mut SourceFd(&kernel.as_raw_fd()),
-                            Token(super::CLAIM_BASE + proxy_port as usize),
-                            Interest::READABLE,
-                        );
-                        debug!(port, proxy_port, %remote, "session waiting for the application's accept");
-                        self.listeners.claims.insert(
-                            proxy_port,
-                            Claim {
-                                session: id,
-                                uid,
-                                app_end: theirs,
-                                _kernel: kernel,
-                                expires: Instant::now() + CLAIM_TIMEOUT,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        debug!(port, "cannot reach the application's listener at {to}: {e}");
-                        self.node.session_abort(now, id);
-                    }
-                }
-            }
+        let Ok(rec) = (Event::Incoming { port, peer: remote }).encode() else {
+            return;
+        };
+        let sent = self
+            .conns
+            .get_mut(&conn)
+            .map(|c| c.event(&rec, Some(theirs.as_raw_fd())));
+        if !matches!(sent, Some(Ok(true))) {
+            debug!(port, "listener could not take the session");
+            self.node.session_abort(now, id);
         }
     }
 }

@@ -107,6 +107,9 @@ struct DaemonStatus<'a> {
     daemon_counters: &'a DaemonCounters,
     udp: udp::UdpCounters,
     rings: rings::RingCounters,
+    /// Sessions for shimmed listeners: held for a free accept-queue slot, injected, claimed,
+    /// and each way one left unclaimed.
+    accept_backlog: crate::streams::backlog::BacklogCounters,
     security: SecurityStatus,
     access: AccessStatus,
 }
@@ -326,6 +329,7 @@ impl Daemon {
                 let now = self.clock.now();
                 let next = [
                     self.node.poll_timeout(),
+                    self.listeners.backlogs.poll_timeout(),
                     self.emulation.next_due(),
                     self.security.poll_timeout(now),
                 ]
@@ -576,9 +580,7 @@ impl Daemon {
         }
         self.check_kernel_members(false);
         let now = self.clock.now();
-        for sid in self.listeners.expire_claims() {
-            self.node.session_abort(now, sid);
-        }
+        self.backlog_timeout(now);
     }
 
     fn status(&mut self, now: weft_core::Instant) -> DaemonStatus<'_> {
@@ -618,6 +620,7 @@ impl Daemon {
             member_checks: self.kernel_groups.as_ref().map_or(0, |k| k.checks),
             member_sockets_closed: self.kernel_groups.as_ref().map_or(0, |k| k.closed_found),
             rings: self.ring_counters(),
+            accept_backlog: self.listeners.backlogs.counters(),
             udp: self.udp.counters(),
             security: self.security.status(now),
             access: AccessStatus {

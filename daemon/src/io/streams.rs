@@ -294,6 +294,8 @@ impl Daemon {
             match event {
                 SessionEvent::Closed | SessionEvent::Failed(_) => {
                     self.released_sessions.remove(&id);
+                    // It may have been waiting for a shimmed listener's accept.
+                    self.backlog_forget(id);
                 }
                 SessionEvent::Readable if self.released_sessions.contains(&id) => {
                     // Nobody will read it, and the peer would wait for window forever.

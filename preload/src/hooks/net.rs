@@ -46,7 +46,7 @@ hook! {
     fn listen(fd: c_int, backlog: c_int) -> c_int {
         let rc = real::listen(fd, backlog);
         if rc == 0 {
-            listen::after_listen(fd);
+            listen::after_listen(fd, backlog);
         }
         rc
     }
