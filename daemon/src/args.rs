@@ -36,7 +36,8 @@ pub struct WeftdArgs {
     /// Repeatable.
     #[arg(long = "neighbor", value_name = "ADDR[/SPEC]")]
     pub neighbors: Vec<String>,
-    /// Control socket path (default /tmp/weft/weftd.sock).
+    /// Control socket path (default /run/weft/weftd.sock; for a daemon not run by root,
+    /// $XDG_RUNTIME_DIR/weft/weftd.sock when that is set).
     #[arg(long, env = "WEFT_SOCKET", value_name = "PATH")]
     pub socket: Option<String>,
     /// Group (name or gid) of the control socket (mode 0660): its members may use the overlay

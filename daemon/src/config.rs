@@ -17,8 +17,18 @@ use weft_transport::arq::RedundancyConfig;
 use weft_transport::session::RecoveryMode;
 
 pub const DEFAULT_PORT: u16 = 7470;
-/// Where `weftd` listens and `weft` connects when neither `--socket` nor `WEFT_SOCKET` says.
-pub const DEFAULT_SOCKET: &str = "/tmp/weft/weftd.sock";
+/// Where a system `weftd` listens and `weft` connects when neither `--socket` nor
+/// `WEFT_SOCKET` says (`/run/weft` is root's, unlike a shared /tmp directory).
+pub const DEFAULT_SOCKET: &str = "/run/weft/weftd.sock";
+
+/// The socket of a daemon run by `uid` with `runtime_dir` (`$XDG_RUNTIME_DIR`): root's is
+/// [`DEFAULT_SOCKET`], another user's lives in their own runtime directory.
+pub fn default_socket(uid: u32, runtime_dir: Option<&std::ffi::OsStr>) -> PathBuf {
+    match runtime_dir {
+        Some(dir) if uid != 0 && !dir.is_empty() => Path::new(dir).join("weft/weftd.sock"),
+        _ => PathBuf::from(DEFAULT_SOCKET),
+    }
+}
 
 fn parse_recovery(s: &str) -> Result<RecoveryMode, String> {
     match s {
@@ -533,7 +543,11 @@ impl DaemonConfig {
 
         let socket = match pick(&flags.socket, &file.socket) {
             Some(s) => PathBuf::from(s),
-            None => PathBuf::from(DEFAULT_SOCKET),
+            None => default_socket(
+                // SAFETY: geteuid cannot fail.
+                unsafe { libc::geteuid() },
+                std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+            ),
         };
         let access = AccessConfig {
             socket_group: match pick(&flags.socket_group, &file.socket_group) {
@@ -929,6 +943,17 @@ mod tests {
             .step_by(2)
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn the_default_socket_is_roots_or_in_the_users_runtime_dir() {
+        let run = std::ffi::OsStr::new("/run/user/1000");
+        assert_eq!(default_socket(0, Some(run)), Path::new(DEFAULT_SOCKET));
+        assert_eq!(
+            default_socket(1000, Some(run)),
+            Path::new("/run/user/1000/weft/weftd.sock")
+        );
+        assert_eq!(default_socket(1000, None), Path::new(DEFAULT_SOCKET));
     }
 
     #[test]

@@ -212,6 +212,7 @@ fn nobody_cannot_touch_root_sessions_listeners_or_ports() {
         &[Request::Listen {
             port: 7100,
             delivery: ListenDelivery::Control,
+            backlog: 8,
         }],
     );
     assert_eq!(
@@ -397,4 +398,155 @@ fn nobody_cannot_steal_a_session_waiting_for_roots_accept() {
     let _ = cat.wait();
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// `weftd --socket PATH` as the issue found it: it deleted whatever was at PATH and created
+/// missing parents as root. Now it replaces only a dead socket, creates only the socket's own
+/// directory, and refuses a directory another user could write to.
+#[test]
+fn weftd_never_replaces_a_file_nor_trusts_another_users_directory() {
+    let subnet = weft_tests::Subnet::claim();
+    let dir = std::path::PathBuf::from(format!("/tmp/weft-tests/{}-sockets", subnet.t));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let start = |socket: &std::path::Path| {
+        let out = Command::new(weft_tests::weftd_bin())
+            .args([
+                "--listen",
+                &format!("127.{}.0.1:7470", subnet.t),
+                "--insecure",
+            ])
+            .arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .output()
+            .expect("weftd");
+        assert!(
+            !out.status.success(),
+            "weftd started on {}",
+            socket.display()
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let precious = dir.join("precious");
+    std::fs::write(&precious, b"keep me").expect("file");
+    let err = start(&precious);
+    assert!(err.contains("is not a socket"), "{err}");
+    assert_eq!(std::fs::read(&precious).expect("file"), b"keep me");
+
+    let deep = dir.join("a/b/weftd.sock");
+    let err = start(&deep);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!dir.join("a").exists());
+
+    let theirs = dir.join("theirs");
+    std::fs::create_dir(&theirs).expect("dir");
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), None).expect("chown");
+    let err = start(&theirs.join("weftd.sock"));
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+
+    let open = dir.join("open");
+    std::fs::create_dir(&open).expect("dir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let err = start(&open.join("weftd.sock"));
+    assert!(err.contains("writable by every user"), "{err}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// A server that accepts after dropping privileges (root's listener, a worker running as
+/// nobody): the worker holds the accepted connection, which proves the claim whatever its uid.
+#[test]
+fn a_worker_that_dropped_privileges_still_gets_its_session() {
+    let o = overlay();
+    let port = weft_tests::shim::free_port();
+    let script = format!(
+        "import os,socket,sys\ns=socket.socket()\ns.bind(('0.0.0.0',{port}))\ns.listen(8)\n\
+         print('listening',flush=True)\npid=os.fork()\nif pid==0:\n    os.setgroups([])\n\
+         \x20   os.setgid({SOCKET_GID})\n    os.setuid({NOBODY})\n    c,_=s.accept()\n\
+         \x20   sys.stdout.write(c.recv(100).decode())\n    sys.stdout.flush()\n    os._exit(0)\n\
+         os.waitpid(pid,0)\n"
+    );
+    let mut cmd = o.shim(2, weft_tests::shim::PYTHON);
+    cmd.args(["-c", &script]);
+    let mut server = weft_tests::shim::Bg::spawn(cmd, &o.dir, "worker");
+    o.wait_listener(2, port);
+    let mut cat = Command::new(weft_bin())
+        .arg("--socket")
+        .arg(o.socket(1))
+        .args(["cat", &format!("{}:{port}", o.ip(2))])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("weft cat");
+    cat.stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"for the worker\n")
+        .expect("write");
+    let got = server.success(Duration::from_secs(20));
+    assert!(got.contains("for the worker"), "the worker got {got:?}");
+    assert_eq!(refused(&o, 2), (0, 0));
+    let _ = cat.kill();
+    let _ = cat.wait();
+}
+
+/// Root's UDP socket (this test's own): nobody may neither join nor leave groups for it nor
+/// set its filter; a join for its own connection (the CLI's way) is fine.
+#[test]
+fn nobody_cannot_change_the_memberships_of_roots_socket() {
+    use std::os::fd::AsRawFd;
+    let o = overlay();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let std::net::SocketAddr::V4(addr) = sock.local_addr().expect("addr") else {
+        panic!("v4")
+    };
+    // SAFETY: fstat into a zeroed buffer on a socket we own.
+    let inode = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(libc::fstat(sock.as_raw_fd(), &mut st), 0);
+        st.st_ino
+    };
+    let group = NodeId::from(std::net::Ipv4Addr::new(239, 1, 2, 3));
+    let lines = raw(
+        &o,
+        1,
+        false,
+        &[
+            Request::Join {
+                group,
+                source: None,
+                deliver_to: addr,
+                reliable: false,
+            },
+            Request::Leave {
+                group,
+                source: None,
+                deliver_to: addr,
+            },
+            Request::GroupFilter {
+                socket: weft_ipc::GroupSocket::Kernel { inode },
+                group,
+                filter: None,
+                reliable: false,
+            },
+            Request::GroupFilter {
+                socket: weft_ipc::GroupSocket::Delivery(addr),
+                group,
+                filter: None,
+                reliable: false,
+            },
+            Request::Join {
+                group,
+                source: None,
+                deliver_to: std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 5000),
+                reliable: false,
+            },
+        ],
+    );
+    for l in &lines[..4] {
+        assert_eq!(errno_of(l), Some(libc::EACCES as i64), "{lines:?}");
+    }
+    assert!(lines[4].starts_with("\"Ok\""), "{lines:?}");
+    assert_eq!(refused(&o, 1), (0, 4));
+    drop(sock);
 }

@@ -8,10 +8,12 @@
 //!   neighbour add/remove): root, the daemon's own user, or a member of `admin_group`
 //!   ([`Caller::require_admin`]); refused with `EPERM`;
 //! - what a uid made (sessions and their outcomes, listeners and the sessions waiting for
-//!   their `accept`, datagram ports, the multicast send options of a port, memberships)
-//!   belongs to that uid ([`Caller::require_owner`]): another uid gets `EACCES`, or what the
-//!   kernel answers for a port someone else holds (`EADDRINUSE`), never their data or
-//!   metadata. Root and the daemon's user may act on anything (root could anyway).
+//!   their `accept`, datagram ports, the multicast send options of a port) belongs to that
+//!   uid ([`Caller::require_owner`]), a membership to the owner of its kernel UDP socket
+//!   ([`udp_owner`]): another uid gets `EACCES`, or what the kernel answers for a port
+//!   someone else holds (`EADDRINUSE`), never their data or metadata. Root and the daemon's
+//!   user may act on anything (root could anyway). Passing the accepted connection with a
+//!   claim proves it for any uid (`Listeners::proves_claim`).
 //!
 //! Every refusal is counted ([`AccessCounters`], in `weft status --json` under `access`) and
 //! logged with the caller's uid and pid (the first few per connection at `warn`, then every
@@ -213,6 +215,52 @@ pub fn loud(n: u64) -> bool {
     n <= LOUD_REFUSALS || n.is_multiple_of(1024)
 }
 
+/// Which kernel UDP socket a membership request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpSocket {
+    Inode(u64),
+    /// Bound to this address (or to the wildcard address on its port).
+    Bound(std::net::SocketAddrV4),
+}
+
+/// The uid that owns a kernel UDP socket, as `/proc/net/udp` says (`None`: no such socket, or
+/// the table cannot be read).
+pub fn udp_owner(which: UdpSocket) -> Option<u32> {
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .into_iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            udp_owner_in(&text, which)
+        })
+}
+
+/// [`udp_owner`] on the table's text: `sl local rem st queues tr retr uid timeout inode`.
+fn udp_owner_in(text: &str, which: UdpSocket) -> Option<u32> {
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let uid: u32 = f.get(7)?.parse().ok()?;
+        let matches = match which {
+            UdpSocket::Inode(inode) => f.get(9)?.parse::<u64>().ok()? == inode,
+            UdpSocket::Bound(addr) => {
+                let (ip, port) = f.get(1)?.split_once(':')?;
+                // The kernel prints each 32-bit word of the network-order address as a
+                // host-order hex number; an IPv6 socket holds IPv4 names when it is the
+                // wildcard or an IPv4-mapped address (::ffff:a.b.c.d, the last word).
+                let v4 = match ip.len() {
+                    8 => ip,
+                    32 if ip.bytes().all(|b| b == b'0') => "00000000",
+                    32 if ip.get(..24)? == "0000000000000000FFFF0000" => ip.get(24..)?,
+                    _ => return None,
+                };
+                let ip = std::net::Ipv4Addr::from(u32::from_str_radix(v4, 16).ok()?.to_le_bytes());
+                u16::from_str_radix(port, 16).ok()? == addr.port()
+                    && (ip == *addr.ip() || ip.is_unspecified())
+            }
+        };
+        matches.then_some(uid)
+    })
+}
+
 /// `name` or a number: the gid of a group.
 pub fn resolve_group(spec: &str) -> Result<u32, String> {
     if let Ok(gid) = spec.parse::<u32>() {
@@ -271,6 +319,38 @@ mod tests {
     fn the_log_thins_out() {
         assert!((1..=LOUD_REFUSALS).all(loud));
         assert!(!loud(LOUD_REFUSALS + 1) && loud(2048));
+    }
+
+    #[test]
+    fn udp_sockets_have_owners() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            1: 0100007F:1388 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0 0\n\
+            2: 00000000:1389 00000000:0000 07 00000000:00000000 00:00000000 00000000 65534        0 4343 2 0 0\n";
+        let at = |ip: [u8; 4], port| UdpSocket::Bound(std::net::SocketAddrV4::new(ip.into(), port));
+        assert_eq!(udp_owner_in(table, UdpSocket::Inode(4242)), Some(0));
+        assert_eq!(udp_owner_in(table, UdpSocket::Inode(4343)), Some(65534));
+        assert_eq!(udp_owner_in(table, UdpSocket::Inode(1)), None);
+        assert_eq!(udp_owner_in(table, at([127, 0, 0, 1], 5000)), Some(0));
+        assert_eq!(udp_owner_in(table, at([127, 0, 0, 2], 5000)), None);
+        // A wildcard socket holds its port on every address.
+        assert_eq!(udp_owner_in(table, at([127, 0, 0, 2], 5001)), Some(65534));
+        let table6 = "  sl  local_address remote_address st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            1: 00000000000000000000000000000000:1388 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 77 2 0 0\n\
+            2: 0000000000000000FFFF00000100007F:1389 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000  1001        0 78 2 0 0\n";
+        assert_eq!(udp_owner_in(table6, at([127, 0, 0, 9], 5000)), Some(1000));
+        assert_eq!(udp_owner_in(table6, at([127, 0, 0, 1], 5001)), Some(1001));
+        assert_eq!(udp_owner_in(table6, at([127, 0, 0, 2], 5001)), None);
+        assert_eq!(udp_owner_in(table6, UdpSocket::Inode(78)), Some(1001));
+        // This process's own socket, in the real table.
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(a) = s.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            udp_owner(UdpSocket::Bound(a)),
+            Some(unsafe { libc::geteuid() })
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Daemon {
     }
 
     /// The caller on connection `id` (one that is gone owns and administers nothing).
-    fn caller(&self, id: usize) -> access::Caller {
+    pub(super) fn caller(&self, id: usize) -> access::Caller {
         self.conns.get(&id).map_or(
             access::Caller {
                 uid: u32::MAX,
@@ -419,7 +419,11 @@ impl Daemon {
                 proxy_port,
                 rings,
             } => {
-                if let Some(owner) = self.listeners.claim_owner(proxy_port) {
+                // The shim passes the connection it accepted: holding it proves the claim.
+                let proven = fd
+                    .as_ref()
+                    .is_some_and(|fd| self.listeners.proves_claim(proxy_port, fd));
+                if let Some(owner) = self.listeners.claim_owner(proxy_port).filter(|_| !proven) {
                     caller.require_owner(
                         owner,
                         libc::EACCES,
@@ -454,18 +458,18 @@ impl Daemon {
                 source,
                 deliver_to,
                 reliable,
-            } => self.join(id, group, source, deliver_to, reliable),
+            } => self.join(id, group, source, deliver_to, reliable)?,
             Request::Leave {
                 group,
                 source,
                 deliver_to,
-            } => self.leave(id, group, source, deliver_to),
+            } => self.leave(id, group, source, deliver_to)?,
             Request::GroupFilter {
                 socket,
                 group,
                 filter,
                 reliable,
-            } => self.group_filter(id, socket, group, filter, reliable),
+            } => self.group_filter(id, socket, group, filter, reliable)?,
             Request::MulticastInfo => self.multicast_info(),
             Request::SourceAlias { node, ip } => self.source_alias(node, ip),
             Request::ResolveProxyAt { addr } => Reply::Resolved {
