@@ -139,6 +139,12 @@ pub struct Services {
     clock: Instant,
     /// Live nodes of this component other than this one.
     live: BTreeSet<NodeId>,
+    /// Nodes that were live here and left (died or were partitioned away): they may hold an
+    /// older record of ours, so their return is what makes us re-flood ours.
+    departed: BTreeSet<NodeId>,
+    /// Whether this run's record has gone out since the component first had other nodes:
+    /// until it has, a stale record of our previous run elsewhere would count on our return.
+    announced: bool,
     views: BTreeMap<NodeId, View>,
     changes: VecDeque<OwnerChange>,
     /// Our record changed and has not been taken for flooding.
@@ -156,6 +162,8 @@ impl Services {
             records: BTreeMap::new(),
             clock: now,
             live: BTreeSet::new(),
+            departed: BTreeSet::new(),
+            announced: false,
             views: BTreeMap::new(),
             changes: VecDeque::new(),
             own_dirty: false,
@@ -215,10 +223,19 @@ impl Services {
                 _ => {}
             }
         }
-        if live.difference(&self.live).next().is_some() {
-            // The newcomers may hold our record only as stale (or not at all), or an older
-            // version that says we serve what we no longer do: every node re-floods, serving
-            // or not.
+        self.departed.extend(self.live.difference(&live).copied());
+        let returned: Vec<NodeId> = live.intersection(&self.departed).copied().collect();
+        if !returned.is_empty() || (!self.announced && !live.is_empty()) {
+            self.announced = true;
+            // Nodes back from a partition or a restart may hold our record only as stale, or
+            // an older version that says we serve what we no longer do: every node re-floods,
+            // serving or not; so does a node that has just started, once. Nodes never seen
+            // before need no flood of their own (they learn our record from their neighbours'
+            // full sync); re-flooding for each of them made a start of n nodes cost O(n)
+            // floods per node.
+            for n in returned {
+                self.departed.remove(&n);
+            }
             self.bump();
         }
         self.live = live;
@@ -283,6 +300,7 @@ impl Services {
     pub fn retain_origins(&mut self, now: Instant, known: impl Fn(NodeId) -> bool) {
         let before = self.records.len();
         self.records.retain(|&n, _| known(n));
+        self.departed.retain(|&n| known(n));
         if self.records.len() != before {
             self.recompute(now);
         }
