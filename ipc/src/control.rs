@@ -26,7 +26,9 @@ use weft_core::{Endpoint, NodeId};
 
 /// 2: ring mode (`rings` in `Connect`, `ClaimAccepted` and their replies).
 /// 3: `Listen` carries the listener's `backlog` (the daemon paces injected sessions to it).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: `SessionOptions` (a session's TCP_USER_TIMEOUT, keepalive, TCP_NODELAY and TCP_CORK
+///    reach the daemon).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest control record either side sends or accepts (a 65 507-byte datagram plus framing).
 pub const MAX_MESSAGE: usize = 70 * 1024;
 
@@ -74,6 +76,13 @@ pub enum Request {
     /// Addresses and transport state of a session: `Reply::Session`.
     SessionInfo {
         inode: u64,
+    },
+    /// The program set socket options that change how its session behaves: the whole set
+    /// in force now (sent after each change, and at connect/accept when the kernel socket
+    /// had any). `Reply::Ok`, or `EBADF` when the daemon holds no such session.
+    SessionOptions {
+        inode: u64,
+        options: StreamOptions,
     },
 
     /// Accept overlay sessions on `port`. `backlog`: the `listen()` backlog in force (as
@@ -257,6 +266,23 @@ pub struct Welcome {
     pub nodes: Vec<NodeId>,
     /// Extra prefixes (address, prefix length) that are always overlay-bound.
     pub prefixes: Vec<(std::net::Ipv4Addr, u8)>,
+}
+
+/// A session's socket options as the program set them, in the kernel's units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StreamOptions {
+    /// `TCP_USER_TIMEOUT` in milliseconds; 0 is the daemon's default.
+    pub user_timeout_ms: u32,
+    /// `SO_KEEPALIVE`.
+    pub keepalive: bool,
+    /// `TCP_KEEPIDLE`, `TCP_KEEPINTVL` (seconds), `TCP_KEEPCNT`.
+    pub keepidle_s: u32,
+    pub keepintvl_s: u32,
+    pub keepcnt: u32,
+    /// `TCP_NODELAY` (off: Nagle's algorithm).
+    pub nodelay: bool,
+    /// `TCP_CORK`, or a write with `MSG_MORE` under way.
+    pub cork: bool,
 }
 
 /// What `TCP_INFO`, `getsockname` and `getpeername` report for a session.

@@ -8,6 +8,6 @@ pub mod ring;
 
 pub use control::{
     ClientKind, ControlError, Event, GroupDelivery, GroupFilterSpec, GroupSocket, Incoming,
-    LinkAction, ListenDelivery, NeighborAction, Reply, Request, SessionInfo, Welcome, MAX_MESSAGE,
-    PROTOCOL_VERSION,
+    LinkAction, ListenDelivery, NeighborAction, Reply, Request, SessionInfo, StreamOptions,
+    Welcome, MAX_MESSAGE, PROTOCOL_VERSION,
 };

@@ -25,6 +25,9 @@ pub const PRIVATE: u8 = 4;
 pub const RING: u8 = 8;
 /// The eventfd of a ring (with [`PRIVATE`]).
 pub const RING_WAKE: u8 = 16;
+/// A run of `MSG_MORE` writes is under way on this session: the daemon holds it corked
+/// until a write without the flag.
+pub const MORE: u8 = 32;
 
 static FLAGS: [AtomicU8; FLAGS_LEN] = [const { AtomicU8::new(0) }; FLAGS_LEN];
 
@@ -61,6 +64,14 @@ pub fn mark_candidate(fd: c_int, on: bool) {
         update(fd, CANDIDATE, 0)
     } else {
         update(fd, 0, CANDIDATE)
+    }
+}
+
+pub fn mark_more(fd: c_int, on: bool) {
+    if on {
+        update(fd, MORE, 0)
+    } else {
+        update(fd, 0, MORE)
     }
 }
 

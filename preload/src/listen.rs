@@ -197,6 +197,10 @@ fn claim(
         stream::apply_buffers(&carry, session.as_raw_fd(), None);
     }
     let opts = Opts::snapshot(listener, domain);
+    // An accepted socket inherits SO_KEEPALIVE from its listener.
+    if sys::sockopt_int(listener, libc::SOL_SOCKET, libc::SO_KEEPALIVE).is_some_and(|v| v != 0) {
+        sys::set_sockopt_int(session.as_raw_fd(), libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    }
     let cloexec = if flags & libc::SOCK_CLOEXEC != 0 {
         libc::O_CLOEXEC
     } else {
@@ -223,13 +227,16 @@ fn claim(
         "accepted overlay session from {} on fd {nfd}",
         peer.socket_addr()
     );
+    let inode = sys::inode(nfd).unwrap_or(0);
+    stream::push_options(nfd, inode, &opts, true);
     let s = Stream {
-        inode: sys::inode(nfd).unwrap_or(0),
+        inode,
         domain,
         state: ConnectState::Established { acknowledged: true },
         local,
         remote: Some(peer),
         opts,
+        eof_checked: false,
     };
     let released = {
         let mut st = state::lock();

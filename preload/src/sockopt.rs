@@ -6,7 +6,7 @@
 //! the kernel's rules: at most the caller's length, `*optlen` set to what was written.
 
 use libc::{c_int, c_void, socklen_t};
-use weft_ipc::SessionInfo;
+use weft_ipc::{SessionInfo, StreamOptions};
 
 /// Longest congestion-control name (`TCP_CA_NAME_MAX`).
 const CA_NAME_MAX: usize = 16;
@@ -39,6 +39,36 @@ const SNAPSHOT_V6: &[(c_int, c_int)] = &[
     (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
     (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
 ];
+
+/// Options whose values the daemon's session acts on (the shim sends the set after each
+/// change: `weft_ipc::Request::SessionOptions`). Every other option is remembered and
+/// reported only (preload/README.md says why for each).
+pub fn drives_session(level: c_int, name: c_int) -> bool {
+    matches!(
+        (level, name),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE)
+            | (
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT
+                    | libc::TCP_KEEPIDLE
+                    | libc::TCP_KEEPINTVL
+                    | libc::TCP_KEEPCNT
+                    | libc::TCP_NODELAY
+                    | libc::TCP_CORK
+            )
+    )
+}
+
+/// The kernel's range checks for the options a session acts on (`EINVAL` outside them).
+fn in_kernel_range(level: c_int, name: c_int, v: c_int) -> bool {
+    match (level, name) {
+        // MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT.
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE | libc::TCP_KEEPINTVL) => (1..=32767).contains(&v),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT) => (1..=127).contains(&v),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT) => v >= 0,
+        _ => true,
+    }
+}
 
 /// Linux defaults for options nobody set or snapshotted (an inherited session).
 fn default_int(level: c_int, name: c_int) -> Option<c_int> {
@@ -138,6 +168,20 @@ impl Opts {
             .or_else(|| default_int(level, name))
     }
 
+    /// What the session does with these options, `SO_KEEPALIVE` as the socket holds it.
+    pub fn stream_options(&self, keepalive: bool) -> StreamOptions {
+        let get = |name| self.int(libc::IPPROTO_TCP, name).unwrap_or(0).max(0) as u32;
+        StreamOptions {
+            user_timeout_ms: get(libc::TCP_USER_TIMEOUT),
+            keepalive,
+            keepidle_s: get(libc::TCP_KEEPIDLE).max(1),
+            keepintvl_s: get(libc::TCP_KEEPINTVL).max(1),
+            keepcnt: get(libc::TCP_KEEPCNT).max(1),
+            nodelay: get(libc::TCP_NODELAY) != 0,
+            cork: get(libc::TCP_CORK) != 0,
+        }
+    }
+
     fn set_int(&mut self, level: c_int, name: c_int, v: c_int) {
         self.ints.retain(|(l, n, _)| !(*l == level && *n == name));
         self.ints.push((level, name, v));
@@ -231,6 +275,9 @@ impl Opts {
         } else {
             return Outcome::Fail(libc::EINVAL);
         };
+        if !in_kernel_range(level, name, v) {
+            return Outcome::Fail(libc::EINVAL);
+        }
         if (level, name) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG) {
             self.maxseg = Some(v);
         } else {
@@ -424,6 +471,62 @@ mod tests {
             get_int(&o, libc::SOL_SOCKET, libc::SO_SNDBUF, 4).0,
             Outcome::Pass
         );
+    }
+
+    #[test]
+    fn session_options_follow_the_kernel_ranges_and_defaults() {
+        let mut o = Opts::default();
+        assert_eq!(
+            o.stream_options(false),
+            StreamOptions {
+                user_timeout_ms: 0,
+                keepalive: false,
+                keepidle_s: 7200,
+                keepintvl_s: 75,
+                keepcnt: 9,
+                nodelay: false,
+                cork: false,
+            }
+        );
+        let set = |o: &mut Opts, name: c_int, v: c_int| unsafe {
+            o.set(
+                libc::IPPROTO_TCP,
+                name,
+                &v as *const c_int as *const c_void,
+                4,
+            )
+        };
+        for (name, bad) in [
+            (libc::TCP_KEEPIDLE, 0),
+            (libc::TCP_KEEPIDLE, 32768),
+            (libc::TCP_KEEPINTVL, -1),
+            (libc::TCP_KEEPCNT, 128),
+            (libc::TCP_USER_TIMEOUT, -5),
+        ] {
+            assert_eq!(
+                set(&mut o, name, bad),
+                Outcome::Fail(libc::EINVAL),
+                "{name} {bad}"
+            );
+        }
+        assert_eq!(set(&mut o, libc::TCP_KEEPIDLE, 1), Outcome::Done);
+        assert_eq!(set(&mut o, libc::TCP_KEEPINTVL, 2), Outcome::Done);
+        assert_eq!(set(&mut o, libc::TCP_KEEPCNT, 3), Outcome::Done);
+        assert_eq!(set(&mut o, libc::TCP_USER_TIMEOUT, 1500), Outcome::Done);
+        assert_eq!(
+            o.stream_options(true),
+            StreamOptions {
+                user_timeout_ms: 1500,
+                keepalive: true,
+                keepidle_s: 1,
+                keepintvl_s: 2,
+                keepcnt: 3,
+                nodelay: false,
+                cork: false,
+            }
+        );
+        assert!(drives_session(libc::SOL_SOCKET, libc::SO_KEEPALIVE));
+        assert!(!drives_session(libc::IPPROTO_TCP, libc::TCP_QUICKACK));
     }
 
     #[test]

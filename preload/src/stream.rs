@@ -17,7 +17,7 @@ use crate::{control, real, state, sys};
 use libc::c_int;
 use std::os::fd::OwnedFd;
 use weft_core::Endpoint;
-use weft_ipc::{Reply, Request, SessionInfo};
+use weft_ipc::{Reply, Request, SessionInfo, StreamOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectState {
@@ -54,6 +54,8 @@ pub struct Stream {
     pub local: Option<Endpoint>,
     pub remote: Option<Endpoint>,
     pub opts: Opts,
+    /// End of file was seen and the daemon asked once whether the session failed.
+    pub eof_checked: bool,
 }
 
 /// The stream state of `fd`, if it is a session. Checked against the descriptor's inode: a
@@ -467,6 +469,7 @@ fn transplant(
         dst.socket_addr(),
         local.socket_addr()
     );
+    let opts_now = opts.clone();
     let stream = Stream {
         inode,
         domain,
@@ -474,6 +477,7 @@ fn transplant(
         local: Some(local),
         remote: Some(dst),
         opts,
+        eof_checked: false,
     };
     let released = {
         let mut st = state::lock();
@@ -486,6 +490,7 @@ fn transplant(
         st.table.set(fd, Kind::Stream(Box::new(stream)))
     };
     crate::release::release(released);
+    push_options(fd, inode, &opts_now, true);
     match held {
         Some(held) => wait_outcome(fd, inode, timeout_ms, &held),
         None => fail(libc::EINPROGRESS),
@@ -586,6 +591,85 @@ pub fn so_error(fd: c_int) -> c_int {
     }
 }
 
+/// End of file (a read returned 0, or a write `EPIPE`) on an established session: if the
+/// session timed out (user timeout, keepalive: `ETIMEDOUT`, or `EHOSTUNREACH` with no route
+/// left), the errno the kernel's socket would report, once, as its pending error; later
+/// calls see plain end of file. A session that ended otherwise is asked about once.
+pub fn eof_error(fd: c_int) -> Option<i32> {
+    let s = get(fd)?;
+    if s.eof_checked || !matches!(s.state, ConnectState::Established { .. }) {
+        return None;
+    }
+    let e = match control::request(Request::ConnectStatus { inode: s.inode }) {
+        // Still running: a zero-length read, or the peer's FIN (asked again next time).
+        Ok(Reply::ConnectStatus { result: Some(0) }) => return None,
+        Ok(Reply::ConnectStatus {
+            result: Some(e @ (libc::ETIMEDOUT | libc::EHOSTUNREACH)),
+        }) => e,
+        _ => {
+            update(fd, s.inode, |st| st.eof_checked = true);
+            return None;
+        }
+    };
+    update(fd, s.inode, |st| {
+        st.state = ConnectState::Failed {
+            errno: e,
+            reported: true,
+        }
+    });
+    debug!("fd {fd}: session timed out (errno {e})");
+    Some(e)
+}
+
+/// Tells the daemon the options of the session on `fd` that change what it does (user
+/// timeout, keepalive, Nagle, cork). `only_if_set`: skip it at a fresh connect or accept
+/// when none is set (the session then sends as with `TCP_NODELAY`: no round trip to the
+/// daemon for programs that set nothing; preload/README.md).
+pub fn push_options(fd: c_int, inode: u64, opts: &Opts, only_if_set: bool) {
+    let keepalive =
+        sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE).is_some_and(|v| v != 0);
+    let options = opts.stream_options(keepalive);
+    push_stream_options(fd, inode, options, only_if_set);
+}
+
+/// Before a write on `fd`: with `MSG_MORE` on a session, the daemon corks it first (once per
+/// run of such writes), so the bytes wait for the rest as the kernel's would.
+pub fn more_before(fd: c_int, flags: c_int) {
+    if flags & libc::MSG_MORE == 0 || fdtable::flags(fd) & fdtable::MORE != 0 {
+        return;
+    }
+    let Some(s) = get(fd) else { return };
+    let keepalive =
+        sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE).is_some_and(|v| v != 0);
+    let options = StreamOptions {
+        cork: true,
+        ..s.opts.stream_options(keepalive)
+    };
+    push_stream_options(fd, s.inode, options, false);
+    fdtable::mark_more(fd, true);
+}
+
+/// After a write on `fd`: the first one without `MSG_MORE` after a run of them ends the
+/// run; the program's own `TCP_CORK` setting applies again (and pushes what waited).
+pub fn more_after(fd: c_int, flags: c_int) {
+    if flags & libc::MSG_MORE != 0 || fdtable::flags(fd) & fdtable::MORE == 0 {
+        return;
+    }
+    fdtable::mark_more(fd, false);
+    if let Some(s) = get(fd) {
+        push_options(fd, s.inode, &s.opts, false);
+    }
+}
+
+fn push_stream_options(fd: c_int, inode: u64, options: StreamOptions, only_if_set: bool) {
+    if only_if_set && !options.keepalive && options.user_timeout_ms == 0 && !options.cork {
+        return;
+    }
+    if let Err(e) = control::request(Request::SessionOptions { inode, options }) {
+        debug!("fd {fd}: session options not applied (errno {e})");
+    }
+}
+
 /// The daemon's figures for a session.
 pub fn session_info(inode: u64) -> Option<SessionInfo> {
     match control::request(Request::SessionInfo { inode }) {
@@ -623,6 +707,7 @@ pub fn adopt(fd: c_int) -> Option<Stream> {
             local: i.local,
             remote: i.remote,
             opts: Opts::default(),
+            eof_checked: false,
         })),
         _ => Kind::Foreign,
     };

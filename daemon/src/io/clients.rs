@@ -378,6 +378,17 @@ impl Daemon {
                 }),
                 None => ipc_err(libc::EBADF, "no such overlay socket"),
             },
+            Request::SessionOptions { inode, options } => match self.stream_session(inode) {
+                Some(sid) => {
+                    // What the program wrote before changing them is the session's first:
+                    // uncorking pushes everything it holds, as the kernel's does.
+                    self.pull_app_bytes(inode);
+                    let options = super::streams::session_options(options);
+                    self.node.session_set_options(now, sid, options);
+                    Reply::Ok
+                }
+                None => ipc_err(libc::EBADF, "no such overlay socket"),
+            },
             Request::Listen {
                 port,
                 delivery,

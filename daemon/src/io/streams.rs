@@ -23,7 +23,7 @@ use std::time::{Duration, Instant as StdInstant};
 use tracing::debug;
 use weft_core::Endpoint;
 use weft_ipc::ring::Consumer;
-use weft_transport::session::{SessionError, SessionEvent};
+use weft_transport::session::{Keepalive, SessionError, SessionEvent, SessionOptions};
 
 const CHUNK: usize = 64 * 1024;
 /// How long the outcome of a failed or reset stream stays queryable after we let go of it.
@@ -139,6 +139,22 @@ fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// The program's socket options as the session applies them (kernel units → durations).
+pub fn session_options(o: weft_ipc::StreamOptions) -> SessionOptions {
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    SessionOptions {
+        user_timeout: (o.user_timeout_ms > 0)
+            .then(|| Duration::from_millis(u64::from(o.user_timeout_ms))),
+        keepalive: o.keepalive.then(|| Keepalive {
+            idle: secs(o.keepidle_s),
+            interval: secs(o.keepintvl_s),
+            probes: o.keepcnt,
+        }),
+        nodelay: o.nodelay,
+        cork: o.cork,
     }
 }
 
@@ -325,6 +341,18 @@ impl Daemon {
             | SessionEvent::Closed => {}
         }
         self.dirty_streams.insert(key);
+    }
+
+    /// Takes what the program has written so far on the stream of `inode` into its session
+    /// now, not at the next readiness event.
+    pub(super) fn pull_app_bytes(&mut self, inode: u64) {
+        let Some(&key) = self.stream_by_inode.get(&inode) else {
+            return;
+        };
+        if let Some(s) = self.streams.get_mut(&key) {
+            s.app_readable = true;
+        }
+        self.service_stream(key);
     }
 
     /// Moves bytes both ways for every stream that may have work.

@@ -905,6 +905,22 @@ impl Node {
         self.touched(now);
     }
 
+    /// The program changed its socket options (user timeout, keepalive). False when there is
+    /// no such session.
+    pub fn session_set_options(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        options: weft_transport::session::SessionOptions,
+    ) -> bool {
+        let found = self
+            .sessions
+            .with_session(id, &mut self.events, |s| s.set_options(now, options))
+            .is_some();
+        self.touched(now);
+        found
+    }
+
     /// Reset the session.
     pub fn session_abort(&mut self, now: Instant, id: SessionId) {
         self.sessions

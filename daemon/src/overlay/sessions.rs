@@ -96,6 +96,8 @@ pub struct SessionSummary {
     pub cwnd_bytes: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Segments that carried new data (how writes were coalesced).
+    pub data_segments_sent: u64,
     pub retransmits: u64,
     pub fast_retransmits: u64,
     pub timeouts: u64,
@@ -371,6 +373,7 @@ impl Sessions {
                     cwnd_bytes: st.cwnd,
                     bytes_sent: st.bytes_sent,
                     bytes_received: st.bytes_received,
+                    data_segments_sent: st.data_segments_sent,
                     retransmits: st.retransmits,
                     fast_retransmits: st.fast_retransmits,
                     timeouts: st.timeouts,

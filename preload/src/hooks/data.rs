@@ -14,9 +14,12 @@ const IOV_MAX: c_int = 1024;
 /// Like `hook!`, for calls whose first argument is the descriptor: on a ring fd the body runs
 /// even when this thread is already inside the shim (a signal handler that interrupted a hook),
 /// because the real call on a ring fd would read or write the socket behind the rings' back.
+///
+/// `=> post` names what the result goes through afterwards (`after_read`, `after_write`),
+/// except in a nested call, where the shim must not ask the daemon anything.
 macro_rules! ring_hook {
     ($(
-        fn $name:ident($fd:ident : $fdty:ty $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty $body:block
+        fn $name:ident($fd:ident : $fdty:ty $(, $arg:ident : $ty:ty)* $(,)?) -> $ret:ty => $post:ident $body:block
     )*) => {$(
         /// # Safety
         /// The contract of the libc function of the same name.
@@ -29,6 +32,7 @@ macro_rules! ring_hook {
             let entry_errno = crate::guard::errno();
             #[allow(clippy::redundant_closure_call)]
             let result: $ret = (|| -> $ret { $body })();
+            let result = if inside.is_some() { $post($fd, result) } else { result };
             if !crate::guard::HookResult::failed(result) {
                 crate::guard::set_errno(entry_errno);
             }
@@ -38,7 +42,7 @@ macro_rules! ring_hook {
 }
 
 ring_hook! {
-    fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t => after_read {
         if rings::is_ring(fd) {
             if let Some(r) = recv_one(fd, buf, n, 0) {
                 return r;
@@ -47,7 +51,7 @@ ring_hook! {
         real::read(fd, buf, n)
     }
 
-    fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+    fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t => after_read {
         if rings::is_ring(fd) && n <= buflen {
             if let Some(r) = recv_one(fd, buf, n, 0) {
                 return r;
@@ -56,7 +60,7 @@ ring_hook! {
         real::__read_chk(fd, buf, n, buflen)
     }
 
-    fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t => after_read {
         if rings::is_ring(fd) {
             if let Some(r) = recv_one(fd, buf, n, flags) {
                 return r;
@@ -65,7 +69,7 @@ ring_hook! {
         real::recv(fd, buf, n, flags)
     }
 
-    fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t {
+    fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t => after_read {
         if rings::is_ring(fd) && n <= buflen {
             if let Some(r) = recv_one(fd, buf, n, flags) {
                 return r;
@@ -74,7 +78,7 @@ ring_hook! {
         real::__recv_chk(fd, buf, n, buflen, flags)
     }
 
-    fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t => after_read {
         if rings::is_ring(fd) {
             if let Some(v) = iovecs(iov, cnt) {
                 if let Some(r) = io::recv(fd, v, 0).ret(crate::guard::errno()) {
@@ -85,31 +89,38 @@ ring_hook! {
         real::readv(fd, iov, cnt)
     }
 
-    fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-        if rings::is_ring(fd) {
+    fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t => after_write {
+        let r = if rings::is_ring(fd) {
             let iov = [iovec { iov_base: buf as *mut c_void, iov_len: n }];
-            return send_then_plain(fd, &iov, 0, |rest| real::write(fd, rest.iov_base, rest.iov_len));
-        }
-        real::write(fd, buf, n)
+            send_then_plain(fd, &iov, 0, |rest| real::write(fd, rest.iov_base, rest.iov_len))
+        } else {
+            real::write(fd, buf, n)
+        };
+        crate::stream::more_after(fd, 0);
+        r
     }
 
-    fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
-        if rings::is_ring(fd) {
+    fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t => after_write {
+        crate::stream::more_before(fd, flags);
+        let r = if rings::is_ring(fd) {
             let iov = [iovec { iov_base: buf as *mut c_void, iov_len: n }];
-            return send_then_plain(fd, &iov, flags, |rest| {
+            send_then_plain(fd, &iov, flags, |rest| {
                 real::send(fd, rest.iov_base, rest.iov_len, flags)
-            });
-        }
-        real::send(fd, buf, n, flags)
+            })
+        } else {
+            real::send(fd, buf, n, flags)
+        };
+        crate::stream::more_after(fd, flags);
+        r
     }
 
-    fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
-        if rings::is_ring(fd) {
-            if let Some(v) = iovecs(iov, cnt) {
-                return send_vectored(fd, v, 0, |rest| real::writev(fd, rest.as_ptr(), rest.len() as c_int));
-            }
-        }
-        real::writev(fd, iov, cnt)
+    fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t => after_write {
+        let r = match iovecs(iov, cnt).filter(|_| rings::is_ring(fd)) {
+            Some(v) => send_vectored(fd, v, 0, |rest| real::writev(fd, rest.as_ptr(), rest.len() as c_int)),
+            None => real::writev(fd, iov, cnt),
+        };
+        crate::stream::more_after(fd, 0);
+        r
     }
 
 }
@@ -185,6 +196,34 @@ hook! {
         rings::detach(fd_out);
         real::splice(fd_in, off_in, fd_out, off_out, len, flags)
     }
+}
+
+/// A read that found end of file on a session that timed out fails with the session's errno
+/// (once), as the kernel's socket would.
+fn after_read(fd: c_int, r: ssize_t) -> ssize_t {
+    if r != 0 {
+        return r;
+    }
+    match crate::stream::eof_error(fd) {
+        Some(e) => {
+            crate::guard::set_errno(e);
+            -1
+        }
+        None => 0,
+    }
+}
+
+/// A write that met `EPIPE` on a session that timed out fails with the session's errno
+/// (once) instead. (The `SIGPIPE` the socketpair raised has been delivered already; the
+/// kernel's socket would not raise it for that first write.)
+fn after_write(fd: c_int, r: ssize_t) -> ssize_t {
+    if r != -1 || crate::guard::errno() != libc::EPIPE {
+        return r;
+    }
+    if let Some(e) = crate::stream::eof_error(fd) {
+        crate::guard::set_errno(e);
+    }
+    r
 }
 
 /// The program's iovec array, if the kernel would accept its count.

@@ -12,15 +12,19 @@ use libc::{
 
 hook! {
     fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t {
-        if rings::is_ring(fd) {
-            return data::ring_sendto(fd, buf, n, flags);
-        }
-        match dgram::destination(fd, addr, len) {
-            Dest::Keep => real::sendto(fd, buf, n, flags, addr, len),
-            Dest::Strip => real::sendto(fd, buf, n, flags, std::ptr::null(), 0),
-            Dest::Replace(ss, sl) => real::sendto(fd, buf, n, flags, &ss as *const _ as *const sockaddr, sl),
-            Dest::Fail(e) => fail(e) as ssize_t,
-        }
+        crate::stream::more_before(fd, flags);
+        let r = if rings::is_ring(fd) {
+            data::ring_sendto(fd, buf, n, flags)
+        } else {
+            match dgram::destination(fd, addr, len) {
+                Dest::Keep => real::sendto(fd, buf, n, flags, addr, len),
+                Dest::Strip => real::sendto(fd, buf, n, flags, std::ptr::null(), 0),
+                Dest::Replace(ss, sl) => real::sendto(fd, buf, n, flags, &ss as *const _ as *const sockaddr, sl),
+                Dest::Fail(e) => fail(e) as ssize_t,
+            }
+        };
+        crate::stream::more_after(fd, flags);
+        r
     }
 
     fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {

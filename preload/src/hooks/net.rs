@@ -417,10 +417,20 @@ unsafe fn setsockopt_hook(
                 crate::release::forget_stale(fd);
                 return setsockopt_hook(fd, level, name, val, len);
             }
-            return match o {
+            let rc = match o {
                 Outcome::Pass | Outcome::NeedSession => real::setsockopt(fd, level, name, val, len),
                 other => outcome(other),
             };
+            if rc == 0 && sockopt::drives_session(level, name) {
+                let now = match state::lock().table.get(fd) {
+                    Some(Kind::Stream(s)) => Some((s.inode, s.opts.clone())),
+                    _ => None,
+                };
+                if let Some((inode, opts)) = now {
+                    stream::push_options(fd, inode, &opts, false);
+                }
+            }
+            return rc;
         }
     }
     let rc = real::setsockopt(fd, level, name, val, len);

@@ -45,6 +45,7 @@ pub(super) struct Rack {
 #[derive(Debug, Default, Clone)]
 pub(super) struct Counters {
     pub segments_sent: u64,
+    pub data_segments_sent: u64,
     pub segments_received: u64,
     pub retransmits: u64,
     pub fast_retransmits: u64,
@@ -100,6 +101,10 @@ pub struct Session {
     /// A tail loss probe went out and nothing has been acknowledged since.
     pub(super) tail_probe_outstanding: bool,
     pub(super) pace_at: Option<Instant>,
+    /// Corked (TCP_CORK / MSG_MORE): since when a partial segment has been held back.
+    pub(super) cork_hold: Option<Instant>,
+    /// The cork's 200 ms ceiling passed: the partial segment goes.
+    pub(super) cork_expired: bool,
     /// Zero-window probe timer.
     pub(super) persist_at: Option<Instant>,
     pub(super) persist_backoff: u32,
@@ -118,6 +123,8 @@ pub struct Session {
     pub(super) closed_reported: bool,
     pub(super) events: VecDeque<SessionEvent>,
     pub(super) counters: Counters,
+    /// What the program set on its socket (`None`: the configuration decides).
+    pub(super) options: Option<super::options::SessionOptions>,
 }
 
 /// The low 32 bits of the clock in microseconds: our `tsval`.
@@ -175,6 +182,8 @@ impl Session {
             tail_probe_at: None,
             tail_probe_outstanding: false,
             pace_at: None,
+            cork_hold: None,
+            cork_expired: false,
             persist_at: None,
             persist_backoff: 0,
             keepalives_unanswered: 0,
@@ -189,6 +198,7 @@ impl Session {
             closed_reported: false,
             events: VecDeque::new(),
             counters: Counters::default(),
+            options: None,
             cfg,
             local,
             remote,
@@ -367,6 +377,7 @@ impl Session {
             bytes_in_flight: self.send.in_flight(),
             peer_window: self.peer_right_edge.saturating_sub(self.send.nxt()),
             segments_sent: c.segments_sent,
+            data_segments_sent: c.data_segments_sent,
             segments_received: c.segments_received,
             retransmits: c.retransmits,
             fast_retransmits: c.fast_retransmits,

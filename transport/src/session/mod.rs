@@ -81,6 +81,7 @@
 mod config;
 mod connection;
 mod input;
+mod options;
 mod output;
 mod ranges;
 mod recv;
@@ -90,6 +91,7 @@ mod wire;
 
 pub use config::{RecoveryMode, SessionConfig, MIN_MSS};
 pub use connection::Session;
+pub use options::{Keepalive, SessionOptions};
 pub use wire::{Flags, SegmentSummary, FIXED_HEADER_LEN, SEGMENT_VERSION};
 
 use std::time::Duration;
@@ -156,6 +158,9 @@ pub struct SessionStats {
     /// Bytes the peer's window still allows beyond what was sent.
     pub peer_window: u64,
     pub segments_sent: u64,
+    /// Segments that carried new data (retransmissions not counted): how writes were
+    /// coalesced (Nagle, cork).
+    pub data_segments_sent: u64,
     pub segments_received: u64,
     /// Segments sent again, for any reason (SYNs included).
     pub retransmits: u64,

@@ -190,6 +190,10 @@ impl Session {
         if len < unsent && len < room && self.send.has_unacked() {
             return None;
         }
+        // Cork and Nagle hold a partial segment that would carry everything written so far.
+        if len > 0 && len == unsent && len < room && !fin_unsent && self.hold_partial(now) {
+            return None;
+        }
         if len > 0 && (!self.cwnd_allows(len) || self.pacing_blocks(now, len)) {
             return None;
         }
@@ -209,6 +213,10 @@ impl Session {
             ..self.segment_template(now, flags)
         };
         self.send.on_new_sent(now, len as u32, fin, app_limited);
+        self.partial_sent();
+        if len > 0 {
+            self.counters.data_segments_sent += 1;
+        }
         if fin && self.fin_sent_after_peer_fin.is_none() {
             self.fin_sent_after_peer_fin = Some(self.recv.fin_received());
         }

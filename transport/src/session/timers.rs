@@ -21,7 +21,7 @@ impl Session {
     fn user_deadline(&self) -> Option<Instant> {
         let waiting = self.send.has_unacked() || self.persist_at.is_some();
         (self.state == SessionState::Established && waiting)
-            .then(|| self.progress_at + self.cfg.user_timeout)
+            .then(|| self.progress_at + self.user_timeout())
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
@@ -29,14 +29,35 @@ impl Session {
         (self.state == SessionState::Established).then(|| self.last_heard + idle)
     }
 
-    /// The next keepalive probe, or (after the last unanswered one) the failure.
+    /// The next keepalive probe, or (after the last unanswered one) the failure; with an
+    /// explicit user timeout and a probe out, no later than that timeout after the peer was
+    /// last heard (Linux's `tcp_keepalive_timer`).
     fn keepalive_deadline(&self) -> Option<Instant> {
-        let idle = self.cfg.keepalive?;
+        let k = self.keepalive()?;
         let quiet =
             !self.send.has_unacked() && self.send.unsent() == 0 && self.persist_at.is_none();
-        (self.state == SessionState::Established && quiet).then(|| {
-            self.last_heard + idle + self.cfg.keepalive_interval * self.keepalives_unanswered
-        })
+        if self.state != SessionState::Established || !quiet {
+            return None;
+        }
+        let next = self.last_heard + k.idle + k.interval * self.keepalives_unanswered;
+        let cut = self
+            .explicit_user_timeout()
+            .filter(|_| self.keepalives_unanswered > 0)
+            .map(|ut| self.last_heard + ut);
+        Some(cut.map_or(next, |c| c.min(next)))
+    }
+
+    /// Keepalive has given up: every probe unanswered, or (explicit user timeout) a probe out
+    /// and the peer silent for that long.
+    fn keepalive_exhausted(&self, now: Instant) -> bool {
+        let Some(k) = self.keepalive() else {
+            return false;
+        };
+        let by_count = self.keepalives_unanswered >= k.probes;
+        let by_time = self
+            .explicit_user_timeout()
+            .is_some_and(|ut| self.keepalives_unanswered > 0 && self.last_heard + ut <= now);
+        by_count || by_time
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -49,6 +70,7 @@ impl Session {
             self.tail_probe_at,
             self.ack.deadline,
             self.pace_at,
+            self.cork_deadline(),
             self.persist_at,
             self.time_wait_until
                 .filter(|_| self.state == SessionState::TimeWait),
@@ -76,7 +98,7 @@ impl Session {
             return;
         }
         if due(self.keepalive_deadline()) {
-            if self.keepalives_unanswered >= self.cfg.keepalive_probes {
+            if self.keepalive_exhausted(now) {
                 let error = self.timeout_error();
                 self.fail(error);
                 return;
@@ -114,6 +136,10 @@ impl Session {
         }
         if due(self.pace_at) {
             self.pace_at = None;
+        }
+        if due(self.cork_deadline()) {
+            self.cork_hold = None;
+            self.cork_expired = true;
         }
         if due(self.persist_at) {
             self.counters.window_probes += 1;

@@ -3,6 +3,7 @@
 mod behaviour;
 mod bench;
 mod fuzz;
+mod options;
 mod outcomes;
 mod sim;
 mod transfer;
