@@ -48,6 +48,7 @@ pub fn kind(req: &Request) -> &'static str {
         Request::Connect { .. } => "connect",
         Request::ConnectStatus { .. } => "connect-status",
         Request::SessionInfo { .. } => "session-info",
+        Request::SessionOptions { .. } => "session-options",
         Request::Listen { .. } => "listen",
         Request::Unlisten { .. } => "unlisten",
         Request::ClaimAccepted { .. } => "claim-accepted",

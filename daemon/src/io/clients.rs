@@ -379,7 +379,8 @@ impl Daemon {
                 None => ipc_err(libc::EBADF, "no such overlay socket"),
             },
             Request::SessionOptions { inode, options } => match self.stream_session(inode) {
-                Some(sid) => {
+                Some((sid, owner)) => {
+                    caller.require_owner(owner, libc::EACCES, &format!("socket inode {inode}"))?;
                     // What the program wrote before changing them is the session's first:
                     // uncorking pushes everything it holds, as the kernel's does.
                     self.pull_app_bytes(inode);
