@@ -36,9 +36,18 @@ pub struct WeftdArgs {
     /// Repeatable.
     #[arg(long = "neighbor", value_name = "ADDR[/SPEC]")]
     pub neighbors: Vec<String>,
-    /// Control socket path (default /tmp/weft/weftd.sock).
+    /// Control socket path (default /run/weft/weftd.sock; for a daemon not run by root,
+    /// $XDG_RUNTIME_DIR/weft/weftd.sock when that is set).
     #[arg(long, env = "WEFT_SOCKET", value_name = "PATH")]
     pub socket: Option<String>,
+    /// Group (name or gid) of the control socket (mode 0660): its members may use the overlay
+    /// (default: the daemon's group).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Group (name or gid) whose members may administer the overlay (link set/cut/heal,
+    /// neighbor add/remove) besides root and the daemon's user (default: none).
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
     /// Loopback address the daemon's proxies use (default 127.77.x.y from the node address).
     #[arg(long, value_name = "IPV4")]
     pub proxy_ip: Option<String>,
@@ -103,6 +112,8 @@ impl WeftdArgs {
             node: self.node.clone(),
             listen: self.listen.clone(),
             socket: self.socket.clone(),
+            socket_group: self.socket_group.clone(),
+            admin_group: self.admin_group.clone(),
             proxy_ip: self.proxy_ip.clone(),
             emulation: self.emulation,
             metric: self.metric.clone(),

@@ -17,8 +17,18 @@ use weft_transport::arq::RedundancyConfig;
 use weft_transport::session::RecoveryMode;
 
 pub const DEFAULT_PORT: u16 = 7470;
-/// Where `weftd` listens and `weft` connects when neither `--socket` nor `WEFT_SOCKET` says.
-pub const DEFAULT_SOCKET: &str = "/tmp/weft/weftd.sock";
+/// Where a system `weftd` listens and `weft` connects when neither `--socket` nor
+/// `WEFT_SOCKET` says (`/run/weft` is root's, unlike a shared /tmp directory).
+pub const DEFAULT_SOCKET: &str = "/run/weft/weftd.sock";
+
+/// The socket of a daemon run by `uid` with `runtime_dir` (`$XDG_RUNTIME_DIR`): root's is
+/// [`DEFAULT_SOCKET`], another user's lives in their own runtime directory.
+pub fn default_socket(uid: u32, runtime_dir: Option<&std::ffi::OsStr>) -> PathBuf {
+    match runtime_dir {
+        Some(dir) if uid != 0 && !dir.is_empty() => Path::new(dir).join("weft/weftd.sock"),
+        _ => PathBuf::from(DEFAULT_SOCKET),
+    }
+}
 
 fn parse_recovery(s: &str) -> Result<RecoveryMode, String> {
     match s {
@@ -61,6 +71,10 @@ pub struct FileConfig {
     pub node: Option<String>,
     pub listen: Option<String>,
     pub socket: Option<String>,
+    /// Group (name or gid) the control socket belongs to: who may connect.
+    pub socket_group: Option<String>,
+    /// Group (name or gid) whose members may administer the overlay.
+    pub admin_group: Option<String>,
     pub proxy_ip: Option<String>,
     pub emulation: Option<bool>,
     pub metric: Option<String>,
@@ -107,6 +121,8 @@ pub struct Flags {
     pub node: Option<String>,
     pub listen: Option<String>,
     pub socket: Option<String>,
+    pub socket_group: Option<String>,
+    pub admin_group: Option<String>,
     pub proxy_ip: Option<String>,
     pub emulation: bool,
     pub metric: Option<String>,
@@ -136,11 +152,35 @@ pub struct DaemonConfig {
     pub emulation: EmulationConfig,
     pub listen: SocketAddr,
     pub socket: PathBuf,
+    /// Who may connect to the socket and who may administer (`io::access`).
+    pub access: AccessConfig,
     pub proxy_ip: Ipv4Addr,
     pub log: LogConfig,
     /// Where `/metrics` is served (None: off).
     pub metrics: Option<SocketAddr>,
     pub security: Security,
+}
+
+/// The control socket's group and the admin group, as configured (a name or a gid; names are
+/// looked up when the daemon starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// None: the daemon's own group.
+    pub socket_group: Option<String>,
+    /// None: only root and the daemon's user administer.
+    pub admin_group: Option<String>,
+}
+
+fn parse_group(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}`: expected a group name or a gid"))
+    }
 }
 
 /// How the daemon logs: a checked filter and a line format.
@@ -294,6 +334,8 @@ fn blame(text: &str, flags: &Flags, error: &str) -> Option<usize> {
         "node" => flags.node.is_some(),
         "listen" => flags.listen.is_some(),
         "socket" => flags.socket.is_some(),
+        "socket_group" => flags.socket_group.is_some(),
+        "admin_group" => flags.admin_group.is_some(),
         "proxy_ip" => flags.proxy_ip.is_some(),
         "metric" => flags.metric.is_some(),
         "recovery" => flags.recovery.is_some(),
@@ -521,7 +563,21 @@ impl DaemonConfig {
 
         let socket = match pick(&flags.socket, &file.socket) {
             Some(s) => PathBuf::from(s),
-            None => PathBuf::from(DEFAULT_SOCKET),
+            None => default_socket(
+                // SAFETY: geteuid cannot fail.
+                unsafe { libc::geteuid() },
+                std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+            ),
+        };
+        let access = AccessConfig {
+            socket_group: match pick(&flags.socket_group, &file.socket_group) {
+                Some(g) => Some(field("socket_group", parse_group(&g))?),
+                None => None,
+            },
+            admin_group: match pick(&flags.admin_group, &file.admin_group) {
+                Some(g) => Some(field("admin_group", parse_group(&g))?),
+                None => None,
+            },
         };
         let proxy_ip = match pick(&flags.proxy_ip, &file.proxy_ip) {
             Some(s) => field("proxy_ip", parse_ipv4(&s))?,
@@ -550,6 +606,7 @@ impl DaemonConfig {
             emulation,
             listen,
             socket,
+            access,
             proxy_ip,
             log: LogConfig { filter, format },
             metrics,
@@ -906,6 +963,17 @@ mod tests {
             .step_by(2)
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn the_default_socket_is_roots_or_in_the_users_runtime_dir() {
+        let run = std::ffi::OsStr::new("/run/user/1000");
+        assert_eq!(default_socket(0, Some(run)), Path::new(DEFAULT_SOCKET));
+        assert_eq!(
+            default_socket(1000, Some(run)),
+            Path::new("/run/user/1000/weft/weftd.sock")
+        );
+        assert_eq!(default_socket(1000, None), Path::new(DEFAULT_SOCKET));
     }
 
     #[test]

@@ -99,7 +99,10 @@ pub enum Request {
         port: u16,
     },
     /// The shim accepted a kernel connection whose peer is the daemon's proxy address at
-    /// `proxy_port`: if it is an injected overlay session, the reply carries its fd.
+    /// `proxy_port`: if it is an injected overlay session, the reply carries its fd. The
+    /// session belongs to the listener's uid; the shim passes the accepted connection's fd
+    /// along, which proves the claim for any uid that holds it (a daemon that does not look
+    /// at it, or a client that passes none, falls back to the uid).
     ClaimAccepted {
         listen_port: u16,
         proxy_port: u16,

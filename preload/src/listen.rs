@@ -160,7 +160,9 @@ fn claim(
         proxy_port: from.port(),
         rings,
     };
-    let (peer, local, session, ring_fds) = match control::request_fds(req, None) {
+    // The accepted connection goes along: holding it is what entitles this process to the
+    // session, whatever its uid (a server that accepts after dropping privileges).
+    let (peer, local, session, ring_fds) = match control::request_fds(req, Some(nfd)) {
         Ok((
             Reply::Claimed {
                 peer: Some(peer),

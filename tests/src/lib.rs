@@ -429,6 +429,15 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool, what: impl Fn
 // ----- operator tooling (issue 19): signals, extra daemons, config files, metrics ---------
 
 impl Overlay {
+    /// Daemon `n`'s process id.
+    pub fn daemon_pid(&self, n: usize) -> u32 {
+        self.daemons[n - 1]
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("daemon running")
+    }
+
     /// Sends `signal` to daemon `n` (SIGHUP reloads, SIGTERM stops cleanly).
     pub fn signal(&self, n: usize, signal: i32) {
         let pid = self.daemons[n - 1]
@@ -565,4 +574,23 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (code, head.to_string(), body.to_string())
+}
+
+/// Makes `cmd` run as `uid`/`gid` with exactly the supplementary `groups` (the tests run as
+/// root): a second local user for the red-team tests.
+pub fn as_user(cmd: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: only async-signal-safe calls between fork and exec, on memory allocated before.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

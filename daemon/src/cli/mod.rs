@@ -23,7 +23,8 @@ use weft_ipc::{ClientKind, LinkAction, Reply, Request};
     about = "Control a weft overlay daemon and run programs over it"
 )]
 struct Cli {
-    /// The daemon's control socket (default: $WEFT_SOCKET, then /tmp/weft/weftd.sock).
+    /// The daemon's control socket (default: $WEFT_SOCKET, then /run/weft/weftd.sock if it
+    /// exists, then $XDG_RUNTIME_DIR/weft/weftd.sock).
     #[arg(long, global = true, env = "WEFT_SOCKET")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
@@ -117,12 +118,35 @@ pub fn command() -> clap::Command {
 }
 
 pub fn socket_path(flag: Option<PathBuf>) -> PathBuf {
-    flag.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    flag.unwrap_or_else(|| {
+        // The system daemon's socket, else this user's own daemon's.
+        let system = PathBuf::from(DEFAULT_SOCKET);
+        if system.exists() {
+            return system;
+        }
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let user = crate::config::default_socket(
+            uid.max(1),
+            std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+        );
+        if user.exists() {
+            user
+        } else {
+            system
+        }
+    })
 }
 
 pub fn connect(socket: &std::path::Path) -> Result<ControlClient, String> {
-    ControlClient::connect(socket, ClientKind::Cli)
-        .map_err(|e| format!("cannot reach weftd at {}: {e}", socket.display()))
+    ControlClient::connect(socket, ClientKind::Cli).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (only members of the socket's group may use it: see `ls -l` on it)"
+        } else {
+            ""
+        };
+        format!("cannot reach weftd at {}: {e}{hint}", socket.display())
+    })
 }
 
 pub fn main() -> i32 {

@@ -10,7 +10,7 @@ impl Daemon {
                 Ok(Some(fd)) => {
                     let id = self.next_conn;
                     self.next_conn += 1;
-                    let conn = Connection::new(fd);
+                    let conn = Connection::new(fd, &self.policy);
                     if let Err(e) = self.poll.registry().register(
                         &mut SourceFd(&conn.fd.as_raw_fd()),
                         Token(CONN_BASE + id),
@@ -23,6 +23,7 @@ impl Daemon {
                         id,
                         pid = conn.cred.pid,
                         uid = conn.cred.uid,
+                        admin = conn.caller.admin,
                         "client connected"
                     );
                     self.conns.insert(id, conn);
@@ -122,14 +123,81 @@ impl Daemon {
         debug!(id, pid = conn.cred.pid, "client gone");
     }
 
+    /// The caller on connection `id` (one that is gone owns and administers nothing).
+    pub(super) fn caller(&self, id: usize) -> access::Caller {
+        self.conns.get(&id).map_or(
+            access::Caller {
+                uid: u32::MAX,
+                ..Default::default()
+            },
+            |c| c.caller,
+        )
+    }
+
+    /// Counts and logs a refusal; the reply the caller gets.
+    fn refuse(&mut self, id: usize, request: &'static str, r: access::Refusal) -> Reply {
+        self.access_counters.count(&r);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.refusals += 1;
+            let (uid, pid, n) = (c.cred.uid, c.cred.pid, c.refusals);
+            if access::loud(n) {
+                warn!(
+                    uid,
+                    pid,
+                    request,
+                    refusals = n,
+                    "control request refused: {}",
+                    r.message
+                );
+            } else {
+                debug!(
+                    uid,
+                    pid,
+                    request,
+                    refusals = n,
+                    "control request refused: {}",
+                    r.message
+                );
+            }
+        }
+        ipc_err(r.errno, r.message)
+    }
+
+    /// The uid of the connection that holds datagram port `port`.
+    fn port_uid(&self, port: u16) -> Option<u32> {
+        let owner = self.ports.get(&port)?;
+        Some(self.conns.get(&owner.conn())?.caller.uid)
+    }
+
     pub(super) fn handle_request(
         &mut self,
         id: usize,
         req: Request,
         fd: Option<std::os::fd::OwnedFd>,
     ) -> Reply {
+        let request = access::kind(&req);
+        let caller = self.caller(id);
+        if access::class(&req) == access::Class::Admin {
+            if let Err(r) = caller.require_admin(&format!("`{request}`")) {
+                return self.refuse(id, request, r);
+            }
+        }
+        match self.serve(id, caller, req, fd) {
+            Ok(reply) => reply,
+            Err(r) => self.refuse(id, request, r),
+        }
+    }
+
+    /// Answers one request the caller may make (refusals of what it may not: `Err`).
+    fn serve(
+        &mut self,
+        id: usize,
+        caller: access::Caller,
+        req: Request,
+        fd: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Reply, access::Refusal> {
         let now = self.clock.now();
-        match req {
+        Ok(match req {
             Request::Hello { kind, pid } => {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.kind = Some(kind);
@@ -163,13 +231,13 @@ impl Daemon {
                 let port = if port == 0 {
                     match (49152..=65535u16).find(|p| !self.ports.contains_key(p)) {
                         Some(p) => p,
-                        None => return ipc_err(libc::EADDRINUSE, "no free port"),
+                        None => return Ok(ipc_err(libc::EADDRINUSE, "no free port")),
                     }
                 } else {
                     port
                 };
                 if self.ports.contains_key(&port) {
-                    return ipc_err(libc::EADDRINUSE, format!("port {port} is in use"));
+                    return Ok(ipc_err(libc::EADDRINUSE, format!("port {port} is in use")));
                 }
                 let owner = match deliver_to {
                     None => PortOwner::Control(id),
@@ -197,6 +265,13 @@ impl Daemon {
                 ttl,
                 payload,
             } => {
+                if let Some(owner) = self.port_uid(src_port) {
+                    caller.require_owner(
+                        owner,
+                        libc::EACCES,
+                        &format!("datagram port {src_port}"),
+                    )?;
+                }
                 match self.node.send_datagram(
                     now,
                     src_port,
@@ -219,14 +294,20 @@ impl Daemon {
                 rings,
             } => {
                 let Some(fd) = fd else {
-                    return ipc_err(libc::EINVAL, "connect needs a socketpair end");
+                    return Ok(ipc_err(libc::EINVAL, "connect needs a socketpair end"));
                 };
+                // Inodes are unique among live sockets: one already taken by another user's
+                // session is a made-up name for theirs.
+                if let Some((_, owner)) = self.stream_session(inode) {
+                    caller.require_owner(owner, libc::EACCES, &format!("socket inode {inode}"))?;
+                }
                 match self.node.connect(now, local_port, dst) {
                     Ok((sid, local)) => {
                         let attached = self.attach_stream(
                             sid,
                             fd,
                             inode,
+                            caller.uid,
                             streams::Phase::Connecting,
                             filler as usize,
                         );
@@ -234,7 +315,7 @@ impl Daemon {
                             Ok(key) => key,
                             Err(e) => {
                                 self.node.session_abort(now, sid);
-                                return ipc_err(libc::EIO, e.to_string());
+                                return Ok(ipc_err(libc::EIO, e.to_string()));
                             }
                         };
                         // The app's end is not ours to size: it set SO_SNDBUF itself. No
@@ -264,14 +345,26 @@ impl Daemon {
                 }
             }
             Request::ConnectStatus { inode } => match self.connect_status(inode) {
-                Some(result) => Reply::ConnectStatus { result },
+                Some((owner, result)) => {
+                    caller.require_owner(owner, libc::EACCES, &format!("socket inode {inode}"))?;
+                    Reply::ConnectStatus { result }
+                }
                 None => ipc_err(libc::EBADF, "no such overlay socket"),
             },
             Request::SessionInfo { inode } => match self
                 .stream_session(inode)
-                .and_then(|sid| self.node.session_stats(sid))
+                .and_then(|(sid, owner)| Some((owner, self.node.session_stats(sid)?)))
             {
-                Some((local, remote, st)) => Reply::Session(weft_ipc::SessionInfo {
+                Some((owner, _)) if !caller.may_use(owner) => {
+                    return Err(access::Refusal {
+                        errno: libc::EACCES,
+                        message: format!(
+                            "socket inode {inode} belongs to another user (uid {owner})"
+                        ),
+                        admin: false,
+                    })
+                }
+                Some((_, (local, remote, st))) => Reply::Session(weft_ipc::SessionInfo {
                     local: Some(local),
                     remote: Some(remote),
                     established: st.state == weft_transport::session::SessionState::Established,
@@ -286,7 +379,8 @@ impl Daemon {
                 None => ipc_err(libc::EBADF, "no such overlay socket"),
             },
             Request::SessionOptions { inode, options } => match self.stream_session(inode) {
-                Some(sid) => {
+                Some((sid, owner)) => {
+                    caller.require_owner(owner, libc::EACCES, &format!("socket inode {inode}"))?;
                     // What the program wrote before changing them is the session's first:
                     // uncorking pushes everything it holds, as the kernel's does.
                     self.pull_app_bytes(inode);
@@ -302,9 +396,22 @@ impl Daemon {
                 backlog,
             } => {
                 if port == 0 {
-                    return ipc_err(libc::EINVAL, "listen needs a port");
+                    return Ok(ipc_err(libc::EINVAL, "listen needs a port"));
                 }
-                if self.listeners.add(port, id, delivery) {
+                // Another user's listener keeps its port, as the kernel keeps it (no
+                // SO_REUSEPORT across users): its sessions are not ours to take.
+                if let Some(owner) = self.listeners.other_owner(port, caller.uid) {
+                    if !caller.privileged {
+                        return Err(access::Refusal {
+                            errno: libc::EADDRINUSE,
+                            message: format!(
+                                "port {port} is listened on by another user (uid {owner})"
+                            ),
+                            admin: false,
+                        });
+                    }
+                }
+                if self.listeners.add(port, id, delivery, caller.uid) {
                     // The first listener on the port: the node starts accepting.
                     let _ = self.node.listen(port);
                 }
@@ -323,45 +430,58 @@ impl Daemon {
                 listen_port: _,
                 proxy_port,
                 rings,
-            } => match self.claim_accepted(proxy_port) {
-                Some((sid, app_end)) => {
-                    let (local, peer) = match self.remote_of(sid) {
-                        Some((l, r)) => (Some(l), Some(r)),
-                        None => (None, None),
-                    };
-                    let ring_fds = self.start_claimed(sid, app_end.as_raw_fd(), rings);
-                    let granted = ring_fds.is_some();
-                    self.reply_fds.push(app_end);
-                    self.reply_fds.extend(ring_fds.into_iter().flatten());
-                    Reply::Claimed {
-                        peer,
-                        local,
-                        rings: granted,
-                    }
+            } => {
+                // The shim passes the connection it accepted: holding it proves the claim.
+                let proven = fd
+                    .as_ref()
+                    .is_some_and(|fd| self.listeners.proves_claim(proxy_port, fd));
+                if let Some(owner) = self.listeners.claim_owner(proxy_port).filter(|_| !proven) {
+                    caller.require_owner(
+                        owner,
+                        libc::EACCES,
+                        &format!("the session waiting at proxy port {proxy_port}"),
+                    )?;
                 }
-                None => Reply::Claimed {
-                    peer: None,
-                    local: None,
-                    rings: false,
-                },
-            },
+                match self.claim_accepted(proxy_port) {
+                    Some((sid, app_end)) => {
+                        let (local, peer) = match self.remote_of(sid) {
+                            Some((l, r)) => (Some(l), Some(r)),
+                            None => (None, None),
+                        };
+                        let ring_fds = self.start_claimed(sid, app_end.as_raw_fd(), rings);
+                        let granted = ring_fds.is_some();
+                        self.reply_fds.push(app_end);
+                        self.reply_fds.extend(ring_fds.into_iter().flatten());
+                        Reply::Claimed {
+                            peer,
+                            local,
+                            rings: granted,
+                        }
+                    }
+                    None => Reply::Claimed {
+                        peer: None,
+                        local: None,
+                        rings: false,
+                    },
+                }
+            }
             Request::Join {
                 group,
                 source,
                 deliver_to,
                 reliable,
-            } => self.join(id, group, source, deliver_to, reliable),
+            } => self.join(id, group, source, deliver_to, reliable)?,
             Request::Leave {
                 group,
                 source,
                 deliver_to,
-            } => self.leave(id, group, source, deliver_to),
+            } => self.leave(id, group, source, deliver_to)?,
             Request::GroupFilter {
                 socket,
                 group,
                 filter,
                 reliable,
-            } => self.group_filter(id, socket, group, filter, reliable),
+            } => self.group_filter(id, socket, group, filter, reliable)?,
             Request::MulticastInfo => self.multicast_info(),
             Request::SourceAlias { node, ip } => self.source_alias(node, ip),
             Request::ResolveProxyAt { addr } => Reply::Resolved {
@@ -376,13 +496,25 @@ impl Daemon {
                 hops,
                 loopback,
             } => {
+                // The options belong to the port's holder (or, for a port nobody holds, to
+                // whoever set them first).
+                let owner = self
+                    .port_uid(port)
+                    .or_else(|| self.mc_send.get(&port).map(|(_, uid)| *uid));
+                if let Some(owner) = owner {
+                    caller.require_owner(
+                        owner,
+                        libc::EACCES,
+                        &format!("port {port} (its multicast send options)"),
+                    )?;
+                }
                 // What the program sent before changing its options already waits on the
                 // group proxies: it leaves with the options it was sent under.
                 self.drain_group_proxies();
                 self.mc_send
-                    .insert(port, groups::SendOptions { hops, loopback });
+                    .insert(port, (groups::SendOptions { hops, loopback }, caller.uid));
                 Reply::Ok
             }
-        }
+        })
     }
 }

@@ -42,61 +42,138 @@ fn seqpacket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// The socket's directory: created (mode 0755) only if its parent exists; an existing one
+/// must belong to root or to us and must not be writable by others unless sticky.
+fn prepare_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        let parent_exists = dir
+            .parent()
+            .is_none_or(|p| p.as_os_str().is_empty() || p.is_dir());
+        if !parent_exists {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} does not exist (weftd creates only the socket's own directory)",
+                    dir.parent().unwrap_or(dir).display()
+                ),
+            ));
+        }
+        std::fs::DirBuilder::new().mode(0o755).create(dir)?;
+    }
+    let meta = std::fs::metadata(dir)?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}: another user could replace the socket",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by every user: another user could replace the socket",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub struct Listener {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl Listener {
-    /// Binds the control socket. A leftover socket file from a dead daemon is replaced; a live
-    /// daemon on the path is an error.
-    pub fn bind(path: &Path) -> io::Result<Listener> {
+    /// Binds the control socket at `path`, mode 0660, group `group` (None: the daemon's).
+    /// A leftover socket from a dead daemon is replaced; a live daemon on the path, or a file
+    /// that is not a socket, is an error (nothing else is ever deleted). Of the directories
+    /// only the socket's own is created, and only inside one that exists; the directory must
+    /// belong to root or to the daemon's user and must not be writable by others (unless
+    /// sticky), so no other user can swap the socket.
+    pub fn bind(path: &Path, group: Option<u32>) -> io::Result<Listener> {
         let (sa, len) = sockaddr_un(path)?;
-        if path.exists() {
-            let probe = seqpacket()?;
-            // SAFETY: connect with a valid sockaddr_un.
-            let rc = unsafe {
-                libc::connect(
-                    probe.as_raw_fd(),
-                    &sa as *const _ as *const libc::sockaddr,
-                    len,
-                )
-            };
-            let err = io::Error::last_os_error();
-            if rc == 0
-                || err.raw_os_error() == Some(libc::EAGAIN)
-                || err.raw_os_error() == Some(libc::EINPROGRESS)
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another weftd is already serving {}", path.display()),
-                ));
+        prepare_dir(path)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                use std::os::unix::fs::FileTypeExt;
+                if !meta.file_type().is_socket() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "{} exists and is not a socket: refusing to replace it",
+                            path.display()
+                        ),
+                    ));
+                }
+                let probe = seqpacket()?;
+                // SAFETY: connect with a valid sockaddr_un.
+                let rc = unsafe {
+                    libc::connect(
+                        probe.as_raw_fd(),
+                        &sa as *const _ as *const libc::sockaddr,
+                        len,
+                    )
+                };
+                let err = io::Error::last_os_error();
+                if rc == 0
+                    || err.raw_os_error() == Some(libc::EAGAIN)
+                    || err.raw_os_error() == Some(libc::EINPROGRESS)
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("another weftd is already serving {}", path.display()),
+                    ));
+                }
+                std::fs::remove_file(path)?;
             }
-            std::fs::remove_file(path)?;
-        }
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         let fd = seqpacket()?;
-        // SAFETY: bind/listen on our own socket with a valid address.
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in socket path"))?;
+        // SAFETY: bind/listen on our own socket with a valid address; chmod/chown on the
+        // path we just bound (fchmod does not apply to a socket's file).
         unsafe {
-            if libc::bind(
+            // Nobody may connect before the mode and group are right.
+            let old = libc::umask(0o177);
+            let rc = libc::bind(
                 fd.as_raw_fd(),
                 &sa as *const _ as *const libc::sockaddr,
                 len,
-            ) != 0
-            {
+            );
+            libc::umask(old);
+            if rc != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // Applications that drop privileges (setuid workers) must still reach the daemon;
-            // peers are identified by SO_PEERCRED.
-            let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in socket path"))?;
-            libc::chmod(c.as_ptr(), 0o666);
-            if libc::listen(fd.as_raw_fd(), 128) != 0 {
-                return Err(io::Error::last_os_error());
+            if let Some(gid) = group {
+                if libc::chown(c.as_ptr(), u32::MAX, gid) != 0 {
+                    let e = io::Error::last_os_error();
+                    let _ = std::fs::remove_file(path);
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("giving the socket to group {gid}: {e}"),
+                    ));
+                }
+            }
+            // Members of the socket's group may connect; what each may do is checked per
+            // request from SO_PEERCRED (`access`).
+            if libc::chmod(c.as_ptr(), 0o660) != 0 || libc::listen(fd.as_raw_fd(), 128) != 0 {
+                let e = io::Error::last_os_error();
+                let _ = std::fs::remove_file(path);
+                return Err(e);
             }
         }
         Ok(Listener {
@@ -170,6 +247,10 @@ pub fn peer_cred(fd: RawFd) -> Option<PeerCred> {
 pub struct Connection {
     pub fd: OwnedFd,
     pub cred: PeerCred,
+    /// What the caller may do (`access`), fixed when it connected.
+    pub caller: super::access::Caller,
+    /// Requests of this connection refused so far.
+    pub refusals: u64,
     pub kind: Option<weft_ipc::ClientKind>,
     /// Sockets this client joined groups for (their memberships end with the client).
     pub mc_sockets: std::collections::BTreeSet<weft_multicast::SocketId>,
@@ -178,11 +259,20 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(fd: OwnedFd) -> Self {
-        let cred = peer_cred(fd.as_raw_fd()).unwrap_or_default();
+    pub fn new(fd: OwnedFd, policy: &super::access::Policy) -> Self {
+        // Without credentials the caller is nobody: uid u32::MAX owns nothing and
+        // administers nothing.
+        let cred = peer_cred(fd.as_raw_fd()).unwrap_or(PeerCred {
+            pid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        });
+        let caller = policy.caller(cred, fd.as_raw_fd());
         Connection {
             fd,
             cred,
+            caller,
+            refusals: 0,
             kind: None,
             mc_sockets: Default::default(),
             outbox: VecDeque::new(),

@@ -39,6 +39,30 @@ fn control_conn(addr: SocketAddrV4) -> Option<usize> {
 }
 
 impl Daemon {
+    /// A membership for the kernel socket `which` belongs to the uid that owns that socket
+    /// (the kernel's own record): another user may not change it.
+    fn membership_owner(
+        &self,
+        conn: usize,
+        which: super::access::UdpSocket,
+    ) -> Result<(), super::access::Refusal> {
+        let caller = self.caller(conn);
+        if caller.privileged {
+            return Ok(());
+        }
+        match super::access::udp_owner(which) {
+            Some(owner) => caller.require_owner(
+                owner,
+                libc::EACCES,
+                &match which {
+                    super::access::UdpSocket::Inode(i) => format!("the UDP socket with inode {i}"),
+                    super::access::UdpSocket::Bound(a) => format!("the UDP socket at {a}"),
+                },
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn membership_socket(&self, conn: usize, deliver_to: SocketAddrV4) -> SocketId {
         // The CLI's deliver_to names its own connection, whatever number it put there.
         if control_conn(deliver_to).is_some() {
@@ -57,7 +81,10 @@ impl Daemon {
         source: Option<NodeId>,
         deliver_to: SocketAddrV4,
         reliable: bool,
-    ) -> Reply {
+    ) -> Result<Reply, super::access::Refusal> {
+        if control_conn(deliver_to).is_none() {
+            self.membership_owner(conn, super::access::UdpSocket::Bound(deliver_to))?;
+        }
         let socket = self.membership_socket(conn, deliver_to);
         let now = self.clock.now();
         match self.node.mc_join(now, socket, group, source, reliable) {
@@ -65,12 +92,12 @@ impl Daemon {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.mc_sockets.insert(socket);
                 }
-                Reply::Ok
+                Ok(Reply::Ok)
             }
-            Err(e) => Reply::Error {
+            Err(e) => Ok(Reply::Error {
                 errno: e.errno(),
                 message: e.to_string(),
-            },
+            }),
         }
     }
 
@@ -80,16 +107,19 @@ impl Daemon {
         group: NodeId,
         source: Option<NodeId>,
         deliver_to: SocketAddrV4,
-    ) -> Reply {
+    ) -> Result<Reply, super::access::Refusal> {
+        if control_conn(deliver_to).is_none() {
+            self.membership_owner(conn, super::access::UdpSocket::Bound(deliver_to))?;
+        }
         let socket = self.membership_socket(conn, deliver_to);
         let now = self.clock.now();
-        match self.node.mc_leave(now, socket, group, source) {
+        Ok(match self.node.mc_leave(now, socket, group, source) {
             Ok(()) => Reply::Ok,
             Err(e) => Reply::Error {
                 errno: e.errno(),
                 message: e.to_string(),
             },
-        }
+        })
     }
 
     /// A shimmed socket's filter of `group` after a membership change.
@@ -100,20 +130,27 @@ impl Daemon {
         group: NodeId,
         filter: Option<GroupFilterSpec>,
         reliable: bool,
-    ) -> Reply {
+    ) -> Result<Reply, super::access::Refusal> {
         if !group.is_multicast() {
-            return Reply::Error {
+            return Ok(Reply::Error {
                 errno: libc::EINVAL,
                 message: format!("{group} is not a multicast group"),
-            };
+            });
         }
+        self.membership_owner(
+            conn,
+            match socket {
+                GroupSocket::Kernel { inode } => super::access::UdpSocket::Inode(inode),
+                GroupSocket::Delivery(to) => super::access::UdpSocket::Bound(to),
+            },
+        )?;
         let id = match socket {
             GroupSocket::Kernel { inode } => {
                 if self.kernel_groups.is_none() {
-                    return Reply::Error {
+                    return Ok(Reply::Error {
                         errno: libc::EOPNOTSUPP,
                         message: "this daemon delivers to per-socket addresses".into(),
-                    };
+                    });
                 }
                 SocketId::kernel(inode)
             }
@@ -138,7 +175,7 @@ impl Daemon {
         }
         let now = self.clock.now();
         self.node.mc_set_filter(now, id, group, filter, reliable);
-        Reply::Ok
+        Ok(Reply::Ok)
     }
 
     pub(super) fn multicast_info(&self) -> Reply {

@@ -23,6 +23,8 @@ use crate::streams::backlog::{AbortReason, Action, Backlogs};
 /// The fds of an injected session until `accept` claims it.
 struct Claim {
     session: SessionId,
+    /// The listener's uid: only it (or whoever holds the accepted connection) may claim.
+    uid: u32,
     app_end: OwnedFd,
     /// The kernel connection that woke the application's listener; dropped once claimed.
     kernel: OwnedFd,
@@ -30,8 +32,8 @@ struct Claim {
 
 #[derive(Default)]
 pub struct Listeners {
-    /// Port → (control connection, delivery), most recent last.
-    ports: HashMap<u16, Vec<(usize, ListenDelivery)>>,
+    /// Port → (control connection, delivery, its uid), most recent last.
+    ports: HashMap<u16, Vec<(usize, ListenDelivery, u32)>>,
     /// Injected sessions by the proxy port of their kernel connection.
     claims: HashMap<u16, Claim>,
     /// When injected sessions go to the application.
@@ -40,11 +42,18 @@ pub struct Listeners {
 
 impl Listeners {
     /// Returns true if this is the port's first listener.
-    pub fn add(&mut self, port: u16, conn: usize, delivery: ListenDelivery) -> bool {
+    pub fn add(&mut self, port: u16, conn: usize, delivery: ListenDelivery, uid: u32) -> bool {
         let v = self.ports.entry(port).or_default();
-        v.retain(|(c, d)| !(*c == conn && *d == delivery));
-        v.push((conn, delivery));
+        v.retain(|(c, d, _)| !(*c == conn && *d == delivery));
+        v.push((conn, delivery, uid));
         v.len() == 1
+    }
+
+    /// A uid other than `uid` listening on `port`, if any.
+    pub fn other_owner(&self, port: u16, uid: u32) -> Option<u32> {
+        self.ports
+            .get(&port)
+            .and_then(|v| v.iter().map(|(_, _, u)| *u).find(|u| *u != uid))
     }
 
     /// Returns true if the port has no listener left.
@@ -52,7 +61,7 @@ impl Listeners {
         let Some(v) = self.ports.get_mut(&port) else {
             return false;
         };
-        if let Some(i) = v.iter().rposition(|(c, _)| *c == conn) {
+        if let Some(i) = v.iter().rposition(|(c, _, _)| *c == conn) {
             v.remove(i);
         }
         if v.is_empty() {
@@ -66,7 +75,7 @@ impl Listeners {
     pub fn drop_client(&mut self, conn: usize) -> Vec<u16> {
         let mut emptied = Vec::new();
         self.ports.retain(|port, v| {
-            v.retain(|(c, _)| *c != conn);
+            v.retain(|(c, _, _)| *c != conn);
             if v.is_empty() {
                 emptied.push(*port);
             }
@@ -75,8 +84,27 @@ impl Listeners {
         emptied
     }
 
-    fn current(&self, port: u16) -> Option<(usize, ListenDelivery)> {
+    fn current(&self, port: u16) -> Option<(usize, ListenDelivery, u32)> {
         self.ports.get(&port).and_then(|v| v.last().copied())
+    }
+
+    /// The uid a waiting session at `proxy_port` belongs to.
+    pub fn claim_owner(&self, proxy_port: u16) -> Option<u32> {
+        self.claims.get(&proxy_port).map(|c| c.uid)
+    }
+
+    /// Whether `fd` is the application's end of the kernel connection that stands for the
+    /// session waiting at `proxy_port` (its names are ours swapped): whoever holds it accepted
+    /// that connection, whatever its uid (a server that accepts after dropping privileges).
+    pub fn proves_claim(&self, proxy_port: u16, fd: &OwnedFd) -> bool {
+        let Some(c) = self.claims.get(&proxy_port) else {
+            return false;
+        };
+        let names = |fd: &OwnedFd| Some((sock_name(fd, false)?, sock_name(fd, true)?));
+        match (names(fd), names(&c.kernel)) {
+            (Some((local, peer)), Some((k_local, k_peer))) => local == k_peer && peer == k_local,
+            _ => false,
+        }
     }
 
     /// `accept` took the connection from `proxy_port`: its session and the app's end.
@@ -149,6 +177,39 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
             s_addr: u32::from(*a.ip()).to_be(),
         },
         sin_zero: [0; 8],
+    }
+}
+
+/// A TCP socket's local (or, with `peer`, remote) IPv4 name.
+fn sock_name(fd: &OwnedFd, peer: bool) -> Option<SocketAddrV4> {
+    // SAFETY: get{sock,peer}name into a zeroed sockaddr_storage of the size we pass.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let p = &mut ss as *mut _ as *mut libc::sockaddr;
+        let rc = if peer {
+            libc::getpeername(fd.as_raw_fd(), p, &mut len)
+        } else {
+            libc::getsockname(fd.as_raw_fd(), p, &mut len)
+        };
+        if rc != 0 {
+            return None;
+        }
+        match ss.ss_family as libc::c_int {
+            libc::AF_INET => {
+                let a = &*(&ss as *const _ as *const libc::sockaddr_in);
+                Some(SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+            libc::AF_INET6 => {
+                let a = &*(&ss as *const _ as *const libc::sockaddr_in6);
+                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).to_ipv4_mapped()?;
+                Some(SocketAddrV4::new(ip, u16::from_be(a.sin6_port)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -296,7 +357,7 @@ impl Daemon {
     /// Connects to the application's listener on behalf of `session`.
     fn inject(&mut self, port: u16, id: SessionId) -> io::Result<()> {
         let no = |what: &str| io::Error::new(io::ErrorKind::NotFound, what.to_string());
-        let Some((_, ListenDelivery::Inject(addr))) = self.listeners.current(port) else {
+        let Some((_, ListenDelivery::Inject(addr), uid)) = self.listeners.current(port) else {
             return Err(no("no shimmed listener on the port"));
         };
         if self.node.session_stats(id).is_none() {
@@ -306,7 +367,7 @@ impl Daemon {
         let (ours, theirs) = socketpair()?;
         let inode = super::streams::inode_of(theirs.as_raw_fd()).unwrap_or(0);
         // The session waits for its claim, which says whether the app wants ring mode.
-        let key = self.attach_stream(id, ours, inode, Phase::Unclaimed, 0)?;
+        let key = self.attach_stream(id, ours, inode, uid, Phase::Unclaimed, 0)?;
         let (kernel, proxy_port) = match inject_connect(self.cfg.proxy_ip, to) {
             Ok(k) => k,
             Err(e) => {
@@ -331,6 +392,7 @@ impl Daemon {
             proxy_port,
             Claim {
                 session: id,
+                uid,
                 app_end: theirs,
                 kernel,
             },
@@ -342,7 +404,7 @@ impl Daemon {
     /// A listener accepted a session: hand it to whoever listens on the port.
     pub(super) fn incoming_session(&mut self, id: SessionId, port: u16, remote: Endpoint) {
         let now = self.clock.now();
-        let Some((conn, delivery)) = self.listeners.current(port) else {
+        let Some((conn, delivery, uid)) = self.listeners.current(port) else {
             self.node.session_abort(now, id);
             return;
         };
@@ -363,7 +425,7 @@ impl Daemon {
             }
         };
         let inode = super::streams::inode_of(theirs.as_raw_fd()).unwrap_or(0);
-        if let Err(e) = self.attach_stream(id, ours, inode, Phase::Established, 0) {
+        if let Err(e) = self.attach_stream(id, ours, inode, uid, Phase::Established, 0) {
             warn!("attach incoming session: {e}");
             return self.node.session_abort(now, id);
         }

@@ -1,6 +1,7 @@
 //! The thin I/O layer around the sans-I/O node: one mio event loop on one thread, the overlay
 //! UDP socket, the control socket and signals. Everything protocol-shaped lives in `overlay`.
 
+pub mod access;
 mod clients;
 pub mod clock;
 pub mod control;
@@ -110,6 +111,17 @@ struct DaemonStatus<'a> {
     /// and each way one left unclaimed.
     accept_backlog: crate::streams::backlog::BacklogCounters,
     security: SecurityStatus,
+    access: AccessStatus,
+}
+
+/// Who may use the control socket and what it refused (`access`).
+#[derive(Serialize)]
+struct AccessStatus {
+    /// The socket's group (gid), mode 0660.
+    socket_gid: Option<u32>,
+    admin_gid: Option<u32>,
+    #[serde(flatten)]
+    counters: access::AccessCounters,
 }
 
 /// A neighbour as the node sees it, with what the emulation layer does to its packets.
@@ -141,6 +153,10 @@ pub struct Daemon {
     udp_backlog: TxQueue,
     udp_wants_write: bool,
     listener: Listener,
+    /// Who administers; what every connection may do (`access`).
+    policy: access::Policy,
+    socket_gid: Option<u32>,
+    access_counters: access::AccessCounters,
     signals: SignalFd,
     conns: HashMap<usize, Connection>,
     next_conn: usize,
@@ -161,8 +177,8 @@ pub struct Daemon {
     /// Fds to attach to the reply being built (set by `handle_request`).
     reply_fds: Vec<std::os::fd::OwnedFd>,
     ring_counters: rings::RingCounters,
-    /// Per local port: how its datagrams to groups travel.
-    mc_send: HashMap<u16, groups::SendOptions>,
+    /// Per local port: how its datagrams to groups travel, and the uid that set that.
+    mc_send: HashMap<u16, (groups::SendOptions, u32)>,
     proxies: proxies::Proxies,
     /// What SIGHUP reloads from (None: started without a configuration to re-read).
     reloader: Option<reload::Reloader>,
@@ -202,7 +218,15 @@ impl Daemon {
         }
         let udp = OverlaySocket::bind(cfg.listen)
             .map_err(|e| format!("cannot bind {}: {e}", cfg.listen))?;
-        let listener = Listener::bind(&cfg.socket)
+        let group = |name: &str, spec: &Option<String>| match spec {
+            Some(g) => access::resolve_group(g)
+                .map(Some)
+                .map_err(|e| format!("`{name}`: {e}")),
+            None => Ok(None),
+        };
+        let socket_gid = group("socket_group", &cfg.access.socket_group)?;
+        let admin_gid = group("admin_group", &cfg.access.admin_group)?;
+        let listener = Listener::bind(&cfg.socket, socket_gid)
             .map_err(|e| format!("control socket {}: {e}", cfg.socket.display()))?;
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
         let reg = poll.registry();
@@ -252,6 +276,9 @@ impl Daemon {
             udp_backlog: TxQueue::default(),
             udp_wants_write: false,
             listener,
+            policy: access::Policy::new(admin_gid),
+            socket_gid,
+            access_counters: Default::default(),
             signals,
             conns: HashMap::new(),
             next_conn: 0,
@@ -596,6 +623,11 @@ impl Daemon {
             accept_backlog: self.listeners.backlogs.counters(),
             udp: self.udp.counters(),
             security: self.security.status(now),
+            access: AccessStatus {
+                socket_gid: self.socket_gid,
+                admin_gid: self.policy.admin_gid,
+                counters: self.access_counters,
+            },
             daemon_counters: &self.counters,
         }
     }

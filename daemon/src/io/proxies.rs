@@ -156,7 +156,11 @@ impl Daemon {
             let now = self.clock.now();
             let payload = self.proxies.buf[..n].to_vec();
             let sent = if remote.node.is_multicast() {
-                let opts = self.mc_send.get(&from.port()).copied().unwrap_or_default();
+                let opts = self
+                    .mc_send
+                    .get(&from.port())
+                    .map(|(o, _)| *o)
+                    .unwrap_or_default();
                 self.node
                     .send_group(now, from.port(), remote, &payload, opts.hops, opts.loopback)
             } else {

@@ -55,6 +55,16 @@ fn needs_restart(old: &DaemonConfig, new: &DaemonConfig) -> Vec<(&'static str, S
         new.socket.display().to_string(),
     );
     check(
+        "socket_group",
+        format!("{:?}", old.access.socket_group),
+        format!("{:?}", new.access.socket_group),
+    );
+    check(
+        "admin_group",
+        format!("{:?}", old.access.admin_group),
+        format!("{:?}", new.access.admin_group),
+    );
+    check(
         "proxy_ip",
         old.proxy_ip.to_string(),
         new.proxy_ip.to_string(),

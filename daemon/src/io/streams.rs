@@ -43,6 +43,8 @@ pub struct AppStream {
     pub fd: OwnedFd,
     /// Inode of the application's end (what the shim queries by).
     pub inode: u64,
+    /// The uid the session belongs to (who connected, or who listened): only it may ask.
+    pub uid: u32,
     pub phase: Phase,
     /// Bytes to read from the socket and drop before anything else: connect filler, or the
     /// credit filler a detached ring stream left behind.
@@ -70,6 +72,7 @@ pub struct AppStream {
 /// Outcome of streams we no longer hold (failed connects, resets), by inode.
 pub struct Outcome {
     pub errno: i32,
+    pub uid: u32,
     pub expires: StdInstant,
 }
 
@@ -171,6 +174,7 @@ impl Daemon {
         id: SessionId,
         fd: OwnedFd,
         inode: u64,
+        uid: u32,
         phase: Phase,
         filler: usize,
     ) -> io::Result<u64> {
@@ -188,6 +192,7 @@ impl Daemon {
                 id,
                 fd,
                 inode,
+                uid,
                 phase,
                 filler_left: filler,
                 app_readable: true,
@@ -268,6 +273,7 @@ impl Daemon {
             s.inode,
             Outcome {
                 errno,
+                uid: s.uid,
                 expires: StdInstant::now() + OUTCOME_TTL,
             },
         );
@@ -482,19 +488,26 @@ impl Daemon {
         self.outcomes.retain(|_, o| o.expires > now);
     }
 
-    /// `ConnectStatus{inode}`.
-    pub(super) fn connect_status(&self, inode: u64) -> Option<Option<i32>> {
-        if let Some(&key) = self.stream_by_inode.get(&inode) {
-            return Some(match self.streams[&key].phase {
-                Phase::Connecting => None,
-                Phase::Unclaimed | Phase::Established => Some(0),
-            });
+    /// `ConnectStatus{inode}`: the owner's uid and the outcome so far.
+    pub(super) fn connect_status(&self, inode: u64) -> Option<(u32, Option<i32>)> {
+        if let Some(s) = self.stream_by_inode.get(&inode).map(|k| &self.streams[k]) {
+            return Some((
+                s.uid,
+                match s.phase {
+                    Phase::Connecting => None,
+                    Phase::Unclaimed | Phase::Established => Some(0),
+                },
+            ));
         }
-        self.outcomes.get(&inode).map(|o| Some(o.errno))
+        self.outcomes.get(&inode).map(|o| (o.uid, Some(o.errno)))
     }
 
-    pub(super) fn stream_session(&self, inode: u64) -> Option<SessionId> {
-        self.stream_by_inode.get(&inode).map(|k| self.streams[k].id)
+    /// The session behind the application's end `inode`, and its owner's uid.
+    pub(super) fn stream_session(&self, inode: u64) -> Option<(SessionId, u32)> {
+        self.stream_by_inode.get(&inode).map(|k| {
+            let s = &self.streams[k];
+            (s.id, s.uid)
+        })
     }
 
     pub(super) fn remote_of(&self, id: SessionId) -> Option<(Endpoint, Endpoint)> {
